@@ -1,0 +1,1004 @@
+//! Configuration: figment (file + `OIDC_AUTHZ_` env) -> raw serde structs -> one validated, typed [`Config`].
+//!
+//! Everything that can be checked at load time is checked here (URLs parsed, regexes compiled, header names
+//! validated, names cross-referenced), and every problem is collected so that `check-config` lists them all.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml, Yaml};
+use figment::value::Value;
+use http::HeaderName;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use url::Url;
+
+use crate::policy::access::{AccessRules, Requirement};
+use crate::policy::routes::{HostMatch, PathMatch, Route, RouteTable};
+
+/// Environment variable that may name the config file.
+pub const CONFIG_ENV: &str = "OIDC_AUTHZ_CONFIG";
+/// Prefix of environment overrides (`OIDC_AUTHZ_PROVIDERS__OKTA__CLIENT_SECRET`).
+pub const ENV_PREFIX: &str = "OIDC_AUTHZ_";
+
+/// The largest accepted bearer token, in bytes; anything longer is refused unparsed.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+// ---------------------------------------------------------------------------------------------
+// Secrets
+// ---------------------------------------------------------------------------------------------
+
+/// A secret string: never printed by `Debug` or `Display`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The secret in clear, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+/// One problem found in the configuration. `kind()` names the class for tests and tooling.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The file could not be read or parsed at all.
+    #[error("cannot load configuration: {0}")]
+    Load(String),
+    /// A key that no part of the configuration knows.
+    #[error("unknown key `{0}`")]
+    UnknownKey(String),
+    /// A value has the wrong type or a required field is absent.
+    #[error("{section}: {message}")]
+    Invalid { section: String, message: String },
+    /// A required field is missing.
+    #[error("{section}: missing `{field}`")]
+    Missing { section: String, field: &'static str },
+    /// A policy names a provider that is not configured.
+    #[error("{section}: unknown provider `{name}`")]
+    UnknownProvider { section: String, name: String },
+    /// A route or default names a policy that is not configured.
+    #[error("{section}: unknown policy `{name}`")]
+    UnknownPolicy { section: String, name: String },
+    /// An auth method that oidc-authz does not know.
+    #[error("{section}: unknown auth method `{name}` (known: bearer, introspection, client_credentials, authorization_code, session)")]
+    UnknownAuthMethod { section: String, name: String },
+    /// `upstream_headers_claims` and `upstream_headers_names` differ in length.
+    #[error("{section}: upstream_headers_claims has {claims} entries but upstream_headers_names has {names}")]
+    HeaderLengthMismatch { section: String, claims: usize, names: usize },
+    /// Not a valid HTTP header name.
+    #[error("{section}: `{name}` is not a valid header name")]
+    BadHeaderName { section: String, name: String },
+    /// Not a valid URL (or not http/https).
+    #[error("{section}: `{field}` is not a valid http(s) URL: {reason}")]
+    BadUrl { section: String, field: &'static str, reason: String },
+    /// A `path_regex` that does not compile.
+    #[error("{section}: bad path_regex: {reason}")]
+    BadRegex { section: String, reason: String },
+    /// A listen address that is not `ip:port`.
+    #[error("server: `{field}` is not an ip:port address: {value}")]
+    BadAddr { field: &'static str, value: String },
+    /// A secret file that cannot be read.
+    #[error("{section}: cannot read client_secret_file {path}: {reason}")]
+    SecretFile { section: String, path: String, reason: String },
+    /// Two settings that cannot both be given, or a value out of range.
+    #[error("{section}: {message}")]
+    Conflict { section: String, message: String },
+}
+
+impl ConfigError {
+    /// A short stable name for the class of error.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConfigError::Load(_) => "load",
+            ConfigError::UnknownKey(_) => "unknown_key",
+            ConfigError::Invalid { .. } => "invalid_value",
+            ConfigError::Missing { .. } => "missing_field",
+            ConfigError::UnknownProvider { .. } => "unknown_provider",
+            ConfigError::UnknownPolicy { .. } => "unknown_policy",
+            ConfigError::UnknownAuthMethod { .. } => "unknown_auth_method",
+            ConfigError::HeaderLengthMismatch { .. } => "header_length_mismatch",
+            ConfigError::BadHeaderName { .. } => "bad_header_name",
+            ConfigError::BadUrl { .. } => "bad_url",
+            ConfigError::BadRegex { .. } => "bad_regex",
+            ConfigError::BadAddr { .. } => "bad_addr",
+            ConfigError::SecretFile { .. } => "secret_file",
+            ConfigError::Conflict { .. } => "conflict",
+        }
+    }
+}
+
+/// Every problem found in one configuration.
+#[derive(Debug, thiserror::Error)]
+pub struct InvalidConfig(pub Vec<ConfigError>);
+
+impl fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration ({} error(s)):", self.0.len())?;
+        for e in &self.0 {
+            writeln!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw (serde) shapes
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+struct RawServer {
+    grpc_addr: Option<String>,
+    admin_addr: Option<String>,
+    log_format: Option<String>,
+    token_cache_entries: Option<u64>,
+    shutdown_grace_secs: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct RawProvider {
+    issuer: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<Secret>,
+    client_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    audiences: Vec<String>,
+    jwks_uri: Option<String>,
+    token_endpoint: Option<String>,
+    introspection_endpoint: Option<String>,
+    authorization_endpoint: Option<String>,
+    end_session_endpoint: Option<String>,
+    leeway_secs: Option<u64>,
+    http_timeout_ms: Option<u64>,
+    jwks_refresh_secs: Option<u64>,
+    jwks_min_refetch_secs: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct RawPolicy {
+    provider: Option<String>,
+    #[serde(default)]
+    auth_methods: Vec<String>,
+    scopes_claim: Option<Vec<String>>,
+    #[serde(default)]
+    scopes_required: Vec<String>,
+    groups_claim: Option<Vec<String>>,
+    #[serde(default)]
+    groups_required: Vec<String>,
+    roles_claim: Option<Vec<String>>,
+    #[serde(default)]
+    roles_required: Vec<String>,
+    audience_claim: Option<Vec<String>>,
+    #[serde(default)]
+    audience_required: Vec<String>,
+    #[serde(default)]
+    upstream_headers_claims: Vec<String>,
+    #[serde(default)]
+    upstream_headers_names: Vec<String>,
+    #[serde(default)]
+    introspect_jwt_tokens: bool,
+    cache_introspection_secs: Option<u64>,
+    cache_ttl_neg_secs: Option<u64>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    redirect_uri: Option<String>,
+    logout_path: Option<String>,
+    session_secret: Option<SecretList>,
+}
+
+/// `session_secret` may be one secret or a list (newest first).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SecretList {
+    One(Secret),
+    Many(Vec<Secret>),
+}
+
+#[derive(Deserialize)]
+struct RawRoute {
+    #[serde(default)]
+    hosts: Vec<String>,
+    path_prefix: Option<String>,
+    path_exact: Option<String>,
+    path_regex: Option<String>,
+    #[serde(default)]
+    methods: Vec<String>,
+    policy: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated shapes
+// ---------------------------------------------------------------------------------------------
+
+/// Output format of the log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line (default; for log pipelines).
+    Json,
+    /// Human-friendly lines.
+    Pretty,
+}
+
+/// Listener and process settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where the ext_authz gRPC service and grpc.health.v1 listen.
+    pub grpc_addr: SocketAddr,
+    /// Where /healthz, /readyz and /metrics listen.
+    pub admin_addr: SocketAddr,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Bound on verified tokens kept in memory (0 disables the cache: every request checks a signature).
+    pub token_cache_entries: u64,
+    /// How long in-flight Checks may take to finish after a shutdown signal.
+    pub shutdown_grace: Duration,
+}
+
+/// One OpenID provider, as configured (endpoints may still come from discovery).
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    /// The name under `[providers.NAME]`.
+    pub name: String,
+    /// The issuer URL exactly as tokens carry it in `iss`.
+    pub issuer: String,
+    /// This service's client at the provider (login, introspection).
+    pub client_id: Option<String>,
+    /// The secret of `client_id`, from the config, the env or `client_secret_file`.
+    pub client_secret: Option<Secret>,
+    /// Accepted `aud` values of access tokens (empty: any audience, `aud` not checked).
+    pub audiences: Vec<String>,
+    /// Endpoint overrides; each wins over discovery.
+    pub jwks_uri: Option<Url>,
+    /// Token endpoint override.
+    pub token_endpoint: Option<Url>,
+    /// Introspection endpoint override.
+    pub introspection_endpoint: Option<Url>,
+    /// Authorization endpoint override.
+    pub authorization_endpoint: Option<Url>,
+    /// End-session endpoint override.
+    pub end_session_endpoint: Option<Url>,
+    /// Clock skew allowed on exp/nbf/iat.
+    pub leeway_secs: u64,
+    /// Timeout of each HTTP call to the provider.
+    pub http_timeout: Duration,
+    /// Period of the background JWKS refresh.
+    pub jwks_refresh: Duration,
+    /// Least time between two JWKS fetches caused by an unknown `kid`.
+    pub jwks_min_refetch: Duration,
+}
+
+/// The auth methods of Kong's `auth_methods`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AuthMethod {
+    /// `Authorization: Bearer <JWT>` verified locally.
+    Bearer,
+    /// RFC 7662 token introspection.
+    Introspection,
+    /// Client credentials grant from `Authorization: Basic`.
+    ClientCredentials,
+    /// Browser login.
+    AuthorizationCode,
+    /// Session cookie.
+    Session,
+}
+
+impl AuthMethod {
+    /// The name used in config, metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::Bearer => "bearer",
+            AuthMethod::Introspection => "introspection",
+            AuthMethod::ClientCredentials => "client_credentials",
+            AuthMethod::AuthorizationCode => "authorization_code",
+            AuthMethod::Session => "session",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "bearer" => AuthMethod::Bearer,
+            "introspection" => AuthMethod::Introspection,
+            "client_credentials" => AuthMethod::ClientCredentials,
+            "authorization_code" => AuthMethod::AuthorizationCode,
+            "session" => AuthMethod::Session,
+            _ => return None,
+        })
+    }
+
+    /// Whether this build answers requests with this method.
+    pub fn implemented(self) -> bool {
+        matches!(self, AuthMethod::Bearer)
+    }
+}
+
+/// One claim copied into one upstream header.
+#[derive(Debug, Clone)]
+pub struct UpstreamHeader {
+    /// Claim path (nested object keys).
+    pub claim: Vec<String>,
+    /// Header to set (lower-case).
+    pub name: HeaderName,
+}
+
+/// A named policy: how to authenticate, what to require, what to inject.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The name under `[policies.NAME]`.
+    pub name: String,
+    /// Index into [`Config::providers`].
+    pub provider: usize,
+    /// Accepted ways to authenticate, in config order.
+    pub auth_methods: Vec<AuthMethod>,
+    /// Claim requirements (scopes, groups, roles, audience).
+    pub access: AccessRules,
+    /// Claims to inject as upstream headers.
+    pub upstream_headers: Vec<UpstreamHeader>,
+    /// Send JWTs to introspection too (otherwise verified locally).
+    pub introspect_jwt_tokens: bool,
+    /// Positive introspection cache lifetime (0 = ask every time).
+    pub cache_introspection_secs: u64,
+    /// Negative introspection cache lifetime.
+    pub cache_ttl_neg_secs: u64,
+    /// Scopes requested at login and in client credentials.
+    pub scopes: Vec<String>,
+    /// Login callback URL.
+    pub redirect_uri: Option<Url>,
+    /// Path that logs the user out.
+    pub logout_path: Option<String>,
+    /// Session cookie keys, newest first.
+    pub session_secrets: Vec<Secret>,
+}
+
+impl Policy {
+    /// Whether the policy accepts a method.
+    pub fn allows(&self, m: AuthMethod) -> bool {
+        self.auth_methods.contains(&m)
+    }
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listeners and process settings.
+    pub server: ServerConfig,
+    /// Providers, ordered by name.
+    pub providers: Arc<[ProviderConfig]>,
+    /// Policies, ordered by name.
+    pub policies: Arc<[Policy]>,
+    /// Routes used when Envoy names no policy.
+    pub routes: RouteTable,
+}
+
+impl Config {
+    /// The policy with this name.
+    pub fn policy_index(&self, name: &str) -> Option<usize> {
+        self.policies.iter().position(|p| p.name == name)
+    }
+
+    /// Loads a config file (TOML or YAML by extension) plus `OIDC_AUTHZ_` env overrides.
+    pub fn load(path: &Path) -> Result<Config, InvalidConfig> {
+        let file = match path.extension().and_then(|e| e.to_str()) {
+            Some("yaml") | Some("yml") => Figment::from(Yaml::file_exact(path)),
+            _ => Figment::from(Toml::file_exact(path)),
+        };
+        let env = Env::prefixed(ENV_PREFIX).ignore(&["CONFIG"]).split("__");
+        Self::from_figment(file.merge(env))
+    }
+
+    /// Parses a TOML string (no env overrides); for tests and examples.
+    pub fn from_toml(text: &str) -> Result<Config, InvalidConfig> {
+        Self::from_figment(Figment::from(Toml::string(text)))
+    }
+
+    /// Extracts and validates, collecting every error.
+    pub fn from_figment(figment: Figment) -> Result<Config, InvalidConfig> {
+        let value: Value = figment
+            .extract()
+            .map_err(|e| InvalidConfig(vec![ConfigError::Load(e.to_string())]))?;
+        let mut v = Validator::default();
+        let cfg = v.config(&value);
+        match cfg {
+            Some(cfg) if v.errors.is_empty() => Ok(cfg),
+            _ => Err(InvalidConfig(v.errors)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Validator {
+    errors: Vec<ConfigError>,
+}
+
+impl Validator {
+    fn err(&mut self, e: ConfigError) {
+        self.errors.push(e);
+    }
+
+    /// Deserializes one section, reporting every ignored (unknown) key under `prefix`.
+    fn section<T: DeserializeOwned>(&mut self, prefix: &str, value: &Value) -> Option<T> {
+        let mut unknown = Vec::new();
+        let res = serde_ignored::deserialize(value, |path| {
+            let p = path.to_string();
+            unknown.push(if prefix.is_empty() { p } else { format!("{prefix}.{p}") });
+        });
+        for key in unknown {
+            self.err(ConfigError::UnknownKey(key));
+        }
+        match res {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let mut msg = e.kind.to_string();
+                if !e.path.is_empty() {
+                    msg = format!("`{}`: {msg}", e.path.join("."));
+                }
+                self.err(ConfigError::Invalid { section: prefix.to_string(), message: msg });
+                None
+            }
+        }
+    }
+
+    fn config(&mut self, value: &Value) -> Option<Config> {
+        let Some(root) = value.as_dict() else {
+            self.err(ConfigError::Load("the configuration is not a table".into()));
+            return None;
+        };
+        for key in root.keys() {
+            if !matches!(key.as_str(), "server" | "providers" | "policies" | "routes") {
+                self.err(ConfigError::UnknownKey(key.clone()));
+            }
+        }
+        let server = match root.get("server") {
+            Some(v) => self.section::<RawServer>("server", v),
+            None => Some(RawServer::default()),
+        };
+        let server = server.and_then(|s| self.server(s));
+
+        let mut providers = Vec::new();
+        if let Some(p) = root.get("providers") {
+            match p.as_dict() {
+                Some(map) => {
+                    for (name, v) in map {
+                        let section = format!("providers.{name}");
+                        if let Some(raw) = self.section::<RawProvider>(&section, v) {
+                            if let Some(p) = self.provider(name, &section, raw) {
+                                providers.push(p);
+                            }
+                        }
+                    }
+                }
+                None => self.err(ConfigError::Invalid {
+                    section: "providers".into(),
+                    message: "must be a table of named providers".into(),
+                }),
+            }
+        }
+        providers.sort_by(|a, b| a.name.cmp(&b.name));
+        let provider_names: Vec<String> = providers.iter().map(|p| p.name.clone()).collect();
+
+        let mut policies = Vec::new();
+        let mut policy_names = BTreeSet::new();
+        if let Some(p) = root.get("policies") {
+            match p.as_dict() {
+                Some(map) => {
+                    for (name, v) in map {
+                        policy_names.insert(name.clone());
+                        let section = format!("policies.{name}");
+                        if let Some(raw) = self.section::<RawPolicy>(&section, v) {
+                            if let Some(p) = self.policy(name, &section, raw, &provider_names) {
+                                policies.push(p);
+                            }
+                        }
+                    }
+                }
+                None => self.err(ConfigError::Invalid {
+                    section: "policies".into(),
+                    message: "must be a table of named policies".into(),
+                }),
+            }
+        }
+        policies.sort_by(|a, b| a.name.cmp(&b.name));
+
+        let mut routes = Vec::new();
+        if let Some(r) = root.get("routes") {
+            match r.as_array() {
+                Some(list) => {
+                    for (i, v) in list.iter().enumerate() {
+                        let section = format!("routes[{i}]");
+                        if let Some(raw) = self.section::<RawRoute>(&section, v) {
+                            if let Some(route) = self.route(&section, raw, &policy_names, &policies) {
+                                routes.push(route);
+                            }
+                        }
+                    }
+                }
+                None => self.err(ConfigError::Invalid {
+                    section: "routes".into(),
+                    message: "must be an array of tables ([[routes]])".into(),
+                }),
+            }
+        }
+
+        if !self.errors.is_empty() {
+            return None;
+        }
+        Some(Config {
+            server: server?,
+            providers: providers.into(),
+            policies: policies.into(),
+            routes: RouteTable::new(routes),
+        })
+    }
+
+    fn server(&mut self, raw: RawServer) -> Option<ServerConfig> {
+        let mut addr = |field: &'static str, v: Option<String>, default: &str| {
+            let v = v.unwrap_or_else(|| default.to_string());
+            match v.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    self.errors.push(ConfigError::BadAddr { field, value: v });
+                    None
+                }
+            }
+        };
+        let grpc_addr = addr("grpc_addr", raw.grpc_addr, "127.0.0.1:9191");
+        let admin_addr = addr("admin_addr", raw.admin_addr, "127.0.0.1:9192");
+        let log_format = match raw.log_format.as_deref() {
+            None | Some("json") => LogFormat::Json,
+            Some("pretty") => LogFormat::Pretty,
+            Some(other) => {
+                self.err(ConfigError::Invalid {
+                    section: "server".into(),
+                    message: format!("log_format must be \"json\" or \"pretty\", not {other:?}"),
+                });
+                LogFormat::Json
+            }
+        };
+        Some(ServerConfig {
+            grpc_addr: grpc_addr?,
+            admin_addr: admin_addr?,
+            log_format,
+            token_cache_entries: raw.token_cache_entries.unwrap_or(100_000),
+            shutdown_grace: Duration::from_secs(raw.shutdown_grace_secs.unwrap_or(10)),
+        })
+    }
+
+    fn url(&mut self, section: &str, field: &'static str, v: Option<String>) -> Option<Url> {
+        let v = v?;
+        match Url::parse(&v) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
+            Ok(_) => {
+                self.err(ConfigError::BadUrl {
+                    section: section.into(),
+                    field,
+                    reason: "scheme must be http or https, with a host".into(),
+                });
+                None
+            }
+            Err(e) => {
+                self.err(ConfigError::BadUrl { section: section.into(), field, reason: e.to_string() });
+                None
+            }
+        }
+    }
+
+    fn provider(&mut self, name: &str, section: &str, raw: RawProvider) -> Option<ProviderConfig> {
+        let before = self.errors.len();
+        let issuer = match raw.issuer {
+            Some(i) => {
+                self.url(section, "issuer", Some(i.clone()));
+                Some(i)
+            }
+            None => {
+                self.err(ConfigError::Missing { section: section.into(), field: "issuer" });
+                None
+            }
+        };
+        let client_secret = match (raw.client_secret, raw.client_secret_file) {
+            (Some(_), Some(_)) => {
+                self.err(ConfigError::Conflict {
+                    section: section.into(),
+                    message: "give client_secret or client_secret_file, not both".into(),
+                });
+                None
+            }
+            (Some(s), None) => Some(s),
+            (None, Some(path)) => match std::fs::read_to_string(&path) {
+                Ok(s) => Some(Secret::new(s.trim_end_matches(['\r', '\n']))),
+                Err(e) => {
+                    self.err(ConfigError::SecretFile {
+                        section: section.into(),
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    });
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        let jwks_uri = self.url(section, "jwks_uri", raw.jwks_uri);
+        let token_endpoint = self.url(section, "token_endpoint", raw.token_endpoint);
+        let introspection_endpoint = self.url(section, "introspection_endpoint", raw.introspection_endpoint);
+        let authorization_endpoint = self.url(section, "authorization_endpoint", raw.authorization_endpoint);
+        let end_session_endpoint = self.url(section, "end_session_endpoint", raw.end_session_endpoint);
+        let http_timeout_ms = raw.http_timeout_ms.unwrap_or(2000);
+        if http_timeout_ms == 0 {
+            self.err(ConfigError::Conflict {
+                section: section.into(),
+                message: "http_timeout_ms must be greater than 0".into(),
+            });
+        }
+        if self.errors.len() != before {
+            return None;
+        }
+        Some(ProviderConfig {
+            name: name.to_string(),
+            issuer: issuer?,
+            client_id: raw.client_id,
+            client_secret,
+            audiences: raw.audiences,
+            jwks_uri,
+            token_endpoint,
+            introspection_endpoint,
+            authorization_endpoint,
+            end_session_endpoint,
+            leeway_secs: raw.leeway_secs.unwrap_or(30),
+            http_timeout: Duration::from_millis(http_timeout_ms),
+            jwks_refresh: Duration::from_secs(raw.jwks_refresh_secs.unwrap_or(300).max(1)),
+            jwks_min_refetch: Duration::from_secs(raw.jwks_min_refetch_secs.unwrap_or(5)),
+        })
+    }
+
+    fn requirement(
+        &mut self,
+        section: &str,
+        field: &str,
+        claim: Option<Vec<String>>,
+        default_claim: &str,
+        required: Vec<String>,
+    ) -> Option<Requirement> {
+        let claim = claim.unwrap_or_else(|| vec![default_claim.to_string()]);
+        if claim.is_empty() || claim.iter().any(|k| k.is_empty()) {
+            self.err(ConfigError::Invalid {
+                section: section.into(),
+                message: format!("{field}_claim must be a non-empty list of non-empty keys"),
+            });
+            return None;
+        }
+        if required.iter().any(|r| r.split_whitespace().next().is_none()) {
+            self.err(ConfigError::Invalid {
+                section: section.into(),
+                message: format!("{field}_required has an empty entry (it would match everything)"),
+            });
+            return None;
+        }
+        if required.is_empty() {
+            return None;
+        }
+        Some(Requirement::new(field, claim, &required))
+    }
+
+    fn policy(&mut self, name: &str, section: &str, raw: RawPolicy, providers: &[String]) -> Option<Policy> {
+        let before = self.errors.len();
+        let provider = match &raw.provider {
+            None => {
+                self.err(ConfigError::Missing { section: section.into(), field: "provider" });
+                None
+            }
+            Some(p) => match providers.iter().position(|n| n == p) {
+                Some(i) => Some(i),
+                None => {
+                    self.err(ConfigError::UnknownProvider { section: section.into(), name: p.clone() });
+                    None
+                }
+            },
+        };
+        let mut auth_methods = Vec::new();
+        for m in &raw.auth_methods {
+            match AuthMethod::parse(m) {
+                Some(m) if !auth_methods.contains(&m) => auth_methods.push(m),
+                Some(_) => {}
+                None => self.err(ConfigError::UnknownAuthMethod { section: section.into(), name: m.clone() }),
+            }
+        }
+        if raw.auth_methods.is_empty() {
+            self.err(ConfigError::Missing { section: section.into(), field: "auth_methods" });
+        }
+
+        let mut reqs = Vec::new();
+        reqs.extend(self.requirement(section, "scopes", raw.scopes_claim, "scope", raw.scopes_required));
+        reqs.extend(self.requirement(section, "groups", raw.groups_claim, "groups", raw.groups_required));
+        reqs.extend(self.requirement(section, "roles", raw.roles_claim, "roles", raw.roles_required));
+        reqs.extend(self.requirement(section, "audience", raw.audience_claim, "aud", raw.audience_required));
+
+        let mut upstream_headers = Vec::new();
+        if raw.upstream_headers_claims.len() != raw.upstream_headers_names.len() {
+            self.err(ConfigError::HeaderLengthMismatch {
+                section: section.into(),
+                claims: raw.upstream_headers_claims.len(),
+                names: raw.upstream_headers_names.len(),
+            });
+        }
+        for (claim, hname) in raw.upstream_headers_claims.iter().zip(&raw.upstream_headers_names) {
+            // Kong writes the header name as given (e.g. `Issuer_Header`); HTTP/2 and Envoy want lower case.
+            match HeaderName::from_bytes(hname.to_ascii_lowercase().as_bytes()) {
+                Ok(h) if !hname.starts_with(':') && !is_hop_or_reserved(h.as_str()) => {
+                    let path: Vec<String> = claim.split('.').map(str::to_string).collect();
+                    if claim.is_empty() || path.iter().any(|p| p.is_empty()) {
+                        self.err(ConfigError::Invalid {
+                            section: section.into(),
+                            message: format!("upstream_headers_claims entry {claim:?} is not a claim path"),
+                        });
+                    } else {
+                        upstream_headers.push(UpstreamHeader { claim: path, name: h });
+                    }
+                }
+                _ => self.err(ConfigError::BadHeaderName { section: section.into(), name: hname.clone() }),
+            }
+        }
+
+        let redirect_uri = self.url(section, "redirect_uri", raw.redirect_uri);
+        if let Some(lp) = &raw.logout_path {
+            if !lp.starts_with('/') {
+                self.err(ConfigError::Invalid {
+                    section: section.into(),
+                    message: format!("logout_path must start with '/', got {lp:?}"),
+                });
+            }
+        }
+        let session_secrets = match raw.session_secret {
+            None => Vec::new(),
+            Some(SecretList::One(s)) => vec![s],
+            Some(SecretList::Many(v)) => v,
+        };
+        let needs_login = auth_methods
+            .iter()
+            .any(|m| matches!(m, AuthMethod::AuthorizationCode | AuthMethod::Session));
+        if needs_login {
+            if redirect_uri.is_none() && self.errors.len() == before {
+                self.err(ConfigError::Missing { section: section.into(), field: "redirect_uri" });
+            }
+            if session_secrets.is_empty() {
+                self.err(ConfigError::Missing { section: section.into(), field: "session_secret" });
+            }
+        }
+        for s in &session_secrets {
+            use base64::Engine;
+            let ok = base64::engine::general_purpose::STANDARD
+                .decode(s.expose().trim())
+                .map(|b| b.len() == 32)
+                .unwrap_or(false);
+            if !ok {
+                self.err(ConfigError::Invalid {
+                    section: section.into(),
+                    message: "session_secret must be base64 of exactly 32 random bytes".into(),
+                });
+            }
+        }
+
+        if self.errors.len() != before {
+            return None;
+        }
+        Some(Policy {
+            name: name.to_string(),
+            provider: provider?,
+            auth_methods,
+            access: AccessRules::new(reqs),
+            upstream_headers,
+            introspect_jwt_tokens: raw.introspect_jwt_tokens,
+            cache_introspection_secs: raw.cache_introspection_secs.unwrap_or(300),
+            cache_ttl_neg_secs: raw.cache_ttl_neg_secs.unwrap_or(10),
+            scopes: raw.scopes,
+            redirect_uri,
+            logout_path: raw.logout_path,
+            session_secrets,
+        })
+    }
+
+    fn route(
+        &mut self,
+        section: &str,
+        raw: RawRoute,
+        policy_names: &BTreeSet<String>,
+        policies: &[Policy],
+    ) -> Option<Route> {
+        let before = self.errors.len();
+        let given = [raw.path_prefix.is_some(), raw.path_exact.is_some(), raw.path_regex.is_some()]
+            .iter()
+            .filter(|b| **b)
+            .count();
+        if given > 1 {
+            self.err(ConfigError::Conflict {
+                section: section.into(),
+                message: "give at most one of path_prefix, path_exact, path_regex".into(),
+            });
+        }
+        let path = if let Some(p) = raw.path_exact {
+            if !p.starts_with('/') {
+                self.err(ConfigError::Invalid {
+                    section: section.into(),
+                    message: format!("path_exact must start with '/', got {p:?}"),
+                });
+            }
+            PathMatch::Exact(p)
+        } else if let Some(r) = raw.path_regex {
+            match regex::Regex::new(&format!("^(?:{r})$")) {
+                Ok(re) => PathMatch::Regex(re),
+                Err(e) => {
+                    self.err(ConfigError::BadRegex { section: section.into(), reason: e.to_string() });
+                    PathMatch::Prefix("/".into())
+                }
+            }
+        } else {
+            let p = raw.path_prefix.unwrap_or_else(|| "/".into());
+            if !p.starts_with('/') {
+                self.err(ConfigError::Invalid {
+                    section: section.into(),
+                    message: format!("path_prefix must start with '/', got {p:?}"),
+                });
+            }
+            PathMatch::prefix(&p)
+        };
+        let mut hosts = Vec::new();
+        for h in &raw.hosts {
+            match HostMatch::parse(h) {
+                Some(m) => hosts.push(m),
+                None => self.err(ConfigError::Invalid {
+                    section: section.into(),
+                    message: format!("{h:?} is not a host name or *.suffix wildcard"),
+                }),
+            }
+        }
+        let mut methods = Vec::new();
+        for m in &raw.methods {
+            match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                Ok(m) => methods.push(m),
+                Err(_) => self.err(ConfigError::Invalid {
+                    section: section.into(),
+                    message: format!("{m:?} is not an HTTP method"),
+                }),
+            }
+        }
+        let policy = match raw.policy {
+            None => {
+                self.err(ConfigError::Missing { section: section.into(), field: "policy" });
+                None
+            }
+            Some(p) if !policy_names.contains(&p) => {
+                self.err(ConfigError::UnknownPolicy { section: section.into(), name: p });
+                None
+            }
+            Some(p) => Some(p),
+        };
+        if self.errors.len() != before {
+            return None;
+        }
+        // Policies are already validated and sorted; a policy that failed validation has its own error.
+        let policy_name = policy?;
+        let policy = policies.iter().position(|p| p.name == policy_name)?;
+        Some(Route { hosts, path, methods, policy, policy_name })
+    }
+}
+
+/// Headers that must never be set from a claim.
+fn is_hop_or_reserved(name: &str) -> bool {
+    matches!(
+        name,
+        "host" | "connection" | "content-length" | "transfer-encoding" | "te" | "upgrade" | "keep-alive"
+    )
+}
+
+/// Collects the validated config's policy names (for tests).
+pub fn policy_names(cfg: &Config) -> BTreeMap<String, usize> {
+    cfg.policies.iter().enumerate().map(|(i, p)| (p.name.clone(), i)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+grpc_addr = "127.0.0.1:0"
+admin_addr = "127.0.0.1:0"
+
+[providers.okta]
+issuer = "https://dev-123.okta.com/oauth2/default"
+client_id = "0oa1"
+client_secret = "very-secret-value"
+audiences = ["api://default"]
+
+[policies.api]
+provider = "okta"
+auth_methods = ["bearer"]
+scopes_claim = ["scp"]
+scopes_required = ["api:read"]
+upstream_headers_claims = ["iss", "sub"]
+upstream_headers_names  = ["X-Issuer", "x-user"]
+
+[[routes]]
+path_prefix = "/api"
+policy = "api"
+"#;
+
+    #[test]
+    fn good_config_loads() {
+        let cfg = Config::from_toml(GOOD).unwrap();
+        assert_eq!(cfg.providers.len(), 1);
+        assert_eq!(cfg.policies[0].upstream_headers[0].name.as_str(), "x-issuer");
+        assert_eq!(cfg.providers[0].leeway_secs, 30);
+    }
+
+    #[test]
+    fn secrets_do_not_debug_print() {
+        let cfg = Config::from_toml(GOOD).unwrap();
+        let dbg = format!("{cfg:?}");
+        assert!(!dbg.contains("very-secret-value"), "{dbg}");
+        assert!(dbg.contains("redacted"));
+    }
+
+    #[test]
+    fn collects_every_error() {
+        let bad = r#"
+[server]
+grpc_addr = "nope"
+bogus = 1
+[providers.okta]
+issuer = "not a url"
+wat = true
+[policies.api]
+provider = "nobody"
+auth_methods = ["bearer", "magic"]
+upstream_headers_claims = ["iss", "sub"]
+upstream_headers_names = ["x-issuer"]
+[policies.two]
+provider = "okta"
+auth_methods = ["bearer"]
+upstream_headers_claims = ["iss"]
+upstream_headers_names = ["bad header"]
+[[routes]]
+path_regex = "("
+policy = "ghost"
+"#;
+        let err = Config::from_toml(bad).unwrap_err();
+        let kinds: BTreeSet<&str> = err.0.iter().map(|e| e.kind()).collect();
+        for k in [
+            "bad_addr",
+            "unknown_key",
+            "bad_url",
+            "unknown_provider",
+            "unknown_auth_method",
+            "header_length_mismatch",
+            "bad_header_name",
+            "bad_regex",
+            "unknown_policy",
+        ] {
+            assert!(kinds.contains(k), "missing {k} in {err}");
+        }
+        let text = err.to_string();
+        assert!(text.contains("server.bogus") && text.contains("providers.okta.wat"), "{text}");
+    }
+}

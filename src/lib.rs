@@ -1,0 +1,27 @@
+//! oidc-authz: OpenID Connect for any Envoy, as an ext_authz gRPC service.
+//!
+//! # Layout
+//!
+//! A Check arrives at [`server`] (tonic), is viewed through [`request::CheckView`] (no copies of the
+//! protobuf), and goes to [`authz::Authorizer::check`], which
+//!
+//! 1. selects a [`config::Policy`]: Envoy's `context_extensions.policy`, else the best [`policy::routes`] match,
+//!    else 403;
+//! 2. authenticates with one of the policy's auth methods in [`flow`] (today: [`flow::bearer`], JWTs verified
+//!    against keys that [`provider`] discovers and caches);
+//! 3. applies [`policy::access`] (scopes, groups, roles, audience, Kong semantics);
+//! 4. returns a [`decision::Decision`], which [`decision`] alone turns into a `CheckResponse`.
+//!
+//! [`config`] turns figment input into validated types once; [`telemetry`] holds logs and metrics; [`clock`] is
+//! the time seam for tests.
+
+pub mod authz;
+pub mod clock;
+pub mod config;
+pub mod decision;
+pub mod flow;
+pub mod policy;
+pub mod provider;
+pub mod request;
+pub mod server;
+pub mod telemetry;

@@ -1,0 +1,229 @@
+//! The tonic adapter (ext_authz Check + grpc.health.v1), the admin HTTP listener (/healthz, /readyz, /metrics)
+//! and graceful shutdown: stop accepting, let in-flight Checks finish (up to `shutdown_grace_secs`).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use envoy_types::ext_authz::v3::pb::{Authorization, AuthorizationServer, CheckRequest, CheckResponse};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+use crate::authz::Authorizer;
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::request::CheckView;
+use crate::telemetry::Metrics;
+
+/// The ext_authz gRPC service: a thin adapter over [`Authorizer`].
+#[derive(Debug, Clone)]
+pub struct CheckService {
+    authorizer: Arc<Authorizer>,
+}
+
+impl CheckService {
+    /// Wraps an authorizer.
+    pub fn new(authorizer: Arc<Authorizer>) -> Self {
+        CheckService { authorizer }
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for CheckService {
+    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        let req = request.into_inner();
+        let view = CheckView::new(&req);
+        let decision = self.authorizer.check(&view).await;
+        Ok(Response::new(decision.into_response()))
+    }
+}
+
+/// Errors that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+#[derive(Clone)]
+struct AdminState {
+    authorizer: Arc<Authorizer>,
+    metrics: Arc<Metrics>,
+    draining: Arc<AtomicBool>,
+}
+
+/// A server with its listeners bound (so tests can bind port 0 and read the ports).
+pub struct Server {
+    grpc: TcpListener,
+    admin: TcpListener,
+    authorizer: Arc<Authorizer>,
+    metrics: Arc<Metrics>,
+}
+
+impl Server {
+    /// Binds both listeners with the system clock.
+    pub async fn bind(config: Config) -> Result<Server, ServeError> {
+        Self::bind_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// Binds both listeners; the authorizer checks token times against `clock`.
+    pub async fn bind_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Server, ServeError> {
+        let grpc_addr = config.server.grpc_addr;
+        let admin_addr = config.server.admin_addr;
+        let grpc = TcpListener::bind(grpc_addr).await.map_err(|source| ServeError::Bind { addr: grpc_addr, source })?;
+        let admin = TcpListener::bind(admin_addr).await.map_err(|source| ServeError::Bind { addr: admin_addr, source })?;
+        let metrics = Arc::new(Metrics::new());
+        let authorizer = Arc::new(Authorizer::new(config, metrics.clone(), clock));
+        Ok(Server { grpc, admin, authorizer, metrics })
+    }
+
+    /// Where gRPC listens.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc.local_addr().expect("bound listener has an address")
+    }
+
+    /// Where the admin HTTP listener is.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().expect("bound listener has an address")
+    }
+
+    /// The authorizer (tests call it directly).
+    pub fn authorizer(&self) -> Arc<Authorizer> {
+        self.authorizer.clone()
+    }
+
+    /// Serves until `shutdown` completes, then drains.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+        let Server { grpc, admin, authorizer, metrics } = self;
+        let grace = authorizer.config().server.shutdown_grace;
+        let draining = Arc::new(AtomicBool::new(false));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+
+        let refreshers: Vec<_> = authorizer.providers().iter().map(|p| tokio::spawn(p.clone().run_refresh())).collect();
+
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter.set_not_serving::<AuthorizationServer<CheckService>>().await;
+        let ready_watch = {
+            let authorizer = authorizer.clone();
+            let reporter = reporter.clone();
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                loop {
+                    if authorizer.is_ready() {
+                        reporter.set_serving::<AuthorizationServer<CheckService>>().await;
+                        break;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                        _ = stop.changed() => break,
+                    }
+                }
+            })
+        };
+
+        let admin_state = AdminState { authorizer: authorizer.clone(), metrics: metrics.clone(), draining: draining.clone() };
+        let app = Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics_text))
+            .with_state(admin_state);
+        let mut admin_stop = stop_rx.clone();
+        let admin_task = tokio::spawn(async move {
+            let _ = axum::serve(admin, app)
+                .with_graceful_shutdown(async move {
+                    let _ = admin_stop.changed().await;
+                })
+                .await;
+        });
+
+        tracing::info!(grpc_addr = %grpc.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving ext_authz");
+        let mut grpc_stop = stop_rx.clone();
+        let service = AuthorizationServer::new(CheckService::new(authorizer.clone()))
+            .max_decoding_message_size(8 * 1024 * 1024);
+        let grpc_server = tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
+                let _ = grpc_stop.changed().await;
+            });
+        let mut grpc_server = std::pin::pin!(grpc_server);
+
+        let result = tokio::select! {
+            r = &mut grpc_server => r.map_err(ServeError::from),
+            _ = shutdown => {
+                tracing::info!(grace_secs = grace.as_secs(), "shutting down: draining in-flight checks");
+                draining.store(true, Ordering::SeqCst);
+                reporter.set_not_serving::<AuthorizationServer<CheckService>>().await;
+                let _ = stop_tx.send(true);
+                match tokio::time::timeout(grace, &mut grpc_server).await {
+                    Ok(r) => r.map_err(ServeError::from),
+                    Err(_) => {
+                        tracing::warn!("grace period over; stopping with checks still in flight");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        let _ = stop_tx.send(true);
+        for r in refreshers {
+            r.abort();
+        }
+        ready_watch.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
+        tracing::info!("stopped");
+        result
+    }
+}
+
+async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
+    if s.draining.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_string());
+    }
+    let pending: Vec<&str> = s.authorizer.providers().iter().filter(|p| !p.is_ready()).map(|p| p.name()).collect();
+    if pending.is_empty() {
+        (StatusCode::OK, "ready\n".to_string())
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("waiting for providers: {}\n", pending.join(", ")))
+    }
+}
+
+async fn metrics_text(State(s): State<AdminState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        s.metrics.render(),
+    )
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,144 @@
+//! Logs (tracing, JSON or pretty) and Prometheus metrics (one registry per server instance).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, text::encode};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::config::LogFormat;
+
+/// Installs the global tracing subscriber (`RUST_LOG` filters; default `info`). Safe to call twice.
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Pretty => builder.compact().try_init(),
+    };
+}
+
+/// Labels of one decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// Policy name, or `-` when none was selected.
+    pub policy: String,
+    /// Auth method used, or `-`.
+    pub method: &'static str,
+    /// `allow`, `deny_401`, `deny_403`, `deny_503`, `deny_400`.
+    pub result: &'static str,
+}
+
+/// Labels of one call to an identity provider.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IdpLabels {
+    /// Provider name.
+    pub provider: String,
+    /// `discovery`, `jwks`, `token`, `introspection`.
+    pub endpoint: &'static str,
+    /// `ok` or `error`.
+    pub outcome: &'static str,
+}
+
+/// Labels of a call's latency.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IdpEndpointLabels {
+    /// Provider name.
+    pub provider: String,
+    /// Endpoint kind.
+    pub endpoint: &'static str,
+}
+
+/// Labels of a cache lookup.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// Which cache (`token`, `jwks`).
+    pub cache: &'static str,
+    /// `hit` or `miss`.
+    pub result: &'static str,
+}
+
+/// Every metric the service exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    /// Decisions by policy, method and result.
+    pub decisions: Family<DecisionLabels, Counter>,
+    /// Time spent in Check.
+    pub check_seconds: Histogram,
+    /// Calls to identity providers.
+    pub idp_requests: Family<IdpLabels, Counter>,
+    /// Latency of calls to identity providers.
+    pub idp_seconds: Family<IdpEndpointLabels, Histogram>,
+    /// Cache lookups.
+    pub cache: Family<CacheLabels, Counter>,
+    /// Checks in flight.
+    pub in_flight: Gauge,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_025, 2.0, 18))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("oidc_authz");
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register("decisions", "Check decisions by policy, auth method and result", decisions.clone());
+        let check_seconds = latency_histogram();
+        registry.register("check_duration_seconds", "Time to answer one Check", check_seconds.clone());
+        let idp_requests = Family::<IdpLabels, Counter>::default();
+        registry.register("idp_requests", "HTTP calls to identity providers", idp_requests.clone());
+        let idp_seconds = Family::<IdpEndpointLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register("idp_request_duration_seconds", "Latency of calls to identity providers", idp_seconds.clone());
+        let cache = Family::<CacheLabels, Counter>::default();
+        registry.register("cache_lookups", "Cache lookups by cache and result", cache.clone());
+        let in_flight = Gauge::default();
+        registry.register("checks_in_flight", "Checks being answered now", in_flight.clone());
+        Metrics {
+            registry: Mutex::new(registry),
+            decisions,
+            check_seconds,
+            idp_requests,
+            idp_seconds,
+            cache,
+            in_flight,
+        }
+    }
+
+    /// Records one IdP call.
+    pub fn idp_call(&self, provider: &str, endpoint: &'static str, ok: bool, elapsed: Duration) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.idp_requests.get_or_create(&IdpLabels { provider: provider.to_string(), endpoint, outcome }).inc();
+        self.idp_seconds
+            .get_or_create(&IdpEndpointLabels { provider: provider.to_string(), endpoint })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records one cache lookup.
+    pub fn cache_lookup(&self, cache: &'static str, hit: bool) {
+        self.cache.get_or_create(&CacheLabels { cache, result: if hit { "hit" } else { "miss" } }).inc();
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        if encode(&mut out, &registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
