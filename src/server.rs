@@ -153,6 +153,7 @@ impl Server {
         let service = AuthorizationServer::new(CheckService::new(authorizer.clone()))
             .max_decoding_message_size(8 * 1024 * 1024);
         let grpc_server = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
             .add_service(health)
             .add_service(service)
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {

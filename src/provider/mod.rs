@@ -88,7 +88,8 @@ pub struct Provider {
     metrics: Arc<Metrics>,
     metadata: RwLock<Option<Arc<Metadata>>>,
     keys: RwLock<Option<Arc<KeySet>>>,
-    /// When the JWKS was last fetched (serialises fetches: concurrent misses make one call).
+    /// When an unknown `kid` last caused a JWKS fetch; the lock also serialises every fetch, so concurrent
+    /// misses make one call. Startup and periodic loads do not count against the rate limit.
     fetch: tokio::sync::Mutex<Option<Instant>>,
     /// Serialises discovery.
     discovering: tokio::sync::Mutex<()>,
@@ -270,10 +271,8 @@ impl Provider {
 
     /// Loads discovery and keys (startup and periodic refresh).
     pub async fn refresh(&self) -> Result<(), IdpError> {
-        let mut last = self.fetch.lock().await;
-        let res = self.fetch_keys().await;
-        *last = Some(Instant::now());
-        res.map(|_| ())
+        let _serialised = self.fetch.lock().await;
+        self.fetch_keys().await.map(|_| ())
     }
 
     /// Keys that may verify a token with this `kid` and `alg`. An unknown `kid` causes one JWKS refetch: concurrent
@@ -305,13 +304,10 @@ impl Provider {
         match res {
             Ok(set) if known(&set) => Ok(set.candidates(kid, alg)),
             Ok(_) => Err(KeyError::Unknown),
+            // Keys in hand or not, the token names a key we cannot get: fail closed with 503.
             Err(e) => {
                 tracing::warn!(provider = %self.name(), error = %e, "signing key refetch failed");
-                match current {
-                    // Keys in hand, the token names another: without the IdP we cannot tell, so fail closed.
-                    Some(_) => Err(KeyError::Idp(e)),
-                    None => Err(KeyError::Idp(e)),
-                }
+                Err(KeyError::Idp(e))
             }
         }
     }

@@ -1,0 +1,551 @@
+//! Test support: an in-process mock IdP (discovery + JWKS with keys it mints tokens with, switchable to
+//! down/slow/garbage/rotated keys), the real oidc-authz server on port 0, and a Check request builder.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse, HttpResponse};
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use oidc_authz::config::Config;
+use oidc_authz::server::Server;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+// ------------------------------------------------------------------------------------------------
+// Keys
+// ------------------------------------------------------------------------------------------------
+
+/// A signing key the mock IdP publishes and signs with.
+#[derive(Clone)]
+pub struct SigningKey {
+    pub kid: String,
+    pub alg: Algorithm,
+    pub encoding: EncodingKey,
+    pub jwk: Value,
+}
+
+impl SigningKey {
+    pub fn load(file: &str, kid: &str, alg: Algorithm) -> Self {
+        let pem = std::fs::read(format!("{}/tests/support/keys/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let encoding = match alg {
+            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 => {
+                EncodingKey::from_rsa_pem(&pem).unwrap()
+            }
+            Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&pem).unwrap(),
+            Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem).unwrap(),
+            _ => panic!("not an asymmetric alg"),
+        };
+        let mut jwk = serde_json::to_value(Jwk::from_encoding_key(&encoding, alg).unwrap()).unwrap();
+        jwk["kid"] = json!(kid);
+        jwk["use"] = json!("sig");
+        SigningKey { kid: kid.into(), alg, encoding, jwk }
+    }
+
+    pub fn rsa1() -> Self {
+        Self::load("rsa1.pem", "rsa1", Algorithm::RS256)
+    }
+    pub fn rsa2() -> Self {
+        Self::load("rsa2.pem", "rsa2", Algorithm::RS256)
+    }
+
+    /// Signs claims with this key (header alg and kid from the key unless overridden).
+    pub fn sign(&self, claims: &Value) -> String {
+        let mut h = Header::new(self.alg);
+        h.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&h, claims, &self.encoding).unwrap()
+    }
+
+    pub fn sign_with_header(&self, header: &Header, claims: &Value) -> String {
+        jsonwebtoken::encode(header, claims, &self.encoding).unwrap()
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Mock IdP
+// ------------------------------------------------------------------------------------------------
+
+/// How the mock IdP behaves right now.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Mode {
+    Up,
+    /// Every endpoint answers 503.
+    Down,
+    /// Every endpoint answers after this delay.
+    Slow(Duration),
+    /// Every endpoint answers 200 with a body that is not JSON.
+    Garbage,
+}
+
+pub struct IdpState {
+    pub issuer: Mutex<String>,
+    /// The issuer the discovery document claims (for mismatch tests).
+    pub claimed_issuer: Mutex<Option<String>>,
+    pub mode: Mutex<Mode>,
+    /// Published keys; the first signs.
+    pub keys: Mutex<Vec<SigningKey>>,
+    pub discovery_hits: AtomicUsize,
+    pub jwks_hits: AtomicUsize,
+    /// Extra JWKS entries published as they are (for bad-key tests).
+    pub extra_jwks: Mutex<Vec<Value>>,
+}
+
+pub struct MockIdp {
+    pub addr: SocketAddr,
+    pub issuer: String,
+    pub state: Arc<IdpState>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+async fn gate(state: &IdpState) -> Option<Response> {
+    let mode = state.mode.lock().unwrap().clone();
+    match mode {
+        Mode::Up => None,
+        Mode::Down => Some((StatusCode::SERVICE_UNAVAILABLE, "down").into_response()),
+        Mode::Slow(d) => {
+            tokio::time::sleep(d).await;
+            None
+        }
+        Mode::Garbage => Some((StatusCode::OK, "<html>oops</html>").into_response()),
+    }
+}
+
+async fn discovery(State(s): State<Arc<IdpState>>) -> Response {
+    s.discovery_hits.fetch_add(1, Ordering::SeqCst);
+    if let Some(r) = gate(&s).await {
+        return r;
+    }
+    let issuer = s.issuer.lock().unwrap().clone();
+    let claimed = s.claimed_issuer.lock().unwrap().clone().unwrap_or(issuer.clone());
+    axum::Json(json!({
+        "issuer": claimed,
+        "jwks_uri": format!("{issuer}/v1/keys"),
+        "token_endpoint": format!("{issuer}/v1/token"),
+        "introspection_endpoint": format!("{issuer}/v1/introspect"),
+        "authorization_endpoint": format!("{issuer}/v1/authorize"),
+        "end_session_endpoint": format!("{issuer}/v1/logout"),
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+    }))
+    .into_response()
+}
+
+async fn jwks(State(s): State<Arc<IdpState>>) -> Response {
+    s.jwks_hits.fetch_add(1, Ordering::SeqCst);
+    if let Some(r) = gate(&s).await {
+        return r;
+    }
+    let mut keys: Vec<Value> = s.keys.lock().unwrap().iter().map(|k| k.jwk.clone()).collect();
+    keys.extend(s.extra_jwks.lock().unwrap().iter().cloned());
+    axum::Json(json!({ "keys": keys })).into_response()
+}
+
+impl MockIdp {
+    /// Starts on 127.0.0.1:0 with issuer `http://127.0.0.1:PORT/oauth2/default` and key rsa1.
+    pub async fn start() -> MockIdp {
+        Self::start_with_keys(vec![SigningKey::rsa1()]).await
+    }
+
+    pub async fn start_with_keys(keys: Vec<SigningKey>) -> MockIdp {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let issuer = format!("http://{addr}/oauth2/default");
+        let state = Arc::new(IdpState {
+            issuer: Mutex::new(issuer.clone()),
+            claimed_issuer: Mutex::new(None),
+            mode: Mutex::new(Mode::Up),
+            keys: Mutex::new(keys),
+            discovery_hits: AtomicUsize::new(0),
+            jwks_hits: AtomicUsize::new(0),
+            extra_jwks: Mutex::new(Vec::new()),
+        });
+        let app = Router::new()
+            .route("/oauth2/default/.well-known/openid-configuration", get(discovery))
+            .route("/oauth2/default/v1/keys", get(jwks))
+            .with_state(state.clone());
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        MockIdp { addr, issuer, state, stop: Some(tx) }
+    }
+
+    pub fn set_mode(&self, m: Mode) {
+        *self.state.mode.lock().unwrap() = m;
+    }
+
+    /// Publishes these keys instead (the first signs).
+    pub fn rotate(&self, keys: Vec<SigningKey>) {
+        *self.state.keys.lock().unwrap() = keys;
+    }
+
+    pub fn signing_key(&self) -> SigningKey {
+        self.state.keys.lock().unwrap()[0].clone()
+    }
+
+    pub fn jwks_hits(&self) -> usize {
+        self.state.jwks_hits.load(Ordering::SeqCst)
+    }
+
+    /// Default claims of a valid access token for `aud`.
+    pub fn claims(&self, extra: Value) -> Value {
+        let now = now();
+        let mut c = json!({
+            "iss": self.issuer,
+            "aud": "api://default",
+            "sub": "alice@example.com",
+            "cid": "0oa-client",
+            "scp": ["api:read", "openid"],
+            "groups": ["Everyone", "admins"],
+            "iat": now,
+            "exp": now + 3600,
+            "jti": format!("{:x}", rand_u64()),
+        });
+        if let (Some(base), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
+            for (k, v) in extra {
+                if v.is_null() {
+                    base.remove(k);
+                } else {
+                    base.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        c
+    }
+
+    /// A valid access token signed with the current key, with `extra` merged into the claims (null removes).
+    pub fn mint(&self, extra: Value) -> String {
+        self.signing_key().sign(&self.claims(extra))
+    }
+}
+
+impl Drop for MockIdp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_usize(N.fetch_add(1, Ordering::SeqCst));
+    h.finish()
+}
+
+// ------------------------------------------------------------------------------------------------
+// oidc-authz under test
+// ------------------------------------------------------------------------------------------------
+
+/// A standard config against `idp` with a few policies, plus `extra` TOML appended.
+pub fn config_toml(idp: &MockIdp, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+grpc_addr = "127.0.0.1:0"
+admin_addr = "127.0.0.1:0"
+log_format = "pretty"
+shutdown_grace_secs = 5
+
+[providers.okta]
+issuer = "{issuer}"
+client_id = "oidc-authz"
+client_secret = "oidc-authz-secret"
+audiences = ["api://default"]
+leeway_secs = 0
+http_timeout_ms = 500
+jwks_min_refetch_secs = 0
+
+[policies.api]
+provider = "okta"
+auth_methods = ["bearer"]
+scopes_claim = ["scp"]
+scopes_required = ["api:read"]
+upstream_headers_claims = ["iss", "sub", "groups"]
+upstream_headers_names = ["X-Issuer", "x-user", "x-groups"]
+
+[policies.admins]
+provider = "okta"
+auth_methods = ["bearer"]
+groups_claim = ["groups"]
+groups_required = ["admins", "ops oncall"]
+
+[[routes]]
+path_prefix = "/routed"
+policy = "api"
+
+[[routes]]
+hosts = ["*.example.com"]
+path_prefix = "/admin"
+methods = ["GET"]
+policy = "admins"
+{extra}
+"#,
+        issuer = idp.issuer
+    )
+}
+
+pub struct TestServer {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub authorizer: Arc<oidc_authz::authz::Authorizer>,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<Result<(), oidc_authz::server::ServeError>>>,
+}
+
+impl TestServer {
+    pub async fn start(toml: &str) -> TestServer {
+        let config = Config::from_toml(toml).unwrap_or_else(|e| panic!("{e}"));
+        let server = Server::bind(config).await.unwrap();
+        let grpc_addr = server.grpc_addr();
+        let admin_addr = server.admin_addr();
+        let authorizer = server.authorizer();
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(server.run(async {
+            let _ = rx.await;
+        }));
+        TestServer { grpc_addr, admin_addr, authorizer, stop: Some(tx), handle: Some(handle) }
+    }
+
+    /// Starts and waits until /readyz says ready.
+    pub async fn start_ready(toml: &str) -> TestServer {
+        let s = Self::start(toml).await;
+        s.wait_ready().await;
+        s
+    }
+
+    pub async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if self.authorizer.is_ready() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("server never became ready");
+    }
+
+    pub async fn client(&self) -> AuthorizationClient<Channel> {
+        AuthorizationClient::connect(format!("http://{}", self.grpc_addr)).await.unwrap()
+    }
+
+    pub async fn check(&self, req: CheckRequest) -> CheckResponse {
+        self.client().await.check(req).await.unwrap().into_inner()
+    }
+
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let r = reqwest::get(format!("http://{}{path}", self.admin_addr)).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    /// Signals shutdown and waits for the server to stop.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Requests and answers
+// ------------------------------------------------------------------------------------------------
+
+/// Builds a CheckRequest the way Envoy sends one.
+#[derive(Clone, Default)]
+pub struct Req {
+    method: String,
+    host: String,
+    path: String,
+    headers: Vec<(String, Vec<u8>)>,
+    raw: bool,
+    ext: HashMap<String, String>,
+}
+
+pub fn req(path: &str) -> Req {
+    Req { method: "GET".into(), host: "app.example.com".into(), path: path.into(), ..Default::default() }
+}
+
+impl Req {
+    pub fn policy(mut self, p: &str) -> Self {
+        self.ext.insert("policy".into(), p.into());
+        self
+    }
+    pub fn method(mut self, m: &str) -> Self {
+        self.method = m.into();
+        self
+    }
+    pub fn host(mut self, h: &str) -> Self {
+        self.host = h.into();
+        self
+    }
+    pub fn header(mut self, k: &str, v: &str) -> Self {
+        self.headers.push((k.into(), v.as_bytes().to_vec()));
+        self
+    }
+    pub fn header_bytes(mut self, k: &str, v: &[u8]) -> Self {
+        self.headers.push((k.into(), v.to_vec()));
+        self
+    }
+    pub fn bearer(self, t: &str) -> Self {
+        self.header("authorization", &format!("Bearer {t}"))
+    }
+    /// Sends headers in `header_map` (Envoy's `encode_raw_headers: true`) instead of the `headers` map.
+    pub fn raw(mut self) -> Self {
+        self.raw = true;
+        self
+    }
+    pub fn build(self) -> CheckRequest {
+        let mut http = HttpRequest {
+            id: "req-1".into(),
+            method: self.method,
+            host: self.host,
+            path: self.path,
+            scheme: "https".into(),
+            protocol: "HTTP/1.1".into(),
+            ..Default::default()
+        };
+        if self.raw {
+            http.header_map = Some(HeaderMap {
+                headers: self
+                    .headers
+                    .into_iter()
+                    .map(|(k, v)| HeaderValue { key: k, value: String::new(), raw_value: v })
+                    .collect(),
+            });
+        } else {
+            for (k, v) in self.headers {
+                let v = String::from_utf8_lossy(&v).into_owned();
+                http.headers
+                    .entry(k.to_ascii_lowercase())
+                    .and_modify(|e| {
+                        e.push(',');
+                        e.push_str(&v)
+                    })
+                    .or_insert(v);
+            }
+        }
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(Request { http: Some(http), ..Default::default() }),
+                context_extensions: self.ext,
+                ..Default::default()
+            }),
+        }
+    }
+}
+
+/// A CheckResponse read back as plain values.
+#[derive(Debug)]
+pub struct Answer {
+    pub grpc_code: i32,
+    /// HTTP status of a deny; 200 for an allow.
+    pub status: u16,
+    pub headers: Vec<(String, String, i32)>,
+    pub remove: Vec<String>,
+    pub body: String,
+    pub metadata: HashMap<String, String>,
+}
+
+impl Answer {
+    pub fn from(r: CheckResponse) -> Answer {
+        let grpc_code = r.status.as_ref().map(|s| s.code).unwrap_or(-1);
+        let metadata = r
+            .dynamic_metadata
+            .map(|m| {
+                m.fields
+                    .into_iter()
+                    .filter_map(|(k, v)| match v.kind {
+                        Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s)) => Some((k, s)),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let hv = |h: &[envoy_types::pb::envoy::config::core::v3::HeaderValueOption]| -> Vec<(String, String, i32)> {
+            h.iter()
+                .map(|o| {
+                    let v = o.header.clone().unwrap();
+                    (v.key, v.value, o.append_action)
+                })
+                .collect()
+        };
+        match r.http_response {
+            Some(HttpResponse::OkResponse(ok)) => Answer {
+                grpc_code,
+                status: 200,
+                headers: hv(&ok.headers),
+                remove: ok.headers_to_remove,
+                body: String::new(),
+                metadata,
+            },
+            Some(HttpResponse::DeniedResponse(d)) => Answer {
+                grpc_code,
+                status: d.status.map(|s| s.code as u16).unwrap_or(0),
+                headers: hv(&d.headers),
+                remove: Vec::new(),
+                body: d.body,
+                metadata,
+            },
+            _ => Answer { grpc_code, status: 0, headers: vec![], remove: vec![], body: String::new(), metadata },
+        }
+    }
+
+    pub fn header(&self, k: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _, _)| n.eq_ignore_ascii_case(k)).map(|(_, v, _)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// Asserts a deny with this status, error code, JSON body and no-store, and that nothing in it echoes `secret`.
+    pub fn assert_deny(&self, status: u16, error: &str) {
+        assert_eq!(self.status, status, "{self:?}");
+        assert_ne!(self.grpc_code, 0, "a deny must not carry gRPC OK: {self:?}");
+        assert_eq!(self.header("cache-control"), Some("no-store"), "{self:?}");
+        assert_eq!(self.header("content-type"), Some("application/json"), "{self:?}");
+        let body = self.json();
+        assert_eq!(body["error"], error, "{self:?}");
+        assert_eq!(body["status"], status, "{self:?}");
+        assert!(body["error_description"].as_str().is_some_and(|d| !d.is_empty()), "{self:?}");
+    }
+
+    pub fn assert_not_echoing(&self, secret: &str) {
+        let all = format!("{:?}", self);
+        assert!(!all.contains(secret), "answer echoes a secret: {all}");
+    }
+}
