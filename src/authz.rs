@@ -35,7 +35,11 @@ struct Outcome {
 
 impl Outcome {
     fn deny(deny: Deny) -> Self {
-        Outcome { decision: Decision::Deny(deny), method: None, sub: None }
+        Outcome {
+            decision: Decision::Deny(deny),
+            method: None,
+            sub: None,
+        }
     }
 }
 
@@ -99,9 +103,15 @@ impl Authorizer {
         let method = outcome.method.map_or("-", AuthMethod::as_str);
         self.metrics
             .decisions
-            .get_or_create(&DecisionLabels { policy: policy_name.to_string(), method, result })
+            .get_or_create(&DecisionLabels {
+                policy: policy_name.to_string(),
+                method,
+                result,
+            })
             .inc();
-        self.metrics.check_seconds.observe(start.elapsed().as_secs_f64());
+        self.metrics
+            .check_seconds
+            .observe(start.elapsed().as_secs_f64());
         let reason = match &outcome.decision {
             Decision::Deny(d) => d.description.as_str(),
             Decision::Allow(_) => "",
@@ -128,13 +138,19 @@ impl Authorizer {
                 None => {
                     let shown: String = name.chars().take(64).collect();
                     tracing::error!(policy.hint = %shown, "Envoy named a policy that is not configured; denying");
-                    Err(Deny::forbidden("access_denied", "no policy is configured for this route"))
+                    Err(Deny::forbidden(
+                        "access_denied",
+                        "no policy is configured for this route",
+                    ))
                 }
             };
         }
         match self.config.routes.find(view.host, view.path, view.method) {
             Some(route) => Ok(&self.config.policies[route.policy]),
-            None => Err(Deny::forbidden("access_denied", "no policy is configured for this route")),
+            None => Err(Deny::forbidden(
+                "access_denied",
+                "no policy is configured for this route",
+            )),
         }
     }
 
@@ -145,12 +161,23 @@ impl Authorizer {
             Credential::Bearer(token) if policy.allows(AuthMethod::Bearer) => {
                 match self.bearer.verify(provider, token).await {
                     Ok(v) => (AuthMethod::Bearer, v),
-                    Err(e) => return Outcome { method: Some(AuthMethod::Bearer), ..Outcome::deny(bearer_deny(realm, &e, provider)) },
+                    Err(e) => {
+                        return Outcome {
+                            method: Some(AuthMethod::Bearer),
+                            ..Outcome::deny(bearer_deny(realm, &e, provider))
+                        };
+                    }
                 }
             }
-            Credential::Malformed(why) => return Outcome::deny(Deny::unauthorized(realm, "invalid_token", why)),
+            Credential::Malformed(why) => {
+                return Outcome::deny(Deny::unauthorized(realm, "invalid_token", why));
+            }
             Credential::None => {
-                return Outcome::deny(Deny::unauthorized(realm, "invalid_token", "no access token in the request"));
+                return Outcome::deny(Deny::unauthorized(
+                    realm,
+                    "invalid_token",
+                    "no access token in the request",
+                ));
             }
             Credential::Bearer(_) | Credential::Basic(_) => {
                 return Outcome::deny(Deny::unauthorized(
@@ -160,7 +187,11 @@ impl Authorizer {
                 ));
             }
         };
-        let sub = claims.claims.get("sub").and_then(Value::as_str).map(str::to_string);
+        let sub = claims
+            .claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         if let Err(denied) = policy.access.check(&claims.claims) {
             return Outcome {
                 decision: Decision::Deny(Deny::insufficient(realm, denied.to_string())),
@@ -168,7 +199,11 @@ impl Authorizer {
                 sub,
             };
         }
-        Outcome { decision: Decision::Allow(allow(policy, method, &claims.claims)), method: Some(method), sub }
+        Outcome {
+            decision: Decision::Allow(allow(policy, method, &claims.claims)),
+            method: Some(method),
+            sub,
+        }
     }
 }
 
@@ -206,7 +241,8 @@ fn allow(policy: &Policy, method: AuthMethod, claims: &Map<String, Value>) -> Al
         out.metadata.push(("client_id", cid));
     }
     out.metadata.push(("policy", policy.name.clone()));
-    out.metadata.push(("auth_method", method.as_str().to_string()));
+    out.metadata
+        .push(("auth_method", method.as_str().to_string()));
     out
 }
 

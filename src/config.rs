@@ -73,7 +73,10 @@ pub enum ConfigError {
     Invalid { section: String, message: String },
     /// A required field is missing.
     #[error("{section}: missing `{field}`")]
-    Missing { section: String, field: &'static str },
+    Missing {
+        section: String,
+        field: &'static str,
+    },
     /// A policy names a provider that is not configured.
     #[error("{section}: unknown provider `{name}`")]
     UnknownProvider { section: String, name: String },
@@ -81,17 +84,29 @@ pub enum ConfigError {
     #[error("{section}: unknown policy `{name}`")]
     UnknownPolicy { section: String, name: String },
     /// An auth method that oidc-authz does not know.
-    #[error("{section}: unknown auth method `{name}` (known: bearer, introspection, client_credentials, authorization_code, session)")]
+    #[error(
+        "{section}: unknown auth method `{name}` (known: bearer, introspection, client_credentials, authorization_code, session)"
+    )]
     UnknownAuthMethod { section: String, name: String },
     /// `upstream_headers_claims` and `upstream_headers_names` differ in length.
-    #[error("{section}: upstream_headers_claims has {claims} entries but upstream_headers_names has {names}")]
-    HeaderLengthMismatch { section: String, claims: usize, names: usize },
+    #[error(
+        "{section}: upstream_headers_claims has {claims} entries but upstream_headers_names has {names}"
+    )]
+    HeaderLengthMismatch {
+        section: String,
+        claims: usize,
+        names: usize,
+    },
     /// Not a valid HTTP header name.
     #[error("{section}: `{name}` is not a valid header name")]
     BadHeaderName { section: String, name: String },
     /// Not a valid URL (or not http/https).
     #[error("{section}: `{field}` is not a valid http(s) URL: {reason}")]
-    BadUrl { section: String, field: &'static str, reason: String },
+    BadUrl {
+        section: String,
+        field: &'static str,
+        reason: String,
+    },
     /// A `path_regex` that does not compile.
     #[error("{section}: bad path_regex: {reason}")]
     BadRegex { section: String, reason: String },
@@ -100,7 +115,11 @@ pub enum ConfigError {
     BadAddr { field: &'static str, value: String },
     /// A secret file that cannot be read.
     #[error("{section}: cannot read client_secret_file {path}: {reason}")]
-    SecretFile { section: String, path: String, reason: String },
+    SecretFile {
+        section: String,
+        path: String,
+        reason: String,
+    },
     /// Two settings that cannot both be given, or a value out of range.
     #[error("{section}: {message}")]
     Conflict { section: String, message: String },
@@ -443,7 +462,11 @@ impl Validator {
         let mut unknown = Vec::new();
         let res = serde_ignored::deserialize(value, |path| {
             let p = path.to_string();
-            unknown.push(if prefix.is_empty() { p } else { format!("{prefix}.{p}") });
+            unknown.push(if prefix.is_empty() {
+                p
+            } else {
+                format!("{prefix}.{p}")
+            });
         });
         for key in unknown {
             self.err(ConfigError::UnknownKey(key));
@@ -455,7 +478,10 @@ impl Validator {
                 if !e.path.is_empty() {
                     msg = format!("`{}`: {msg}", e.path.join("."));
                 }
-                self.err(ConfigError::Invalid { section: prefix.to_string(), message: msg });
+                self.err(ConfigError::Invalid {
+                    section: prefix.to_string(),
+                    message: msg,
+                });
                 None
             }
         }
@@ -478,10 +504,12 @@ impl Validator {
         let server = server.and_then(|s| self.server(s));
 
         let mut providers = Vec::new();
+        let mut declared_providers = BTreeSet::new();
         if let Some(p) = root.get("providers") {
             match p.as_dict() {
                 Some(map) => {
                     for (name, v) in map {
+                        declared_providers.insert(name.clone());
                         let section = format!("providers.{name}");
                         if let Some(raw) = self.section::<RawProvider>(&section, v) {
                             if let Some(p) = self.provider(name, &section, raw) {
@@ -508,7 +536,13 @@ impl Validator {
                         policy_names.insert(name.clone());
                         let section = format!("policies.{name}");
                         if let Some(raw) = self.section::<RawPolicy>(&section, v) {
-                            if let Some(p) = self.policy(name, &section, raw, &provider_names) {
+                            if let Some(p) = self.policy(
+                                name,
+                                &section,
+                                raw,
+                                &declared_providers,
+                                &provider_names,
+                            ) {
                                 policies.push(p);
                             }
                         }
@@ -529,7 +563,8 @@ impl Validator {
                     for (i, v) in list.iter().enumerate() {
                         let section = format!("routes[{i}]");
                         if let Some(raw) = self.section::<RawRoute>(&section, v) {
-                            if let Some(route) = self.route(&section, raw, &policy_names, &policies) {
+                            if let Some(route) = self.route(&section, raw, &policy_names, &policies)
+                            {
                                 routes.push(route);
                             }
                         }
@@ -599,7 +634,11 @@ impl Validator {
                 None
             }
             Err(e) => {
-                self.err(ConfigError::BadUrl { section: section.into(), field, reason: e.to_string() });
+                self.err(ConfigError::BadUrl {
+                    section: section.into(),
+                    field,
+                    reason: e.to_string(),
+                });
                 None
             }
         }
@@ -613,7 +652,10 @@ impl Validator {
                 Some(i)
             }
             None => {
-                self.err(ConfigError::Missing { section: section.into(), field: "issuer" });
+                self.err(ConfigError::Missing {
+                    section: section.into(),
+                    field: "issuer",
+                });
                 None
             }
         };
@@ -641,9 +683,18 @@ impl Validator {
         };
         let jwks_uri = self.url(section, "jwks_uri", raw.jwks_uri);
         let token_endpoint = self.url(section, "token_endpoint", raw.token_endpoint);
-        let introspection_endpoint = self.url(section, "introspection_endpoint", raw.introspection_endpoint);
-        let authorization_endpoint = self.url(section, "authorization_endpoint", raw.authorization_endpoint);
-        let end_session_endpoint = self.url(section, "end_session_endpoint", raw.end_session_endpoint);
+        let introspection_endpoint = self.url(
+            section,
+            "introspection_endpoint",
+            raw.introspection_endpoint,
+        );
+        let authorization_endpoint = self.url(
+            section,
+            "authorization_endpoint",
+            raw.authorization_endpoint,
+        );
+        let end_session_endpoint =
+            self.url(section, "end_session_endpoint", raw.end_session_endpoint);
         let http_timeout_ms = raw.http_timeout_ms.unwrap_or(2000);
         if http_timeout_ms == 0 {
             self.err(ConfigError::Conflict {
@@ -688,7 +739,10 @@ impl Validator {
             });
             return None;
         }
-        if required.iter().any(|r| r.split_whitespace().next().is_none()) {
+        if required
+            .iter()
+            .any(|r| r.split_whitespace().next().is_none())
+        {
             self.err(ConfigError::Invalid {
                 section: section.into(),
                 message: format!("{field}_required has an empty entry (it would match everything)"),
@@ -701,38 +755,80 @@ impl Validator {
         Some(Requirement::new(field, claim, &required))
     }
 
-    fn policy(&mut self, name: &str, section: &str, raw: RawPolicy, providers: &[String]) -> Option<Policy> {
+    fn policy(
+        &mut self,
+        name: &str,
+        section: &str,
+        raw: RawPolicy,
+        declared: &BTreeSet<String>,
+        providers: &[String],
+    ) -> Option<Policy> {
         let before = self.errors.len();
         let provider = match &raw.provider {
             None => {
-                self.err(ConfigError::Missing { section: section.into(), field: "provider" });
+                self.err(ConfigError::Missing {
+                    section: section.into(),
+                    field: "provider",
+                });
                 None
             }
-            Some(p) => match providers.iter().position(|n| n == p) {
-                Some(i) => Some(i),
-                None => {
-                    self.err(ConfigError::UnknownProvider { section: section.into(), name: p.clone() });
-                    None
-                }
-            },
+            Some(p) if !declared.contains(p) => {
+                self.err(ConfigError::UnknownProvider {
+                    section: section.into(),
+                    name: p.clone(),
+                });
+                None
+            }
+            // Declared but invalid: its own errors are already listed.
+            Some(p) => providers.iter().position(|n| n == p),
         };
         let mut auth_methods = Vec::new();
         for m in &raw.auth_methods {
             match AuthMethod::parse(m) {
                 Some(m) if !auth_methods.contains(&m) => auth_methods.push(m),
                 Some(_) => {}
-                None => self.err(ConfigError::UnknownAuthMethod { section: section.into(), name: m.clone() }),
+                None => self.err(ConfigError::UnknownAuthMethod {
+                    section: section.into(),
+                    name: m.clone(),
+                }),
             }
         }
         if raw.auth_methods.is_empty() {
-            self.err(ConfigError::Missing { section: section.into(), field: "auth_methods" });
+            self.err(ConfigError::Missing {
+                section: section.into(),
+                field: "auth_methods",
+            });
         }
 
         let mut reqs = Vec::new();
-        reqs.extend(self.requirement(section, "scopes", raw.scopes_claim, "scope", raw.scopes_required));
-        reqs.extend(self.requirement(section, "groups", raw.groups_claim, "groups", raw.groups_required));
-        reqs.extend(self.requirement(section, "roles", raw.roles_claim, "roles", raw.roles_required));
-        reqs.extend(self.requirement(section, "audience", raw.audience_claim, "aud", raw.audience_required));
+        reqs.extend(self.requirement(
+            section,
+            "scopes",
+            raw.scopes_claim,
+            "scope",
+            raw.scopes_required,
+        ));
+        reqs.extend(self.requirement(
+            section,
+            "groups",
+            raw.groups_claim,
+            "groups",
+            raw.groups_required,
+        ));
+        reqs.extend(self.requirement(
+            section,
+            "roles",
+            raw.roles_claim,
+            "roles",
+            raw.roles_required,
+        ));
+        reqs.extend(self.requirement(
+            section,
+            "audience",
+            raw.audience_claim,
+            "aud",
+            raw.audience_required,
+        ));
 
         let mut upstream_headers = Vec::new();
         if raw.upstream_headers_claims.len() != raw.upstream_headers_names.len() {
@@ -742,7 +838,11 @@ impl Validator {
                 names: raw.upstream_headers_names.len(),
             });
         }
-        for (claim, hname) in raw.upstream_headers_claims.iter().zip(&raw.upstream_headers_names) {
+        for (claim, hname) in raw
+            .upstream_headers_claims
+            .iter()
+            .zip(&raw.upstream_headers_names)
+        {
             // Kong writes the header name as given (e.g. `Issuer_Header`); HTTP/2 and Envoy want lower case.
             match HeaderName::from_bytes(hname.to_ascii_lowercase().as_bytes()) {
                 Ok(h) if !hname.starts_with(':') && !is_hop_or_reserved(h.as_str()) => {
@@ -750,13 +850,21 @@ impl Validator {
                     if claim.is_empty() || path.iter().any(|p| p.is_empty()) {
                         self.err(ConfigError::Invalid {
                             section: section.into(),
-                            message: format!("upstream_headers_claims entry {claim:?} is not a claim path"),
+                            message: format!(
+                                "upstream_headers_claims entry {claim:?} is not a claim path"
+                            ),
                         });
                     } else {
-                        upstream_headers.push(UpstreamHeader { claim: path, name: h });
+                        upstream_headers.push(UpstreamHeader {
+                            claim: path,
+                            name: h,
+                        });
                     }
                 }
-                _ => self.err(ConfigError::BadHeaderName { section: section.into(), name: hname.clone() }),
+                _ => self.err(ConfigError::BadHeaderName {
+                    section: section.into(),
+                    name: hname.clone(),
+                }),
             }
         }
 
@@ -779,10 +887,16 @@ impl Validator {
             .any(|m| matches!(m, AuthMethod::AuthorizationCode | AuthMethod::Session));
         if needs_login {
             if redirect_uri.is_none() && self.errors.len() == before {
-                self.err(ConfigError::Missing { section: section.into(), field: "redirect_uri" });
+                self.err(ConfigError::Missing {
+                    section: section.into(),
+                    field: "redirect_uri",
+                });
             }
             if session_secrets.is_empty() {
-                self.err(ConfigError::Missing { section: section.into(), field: "session_secret" });
+                self.err(ConfigError::Missing {
+                    section: section.into(),
+                    field: "session_secret",
+                });
             }
         }
         for s in &session_secrets {
@@ -826,10 +940,14 @@ impl Validator {
         policies: &[Policy],
     ) -> Option<Route> {
         let before = self.errors.len();
-        let given = [raw.path_prefix.is_some(), raw.path_exact.is_some(), raw.path_regex.is_some()]
-            .iter()
-            .filter(|b| **b)
-            .count();
+        let given = [
+            raw.path_prefix.is_some(),
+            raw.path_exact.is_some(),
+            raw.path_regex.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
         if given > 1 {
             self.err(ConfigError::Conflict {
                 section: section.into(),
@@ -848,7 +966,10 @@ impl Validator {
             match regex::Regex::new(&format!("^(?:{r})$")) {
                 Ok(re) => PathMatch::Regex(re),
                 Err(e) => {
-                    self.err(ConfigError::BadRegex { section: section.into(), reason: e.to_string() });
+                    self.err(ConfigError::BadRegex {
+                        section: section.into(),
+                        reason: e.to_string(),
+                    });
                     PathMatch::Prefix("/".into())
                 }
             }
@@ -884,11 +1005,17 @@ impl Validator {
         }
         let policy = match raw.policy {
             None => {
-                self.err(ConfigError::Missing { section: section.into(), field: "policy" });
+                self.err(ConfigError::Missing {
+                    section: section.into(),
+                    field: "policy",
+                });
                 None
             }
             Some(p) if !policy_names.contains(&p) => {
-                self.err(ConfigError::UnknownPolicy { section: section.into(), name: p });
+                self.err(ConfigError::UnknownPolicy {
+                    section: section.into(),
+                    name: p,
+                });
                 None
             }
             Some(p) => Some(p),
@@ -899,7 +1026,13 @@ impl Validator {
         // Policies are already validated and sorted; a policy that failed validation has its own error.
         let policy_name = policy?;
         let policy = policies.iter().position(|p| p.name == policy_name)?;
-        Some(Route { hosts, path, methods, policy, policy_name })
+        Some(Route {
+            hosts,
+            path,
+            methods,
+            policy,
+            policy_name,
+        })
     }
 }
 
@@ -907,13 +1040,23 @@ impl Validator {
 fn is_hop_or_reserved(name: &str) -> bool {
     matches!(
         name,
-        "host" | "connection" | "content-length" | "transfer-encoding" | "te" | "upgrade" | "keep-alive"
+        "host"
+            | "connection"
+            | "content-length"
+            | "transfer-encoding"
+            | "te"
+            | "upgrade"
+            | "keep-alive"
     )
 }
 
 /// Collects the validated config's policy names (for tests).
 pub fn policy_names(cfg: &Config) -> BTreeMap<String, usize> {
-    cfg.policies.iter().enumerate().map(|(i, p)| (p.name.clone(), i)).collect()
+    cfg.policies
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.name.clone(), i))
+        .collect()
 }
 
 #[cfg(test)]
@@ -948,7 +1091,10 @@ policy = "api"
     fn good_config_loads() {
         let cfg = Config::from_toml(GOOD).unwrap();
         assert_eq!(cfg.providers.len(), 1);
-        assert_eq!(cfg.policies[0].upstream_headers[0].name.as_str(), "x-issuer");
+        assert_eq!(
+            cfg.policies[0].upstream_headers[0].name.as_str(),
+            "x-issuer"
+        );
         assert_eq!(cfg.providers[0].leeway_secs, 30);
     }
 
@@ -999,6 +1145,9 @@ policy = "ghost"
             assert!(kinds.contains(k), "missing {k} in {err}");
         }
         let text = err.to_string();
-        assert!(text.contains("server.bogus") && text.contains("providers.okta.wat"), "{text}");
+        assert!(
+            text.contains("server.bogus") && text.contains("providers.okta.wat"),
+            "{text}"
+        );
     }
 }

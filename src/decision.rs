@@ -1,8 +1,8 @@
 //! The answer to one Check, and the one place that turns it into an Envoy `CheckResponse`.
 
 use envoy_types::ext_authz::v3::pb::{
-    CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption, HttpResponse,
-    HttpStatus, OkHttpResponse,
+    CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
+    HttpResponse, HttpStatus, OkHttpResponse,
 };
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
@@ -89,14 +89,24 @@ impl Deny {
         Deny {
             status: DenyStatus::Forbidden,
             error: "insufficient_scope",
-            www_authenticate: Some(challenge("Bearer", realm, "insufficient_scope", &description)),
+            www_authenticate: Some(challenge(
+                "Bearer",
+                realm,
+                "insufficient_scope",
+                &description,
+            )),
             description,
         }
     }
 
     /// 403 without a challenge (no policy for the route).
     pub fn forbidden(error: &'static str, description: impl Into<String>) -> Self {
-        Deny { status: DenyStatus::Forbidden, error, description: description.into(), www_authenticate: None }
+        Deny {
+            status: DenyStatus::Forbidden,
+            error,
+            description: description.into(),
+            www_authenticate: None,
+        }
     }
 
     /// 503: the identity provider is needed and did not answer usefully.
@@ -112,7 +122,11 @@ impl Deny {
 
 /// `Bearer realm="r", error="e", error_description="d"` with quotes and backslashes removed from the parts.
 pub fn challenge(scheme: &str, realm: &str, error: &str, description: &str) -> String {
-    let clean = |s: &str| s.chars().filter(|c| *c != '"' && *c != '\\' && !c.is_control()).collect::<String>();
+    let clean = |s: &str| {
+        s.chars()
+            .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
+            .collect::<String>()
+    };
     format!(
         "{scheme} realm=\"{}\", error=\"{}\", error_description=\"{}\"",
         clean(realm),
@@ -123,14 +137,20 @@ pub fn challenge(scheme: &str, realm: &str, error: &str, description: &str) -> S
 
 fn header(key: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOption {
     HeaderValueOption {
-        header: Some(HeaderValue { key: key.to_string(), value: value.to_string(), raw_value: Vec::new() }),
+        header: Some(HeaderValue {
+            key: key.to_string(),
+            value: value.to_string(),
+            raw_value: Vec::new(),
+        }),
         append_action: action as i32,
         ..Default::default()
     }
 }
 
 fn string_value(s: &str) -> Value {
-    Value { kind: Some(Kind::StringValue(s.to_string())) }
+    Value {
+        kind: Some(Kind::StringValue(s.to_string())),
+    }
 }
 
 impl Decision {
@@ -144,14 +164,25 @@ impl Decision {
                     .map(|(k, v)| header(k.as_str(), v, HeaderAppendAction::OverwriteIfExistsOrAdd))
                     .collect();
                 let metadata = (!allow.metadata.is_empty()).then(|| Struct {
-                    fields: allow.metadata.iter().map(|(k, v)| (k.to_string(), string_value(v))).collect(),
+                    fields: allow
+                        .metadata
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), string_value(v)))
+                        .collect(),
                 });
                 CheckResponse {
-                    status: Some(rpc::Status { code: tonic::Code::Ok as i32, ..Default::default() }),
+                    status: Some(rpc::Status {
+                        code: tonic::Code::Ok as i32,
+                        ..Default::default()
+                    }),
                     dynamic_metadata: metadata,
                     http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
                         headers,
-                        headers_to_remove: allow.remove_headers.iter().map(|h| h.as_str().to_string()).collect(),
+                        headers_to_remove: allow
+                            .remove_headers
+                            .iter()
+                            .map(|h| h.as_str().to_string())
+                            .collect(),
                         ..Default::default()
                     })),
                 }
@@ -164,15 +195,35 @@ impl Decision {
                 })
                 .to_string();
                 let mut headers = vec![
-                    header("content-type", "application/json", HeaderAppendAction::OverwriteIfExistsOrAdd),
-                    header("cache-control", "no-store", HeaderAppendAction::OverwriteIfExistsOrAdd),
-                    header("pragma", "no-cache", HeaderAppendAction::OverwriteIfExistsOrAdd),
+                    header(
+                        "content-type",
+                        "application/json",
+                        HeaderAppendAction::OverwriteIfExistsOrAdd,
+                    ),
+                    header(
+                        "cache-control",
+                        "no-store",
+                        HeaderAppendAction::OverwriteIfExistsOrAdd,
+                    ),
+                    header(
+                        "pragma",
+                        "no-cache",
+                        HeaderAppendAction::OverwriteIfExistsOrAdd,
+                    ),
                 ];
                 if let Some(c) = &deny.www_authenticate {
-                    headers.push(header("www-authenticate", c, HeaderAppendAction::OverwriteIfExistsOrAdd));
+                    headers.push(header(
+                        "www-authenticate",
+                        c,
+                        HeaderAppendAction::OverwriteIfExistsOrAdd,
+                    ));
                 }
                 if deny.status == DenyStatus::Unavailable {
-                    headers.push(header("retry-after", "5", HeaderAppendAction::OverwriteIfExistsOrAdd));
+                    headers.push(header(
+                        "retry-after",
+                        "5",
+                        HeaderAppendAction::OverwriteIfExistsOrAdd,
+                    ));
                 }
                 CheckResponse {
                     status: Some(rpc::Status {
@@ -182,7 +233,9 @@ impl Decision {
                     }),
                     dynamic_metadata: None,
                     http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
-                        status: Some(HttpStatus { code: deny.status.code() as i32 }),
+                        status: Some(HttpStatus {
+                            code: deny.status.code() as i32,
+                        }),
                         headers,
                         body,
                     })),
@@ -198,17 +251,29 @@ mod tests {
 
     #[test]
     fn deny_response_shape() {
-        let r = Decision::Deny(Deny::unauthorized("api", "invalid_token", "the token has expired")).into_response();
+        let r = Decision::Deny(Deny::unauthorized(
+            "api",
+            "invalid_token",
+            "the token has expired",
+        ))
+        .into_response();
         assert_eq!(r.status.unwrap().code, tonic::Code::Unauthenticated as i32);
-        let Some(HttpResponse::DeniedResponse(d)) = r.http_response else { panic!("not denied") };
+        let Some(HttpResponse::DeniedResponse(d)) = r.http_response else {
+            panic!("not denied")
+        };
         assert_eq!(d.status.unwrap().code, 401);
         let get = |k: &str| {
-            d.headers.iter().find(|h| h.header.as_ref().unwrap().key == k).map(|h| h.header.clone().unwrap().value)
+            d.headers
+                .iter()
+                .find(|h| h.header.as_ref().unwrap().key == k)
+                .map(|h| h.header.clone().unwrap().value)
         };
         assert_eq!(get("cache-control").as_deref(), Some("no-store"));
         assert_eq!(
             get("www-authenticate").as_deref(),
-            Some(r#"Bearer realm="api", error="invalid_token", error_description="the token has expired""#)
+            Some(
+                r#"Bearer realm="api", error="invalid_token", error_description="the token has expired""#
+            )
         );
         let body: serde_json::Value = serde_json::from_str(&d.body).unwrap();
         assert_eq!(body["error"], "invalid_token");
@@ -217,7 +282,10 @@ mod tests {
 
     #[test]
     fn challenge_strips_quotes() {
-        assert_eq!(challenge("Bearer", "a\"b", "e", "d\\\n"), r#"Bearer realm="ab", error="e", error_description="d""#);
+        assert_eq!(
+            challenge("Bearer", "a\"b", "e", "d\\\n"),
+            r#"Bearer realm="ab", error="e", error_description="d""#
+        );
     }
 
     #[test]
@@ -229,8 +297,13 @@ mod tests {
         })
         .into_response();
         assert_eq!(r.status.unwrap().code, 0);
-        let Some(HttpResponse::OkResponse(ok)) = r.http_response else { panic!("not ok") };
-        assert_eq!(ok.headers[0].append_action, HeaderAppendAction::OverwriteIfExistsOrAdd as i32);
+        let Some(HttpResponse::OkResponse(ok)) = r.http_response else {
+            panic!("not ok")
+        };
+        assert_eq!(
+            ok.headers[0].append_action,
+            HeaderAppendAction::OverwriteIfExistsOrAdd as i32
+        );
         assert_eq!(ok.headers_to_remove, vec!["x-groups".to_string()]);
         assert!(r.dynamic_metadata.unwrap().fields.contains_key("sub"));
     }

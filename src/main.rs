@@ -12,7 +12,11 @@ use oidc_authz::telemetry::init_logging;
 const EXIT_BAD_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "oidc-authz", version, about = "OpenID Connect for any Envoy, as an ext_authz gRPC service")]
+#[command(
+    name = "oidc-authz",
+    version,
+    about = "OpenID Connect for any Envoy, as an ext_authz gRPC service"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -63,7 +67,10 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             init_logging(cfg.server.log_format);
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("cannot start the runtime: {e}");

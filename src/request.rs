@@ -40,8 +40,12 @@ impl<'a> CheckView<'a> {
     /// Builds the view; missing attributes give empty fields, never a panic.
     pub fn new(req: &'a CheckRequest) -> Self {
         let attrs = req.attributes.as_ref();
-        let context_extensions = attrs.map(|a| &a.context_extensions).filter(|c| !c.is_empty());
-        let http = attrs.and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
+        let context_extensions = attrs
+            .map(|a| &a.context_extensions)
+            .filter(|c| !c.is_empty());
+        let http = attrs
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref());
         let Some(http) = http else {
             return CheckView {
                 method: "",
@@ -75,14 +79,21 @@ impl<'a> CheckView<'a> {
             method: http.method.as_str(),
             host: http.host.as_str(),
             path,
-            query: if http.query.is_empty() { query } else { http.query.as_str() },
+            query: if http.query.is_empty() {
+                query
+            } else {
+                http.query.as_str()
+            },
             scheme: http.scheme.as_str(),
             request_id: http.id.as_str(),
             context_extensions,
             headers,
         };
         if view.host.is_empty() {
-            view.host = view.header(":authority").or_else(|| view.header("host")).unwrap_or("");
+            view.host = view
+                .header(":authority")
+                .or_else(|| view.header("host"))
+                .unwrap_or("");
         }
         if view.method.is_empty() {
             view.method = view.header(":method").unwrap_or("");
@@ -104,9 +115,16 @@ impl<'a> CheckView<'a> {
         match &self.headers {
             Headers::Map(m) => m
                 .get(name)
-                .or_else(|| m.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v))
+                .or_else(|| {
+                    m.iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                        .map(|(_, v)| v)
+                })
                 .map(String::as_str),
-            Headers::Raw(v) => v.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).and_then(|(_, v)| *v),
+            Headers::Raw(v) => v
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .and_then(|(_, v)| *v),
         }
     }
 
@@ -118,7 +136,11 @@ impl<'a> CheckView<'a> {
                 .filter(|(k, _)| k.eq_ignore_ascii_case(name))
                 .map(|(_, v)| Some(v.as_str()))
                 .collect(),
-            Headers::Raw(v) => v.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| *v).collect(),
+            Headers::Raw(v) => v
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| *v)
+                .collect(),
         }
     }
 
@@ -129,7 +151,9 @@ impl<'a> CheckView<'a> {
 
     /// The policy Envoy named for this route, if any.
     pub fn policy_hint(&self) -> Option<&'a str> {
-        self.context_extensions.and_then(|c| c.get("policy")).map(String::as_str)
+        self.context_extensions
+            .and_then(|c| c.get("policy"))
+            .map(String::as_str)
     }
 }
 
@@ -152,7 +176,10 @@ mod tests {
     fn req(http: HttpRequest) -> CheckRequest {
         CheckRequest {
             attributes: Some(AttributeContext {
-                request: Some(Request { http: Some(http), ..Default::default() }),
+                request: Some(Request {
+                    http: Some(http),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
         }
@@ -185,7 +212,11 @@ mod tests {
 
     #[test]
     fn raw_headers_non_utf8_and_repeats() {
-        let hv = |k: &str, v: &[u8]| HeaderValue { key: k.into(), value: String::new(), raw_value: v.to_vec() };
+        let hv = |k: &str, v: &[u8]| HeaderValue {
+            key: k.into(),
+            value: String::new(),
+            raw_value: v.to_vec(),
+        };
         let r = req(HttpRequest {
             path: "/".into(),
             header_map: Some(HeaderMap {

@@ -12,7 +12,9 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use envoy_types::ext_authz::v3::pb::{Authorization, AuthorizationServer, CheckRequest, CheckResponse};
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, AuthorizationServer, CheckRequest, CheckResponse,
+};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
@@ -38,7 +40,10 @@ impl CheckService {
 
 #[tonic::async_trait]
 impl Authorization for CheckService {
-    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
         let req = request.into_inner();
         let view = CheckView::new(&req);
         let decision = self.authorizer.check(&view).await;
@@ -51,7 +56,10 @@ impl Authorization for CheckService {
 pub enum ServeError {
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
@@ -79,24 +87,46 @@ impl Server {
     }
 
     /// Binds both listeners; the authorizer checks token times against `clock`.
-    pub async fn bind_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Server, ServeError> {
+    pub async fn bind_with_clock(
+        config: Config,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Server, ServeError> {
         let grpc_addr = config.server.grpc_addr;
         let admin_addr = config.server.admin_addr;
-        let grpc = TcpListener::bind(grpc_addr).await.map_err(|source| ServeError::Bind { addr: grpc_addr, source })?;
-        let admin = TcpListener::bind(admin_addr).await.map_err(|source| ServeError::Bind { addr: admin_addr, source })?;
+        let grpc = TcpListener::bind(grpc_addr)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: grpc_addr,
+                source,
+            })?;
+        let admin = TcpListener::bind(admin_addr)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: admin_addr,
+                source,
+            })?;
         let metrics = Arc::new(Metrics::new());
         let authorizer = Arc::new(Authorizer::new(config, metrics.clone(), clock));
-        Ok(Server { grpc, admin, authorizer, metrics })
+        Ok(Server {
+            grpc,
+            admin,
+            authorizer,
+            metrics,
+        })
     }
 
     /// Where gRPC listens.
     pub fn grpc_addr(&self) -> SocketAddr {
-        self.grpc.local_addr().expect("bound listener has an address")
+        self.grpc
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     /// Where the admin HTTP listener is.
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin.local_addr().expect("bound listener has an address")
+        self.admin
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     /// The authorizer (tests call it directly).
@@ -105,16 +135,30 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then drains.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
-        let Server { grpc, admin, authorizer, metrics } = self;
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let Server {
+            grpc,
+            admin,
+            authorizer,
+            metrics,
+        } = self;
         let grace = authorizer.config().server.shutdown_grace;
         let draining = Arc::new(AtomicBool::new(false));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
-        let refreshers: Vec<_> = authorizer.providers().iter().map(|p| tokio::spawn(p.clone().run_refresh())).collect();
+        let refreshers: Vec<_> = authorizer
+            .providers()
+            .iter()
+            .map(|p| tokio::spawn(p.clone().run_refresh()))
+            .collect();
 
         let (reporter, health) = tonic_health::server::health_reporter();
-        reporter.set_not_serving::<AuthorizationServer<CheckService>>().await;
+        reporter
+            .set_not_serving::<AuthorizationServer<CheckService>>()
+            .await;
         let ready_watch = {
             let authorizer = authorizer.clone();
             let reporter = reporter.clone();
@@ -122,7 +166,9 @@ impl Server {
             tokio::spawn(async move {
                 loop {
                     if authorizer.is_ready() {
-                        reporter.set_serving::<AuthorizationServer<CheckService>>().await;
+                        reporter
+                            .set_serving::<AuthorizationServer<CheckService>>()
+                            .await;
                         break;
                     }
                     tokio::select! {
@@ -133,7 +179,11 @@ impl Server {
             })
         };
 
-        let admin_state = AdminState { authorizer: authorizer.clone(), metrics: metrics.clone(), draining: draining.clone() };
+        let admin_state = AdminState {
+            authorizer: authorizer.clone(),
+            metrics: metrics.clone(),
+            draining: draining.clone(),
+        };
         let app = Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
@@ -192,17 +242,29 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
     if s.draining.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_string());
     }
-    let pending: Vec<&str> = s.authorizer.providers().iter().filter(|p| !p.is_ready()).map(|p| p.name()).collect();
+    let pending: Vec<&str> = s
+        .authorizer
+        .providers()
+        .iter()
+        .filter(|p| !p.is_ready())
+        .map(|p| p.name())
+        .collect();
     if pending.is_empty() {
         (StatusCode::OK, "ready\n".to_string())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("waiting for providers: {}\n", pending.join(", ")))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("waiting for providers: {}\n", pending.join(", ")),
+        )
     }
 }
 
 async fn metrics_text(State(s): State<AdminState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         s.metrics.render(),
     )
 }

@@ -18,7 +18,11 @@ pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
         LogFormat::Pretty => builder.compact().try_init(),
     };
 }
@@ -96,17 +100,43 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("oidc_authz");
         let decisions = Family::<DecisionLabels, Counter>::default();
-        registry.register("decisions", "Check decisions by policy, auth method and result", decisions.clone());
+        registry.register(
+            "decisions",
+            "Check decisions by policy, auth method and result",
+            decisions.clone(),
+        );
         let check_seconds = latency_histogram();
-        registry.register("check_duration_seconds", "Time to answer one Check", check_seconds.clone());
+        registry.register(
+            "check_duration_seconds",
+            "Time to answer one Check",
+            check_seconds.clone(),
+        );
         let idp_requests = Family::<IdpLabels, Counter>::default();
-        registry.register("idp_requests", "HTTP calls to identity providers", idp_requests.clone());
-        let idp_seconds = Family::<IdpEndpointLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
-        registry.register("idp_request_duration_seconds", "Latency of calls to identity providers", idp_seconds.clone());
+        registry.register(
+            "idp_requests",
+            "HTTP calls to identity providers",
+            idp_requests.clone(),
+        );
+        let idp_seconds = Family::<IdpEndpointLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "idp_request_duration_seconds",
+            "Latency of calls to identity providers",
+            idp_seconds.clone(),
+        );
         let cache = Family::<CacheLabels, Counter>::default();
-        registry.register("cache_lookups", "Cache lookups by cache and result", cache.clone());
+        registry.register(
+            "cache_lookups",
+            "Cache lookups by cache and result",
+            cache.clone(),
+        );
         let in_flight = Gauge::default();
-        registry.register("checks_in_flight", "Checks being answered now", in_flight.clone());
+        registry.register(
+            "checks_in_flight",
+            "Checks being answered now",
+            in_flight.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             decisions,
@@ -121,15 +151,29 @@ impl Metrics {
     /// Records one IdP call.
     pub fn idp_call(&self, provider: &str, endpoint: &'static str, ok: bool, elapsed: Duration) {
         let outcome = if ok { "ok" } else { "error" };
-        self.idp_requests.get_or_create(&IdpLabels { provider: provider.to_string(), endpoint, outcome }).inc();
+        self.idp_requests
+            .get_or_create(&IdpLabels {
+                provider: provider.to_string(),
+                endpoint,
+                outcome,
+            })
+            .inc();
         self.idp_seconds
-            .get_or_create(&IdpEndpointLabels { provider: provider.to_string(), endpoint })
+            .get_or_create(&IdpEndpointLabels {
+                provider: provider.to_string(),
+                endpoint,
+            })
             .observe(elapsed.as_secs_f64());
     }
 
     /// Records one cache lookup.
     pub fn cache_lookup(&self, cache: &'static str, hit: bool) {
-        self.cache.get_or_create(&CacheLabels { cache, result: if hit { "hit" } else { "miss" } }).inc();
+        self.cache
+            .get_or_create(&CacheLabels {
+                cache,
+                result: if hit { "hit" } else { "miss" },
+            })
+            .inc();
     }
 
     /// The text exposition of every metric.

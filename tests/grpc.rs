@@ -22,7 +22,10 @@ async fn valid_token_is_allowed_with_headers_and_metadata_in_both_encodings() {
     let (idp, server) = world().await;
     let token = idp.mint(json!({}));
     for raw in [false, true] {
-        let mut r = req("/anything").policy("api").bearer(&token).header("x-user", "attacker");
+        let mut r = req("/anything")
+            .policy("api")
+            .bearer(&token)
+            .header("x-user", "attacker");
         if raw {
             r = r.raw();
         }
@@ -30,21 +33,39 @@ async fn valid_token_is_allowed_with_headers_and_metadata_in_both_encodings() {
         assert_eq!(a.status, 200, "{a:?}");
         assert_eq!(a.grpc_code, 0);
         // overwrite, not append: the client's copy can never survive
-        let overwrite = envoy_types::ext_authz::v3::pb::HeaderAppendAction::OverwriteIfExistsOrAdd as i32;
+        let overwrite =
+            envoy_types::ext_authz::v3::pb::HeaderAppendAction::OverwriteIfExistsOrAdd as i32;
         assert_eq!(
             a.headers,
             vec![
                 ("x-issuer".to_string(), idp.issuer.clone(), overwrite),
-                ("x-user".to_string(), "alice@example.com".to_string(), overwrite),
-                ("x-groups".to_string(), "Everyone,admins".to_string(), overwrite),
+                (
+                    "x-user".to_string(),
+                    "alice@example.com".to_string(),
+                    overwrite
+                ),
+                (
+                    "x-groups".to_string(),
+                    "Everyone,admins".to_string(),
+                    overwrite
+                ),
             ]
         );
         assert!(a.remove.is_empty());
-        assert_eq!(a.metadata.get("sub").map(String::as_str), Some("alice@example.com"));
+        assert_eq!(
+            a.metadata.get("sub").map(String::as_str),
+            Some("alice@example.com")
+        );
         assert_eq!(a.metadata.get("iss"), Some(&idp.issuer));
-        assert_eq!(a.metadata.get("client_id").map(String::as_str), Some("0oa-client"));
+        assert_eq!(
+            a.metadata.get("client_id").map(String::as_str),
+            Some("0oa-client")
+        );
         assert_eq!(a.metadata.get("policy").map(String::as_str), Some("api"));
-        assert_eq!(a.metadata.get("auth_method").map(String::as_str), Some("bearer"));
+        assert_eq!(
+            a.metadata.get("auth_method").map(String::as_str),
+            Some("bearer")
+        );
         a.assert_not_echoing(&token);
     }
 }
@@ -53,7 +74,14 @@ async fn valid_token_is_allowed_with_headers_and_metadata_in_both_encodings() {
 async fn missing_claim_header_is_removed_not_passed_through() {
     let (idp, server) = world().await;
     let token = idp.mint(json!({"groups": null}));
-    let a = ask(&server, req("/x").policy("api").bearer(&token).header("x-groups", "admins")).await;
+    let a = ask(
+        &server,
+        req("/x")
+            .policy("api")
+            .bearer(&token)
+            .header("x-groups", "admins"),
+    )
+    .await;
     assert_eq!(a.status, 200);
     assert_eq!(a.remove, vec!["x-groups".to_string()]);
     assert!(a.header("x-groups").is_none());
@@ -67,7 +95,10 @@ async fn no_credentials_is_401_with_challenge() {
         a.assert_deny(401, "invalid_token");
         assert_eq!(a.grpc_code, tonic::Code::Unauthenticated as i32);
         let c = a.header("www-authenticate").unwrap();
-        assert!(c.starts_with("Bearer realm=\"api\", error=\"invalid_token\", error_description=\""), "{c}");
+        assert!(
+            c.starts_with("Bearer realm=\"api\", error=\"invalid_token\", error_description=\""),
+            "{c}"
+        );
     }
 }
 
@@ -79,11 +110,17 @@ async fn bad_tokens_are_401_and_never_echoed() {
     let cases: Vec<(&str, String)> = vec![
         ("garbage", "not-a-jwt".into()),
         ("three dots", "a.b.c.d".into()),
-        ("expired", idp.mint(json!({"exp": now - 10, "iat": now - 100}))),
+        (
+            "expired",
+            idp.mint(json!({"exp": now - 10, "iat": now - 100})),
+        ),
         ("not yet valid", idp.mint(json!({"nbf": now + 600}))),
         ("issued in future", idp.mint(json!({"iat": now + 600}))),
         ("wrong audience", idp.mint(json!({"aud": "api://other"}))),
-        ("wrong issuer", idp.mint(json!({"iss": "https://evil.example.com"}))),
+        (
+            "wrong issuer",
+            idp.mint(json!({"iss": "https://evil.example.com"})),
+        ),
         ("no exp", idp.mint(json!({"exp": null}))),
         ("string exp", idp.mint(json!({"exp": "tomorrow"}))),
         ("unknown kid", other.sign(&idp.claims(json!({})))),
@@ -123,9 +160,15 @@ async fn bad_tokens_are_401_and_never_echoed() {
 async fn alg_none_and_hmac_confusion_are_refused() {
     let (idp, server) = world().await;
     use base64::Engine;
-    let b64 = |v: &serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let b64 = |v: &serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
     let claims = idp.claims(json!({}));
-    let none = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&claims));
+    let none = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&claims)
+    );
     let a = ask(&server, req("/x").policy("api").bearer(&none)).await;
     a.assert_deny(401, "invalid_token");
 
@@ -133,17 +176,33 @@ async fn alg_none_and_hmac_confusion_are_refused() {
     let jwk_text = serde_json::to_string(&idp.signing_key().jwk).unwrap();
     let mut h = Header::new(Algorithm::HS256);
     h.kid = Some(idp.signing_key().kid);
-    let hs = jsonwebtoken::encode(&h, &claims, &jsonwebtoken::EncodingKey::from_secret(jwk_text.as_bytes())).unwrap();
+    let hs = jsonwebtoken::encode(
+        &h,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(jwk_text.as_bytes()),
+    )
+    .unwrap();
     let a = ask(&server, req("/x").policy("api").bearer(&hs)).await;
     a.assert_deny(401, "invalid_token");
-    assert!(a.json()["error_description"].as_str().unwrap().contains("algorithm"), "{a:?}");
+    assert!(
+        a.json()["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("algorithm"),
+        "{a:?}"
+    );
 
     // RS256 header on an EC key's kid
-    idp.rotate(vec![idp.signing_key(), SigningKey::load("ec256.pem", "ec1", Algorithm::ES256)]);
+    idp.rotate(vec![
+        idp.signing_key(),
+        SigningKey::load("ec256.pem", "ec1", Algorithm::ES256),
+    ]);
     let mut h = Header::new(Algorithm::RS256);
     h.kid = Some("ec1".into());
     let t = idp.signing_key().sign_with_header(&h, &claims);
-    ask(&server, req("/x").policy("api").bearer(&t)).await.assert_deny(401, "invalid_token");
+    ask(&server, req("/x").policy("api").bearer(&t))
+        .await
+        .assert_deny(401, "invalid_token");
 }
 
 #[tokio::test]
@@ -175,9 +234,19 @@ async fn keys_whose_use_forbids_signing_are_ignored() {
     idp.state.extra_jwks.lock().unwrap().push(jwk);
     let server = TestServer::start_ready(&config_toml(&idp, "")).await;
     let t = enc.sign(&idp.claims(json!({})));
-    ask(&server, req("/x").policy("api").bearer(&t)).await.assert_deny(401, "invalid_token");
+    ask(&server, req("/x").policy("api").bearer(&t))
+        .await
+        .assert_deny(401, "invalid_token");
     // the signing key still works
-    assert_eq!(ask(&server, req("/x").policy("api").bearer(&idp.mint(json!({})))).await.status, 200);
+    assert_eq!(
+        ask(
+            &server,
+            req("/x").policy("api").bearer(&idp.mint(json!({})))
+        )
+        .await
+        .status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -187,10 +256,19 @@ async fn insufficient_scope_is_403_with_challenge() {
     let a = ask(&server, req("/x").policy("api").bearer(&t)).await;
     a.assert_deny(403, "insufficient_scope");
     assert_eq!(a.grpc_code, tonic::Code::PermissionDenied as i32);
-    assert!(a.header("www-authenticate").unwrap().contains("error=\"insufficient_scope\""));
+    assert!(
+        a.header("www-authenticate")
+            .unwrap()
+            .contains("error=\"insufficient_scope\"")
+    );
     // space-separated string claim works as well as an array
     let t = idp.mint(json!({"scp": "openid api:read"}));
-    assert_eq!(ask(&server, req("/x").policy("api").bearer(&t)).await.status, 200);
+    assert_eq!(
+        ask(&server, req("/x").policy("api").bearer(&t))
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -200,9 +278,21 @@ async fn group_rules_or_of_and() {
     let ok_admin = idp.mint(json!({"groups": ["admins"]}));
     let ok_both = idp.mint(json!({"groups": ["ops", "oncall"]}));
     let only_ops = idp.mint(json!({"groups": ["ops"]}));
-    assert_eq!(ask(&server, req("/admin/x").host(host).bearer(&ok_admin)).await.status, 200);
-    assert_eq!(ask(&server, req("/admin/x").host(host).bearer(&ok_both)).await.status, 200);
-    ask(&server, req("/admin/x").host(host).bearer(&only_ops)).await.assert_deny(403, "insufficient_scope");
+    assert_eq!(
+        ask(&server, req("/admin/x").host(host).bearer(&ok_admin))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        ask(&server, req("/admin/x").host(host).bearer(&ok_both))
+            .await
+            .status,
+        200
+    );
+    ask(&server, req("/admin/x").host(host).bearer(&only_ops))
+        .await
+        .assert_deny(403, "insufficient_scope");
 }
 
 #[tokio::test]
@@ -211,19 +301,46 @@ async fn policy_selection_and_fail_closed() {
     let t = idp.mint(json!({}));
     // routes table: prefix at a segment boundary
     let a = ask(&server, req("/routed/x?y=1").bearer(&t)).await;
-    assert_eq!((a.status, a.metadata.get("policy").map(String::as_str)), (200, Some("api")));
-    ask(&server, req("/routedx").bearer(&t)).await.assert_deny(403, "access_denied");
-    // host wildcard + method
-    let admin = idp.mint(json!({"groups": ["admins"]}));
-    assert_eq!(ask(&server, req("/admin").host("b.example.com:8443").bearer(&admin)).await.status, 200);
-    ask(&server, req("/admin").host("example.com").bearer(&admin)).await.assert_deny(403, "access_denied");
-    ask(&server, req("/admin").host("b.example.com").method("POST").bearer(&admin))
+    assert_eq!(
+        (a.status, a.metadata.get("policy").map(String::as_str)),
+        (200, Some("api"))
+    );
+    ask(&server, req("/routedx").bearer(&t))
         .await
         .assert_deny(403, "access_denied");
+    // host wildcard + method
+    let admin = idp.mint(json!({"groups": ["admins"]}));
+    assert_eq!(
+        ask(
+            &server,
+            req("/admin").host("b.example.com:8443").bearer(&admin)
+        )
+        .await
+        .status,
+        200
+    );
+    ask(&server, req("/admin").host("example.com").bearer(&admin))
+        .await
+        .assert_deny(403, "access_denied");
+    ask(
+        &server,
+        req("/admin")
+            .host("b.example.com")
+            .method("POST")
+            .bearer(&admin),
+    )
+    .await
+    .assert_deny(403, "access_denied");
     // an unknown policy named by Envoy: deny, never a default
-    ask(&server, req("/routed/x").policy("nope").bearer(&t)).await.assert_deny(403, "access_denied");
+    ask(&server, req("/routed/x").policy("nope").bearer(&t))
+        .await
+        .assert_deny(403, "access_denied");
     // context_extensions win over the routes table
-    let a = ask(&server, req("/admin").host("b.example.com").policy("api").bearer(&t)).await;
+    let a = ask(
+        &server,
+        req("/admin").host("b.example.com").policy("api").bearer(&t),
+    )
+    .await;
     assert_eq!(a.metadata.get("policy").map(String::as_str), Some("api"));
 }
 
@@ -237,20 +354,39 @@ async fn malformed_requests_never_error_or_allow() {
     // two Authorization headers (raw), non-UTF-8 Authorization, empty scheme, unknown scheme
     let cases = vec![
         req("/x").policy("api").raw().bearer(&t).bearer(&t),
-        req("/x").policy("api").raw().header_bytes("authorization", &[0x42, 0xff, 0xfe]),
+        req("/x")
+            .policy("api")
+            .raw()
+            .header_bytes("authorization", &[0x42, 0xff, 0xfe]),
         req("/x").policy("api").header("authorization", "Bearer"),
-        req("/x").policy("api").header("authorization", "Bearer    "),
-        req("/x").policy("api").header("authorization", "Digest abc"),
-        req("/x").policy("api").header("authorization", "Basic YTpi"),
-        req("/x").policy("api").header("authorization", &format!("Bearer {t},Bearer {t}")),
+        req("/x")
+            .policy("api")
+            .header("authorization", "Bearer    "),
+        req("/x")
+            .policy("api")
+            .header("authorization", "Digest abc"),
+        req("/x")
+            .policy("api")
+            .header("authorization", "Basic YTpi"),
+        req("/x")
+            .policy("api")
+            .header("authorization", &format!("Bearer {t},Bearer {t}")),
     ];
     for r in cases {
         ask(&server, r).await.assert_deny(401, "invalid_token");
     }
     // huge and non-UTF-8 values elsewhere do not matter
     let big = "v".repeat(256 * 1024);
-    let a = ask(&server, req("/x").policy("api").raw().bearer(&t).header("x-big", &big).header_bytes("x-bin", &[0xff]))
-        .await;
+    let a = ask(
+        &server,
+        req("/x")
+            .policy("api")
+            .raw()
+            .bearer(&t)
+            .header("x-big", &big)
+            .header_bytes("x-bin", &[0xff]),
+    )
+    .await;
     assert_eq!(a.status, 200);
 }
 
@@ -259,14 +395,28 @@ async fn repeated_token_is_verified_once() {
     let (idp, server) = world().await;
     let t = idp.mint(json!({}));
     for _ in 0..5 {
-        assert_eq!(ask(&server, req("/x").policy("api").bearer(&t)).await.status, 200);
+        assert_eq!(
+            ask(&server, req("/x").policy("api").bearer(&t))
+                .await
+                .status,
+            200
+        );
     }
     let (_, metrics) = server.admin_get("/metrics").await;
-    let hits = metric(&metrics, "oidc_authz_cache_lookups_total{cache=\"token\",result=\"hit\"}");
-    let misses = metric(&metrics, "oidc_authz_cache_lookups_total{cache=\"token\",result=\"miss\"}");
+    let hits = metric(
+        &metrics,
+        "oidc_authz_cache_lookups_total{cache=\"token\",result=\"hit\"}",
+    );
+    let misses = metric(
+        &metrics,
+        "oidc_authz_cache_lookups_total{cache=\"token\",result=\"miss\"}",
+    );
     assert_eq!((hits, misses), (4.0, 1.0), "{metrics}");
     assert_eq!(
-        metric(&metrics, "oidc_authz_decisions_total{policy=\"api\",method=\"bearer\",result=\"allow\"}"),
+        metric(
+            &metrics,
+            "oidc_authz_decisions_total{policy=\"api\",method=\"bearer\",result=\"allow\"}"
+        ),
         5.0
     );
 }
@@ -281,7 +431,10 @@ pub fn metric(text: &str, series: &str) -> f64 {
 async fn admin_endpoints() {
     let (_idp, server) = world().await;
     assert_eq!(server.admin_get("/healthz").await.0, 200);
-    assert_eq!(server.admin_get("/readyz").await, (200, "ready\n".to_string()));
+    assert_eq!(
+        server.admin_get("/readyz").await,
+        (200, "ready\n".to_string())
+    );
     let (code, text) = server.admin_get("/metrics").await;
     assert_eq!(code, 200);
     for name in [
@@ -299,11 +452,16 @@ async fn admin_endpoints() {
         .unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let r = health
-        .check(tonic_health::pb::HealthCheckRequest { service: "envoy.service.auth.v3.Authorization".into() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "envoy.service.auth.v3.Authorization".into(),
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        r.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 }
 
 #[tokio::test]

@@ -68,12 +68,18 @@ pub enum BearerError {
 struct UntilExp;
 
 impl Expiry<[u8; 32], Arc<Verified>> for UntilExp {
-    fn expire_after_create(&self, _key: &[u8; 32], value: &Arc<Verified>, _now: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        value: &Arc<Verified>,
+        _now: Instant,
+    ) -> Option<Duration> {
         let now = crate::clock::SystemClock.now();
-        Some(Duration::from_secs(value.exp.saturating_sub(now).clamp(1, 24 * 3600)))
+        Some(Duration::from_secs(
+            value.exp.saturating_sub(now).clamp(1, 24 * 3600),
+        ))
     }
 }
-
 
 /// Verifies bearer JWTs and remembers the verified ones.
 pub struct BearerVerifier {
@@ -84,7 +90,9 @@ pub struct BearerVerifier {
 
 impl std::fmt::Debug for BearerVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BearerVerifier").field("cached", &self.cache.as_ref().map(|c| c.entry_count())).finish()
+        f.debug_struct("BearerVerifier")
+            .field("cached", &self.cache.as_ref().map(|c| c.entry_count()))
+            .finish()
     }
 }
 
@@ -92,14 +100,25 @@ impl std::fmt::Debug for BearerVerifier {
 fn looks_like_jws(token: &str) -> bool {
     token.split('.').count() == 3
         && token.split('.').take(2).all(|p| !p.is_empty())
-        && token.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'='))
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'='))
 }
 
 impl BearerVerifier {
     /// A verifier with a cache of at most `max_entries` tokens (0: no cache).
     pub fn new(max_entries: u64, clock: Arc<dyn Clock>, metrics: Arc<Metrics>) -> Self {
-        let cache = (max_entries > 0).then(|| moka::future::Cache::builder().max_capacity(max_entries).expire_after(UntilExp).build());
-        BearerVerifier { cache, clock, metrics }
+        let cache = (max_entries > 0).then(|| {
+            moka::future::Cache::builder()
+                .max_capacity(max_entries)
+                .expire_after(UntilExp)
+                .build()
+        });
+        BearerVerifier {
+            cache,
+            clock,
+            metrics,
+        }
     }
 
     /// Whether the token has the shape of a JWT (used to tell JWTs from opaque tokens).
@@ -108,7 +127,11 @@ impl BearerVerifier {
     }
 
     /// Verifies a token for a provider: cache first, then signature and claims.
-    pub async fn verify(&self, provider: &Provider, token: &str) -> Result<Arc<Verified>, BearerError> {
+    pub async fn verify(
+        &self,
+        provider: &Provider,
+        token: &str,
+    ) -> Result<Arc<Verified>, BearerError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(BearerError::TooLarge);
         }
@@ -135,7 +158,11 @@ impl BearerVerifier {
         Ok(verified)
     }
 
-    async fn verify_uncached(&self, provider: &Provider, token: &str) -> Result<Verified, BearerError> {
+    async fn verify_uncached(
+        &self,
+        provider: &Provider,
+        token: &str,
+    ) -> Result<Verified, BearerError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| BearerError::Malformed)?;
         let alg = header.alg;
         if !ALLOWED_ALGS.contains(&alg) {
@@ -148,7 +175,11 @@ impl BearerVerifier {
         };
         if keys.is_empty() {
             // The kid exists but its key may not sign with this alg: alg confusion or a pinned alg.
-            return Err(if header.kid.is_some() { BearerError::Algorithm } else { BearerError::UnknownKey });
+            return Err(if header.kid.is_some() {
+                BearerError::Algorithm
+            } else {
+                BearerError::UnknownKey
+            });
         }
         let mut validation = Validation::new(alg);
         validation.algorithms = vec![alg];
@@ -158,7 +189,8 @@ impl BearerVerifier {
         validation.validate_aud = false;
         let mut claims = None;
         for k in &keys {
-            if let Ok(data) = jsonwebtoken::decode::<Map<String, Value>>(token, &k.key, &validation) {
+            if let Ok(data) = jsonwebtoken::decode::<Map<String, Value>>(token, &k.key, &validation)
+            {
                 claims = Some(data.claims);
                 break;
             }
@@ -180,13 +212,20 @@ fn cache_key(provider: &str, token: &str) -> [u8; 32] {
 fn num(claims: &Map<String, Value>, name: &str) -> Option<Option<u64>> {
     match claims.get(name) {
         None => Some(None),
-        Some(Value::Number(n)) => n.as_u64().or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)).map(Some),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+            .map(Some),
         Some(_) => None,
     }
 }
 
 /// Checks iss, aud, exp, nbf and iat; returns `exp`.
-pub fn check_claims(claims: &Map<String, Value>, provider: &Provider, now: u64) -> Result<u64, BearerError> {
+pub fn check_claims(
+    claims: &Map<String, Value>,
+    provider: &Provider,
+    now: u64,
+) -> Result<u64, BearerError> {
     let leeway = provider.config.leeway_secs;
     if claims.get("iss").and_then(Value::as_str) != Some(provider.config.issuer.as_str()) {
         return Err(BearerError::Issuer);
@@ -195,7 +234,10 @@ pub fn check_claims(claims: &Map<String, Value>, provider: &Provider, now: u64) 
     if !audiences.is_empty() {
         let ok = match claims.get("aud") {
             Some(Value::String(a)) => audiences.iter().any(|x| x == a),
-            Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).any(|a| audiences.iter().any(|x| x == a)),
+            Some(Value::Array(list)) => list
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|a| audiences.iter().any(|x| x == a)),
             _ => false,
         };
         if !ok {
@@ -208,12 +250,16 @@ pub fn check_claims(claims: &Map<String, Value>, provider: &Provider, now: u64) 
     }
     match num(claims, "nbf") {
         None => return Err(BearerError::Malformed),
-        Some(Some(nbf)) if nbf > now.saturating_add(leeway) => return Err(BearerError::NotYetValid),
+        Some(Some(nbf)) if nbf > now.saturating_add(leeway) => {
+            return Err(BearerError::NotYetValid);
+        }
         _ => {}
     }
     match num(claims, "iat") {
         None => return Err(BearerError::Malformed),
-        Some(Some(iat)) if iat > now.saturating_add(leeway) => return Err(BearerError::IssuedInFuture),
+        Some(Some(iat)) if iat > now.saturating_add(leeway) => {
+            return Err(BearerError::IssuedInFuture);
+        }
         _ => {}
     }
     Ok(exp)

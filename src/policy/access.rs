@@ -22,7 +22,11 @@ impl Requirement {
             .map(|e| e.split_whitespace().map(str::to_string).collect::<Vec<_>>())
             .filter(|words| !words.is_empty())
             .collect();
-        Requirement { what: what.to_string(), claim, alternatives }
+        Requirement {
+            what: what.to_string(),
+            claim,
+            alternatives,
+        }
     }
 
     /// Whether the claims satisfy one of the alternatives.
@@ -31,7 +35,9 @@ impl Requirement {
             return false;
         };
         let have = claim_words(value);
-        self.alternatives.iter().any(|alt| alt.iter().all(|w| have.iter().any(|h| h == w)))
+        self.alternatives
+            .iter()
+            .any(|alt| alt.iter().all(|w| have.iter().any(|h| h == w)))
     }
 }
 
@@ -59,7 +65,9 @@ impl AccessRules {
     pub fn check(&self, claims: &Map<String, Value>) -> Result<(), AccessDenied> {
         for r in &self.requirements {
             if !r.satisfied_by(claims) {
-                return Err(AccessDenied { what: r.what.clone() });
+                return Err(AccessDenied {
+                    what: r.what.clone(),
+                });
             }
         }
         Ok(())
@@ -145,7 +153,9 @@ mod tests {
     #[test]
     fn nested_claim_path() {
         let r = req(&["realm_access", "roles"], &["admin"]);
-        assert!(r.satisfied_by(&claims(json!({"realm_access": {"roles": ["user", "admin"]}}))));
+        assert!(r.satisfied_by(&claims(
+            json!({"realm_access": {"roles": ["user", "admin"]}})
+        )));
         assert!(!r.satisfied_by(&claims(json!({"realm_access": {"roles": ["user"]}}))));
         assert!(!r.satisfied_by(&claims(json!({"realm_access": "admin"}))));
     }
@@ -156,8 +166,14 @@ mod tests {
             req(&["scp"], &["api:read"]),
             Requirement::new("groups", vec!["groups".into()], &["admins".into()]),
         ]);
-        assert!(rules.check(&claims(json!({"scp": ["api:read"], "groups": ["admins"]}))).is_ok());
-        let err = rules.check(&claims(json!({"scp": ["api:read"], "groups": ["users"]}))).unwrap_err();
+        assert!(
+            rules
+                .check(&claims(json!({"scp": ["api:read"], "groups": ["admins"]})))
+                .is_ok()
+        );
+        let err = rules
+            .check(&claims(json!({"scp": ["api:read"], "groups": ["users"]})))
+            .unwrap_err();
         assert_eq!(err.what, "groups");
         assert!(AccessRules::default().check(&claims(json!({}))).is_ok());
     }

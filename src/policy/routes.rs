@@ -25,7 +25,9 @@ impl HostMatch {
         let valid = |h: &str| {
             !h.is_empty()
                 && h.split('.').all(|l| {
-                    !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    !l.is_empty()
+                        && l.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                 })
         };
         if let Some(rest) = s.strip_prefix("*.") {
@@ -38,7 +40,9 @@ impl HostMatch {
     fn rank(&self, host: &str) -> Option<(u8, usize)> {
         match self {
             HostMatch::Exact(h) => (h == host).then_some((2, h.len())),
-            HostMatch::Suffix(sfx) => (host.len() > sfx.len() && host.ends_with(sfx.as_str())).then_some((1, sfx.len())),
+            HostMatch::Suffix(sfx) => {
+                (host.len() > sfx.len() && host.ends_with(sfx.as_str())).then_some((1, sfx.len()))
+            }
         }
     }
 }
@@ -58,7 +62,11 @@ impl PathMatch {
     /// A prefix matcher, normalising a trailing `/`.
     pub fn prefix(p: &str) -> Self {
         let trimmed = p.trim_end_matches('/');
-        PathMatch::Prefix(if trimmed.is_empty() { "/".into() } else { trimmed.to_string() })
+        PathMatch::Prefix(if trimmed.is_empty() {
+            "/".into()
+        } else {
+            trimmed.to_string()
+        })
     }
 
     fn rank(&self, path: &str) -> Option<(u8, usize)> {
@@ -120,7 +128,9 @@ pub struct RouteTable {
 impl RouteTable {
     /// Wraps routes in config order.
     pub fn new(routes: Vec<Route>) -> Self {
-        RouteTable { routes: routes.into() }
+        RouteTable {
+            routes: routes.into(),
+        }
     }
 
     /// Number of routes.
@@ -172,7 +182,10 @@ mod tests {
         Route {
             hosts: hosts.iter().map(|h| HostMatch::parse(h).unwrap()).collect(),
             path,
-            methods: methods.iter().map(|m| Method::from_bytes(m.as_bytes()).unwrap()).collect(),
+            methods: methods
+                .iter()
+                .map(|m| Method::from_bytes(m.as_bytes()).unwrap())
+                .collect(),
             policy,
             policy_name: format!("p{policy}"),
         }
@@ -198,7 +211,12 @@ mod tests {
             route(&[], PathMatch::prefix("/api"), &[], 1),
             route(&[], PathMatch::prefix("/api/admin"), &[], 2),
             route(&[], PathMatch::Exact("/api/admin/x".into()), &[], 3),
-            route(&[], PathMatch::Regex(Regex::new("^(?:/api/v[0-9]+/.*)$").unwrap()), &[], 4),
+            route(
+                &[],
+                PathMatch::Regex(Regex::new("^(?:/api/v[0-9]+/.*)$").unwrap()),
+                &[],
+                4,
+            ),
             route(&["*.example.com"], PathMatch::prefix("/"), &[], 5),
             route(&["api.example.com"], PathMatch::prefix("/"), &[], 6),
             route(&["api.example.com"], PathMatch::prefix("/"), &["POST"], 7),
@@ -217,7 +235,12 @@ mod tests {
 
     #[test]
     fn unmatched_is_none() {
-        let t = RouteTable::new(vec![route(&["a.com"], PathMatch::prefix("/x"), &["GET"], 0)]);
+        let t = RouteTable::new(vec![route(
+            &["a.com"],
+            PathMatch::prefix("/x"),
+            &["GET"],
+            0,
+        )]);
         assert!(t.find("a.com", "/x", "POST").is_none());
         assert!(t.find("b.com", "/x", "GET").is_none());
         assert!(RouteTable::default().find("a.com", "/", "GET").is_none());

@@ -33,7 +33,11 @@ pub struct VerifyKey {
 
 impl std::fmt::Debug for VerifyKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VerifyKey").field("kid", &self.kid).field("family", &self.family).field("alg", &self.alg).finish()
+        f.debug_struct("VerifyKey")
+            .field("kid", &self.kid)
+            .field("family", &self.family)
+            .field("alg", &self.alg)
+            .finish()
     }
 }
 
@@ -84,10 +88,13 @@ fn key_alg(a: &KeyAlgorithm) -> Option<Algorithm> {
 impl KeySet {
     /// Parses a JWKS, keeping only keys allowed to verify signatures with an asymmetric algorithm.
     pub fn parse(body: &[u8]) -> Result<KeySet, JwksError> {
-        let raw: RawSet = serde_json::from_slice(body).map_err(|e| JwksError::Malformed(e.to_string()))?;
+        let raw: RawSet =
+            serde_json::from_slice(body).map_err(|e| JwksError::Malformed(e.to_string()))?;
         let mut keys = Vec::new();
         for v in raw.keys {
-            let Ok(jwk) = serde_json::from_value::<Jwk>(v) else { continue };
+            let Ok(jwk) = serde_json::from_value::<Jwk>(v) else {
+                continue;
+            };
             if let Some(k) = Self::usable(&jwk) {
                 keys.push(Arc::new(k));
             }
@@ -100,7 +107,10 @@ impl KeySet {
 
     fn usable(jwk: &Jwk) -> Option<VerifyKey> {
         let c = &jwk.common;
-        if matches!(c.public_key_use, Some(PublicKeyUse::Encryption) | Some(PublicKeyUse::Other(_))) {
+        if matches!(
+            c.public_key_use,
+            Some(PublicKeyUse::Encryption) | Some(PublicKeyUse::Other(_))
+        ) {
             return None;
         }
         if let Some(ops) = &c.key_operations {
@@ -117,7 +127,12 @@ impl KeySet {
         if family == AlgorithmFamily::Hmac || alg.is_some_and(|a| a.family() != family) {
             return None;
         }
-        Some(VerifyKey { kid: c.key_id.clone(), family, alg, key })
+        Some(VerifyKey {
+            kid: c.key_id.clone(),
+            family,
+            alg,
+            key,
+        })
     }
 
     /// Number of usable keys.
@@ -170,17 +185,29 @@ mod tests {
         assert_eq!(set.len(), 1);
         assert!(set.has_kid("sig"));
         assert_eq!(set.candidates(Some("sig"), Algorithm::RS256).len(), 1);
-        assert!(set.candidates(Some("sig"), Algorithm::RS384).is_empty(), "alg pinned by the JWKS");
+        assert!(
+            set.candidates(Some("sig"), Algorithm::RS384).is_empty(),
+            "alg pinned by the JWKS"
+        );
         assert!(set.candidates(Some("sig"), Algorithm::ES256).is_empty());
-        assert!(set.candidates(Some("sig"), Algorithm::HS256).is_empty(), "no alg confusion");
+        assert!(
+            set.candidates(Some("sig"), Algorithm::HS256).is_empty(),
+            "no alg confusion"
+        );
         assert!(set.candidates(Some("other"), Algorithm::RS256).is_empty());
         assert_eq!(set.candidates(None, Algorithm::RS256).len(), 1);
     }
 
     #[test]
     fn refuses_empty_and_garbage() {
-        assert!(matches!(KeySet::parse(b"not json"), Err(JwksError::Malformed(_))));
-        assert!(matches!(KeySet::parse(&jwks(serde_json::json!([]))), Err(JwksError::NoUsableKeys)));
+        assert!(matches!(
+            KeySet::parse(b"not json"),
+            Err(JwksError::Malformed(_))
+        ));
+        assert!(matches!(
+            KeySet::parse(&jwks(serde_json::json!([]))),
+            Err(JwksError::NoUsableKeys)
+        ));
         assert!(matches!(
             KeySet::parse(&jwks(serde_json::json!([{"kty": "oct", "k": "c2VjcmV0"}]))),
             Err(JwksError::NoUsableKeys)

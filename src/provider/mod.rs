@@ -22,13 +22,19 @@ const MAX_BODY: usize = 1024 * 1024;
 pub enum IdpError {
     /// Connect failure, timeout, reset.
     #[error("{endpoint} unreachable: {reason}")]
-    Unreachable { endpoint: &'static str, reason: String },
+    Unreachable {
+        endpoint: &'static str,
+        reason: String,
+    },
     /// A non-success HTTP status.
     #[error("{endpoint} answered HTTP {status}")]
     Status { endpoint: &'static str, status: u16 },
     /// An answer we cannot use.
     #[error("{endpoint} answered garbage: {reason}")]
-    Garbage { endpoint: &'static str, reason: String },
+    Garbage {
+        endpoint: &'static str,
+        reason: String,
+    },
     /// Discovery names another issuer.
     #[error("discovery issuer {got:?} differs from the configured issuer {expected:?}")]
     IssuerMismatch { expected: String, got: String },
@@ -134,12 +140,20 @@ impl Provider {
     }
 
     /// GETs a JSON document, with metrics, the provider's timeout and a size cap.
-    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, endpoint: &'static str, url: &Url) -> Result<T, IdpError> {
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        url: &Url,
+    ) -> Result<T, IdpError> {
         let start = Instant::now();
         let res = self.get_body(endpoint, url).await.and_then(|body| {
-            serde_json::from_slice::<T>(&body).map_err(|e| IdpError::Garbage { endpoint, reason: e.to_string() })
+            serde_json::from_slice::<T>(&body).map_err(|e| IdpError::Garbage {
+                endpoint,
+                reason: e.to_string(),
+            })
         });
-        self.metrics.idp_call(self.name(), endpoint, res.is_ok(), start.elapsed());
+        self.metrics
+            .idp_call(self.name(), endpoint, res.is_ok(), start.elapsed());
         res
     }
 
@@ -151,9 +165,15 @@ impl Provider {
             .timeout(self.config.http_timeout)
             .send()
             .await
-            .map_err(|e| IdpError::Unreachable { endpoint, reason: transport_reason(&e) })?;
+            .map_err(|e| IdpError::Unreachable {
+                endpoint,
+                reason: transport_reason(&e),
+            })?;
         if !resp.status().is_success() {
-            return Err(IdpError::Status { endpoint, status: resp.status().as_u16() });
+            return Err(IdpError::Status {
+                endpoint,
+                status: resp.status().as_u16(),
+            });
         }
         read_capped(resp, endpoint).await
     }
@@ -161,7 +181,10 @@ impl Provider {
     fn discovery_urls(&self) -> Vec<Url> {
         let issuer = self.config.issuer.trim_end_matches('/');
         let mut urls = Vec::new();
-        for suffix in ["/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"] {
+        for suffix in [
+            "/.well-known/openid-configuration",
+            "/.well-known/oauth-authorization-server",
+        ] {
             if let Ok(u) = Url::parse(&format!("{issuer}{suffix}")) {
                 urls.push(u);
             }
@@ -180,11 +203,21 @@ impl Provider {
 
     /// The provider's endpoints, discovering them on first use (concurrent callers share one discovery).
     pub async fn metadata(&self) -> Result<Arc<Metadata>, IdpError> {
-        if let Some(m) = self.metadata.read().unwrap_or_else(|e| e.into_inner()).clone() {
+        if let Some(m) = self
+            .metadata
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
             return Ok(m);
         }
         let _guard = self.discovering.lock().await;
-        if let Some(m) = self.metadata.read().unwrap_or_else(|e| e.into_inner()).clone() {
+        if let Some(m) = self
+            .metadata
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
             return Ok(m);
         }
         let m = Arc::new(self.discover().await?);
@@ -221,16 +254,31 @@ impl Provider {
         };
         let issuer = raw.issuer.unwrap_or_default();
         if issuer != c.issuer {
-            return Err(IdpError::IssuerMismatch { expected: c.issuer.clone(), got: issuer });
+            return Err(IdpError::IssuerMismatch {
+                expected: c.issuer.clone(),
+                got: issuer,
+            });
         }
         let parse = |s: Option<String>| s.and_then(|s| Url::parse(&s).ok());
         Ok(Metadata {
             issuer,
             jwks_uri: c.jwks_uri.clone().or_else(|| parse(raw.jwks_uri)),
-            token_endpoint: c.token_endpoint.clone().or_else(|| parse(raw.token_endpoint)),
-            introspection_endpoint: c.introspection_endpoint.clone().or_else(|| parse(raw.introspection_endpoint)),
-            authorization_endpoint: c.authorization_endpoint.clone().or_else(|| parse(raw.authorization_endpoint)),
-            end_session_endpoint: c.end_session_endpoint.clone().or_else(|| parse(raw.end_session_endpoint)),
+            token_endpoint: c
+                .token_endpoint
+                .clone()
+                .or_else(|| parse(raw.token_endpoint)),
+            introspection_endpoint: c
+                .introspection_endpoint
+                .clone()
+                .or_else(|| parse(raw.introspection_endpoint)),
+            authorization_endpoint: c
+                .authorization_endpoint
+                .clone()
+                .or_else(|| parse(raw.authorization_endpoint)),
+            end_session_endpoint: c
+                .end_session_endpoint
+                .clone()
+                .or_else(|| parse(raw.end_session_endpoint)),
             token_endpoint_auth_methods: raw.token_endpoint_auth_methods_supported,
         })
     }
@@ -255,13 +303,20 @@ impl Provider {
     /// Fetches the JWKS now and swaps it in; old keys stay if the fetch fails.
     async fn fetch_keys(&self) -> Result<Arc<KeySet>, IdpError> {
         let meta = self.metadata().await?;
-        let url = meta.jwks_uri.clone().ok_or(IdpError::NoEndpoint("jwks_uri"))?;
+        let url = meta
+            .jwks_uri
+            .clone()
+            .ok_or(IdpError::NoEndpoint("jwks_uri"))?;
         let start = Instant::now();
         let res = match self.get_body("jwks", &url).await {
-            Ok(body) => KeySet::parse(&body).map_err(|e| IdpError::Garbage { endpoint: "jwks", reason: e.to_string() }),
+            Ok(body) => KeySet::parse(&body).map_err(|e| IdpError::Garbage {
+                endpoint: "jwks",
+                reason: e.to_string(),
+            }),
             Err(e) => Err(e),
         };
-        self.metrics.idp_call(self.name(), "jwks", res.is_ok(), start.elapsed());
+        self.metrics
+            .idp_call(self.name(), "jwks", res.is_ok(), start.elapsed());
         let set = Arc::new(res?);
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Some(set.clone());
         self.ready.store(true, Ordering::Release);
@@ -277,7 +332,11 @@ impl Provider {
 
     /// Keys that may verify a token with this `kid` and `alg`. An unknown `kid` causes one JWKS refetch: concurrent
     /// callers wait for the same fetch, and fetches are at least `jwks_min_refetch` apart.
-    pub async fn keys_for(&self, kid: Option<&str>, alg: jsonwebtoken::Algorithm) -> Result<Vec<Arc<VerifyKey>>, KeyError> {
+    pub async fn keys_for(
+        &self,
+        kid: Option<&str>,
+        alg: jsonwebtoken::Algorithm,
+    ) -> Result<Vec<Arc<VerifyKey>>, KeyError> {
         let known = |set: &KeySet| kid.is_none_or(|k| set.has_kid(k));
         if let Some(set) = self.current_keys() {
             if known(&set) {
@@ -337,18 +396,26 @@ impl Provider {
 }
 
 /// Reads a response body up to [`MAX_BODY`].
-pub async fn read_capped(mut resp: reqwest::Response, endpoint: &'static str) -> Result<Vec<u8>, IdpError> {
+pub async fn read_capped(
+    mut resp: reqwest::Response,
+    endpoint: &'static str,
+) -> Result<Vec<u8>, IdpError> {
     if resp.content_length().is_some_and(|l| l as usize > MAX_BODY) {
-        return Err(IdpError::Garbage { endpoint, reason: "answer too large".into() });
+        return Err(IdpError::Garbage {
+            endpoint,
+            reason: "answer too large".into(),
+        });
     }
     let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| IdpError::Unreachable { endpoint, reason: transport_reason(&e) })?
-    {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| IdpError::Unreachable {
+        endpoint,
+        reason: transport_reason(&e),
+    })? {
         if body.len() + chunk.len() > MAX_BODY {
-            return Err(IdpError::Garbage { endpoint, reason: "answer too large".into() });
+            return Err(IdpError::Garbage {
+                endpoint,
+                reason: "answer too large".into(),
+            });
         }
         body.extend_from_slice(&chunk);
     }

@@ -28,7 +28,10 @@ use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -46,7 +49,11 @@ pub struct SigningKey {
 
 impl SigningKey {
     pub fn load(file: &str, kid: &str, alg: Algorithm) -> Self {
-        let pem = std::fs::read(format!("{}/tests/support/keys/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let pem = std::fs::read(format!(
+            "{}/tests/support/keys/{file}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
         let encoding = match alg {
             Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 => {
                 EncodingKey::from_rsa_pem(&pem).unwrap()
@@ -55,10 +62,16 @@ impl SigningKey {
             Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem).unwrap(),
             _ => panic!("not an asymmetric alg"),
         };
-        let mut jwk = serde_json::to_value(Jwk::from_encoding_key(&encoding, alg).unwrap()).unwrap();
+        let mut jwk =
+            serde_json::to_value(Jwk::from_encoding_key(&encoding, alg).unwrap()).unwrap();
         jwk["kid"] = json!(kid);
         jwk["use"] = json!("sig");
-        SigningKey { kid: kid.into(), alg, encoding, jwk }
+        SigningKey {
+            kid: kid.into(),
+            alg,
+            encoding,
+            jwk,
+        }
     }
 
     pub fn rsa1() -> Self {
@@ -107,6 +120,10 @@ pub struct IdpState {
     pub jwks_hits: AtomicUsize,
     /// Extra JWKS entries published as they are (for bad-key tests).
     pub extra_jwks: Mutex<Vec<Value>>,
+    /// Serve `/.well-known/openid-configuration` (else only `/.well-known/oauth-authorization-server`).
+    pub oidc_discovery: std::sync::atomic::AtomicBool,
+    /// Serve no discovery document at all (404 on both well-known names).
+    pub no_discovery: std::sync::atomic::AtomicBool,
 }
 
 pub struct MockIdp {
@@ -129,13 +146,28 @@ async fn gate(state: &IdpState) -> Option<Response> {
     }
 }
 
+async fn oidc_discovery(State(s): State<Arc<IdpState>>) -> Response {
+    if !s.oidc_discovery.load(Ordering::SeqCst) {
+        return (StatusCode::NOT_FOUND, "not found").into_response();
+    }
+    discovery(State(s)).await
+}
+
 async fn discovery(State(s): State<Arc<IdpState>>) -> Response {
     s.discovery_hits.fetch_add(1, Ordering::SeqCst);
+    if s.no_discovery.load(Ordering::SeqCst) {
+        return (StatusCode::NOT_FOUND, "not found").into_response();
+    }
     if let Some(r) = gate(&s).await {
         return r;
     }
     let issuer = s.issuer.lock().unwrap().clone();
-    let claimed = s.claimed_issuer.lock().unwrap().clone().unwrap_or(issuer.clone());
+    let claimed = s
+        .claimed_issuer
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap_or(issuer.clone());
     axum::Json(json!({
         "issuer": claimed,
         "jwks_uri": format!("{issuer}/v1/keys"),
@@ -153,7 +185,13 @@ async fn jwks(State(s): State<Arc<IdpState>>) -> Response {
     if let Some(r) = gate(&s).await {
         return r;
     }
-    let mut keys: Vec<Value> = s.keys.lock().unwrap().iter().map(|k| k.jwk.clone()).collect();
+    let mut keys: Vec<Value> = s
+        .keys
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|k| k.jwk.clone())
+        .collect();
     keys.extend(s.extra_jwks.lock().unwrap().iter().cloned());
     axum::Json(json!({ "keys": keys })).into_response()
 }
@@ -176,9 +214,18 @@ impl MockIdp {
             discovery_hits: AtomicUsize::new(0),
             jwks_hits: AtomicUsize::new(0),
             extra_jwks: Mutex::new(Vec::new()),
+            oidc_discovery: std::sync::atomic::AtomicBool::new(true),
+            no_discovery: std::sync::atomic::AtomicBool::new(false),
         });
         let app = Router::new()
-            .route("/oauth2/default/.well-known/openid-configuration", get(discovery))
+            .route(
+                "/oauth2/default/.well-known/openid-configuration",
+                get(oidc_discovery),
+            )
+            .route(
+                "/oauth2/default/.well-known/oauth-authorization-server",
+                get(discovery),
+            )
             .route("/oauth2/default/v1/keys", get(jwks))
             .with_state(state.clone());
         let (tx, rx) = oneshot::channel::<()>();
@@ -189,7 +236,12 @@ impl MockIdp {
                 })
                 .await;
         });
-        MockIdp { addr, issuer, state, stop: Some(tx) }
+        MockIdp {
+            addr,
+            issuer,
+            state,
+            stop: Some(tx),
+        }
     }
 
     pub fn set_mode(&self, m: Mode) {
@@ -319,8 +371,15 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(toml: &str) -> TestServer {
+        Self::start_with_clock(toml, Arc::new(oidc_authz::clock::SystemClock)).await
+    }
+
+    pub async fn start_with_clock(
+        toml: &str,
+        clock: Arc<dyn oidc_authz::clock::Clock>,
+    ) -> TestServer {
         let config = Config::from_toml(toml).unwrap_or_else(|e| panic!("{e}"));
-        let server = Server::bind(config).await.unwrap();
+        let server = Server::bind_with_clock(config, clock).await.unwrap();
         let grpc_addr = server.grpc_addr();
         let admin_addr = server.admin_addr();
         let authorizer = server.authorizer();
@@ -328,7 +387,13 @@ impl TestServer {
         let handle = tokio::spawn(server.run(async {
             let _ = rx.await;
         }));
-        TestServer { grpc_addr, admin_addr, authorizer, stop: Some(tx), handle: Some(handle) }
+        TestServer {
+            grpc_addr,
+            admin_addr,
+            authorizer,
+            stop: Some(tx),
+            handle: Some(handle),
+        }
     }
 
     /// Starts and waits until /readyz says ready.
@@ -349,7 +414,9 @@ impl TestServer {
     }
 
     pub async fn client(&self) -> AuthorizationClient<Channel> {
-        AuthorizationClient::connect(format!("http://{}", self.grpc_addr)).await.unwrap()
+        AuthorizationClient::connect(format!("http://{}", self.grpc_addr))
+            .await
+            .unwrap()
     }
 
     pub async fn check(&self, req: CheckRequest) -> CheckResponse {
@@ -357,7 +424,9 @@ impl TestServer {
     }
 
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
-        let r = reqwest::get(format!("http://{}{path}", self.admin_addr)).await.unwrap();
+        let r = reqwest::get(format!("http://{}{path}", self.admin_addr))
+            .await
+            .unwrap();
         (r.status().as_u16(), r.text().await.unwrap())
     }
 
@@ -396,7 +465,12 @@ pub struct Req {
 }
 
 pub fn req(path: &str) -> Req {
-    Req { method: "GET".into(), host: "app.example.com".into(), path: path.into(), ..Default::default() }
+    Req {
+        method: "GET".into(),
+        host: "app.example.com".into(),
+        path: path.into(),
+        ..Default::default()
+    }
 }
 
 impl Req {
@@ -443,7 +517,11 @@ impl Req {
                 headers: self
                     .headers
                     .into_iter()
-                    .map(|(k, v)| HeaderValue { key: k, value: String::new(), raw_value: v })
+                    .map(|(k, v)| HeaderValue {
+                        key: k,
+                        value: String::new(),
+                        raw_value: v,
+                    })
                     .collect(),
             });
         } else {
@@ -460,7 +538,10 @@ impl Req {
         }
         CheckRequest {
             attributes: Some(AttributeContext {
-                request: Some(Request { http: Some(http), ..Default::default() }),
+                request: Some(Request {
+                    http: Some(http),
+                    ..Default::default()
+                }),
                 context_extensions: self.ext,
                 ..Default::default()
             }),
@@ -489,7 +570,9 @@ impl Answer {
                 m.fields
                     .into_iter()
                     .filter_map(|(k, v)| match v.kind {
-                        Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s)) => Some((k, s)),
+                        Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s)) => {
+                            Some((k, s))
+                        }
                         _ => None,
                     })
                     .collect()
@@ -520,12 +603,22 @@ impl Answer {
                 body: d.body,
                 metadata,
             },
-            _ => Answer { grpc_code, status: 0, headers: vec![], remove: vec![], body: String::new(), metadata },
+            _ => Answer {
+                grpc_code,
+                status: 0,
+                headers: vec![],
+                remove: vec![],
+                body: String::new(),
+                metadata,
+            },
         }
     }
 
     pub fn header(&self, k: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _, _)| n.eq_ignore_ascii_case(k)).map(|(_, v, _)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _, _)| n.eq_ignore_ascii_case(k))
+            .map(|(_, v, _)| v.as_str())
     }
 
     pub fn json(&self) -> Value {
@@ -537,11 +630,20 @@ impl Answer {
         assert_eq!(self.status, status, "{self:?}");
         assert_ne!(self.grpc_code, 0, "a deny must not carry gRPC OK: {self:?}");
         assert_eq!(self.header("cache-control"), Some("no-store"), "{self:?}");
-        assert_eq!(self.header("content-type"), Some("application/json"), "{self:?}");
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "{self:?}"
+        );
         let body = self.json();
         assert_eq!(body["error"], error, "{self:?}");
         assert_eq!(body["status"], status, "{self:?}");
-        assert!(body["error_description"].as_str().is_some_and(|d| !d.is_empty()), "{self:?}");
+        assert!(
+            body["error_description"]
+                .as_str()
+                .is_some_and(|d| !d.is_empty()),
+            "{self:?}"
+        );
     }
 
     pub fn assert_not_echoing(&self, secret: &str) {

@@ -1,0 +1,243 @@
+//! Config validation: a table test over `tests/data/invalid/*.toml` (each names the error kinds it must produce on
+//! its first line, `# expect: kind ...`), and the CLI contract (`check-config`, exit 64, env overrides, YAML).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use oidc_authz::config::Config;
+
+fn expected_kinds(text: &str) -> BTreeSet<String> {
+    let first = text.lines().next().unwrap_or_default();
+    let list = first
+        .strip_prefix("# expect:")
+        .unwrap_or_else(|| panic!("first line must be `# expect: ...`"));
+    list.split_whitespace().map(str::to_string).collect()
+}
+
+#[test]
+fn invalid_configs_report_exactly_their_error_kinds() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/invalid");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        seen += 1;
+        let text = std::fs::read_to_string(&path).unwrap();
+        let want = expected_kinds(&text);
+        let err = match Config::load(&path) {
+            Ok(_) => panic!("{} should be invalid", path.display()),
+            Err(e) => e,
+        };
+        let got: BTreeSet<String> = err.0.iter().map(|e| e.kind().to_string()).collect();
+        assert_eq!(got, want, "{}:\n{err}", path.display());
+    }
+    assert!(
+        seen >= 8,
+        "expected the invalid-config table, found {seen} files"
+    );
+}
+
+#[test]
+fn every_unknown_key_is_listed_not_just_the_first() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/invalid/unknown-keys.toml");
+    let err = Config::load(&path).unwrap_err().to_string();
+    for key in [
+        "server.grpc_adr",
+        "providers.okta.clientid",
+        "policies.api.scope_required",
+        "routes[0].hostz",
+        "extra",
+    ] {
+        assert!(err.contains(key), "{key} not reported in:\n{err}");
+    }
+}
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_oidc-authz"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("OIDC_AUTHZ_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+const VALID: &str = r#"
+[providers.okta]
+issuer = "https://dev-123.okta.com/oauth2/default"
+client_id = "0oa"
+client_secret_file = "SECRET_FILE"
+audiences = ["api://default"]
+[policies.api]
+provider = "okta"
+auth_methods = ["bearer"]
+[[routes]]
+path_prefix = "/api"
+policy = "api"
+"#;
+
+fn valid_file(dir: &Path) -> std::path::PathBuf {
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "s3cr3t-from-file\n").unwrap();
+    let cfg = dir.join("c.toml");
+    std::fs::write(&cfg, VALID.replace("SECRET_FILE", secret.to_str().unwrap())).unwrap();
+    cfg
+}
+
+#[test]
+fn check_config_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = valid_file(dir.path());
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // OIDC_AUTHZ_CONFIG names the file
+    let out = bin()
+        .arg("check-config")
+        .env("OIDC_AUTHZ_CONFIG", &cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+
+    let bad = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/invalid/unknown-names.toml");
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.trim_start().starts_with("- "))
+            .count(),
+        4,
+        "{stderr}"
+    );
+
+    let out = bin()
+        .args(["check-config", "--config", "/nonexistent/oidc-authz.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn serve_with_bad_config_exits_64_before_binding() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    drop(held);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!("[server]\ngrpc_addr = \"127.0.0.1:{port}\"\nnope = 1\n"),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("server.nope"));
+    // the port was never taken
+    std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+}
+
+#[test]
+fn env_overrides_nest_with_double_underscore() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = valid_file(dir.path());
+    // the env value lands at providers.okta.issuer
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .env("OIDC_AUTHZ_PROVIDERS__OKTA__ISSUER", "not a url")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("providers.okta: `issuer`"));
+    // the env secret lands at providers.okta.client_secret (and conflicts with the file), never printed
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .env(
+            "OIDC_AUTHZ_PROVIDERS__OKTA__CLIENT_SECRET",
+            "env-secret-value",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("client_secret or client_secret_file"), "{all}");
+    assert!(
+        !all.contains("env-secret-value") && !all.contains("s3cr3t-from-file"),
+        "{all}"
+    );
+}
+
+#[test]
+fn secret_file_and_env_secret_are_read() {
+    unsafe_env_free_load();
+}
+
+/// Loads through figment directly (no process env needed) to see the values that reach the typed config.
+fn unsafe_env_free_load() {
+    use figment::Figment;
+    use figment::providers::{Format, Toml};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = valid_file(dir.path());
+    let c = Config::load(&cfg).unwrap();
+    assert_eq!(
+        c.providers[0].client_secret.as_ref().unwrap().expose(),
+        "s3cr3t-from-file"
+    );
+    let text = VALID.replace("client_secret_file = \"SECRET_FILE\"", "");
+    let fig =
+        Figment::from(Toml::string(&text)).merge(("providers.okta.client_secret", "from-env"));
+    let c = Config::from_figment(fig).unwrap();
+    assert_eq!(
+        c.providers[0].client_secret.as_ref().unwrap().expose(),
+        "from-env"
+    );
+}
+
+#[test]
+fn yaml_config_by_extension() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(
+        &cfg,
+        "providers:\n  okta:\n    issuer: https://idp.example.com\npolicies:\n  api:\n    provider: okta\n    auth_methods: [bearer]\n    scopes_required: [\"a b\", c]\nroutes:\n  - path_prefix: /api\n    policy: api\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
