@@ -5,6 +5,14 @@
         --authz 127.0.0.1:9191 --upstream 127.0.0.1:8000
 
 A host given as an IP literal makes a STATIC cluster, a name (e.g. localhost, a compose service) a STRICT_DNS one.
+--bind-address (default 127.0.0.1) is where the listener and the admin interface listen; docker-compose.yml's
+envoy/envoy.compose.yaml is rendered with 0.0.0.0 (inside a container, loopback is unreachable from the others):
+
+    render_envoy.py --out envoy/envoy.compose.yaml --bind-address 0.0.0.0 --listen-port 8080 --admin-port 9901 \
+        --authz oidc-authz:9191 --upstream httpbin:8080
+
+Template placeholders: {{LISTEN_PORT}} {{ADMIN_PORT}} {{BIND_ADDRESS}} {{AUTHZ_HOST}} {{AUTHZ_PORT}}
+{{AUTHZ_CLUSTER_TYPE}} {{UPSTREAM_HOST}} {{UPSTREAM_PORT}} {{UPSTREAM_CLUSTER_TYPE}}.
 """
 
 from __future__ import annotations
@@ -37,6 +45,19 @@ def port(value: str) -> int:
     return p
 
 
+def bind_address(value: str) -> str:
+    """An IP literal to listen on (IPv4 or IPv6, without brackets)."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an IP address to listen on, got {value!r}") from None
+
+
+def yaml_scalar(addr: str) -> str:
+    """The address as a YAML flow scalar: IPv6 (colons) quoted, IPv4 bare (so the default renders unchanged)."""
+    return f'"{addr}"' if ":" in addr else addr
+
+
 def cluster_type(host: str) -> str:
     try:
         ipaddress.ip_address(host)
@@ -61,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--template", default=str(TEMPLATE), help="template (default: envoy/envoy.template.yaml)")
     ap.add_argument("--listen-port", type=port, default=8080)
     ap.add_argument("--admin-port", type=port, default=9901)
+    ap.add_argument("--bind-address", type=bind_address, default="127.0.0.1",
+                    help="IP the listener and the admin interface bind to (default 127.0.0.1; 0.0.0.0 in a container)")
     ap.add_argument("--authz", type=host_port, default=("127.0.0.1", 9191), help="oidc-authz gRPC HOST:PORT")
     ap.add_argument("--upstream", type=host_port, default=("127.0.0.1", 8000), help="httpbin HOST:PORT")
     args = ap.parse_args(argv)
@@ -72,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         {
             "LISTEN_PORT": str(args.listen_port),
             "ADMIN_PORT": str(args.admin_port),
+            "BIND_ADDRESS": yaml_scalar(args.bind_address),
             "AUTHZ_HOST": authz_host,
             "AUTHZ_PORT": str(authz_port),
             "AUTHZ_CLUSTER_TYPE": cluster_type(authz_host),

@@ -511,10 +511,10 @@ impl Validator {
                     for (name, v) in map {
                         declared_providers.insert(name.clone());
                         let section = format!("providers.{name}");
-                        if let Some(raw) = self.section::<RawProvider>(&section, v) {
-                            if let Some(p) = self.provider(name, &section, raw) {
-                                providers.push(p);
-                            }
+                        if let Some(raw) = self.section::<RawProvider>(&section, v)
+                            && let Some(p) = self.provider(name, &section, raw)
+                        {
+                            providers.push(p);
                         }
                     }
                 }
@@ -535,16 +535,16 @@ impl Validator {
                     for (name, v) in map {
                         policy_names.insert(name.clone());
                         let section = format!("policies.{name}");
-                        if let Some(raw) = self.section::<RawPolicy>(&section, v) {
-                            if let Some(p) = self.policy(
+                        if let Some(raw) = self.section::<RawPolicy>(&section, v)
+                            && let Some(p) = self.policy(
                                 name,
                                 &section,
                                 raw,
                                 &declared_providers,
                                 &provider_names,
-                            ) {
-                                policies.push(p);
-                            }
+                            )
+                        {
+                            policies.push(p);
                         }
                     }
                 }
@@ -562,11 +562,10 @@ impl Validator {
                 Some(list) => {
                     for (i, v) in list.iter().enumerate() {
                         let section = format!("routes[{i}]");
-                        if let Some(raw) = self.section::<RawRoute>(&section, v) {
-                            if let Some(route) = self.route(&section, raw, &policy_names, &policies)
-                            {
-                                routes.push(route);
-                            }
+                        if let Some(raw) = self.section::<RawRoute>(&section, v)
+                            && let Some(route) = self.route(&section, raw, &policy_names, &policies)
+                        {
+                            routes.push(route);
                         }
                     }
                 }
@@ -869,13 +868,13 @@ impl Validator {
         }
 
         let redirect_uri = self.url(section, "redirect_uri", raw.redirect_uri);
-        if let Some(lp) = &raw.logout_path {
-            if !lp.starts_with('/') {
-                self.err(ConfigError::Invalid {
-                    section: section.into(),
-                    message: format!("logout_path must start with '/', got {lp:?}"),
-                });
-            }
+        if let Some(lp) = &raw.logout_path
+            && !lp.starts_with('/')
+        {
+            self.err(ConfigError::Invalid {
+                section: section.into(),
+                message: format!("logout_path must start with '/', got {lp:?}"),
+            });
         }
         let session_secrets = match raw.session_secret {
             None => Vec::new(),

@@ -98,13 +98,13 @@ impl<'a> CheckView<'a> {
         if view.method.is_empty() {
             view.method = view.header(":method").unwrap_or("");
         }
-        if view.path.is_empty() {
-            if let Some(p) = view.header(":path") {
-                let (path, query) = split_target(p);
-                view.path = path;
-                if view.query.is_empty() {
-                    view.query = query;
-                }
+        if view.path.is_empty()
+            && let Some(p) = view.header(":path")
+        {
+            let (path, query) = split_target(p);
+            view.path = path;
+            if view.query.is_empty() {
+                view.query = query;
             }
         }
         view

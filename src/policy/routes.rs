@@ -148,10 +148,10 @@ impl RouteTable {
         let host = normalize_host(host);
         let mut best: Option<(Rank, &Route)> = None;
         for r in self.routes.iter() {
-            if let Some(rank) = r.rank(&host, path, method) {
-                if best.as_ref().is_none_or(|(b, _)| rank > *b) {
-                    best = Some((rank, r));
-                }
+            if let Some(rank) = r.rank(&host, path, method)
+                && best.as_ref().is_none_or(|(b, _)| rank > *b)
+            {
+                best = Some((rank, r));
             }
         }
         best.map(|(_, r)| r)

@@ -113,10 +113,10 @@ impl KeySet {
         ) {
             return None;
         }
-        if let Some(ops) = &c.key_operations {
-            if !ops.iter().any(|o| matches!(o, KeyOperations::Verify)) {
-                return None;
-            }
+        if let Some(ops) = &c.key_operations
+            && !ops.iter().any(|o| matches!(o, KeyOperations::Verify))
+        {
+            return None;
         }
         let alg = match &c.key_algorithm {
             Some(a) => Some(key_alg(a)?),

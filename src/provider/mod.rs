@@ -338,25 +338,25 @@ impl Provider {
         alg: jsonwebtoken::Algorithm,
     ) -> Result<Vec<Arc<VerifyKey>>, KeyError> {
         let known = |set: &KeySet| kid.is_none_or(|k| set.has_kid(k));
-        if let Some(set) = self.current_keys() {
-            if known(&set) {
-                self.metrics.cache_lookup("jwks", true);
-                return Ok(set.candidates(kid, alg));
-            }
+        if let Some(set) = self.current_keys()
+            && known(&set)
+        {
+            self.metrics.cache_lookup("jwks", true);
+            return Ok(set.candidates(kid, alg));
         }
         self.metrics.cache_lookup("jwks", false);
         let mut last = self.fetch.lock().await;
         // Someone else may have fetched while we waited.
         let current = self.current_keys();
-        if let Some(set) = &current {
-            if known(set) {
-                return Ok(set.candidates(kid, alg));
-            }
+        if let Some(set) = &current
+            && known(set)
+        {
+            return Ok(set.candidates(kid, alg));
         }
-        if let (Some(at), Some(_)) = (*last, &current) {
-            if at.elapsed() < self.config.jwks_min_refetch {
-                return Err(KeyError::Unknown);
-            }
+        if let (Some(at), Some(_)) = (*last, &current)
+            && at.elapsed() < self.config.jwks_min_refetch
+        {
+            return Err(KeyError::Unknown);
         }
         let res = self.fetch_keys().await;
         *last = Some(Instant::now());
