@@ -16,7 +16,6 @@ use envoy_types::ext_authz::v3::pb::{
     Authorization, AuthorizationServer, CheckRequest, CheckResponse,
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 use crate::authz::Authorizer;
@@ -199,14 +198,17 @@ impl Server {
         });
 
         tracing::info!(grpc_addr = %grpc.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving ext_authz");
+
         let mut grpc_stop = stop_rx.clone();
+        // With our own listener, tonic's `tcp_nodelay` does not apply: set it on the incoming stream, or every
+        // small answer waits ~40 ms for Nagle + delayed ACK.
+        let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
         let service = AuthorizationServer::new(CheckService::new(authorizer.clone()))
             .max_decoding_message_size(8 * 1024 * 1024);
         let grpc_server = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .add_service(health)
             .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
+            .serve_with_incoming_shutdown(incoming, async move {
                 let _ = grpc_stop.changed().await;
             });
         let mut grpc_server = std::pin::pin!(grpc_server);

