@@ -90,7 +90,10 @@ struct Noop;
 
 #[tonic::async_trait]
 impl Authorization for Noop {
-    async fn check(&self, _r: tonic::Request<CheckRequest>) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+    async fn check(
+        &self,
+        _r: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
         Ok(tonic::Response::new(CheckResponse {
             status: Some(envoy_types::pb::google::rpc::Status::default()),
             http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
@@ -147,7 +150,10 @@ fn check_request(token: &str, policy: &str) -> CheckRequest {
         (":path", "/api/orders?limit=10".into()),
         ("user-agent", "loadgen/1".into()),
         ("accept", "application/json".into()),
-        ("x-request-id", "0b6f6d2e-5f0e-4b43-9b51-5c0b0a2b6f10".into()),
+        (
+            "x-request-id",
+            "0b6f6d2e-5f0e-4b43-9b51-5c0b0a2b6f10".into(),
+        ),
     ] {
         http.headers.insert(k.to_string(), v);
     }
@@ -155,7 +161,10 @@ fn check_request(token: &str, policy: &str) -> CheckRequest {
     ext.insert("policy".to_string(), policy.to_string());
     CheckRequest {
         attributes: Some(AttributeContext {
-            request: Some(Request { http: Some(http), ..Default::default() }),
+            request: Some(Request {
+                http: Some(http),
+                ..Default::default()
+            }),
             context_extensions: ext,
             ..Default::default()
         }),
@@ -165,7 +174,11 @@ fn check_request(token: &str, policy: &str) -> CheckRequest {
 async fn connect(addr: SocketAddr, n: usize) -> Vec<AuthorizationClient<Channel>> {
     let mut out = Vec::new();
     for _ in 0..n.max(1) {
-        let ch = Endpoint::from_shared(format!("http://{addr}")).unwrap().tcp_nodelay(true).connect().await;
+        let ch = Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .tcp_nodelay(true)
+            .connect()
+            .await;
         out.push(AuthorizationClient::new(ch.expect("connect")));
     }
     out
@@ -192,7 +205,10 @@ async fn drive(
         let requests = requests.clone();
         let stop = stop.clone();
         tasks.push(tokio::spawn(async move {
-            let mut t = Tally { hist: Some(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap()), ..Default::default() };
+            let mut t = Tally {
+                hist: Some(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap()),
+                ..Default::default()
+            };
             let mut n = i;
             while !stop.load(Ordering::Relaxed) {
                 let req = requests[n % requests.len()].clone();
@@ -209,7 +225,11 @@ async fn drive(
                 match res {
                     Ok(r) => {
                         let ok = matches!(r.into_inner().status, Some(s) if s.code == 0);
-                        if ok { t.allow += 1 } else { t.deny += 1 }
+                        if ok {
+                            t.allow += 1
+                        } else {
+                            t.deny += 1
+                        }
                         let us = done.duration_since(sent).as_micros() as u64;
                         let _ = t.hist.as_mut().unwrap().record(us.max(1));
                     }
@@ -221,7 +241,10 @@ async fn drive(
     }
     tokio::time::sleep_until((stop_at + Duration::from_millis(5)).into()).await;
     stop.store(true, Ordering::Relaxed);
-    let mut total = Tally { hist: Some(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap()), ..Default::default() };
+    let mut total = Tally {
+        hist: Some(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap()),
+        ..Default::default()
+    };
     for t in tasks {
         let t = t.await.unwrap();
         total.allow += t.allow;
@@ -241,7 +264,16 @@ async fn drive(
     };
     println!(
         "scenario={} checks_per_sec={:.0} p50_us={} p99_us={} allow={} deny={} errors={} concurrency={} connections={} duration_s={}",
-        s.name, s.rps, s.p50_us, s.p99_us, s.allow, s.deny, s.errors, concurrency, connections, duration.as_secs()
+        s.name,
+        s.rps,
+        s.p50_us,
+        s.p99_us,
+        s.allow,
+        s.deny,
+        s.errors,
+        concurrency,
+        connections,
+        duration.as_secs()
     );
     s
 }
@@ -257,9 +289,14 @@ struct Issuer {
 
 impl Issuer {
     async fn start() -> Issuer {
-        let pem = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/keys/rsa1.pem")).unwrap();
+        let pem = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/support/keys/rsa1.pem"
+        ))
+        .unwrap();
         let key = EncodingKey::from_rsa_pem(&pem).unwrap();
-        let mut jwk = serde_json::to_value(Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap()).unwrap();
+        let mut jwk =
+            serde_json::to_value(Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap()).unwrap();
         jwk["kid"] = json!("bench");
         jwk["use"] = json!("sig");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -267,14 +304,20 @@ impl Issuer {
         let disc = json!({"issuer": issuer, "jwks_uri": format!("{issuer}/v1/keys")}).to_string();
         let keys = json!({"keys": [jwk]}).to_string();
         let app = Router::new()
-            .route("/oauth2/default/.well-known/openid-configuration", get(move || async move { disc }))
+            .route(
+                "/oauth2/default/.well-known/openid-configuration",
+                get(move || async move { disc }),
+            )
             .route("/oauth2/default/v1/keys", get(move || async move { keys }));
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Issuer { issuer, key }
     }
 
     fn token(&self, n: u64) -> String {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         let mut h = Header::new(Algorithm::RS256);
         h.kid = Some("bench".into());
         let claims = json!({
@@ -287,7 +330,10 @@ impl Issuer {
 }
 
 fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 struct Proc(Child);
@@ -310,17 +356,22 @@ async fn wait_port(addr: SocketAddr) {
 
 async fn wait_ready(admin: SocketAddr) {
     for _ in 0..500 {
-        if let Ok(r) = reqwest::get(format!("http://{admin}/readyz")).await {
-            if r.status().is_success() {
-                return;
-            }
+        if let Ok(r) = reqwest::get(format!("http://{admin}/readyz")).await
+            && r.status().is_success()
+        {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("oidc-authz never became ready");
 }
 
-fn start_authz(bin: &PathBuf, dir: &std::path::Path, issuer: &str, cache_entries: u64) -> (Proc, SocketAddr, SocketAddr) {
+fn start_authz(
+    bin: &PathBuf,
+    dir: &std::path::Path,
+    issuer: &str,
+    cache_entries: u64,
+) -> (Proc, SocketAddr, SocketAddr) {
     let grpc = free_addr();
     let admin = free_addr();
     let cfg = format!(
@@ -354,46 +405,100 @@ upstream_headers_names = ["x-issuer", "x-user", "x-client-id"]
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e} (build it: cargo build --release)", bin.display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {}: {e} (build it: cargo build --release)",
+                bin.display()
+            )
+        });
     (Proc(child), grpc, admin)
 }
 
-async fn bench(duration: u64, concurrency: usize, connections: usize, bin: PathBuf, only: Vec<String>) -> bool {
+async fn bench(
+    duration: u64,
+    concurrency: usize,
+    connections: usize,
+    bin: PathBuf,
+    only: Vec<String>,
+) -> bool {
     let wanted = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
     let duration = Duration::from_secs(duration);
     let issuer = Issuer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let same = Arc::new(vec![check_request(&issuer.token(0), "api")]);
     // A pool of distinct tokens, signed before the clock starts (RS256 signing is far slower than verifying).
-    let pool: Arc<Vec<CheckRequest>> = Arc::new((1..=2000).map(|n| check_request(&issuer.token(n), "api")).collect());
+    let pool: Arc<Vec<CheckRequest>> = Arc::new(
+        (1..=2000)
+            .map(|n| check_request(&issuer.token(n), "api"))
+            .collect(),
+    );
     let mut results = Vec::new();
 
     if wanted("noop") {
         let addr = free_addr();
         let me = std::env::current_exe().unwrap();
-        let _p = Proc(Command::new(me).args(["noop", "--addr", &addr.to_string()]).spawn().unwrap());
+        let _p = Proc(
+            Command::new(me)
+                .args(["noop", "--addr", &addr.to_string()])
+                .spawn()
+                .unwrap(),
+        );
         wait_port(addr).await;
-        results.push(drive("noop", addr, same.clone(), duration, concurrency, connections).await);
+        results.push(
+            drive(
+                "noop",
+                addr,
+                same.clone(),
+                duration,
+                concurrency,
+                connections,
+            )
+            .await,
+        );
     }
     if wanted("same-jwt") {
         let (_p, grpc, admin) = start_authz(&bin, dir.path(), &issuer.issuer, 100_000);
         wait_ready(admin).await;
-        results.push(drive("same-jwt", grpc, same.clone(), duration, concurrency, connections).await);
+        results.push(
+            drive(
+                "same-jwt",
+                grpc,
+                same.clone(),
+                duration,
+                concurrency,
+                connections,
+            )
+            .await,
+        );
     }
     if wanted("fresh-jwt") {
         // Verified-token cache off: every Check verifies an RS256 signature and the claims.
         let (_p, grpc, admin) = start_authz(&bin, dir.path(), &issuer.issuer, 0);
         wait_ready(admin).await;
-        results.push(drive("fresh-jwt", grpc, pool.clone(), duration, concurrency, connections).await);
+        results.push(
+            drive(
+                "fresh-jwt",
+                grpc,
+                pool.clone(),
+                duration,
+                concurrency,
+                connections,
+            )
+            .await,
+        );
     }
 
     let ceiling = results.iter().find(|r| r.name == "noop").map(|r| r.rps);
     println!();
-    println!("| scenario | Checks/s | p50 (µs) | p99 (µs) | ratio to no-op | allow | deny | errors |");
+    println!(
+        "| scenario | Checks/s | p50 (µs) | p99 (µs) | ratio to no-op | allow | deny | errors |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut ok = true;
     for r in &results {
-        let ratio = ceiling.map(|c| format!("{:.2}", r.rps / c)).unwrap_or_else(|| "-".into());
+        let ratio = ceiling
+            .map(|c| format!("{:.2}", r.rps / c))
+            .unwrap_or_else(|| "-".into());
         println!(
             "| {} | {:.0} | {} | {} | {} | {} | {} | {} |",
             r.name, r.rps, r.p50_us, r.p99_us, ratio, r.allow, r.deny, r.errors
@@ -410,19 +515,43 @@ async fn bench(duration: u64, concurrency: usize, connections: usize, bin: PathB
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         match cli.cmd {
             Cmd::Noop { addr } => {
                 serve_noop(addr).await;
                 std::process::ExitCode::SUCCESS
             }
-            Cmd::Run { addr, token, policy, duration, concurrency, connections } => {
+            Cmd::Run {
+                addr,
+                token,
+                policy,
+                duration,
+                concurrency,
+                connections,
+            } => {
                 let reqs = Arc::new(vec![check_request(&token, &policy)]);
-                drive("run", addr, reqs, Duration::from_secs(duration), concurrency, connections).await;
+                drive(
+                    "run",
+                    addr,
+                    reqs,
+                    Duration::from_secs(duration),
+                    concurrency,
+                    connections,
+                )
+                .await;
                 std::process::ExitCode::SUCCESS
             }
-            Cmd::Bench { duration, concurrency, connections, bin, only } => {
+            Cmd::Bench {
+                duration,
+                concurrency,
+                connections,
+                bin,
+                only,
+            } => {
                 if bench(duration, concurrency, connections, bin, only).await {
                     std::process::ExitCode::SUCCESS
                 } else {
