@@ -10,7 +10,8 @@ use serde_json::{Map, Value};
 use crate::clock::Clock;
 use crate::config::{AuthMethod, Config, Policy};
 use crate::decision::{Allow, Decision, Deny, DenyStatus};
-use crate::flow::bearer::{BearerError, BearerVerifier};
+use crate::flow::bearer::{BearerError, BearerVerifier, Verified};
+use crate::flow::client_credentials::{self, CcError, ClientCredentials, Refusal};
 use crate::flow::{Credential, authorization};
 use crate::policy::access::{claim_header_value, claim_value};
 use crate::provider::{Provider, http_client};
@@ -23,6 +24,7 @@ pub struct Authorizer {
     config: Arc<Config>,
     providers: Arc<[Arc<Provider>]>,
     bearer: BearerVerifier,
+    cc: ClientCredentials,
     metrics: Arc<Metrics>,
 }
 
@@ -60,7 +62,12 @@ impl Authorizer {
             }
         }
         Authorizer {
-            bearer: BearerVerifier::new(config.server.token_cache_entries, clock, metrics.clone()),
+            bearer: BearerVerifier::new(
+                config.server.token_cache_entries,
+                clock.clone(),
+                metrics.clone(),
+            ),
+            cc: ClientCredentials::new(10_000, clock, metrics.clone()),
             config: Arc::new(config),
             providers,
             metrics,
@@ -155,66 +162,204 @@ impl Authorizer {
     }
 
     async fn check_policy(&self, policy: &Policy, view: &CheckView<'_>) -> Outcome {
-        let realm = policy.name.as_str();
         let provider = &self.providers[policy.provider];
-        let (method, claims) = match authorization(view) {
-            Credential::Bearer(token) if policy.allows(AuthMethod::Bearer) => {
+        let cc_allowed = policy.allows(AuthMethod::ClientCredentials);
+        let header_creds = if cc_allowed {
+            client_credentials::from_headers(view, policy)
+        } else {
+            None
+        };
+        let authn = match (authorization(view), header_creds) {
+            (Credential::Bearer(token), _) if policy.allows(AuthMethod::Bearer) => {
                 match self.bearer.verify(provider, token).await {
-                    Ok(v) => (AuthMethod::Bearer, v),
+                    Ok(v) => Authn {
+                        method: AuthMethod::Bearer,
+                        verified: v,
+                        upstream_token: None,
+                    },
                     Err(e) => {
+                        let deny = self.bearer_deny(policy, &e, provider);
                         return Outcome {
                             method: Some(AuthMethod::Bearer),
-                            ..Outcome::deny(bearer_deny(realm, &e, provider))
+                            ..Outcome::deny(deny)
                         };
                     }
                 }
             }
-            Credential::Malformed(why) => {
-                return Outcome::deny(Deny::unauthorized(realm, "invalid_token", why));
+            (Credential::Basic(b64), _) if cc_allowed => {
+                match client_credentials::from_basic(b64) {
+                    Ok(creds) => match self.client_credentials(policy, provider, &creds).await {
+                        Ok(a) => a,
+                        Err(deny) => {
+                            return Outcome {
+                                method: Some(AuthMethod::ClientCredentials),
+                                ..Outcome::deny(deny)
+                            };
+                        }
+                    },
+                    Err(e) => {
+                        return Outcome::deny(unauthorized(
+                            policy,
+                            "invalid_client",
+                            e.to_string(),
+                        ));
+                    }
+                }
             }
-            Credential::None => {
-                return Outcome::deny(Deny::unauthorized(
-                    realm,
-                    "invalid_token",
-                    "no access token in the request",
-                ));
+            (Credential::None, Some(creds)) => match creds {
+                Ok(creds) => match self.client_credentials(policy, provider, &creds).await {
+                    Ok(a) => a,
+                    Err(deny) => {
+                        return Outcome {
+                            method: Some(AuthMethod::ClientCredentials),
+                            ..Outcome::deny(deny)
+                        };
+                    }
+                },
+                Err(e) => {
+                    return Outcome::deny(unauthorized(policy, "invalid_client", e.to_string()));
+                }
+            },
+            (Credential::Malformed(why), _) => {
+                return Outcome::deny(unauthorized(policy, "invalid_token", why));
             }
-            Credential::Bearer(_) | Credential::Basic(_) => {
-                return Outcome::deny(Deny::unauthorized(
-                    realm,
+            (Credential::None, None) => {
+                let what = if cc_allowed {
+                    "no credentials in the request"
+                } else {
+                    "no access token in the request"
+                };
+                return Outcome::deny(unauthorized(policy, "invalid_token", what));
+            }
+            (Credential::Bearer(_) | Credential::Basic(_), _) => {
+                return Outcome::deny(unauthorized(
+                    policy,
                     "invalid_token",
                     "this route does not accept these credentials",
                 ));
             }
         };
+        let claims = &authn.verified.claims;
+        let method = authn.method;
         let sub = claims
-            .claims
             .get("sub")
             .and_then(Value::as_str)
             .map(str::to_string);
-        if let Err(denied) = policy.access.check(&claims.claims) {
+        if let Err(denied) = policy.access.check(claims) {
             return Outcome {
-                decision: Decision::Deny(Deny::insufficient(realm, denied.to_string())),
+                decision: Decision::Deny(Deny::insufficient(&policy.name, denied.to_string())),
                 method: Some(method),
                 sub,
             };
         }
+        let mut allowed = allow(policy, method, claims);
+        if let Some(token) = &authn.upstream_token {
+            allowed
+                .set_headers
+                .insert(0, (http::header::AUTHORIZATION, format!("Bearer {token}")));
+        }
+        if let Some((id_h, secret_h)) = &policy.client_credential_headers {
+            for h in [id_h, secret_h] {
+                if view.has_header(h.as_str()) && !allowed.remove_headers.contains(h) {
+                    allowed.remove_headers.push(h.clone());
+                }
+            }
+        }
         Outcome {
-            decision: Decision::Allow(allow(policy, method, &claims.claims)),
+            decision: Decision::Allow(allowed),
             method: Some(method),
             sub,
         }
     }
+
+    /// Runs (or reuses) the client-credentials grant, then verifies the token the IdP issued like any bearer token.
+    async fn client_credentials(
+        &self,
+        policy: &Policy,
+        provider: &Provider,
+        creds: &client_credentials::ClientCreds,
+    ) -> Result<Authn, Deny> {
+        let token = match self.cc.token(provider, policy, creds).await {
+            Ok(t) => t,
+            Err(CcError::Refused(Refusal::InvalidScope)) => {
+                return Err(Deny::insufficient(
+                    &policy.name,
+                    "the client may not have the scopes this route requests",
+                ));
+            }
+            Err(CcError::Refused(_)) => {
+                return Err(unauthorized(
+                    policy,
+                    "invalid_client",
+                    "the identity provider refused the client credentials",
+                ));
+            }
+            Err(CcError::Idp(e)) => {
+                tracing::warn!(provider = %provider.name(), error = %e, "identity provider needed and unavailable");
+                return Err(Deny::unavailable("the identity provider is unavailable"));
+            }
+        };
+        if !BearerVerifier::is_jwt(&token) {
+            tracing::warn!(policy.name = %policy.name, "the provider issued an opaque access token; this policy cannot verify it without introspection");
+            return Err(unauthorized(
+                policy,
+                "invalid_token",
+                "the issued access token cannot be verified by this route",
+            ));
+        }
+        match self.bearer.verify(provider, &token).await {
+            Ok(verified) => Ok(Authn {
+                method: AuthMethod::ClientCredentials,
+                verified,
+                upstream_token: Some(token),
+            }),
+            Err(BearerError::Idp(e)) => {
+                tracing::warn!(provider = %provider.name(), error = %e, "identity provider needed and unavailable");
+                Err(Deny::unavailable("the identity provider is unavailable"))
+            }
+            Err(e) => {
+                tracing::warn!(policy.name = %policy.name, reason = %e, "the token the provider issued does not verify (check issuer and audiences)");
+                Err(unauthorized(
+                    policy,
+                    "invalid_token",
+                    "the issued access token does not verify",
+                ))
+            }
+        }
+    }
+
+    fn bearer_deny(&self, policy: &Policy, e: &BearerError, provider: &Provider) -> Deny {
+        match e {
+            BearerError::Idp(err) => {
+                tracing::warn!(provider = %provider.name(), error = %err, "identity provider needed and unavailable");
+                Deny::unavailable("the identity provider is unavailable")
+            }
+            other => unauthorized(policy, "invalid_token", other.to_string()),
+        }
+    }
 }
 
-fn bearer_deny(realm: &str, e: &BearerError, provider: &Provider) -> Deny {
-    match e {
-        BearerError::Idp(err) => {
-            tracing::warn!(provider = %provider.name(), error = %err, "identity provider needed and unavailable");
-            Deny::unavailable("the identity provider is unavailable")
-        }
-        other => Deny::unauthorized(realm, "invalid_token", other.to_string()),
+/// How a request authenticated.
+struct Authn {
+    method: AuthMethod,
+    verified: Arc<Verified>,
+    /// A token to send upstream in `Authorization` (client credentials).
+    upstream_token: Option<Arc<str>>,
+}
+
+/// 401 with the challenges the policy accepts: `Basic` for client credentials, `Bearer` for tokens.
+fn unauthorized(policy: &Policy, error: &'static str, description: impl Into<String>) -> Deny {
+    let mut deny = Deny::unauthorized(&policy.name, error, description);
+    if policy.allows(AuthMethod::ClientCredentials) {
+        let basic = format!("Basic realm=\"{}\"", policy.name);
+        let token_methods =
+            policy.allows(AuthMethod::Bearer) || policy.allows(AuthMethod::Introspection);
+        deny.www_authenticate = Some(match deny.www_authenticate.take() {
+            Some(bearer) if token_methods => format!("{basic}, {bearer}"),
+            _ => basic,
+        });
     }
+    deny
 }
 
 /// The upstream headers and metadata of an allowed request.

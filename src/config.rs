@@ -191,6 +191,7 @@ struct RawProvider {
     http_timeout_ms: Option<u64>,
     jwks_refresh_secs: Option<u64>,
     jwks_min_refetch_secs: Option<u64>,
+    token_endpoint_auth_method: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -223,6 +224,10 @@ struct RawPolicy {
     redirect_uri: Option<String>,
     logout_path: Option<String>,
     session_secret: Option<SecretList>,
+    #[serde(default)]
+    client_credentials_param_type: Vec<String>,
+    client_arg: Option<String>,
+    client_secret_arg: Option<String>,
 }
 
 /// `session_secret` may be one secret or a list (newest first).
@@ -304,6 +309,17 @@ pub struct ProviderConfig {
     pub jwks_refresh: Duration,
     /// Least time between two JWKS fetches caused by an unknown `kid`.
     pub jwks_min_refetch: Duration,
+    /// How to authenticate at the token endpoint; `None`: as discovery says (basic preferred).
+    pub token_endpoint_auth_method: Option<TokenEndpointAuth>,
+}
+
+/// Client authentication at the token and introspection endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenEndpointAuth {
+    /// `Authorization: Basic` (RFC 6749 2.3.1).
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the form body.
+    ClientSecretPost,
 }
 
 /// The auth methods of Kong's `auth_methods`.
@@ -346,7 +362,7 @@ impl AuthMethod {
 
     /// Whether this build answers requests with this method.
     pub fn implemented(self) -> bool {
-        matches!(self, AuthMethod::Bearer)
+        matches!(self, AuthMethod::Bearer | AuthMethod::ClientCredentials)
     }
 }
 
@@ -386,6 +402,9 @@ pub struct Policy {
     pub logout_path: Option<String>,
     /// Session cookie keys, newest first.
     pub session_secrets: Vec<Secret>,
+    /// Client credentials may also come from these request headers (Kong's `client_credentials_param_type =
+    /// ["header"]` with `client_arg` / `client_secret_arg`); `None`: only `Authorization: Basic`.
+    pub client_credential_headers: Option<(HeaderName, HeaderName)>,
 }
 
 impl Policy {
@@ -694,6 +713,20 @@ impl Validator {
         );
         let end_session_endpoint =
             self.url(section, "end_session_endpoint", raw.end_session_endpoint);
+        let token_endpoint_auth_method = match raw.token_endpoint_auth_method.as_deref() {
+            None => None,
+            Some("client_secret_basic") => Some(TokenEndpointAuth::ClientSecretBasic),
+            Some("client_secret_post") => Some(TokenEndpointAuth::ClientSecretPost),
+            Some(other) => {
+                self.err(ConfigError::Invalid {
+                    section: section.into(),
+                    message: format!(
+                        "token_endpoint_auth_method must be client_secret_basic or client_secret_post, not {other:?}"
+                    ),
+                });
+                None
+            }
+        };
         let http_timeout_ms = raw.http_timeout_ms.unwrap_or(2000);
         if http_timeout_ms == 0 {
             self.err(ConfigError::Conflict {
@@ -719,6 +752,7 @@ impl Validator {
             http_timeout: Duration::from_millis(http_timeout_ms),
             jwks_refresh: Duration::from_secs(raw.jwks_refresh_secs.unwrap_or(300).max(1)),
             jwks_min_refetch: Duration::from_secs(raw.jwks_min_refetch_secs.unwrap_or(5)),
+            token_endpoint_auth_method,
         })
     }
 
@@ -912,6 +946,31 @@ impl Validator {
             }
         }
 
+        let mut client_credential_headers = None;
+        for t in &raw.client_credentials_param_type {
+            match t.as_str() {
+                "header" => {
+                    let id = raw.client_arg.as_deref().unwrap_or("client_id");
+                    let secret = raw.client_secret_arg.as_deref().unwrap_or("client_secret");
+                    let parse = |h: &str| HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok();
+                    match (parse(id), parse(secret)) {
+                        (Some(a), Some(b)) => client_credential_headers = Some((a, b)),
+                        _ => self.err(ConfigError::BadHeaderName {
+                            section: section.into(),
+                            name: format!("{id} / {secret}"),
+                        }),
+                    }
+                }
+                // Authorization: Basic is always read.
+                "basic" => {}
+                other => self.err(ConfigError::Invalid {
+                    section: section.into(),
+                    message: format!(
+                        "client_credentials_param_type entries must be \"basic\" or \"header\", not {other:?}"
+                    ),
+                }),
+            }
+        }
         if self.errors.len() != before {
             return None;
         }
@@ -928,6 +987,7 @@ impl Validator {
             redirect_uri,
             logout_path: raw.logout_path,
             session_secrets,
+            client_credential_headers,
         })
     }
 

@@ -1,6 +1,7 @@
 //! The auth methods. Each turns credentials from the request into verified claims or a reason to refuse.
 
 pub mod bearer;
+pub mod client_credentials;
 
 use crate::request::CheckView;
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use url::Url;
 
-use crate::config::ProviderConfig;
+use crate::config::{ProviderConfig, Secret, TokenEndpointAuth};
 use crate::telemetry::Metrics;
 use jwks::{KeySet, VerifyKey};
 
@@ -176,6 +176,75 @@ impl Provider {
             });
         }
         read_capped(resp, endpoint).await
+    }
+
+    /// How to authenticate this client at the token endpoint: configured, else basic unless discovery lists only
+    /// `client_secret_post`.
+    pub fn token_auth(&self, meta: &Metadata) -> TokenEndpointAuth {
+        if let Some(m) = self.config.token_endpoint_auth_method {
+            return m;
+        }
+        let methods = &meta.token_endpoint_auth_methods;
+        let has = |m: &str| methods.iter().any(|x| x == m);
+        if !has("client_secret_basic") && has("client_secret_post") {
+            TokenEndpointAuth::ClientSecretPost
+        } else {
+            TokenEndpointAuth::ClientSecretBasic
+        }
+    }
+
+    /// POSTs a form with client authentication; returns the status and body (any status: the caller reads OAuth
+    /// errors). Transport failures and oversized bodies are errors. Neither the secret nor the form is ever logged.
+    pub async fn post_form(
+        &self,
+        endpoint: &'static str,
+        url: &Url,
+        form: &[(&str, &str)],
+        client: (&str, &Secret),
+        auth: TokenEndpointAuth,
+    ) -> Result<(u16, Vec<u8>), IdpError> {
+        let start = Instant::now();
+        let (client_id, secret) = client;
+        let mut fields: Vec<(&str, &str)> = form.to_vec();
+        let mut req = self
+            .http
+            .post(url.clone())
+            .header(http::header::ACCEPT, "application/json");
+        match auth {
+            TokenEndpointAuth::ClientSecretBasic => {
+                // RFC 6749 2.3.1: form-encode id and secret, then base64 the pair.
+                use base64::Engine;
+                let enc = |s: &str| {
+                    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
+                };
+                let pair = format!("{}:{}", enc(client_id), enc(secret.expose()));
+                let b64 = base64::engine::general_purpose::STANDARD.encode(pair);
+                req = req.header(http::header::AUTHORIZATION, format!("Basic {b64}"));
+            }
+            TokenEndpointAuth::ClientSecretPost => {
+                fields.push(("client_id", client_id));
+                fields.push(("client_secret", secret.expose()));
+            }
+        }
+        let res = async {
+            let resp = req
+                .form(&fields)
+                .timeout(self.config.http_timeout)
+                .send()
+                .await
+                .map_err(|e| IdpError::Unreachable {
+                    endpoint,
+                    reason: transport_reason(&e),
+                })?;
+            let status = resp.status().as_u16();
+            let body = read_capped(resp, endpoint).await?;
+            Ok((status, body))
+        }
+        .await;
+        let ok = matches!(&res, Ok((s, _)) if *s < 500);
+        self.metrics
+            .idp_call(self.name(), endpoint, ok, start.elapsed());
+        res
     }
 
     fn discovery_urls(&self) -> Vec<Url> {

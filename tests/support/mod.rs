@@ -124,6 +124,18 @@ pub struct IdpState {
     pub oidc_discovery: std::sync::atomic::AtomicBool,
     /// Serve no discovery document at all (404 on both well-known names).
     pub no_discovery: std::sync::atomic::AtomicBool,
+    /// Confidential clients: id -> (secret, scopes it may have).
+    pub clients: Mutex<HashMap<String, (String, Vec<String>)>>,
+    /// Token endpoint calls.
+    pub token_hits: AtomicUsize,
+    /// `expires_in` of issued tokens.
+    pub expires_in: std::sync::atomic::AtomicU64,
+    /// Client authentication methods the token endpoint accepts (and discovery advertises).
+    pub token_auth_methods: Mutex<Vec<String>>,
+    /// Issue opaque access tokens instead of JWTs.
+    pub opaque_tokens: std::sync::atomic::AtomicBool,
+    /// Answer the token endpoint with this HTTP status and an error body instead (0: normal).
+    pub token_status: std::sync::atomic::AtomicU16,
 }
 
 pub struct MockIdp {
@@ -175,7 +187,7 @@ async fn discovery(State(s): State<Arc<IdpState>>) -> Response {
         "introspection_endpoint": format!("{issuer}/v1/introspect"),
         "authorization_endpoint": format!("{issuer}/v1/authorize"),
         "end_session_endpoint": format!("{issuer}/v1/logout"),
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "token_endpoint_auth_methods_supported": s.token_auth_methods.lock().unwrap().clone(),
     }))
     .into_response()
 }
@@ -194,6 +206,94 @@ async fn jwks(State(s): State<Arc<IdpState>>) -> Response {
         .collect();
     keys.extend(s.extra_jwks.lock().unwrap().iter().cloned());
     axum::Json(json!({ "keys": keys })).into_response()
+}
+
+fn oauth_error(status: StatusCode, error: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({ "error": error, "error_description": "mock idp says no" })),
+    )
+        .into_response()
+}
+
+fn pct_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+/// The token endpoint: client credentials only, Okta-style answers.
+async fn token(
+    State(s): State<Arc<IdpState>>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Form(form): axum::extract::Form<HashMap<String, String>>,
+) -> Response {
+    use base64::Engine;
+    s.token_hits.fetch_add(1, Ordering::SeqCst);
+    if let Some(r) = gate(&s).await {
+        return r;
+    }
+    let forced = s.token_status.load(Ordering::SeqCst);
+    if forced != 0 {
+        return oauth_error(StatusCode::from_u16(forced).unwrap(), "server_error");
+    }
+    let methods = s.token_auth_methods.lock().unwrap().clone();
+    let basic = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|p| {
+            p.split_once(':')
+                .map(|(a, b)| (pct_decode(a), pct_decode(b)))
+        });
+    let (id, secret) = match (basic, form.get("client_id"), form.get("client_secret")) {
+        (Some(pair), None, None) if methods.iter().any(|m| m == "client_secret_basic") => pair,
+        (None, Some(id), Some(sec)) if methods.iter().any(|m| m == "client_secret_post") => {
+            (id.clone(), sec.clone())
+        }
+        _ => return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client"),
+    };
+    let client = s.clients.lock().unwrap().get(&id).cloned();
+    let Some((want_secret, allowed)) = client else {
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
+    };
+    if want_secret != secret {
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
+    }
+    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
+        return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type");
+    }
+    let requested: Vec<String> = form
+        .get("scope")
+        .map(|s| s.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    if requested.iter().any(|r| !allowed.contains(r)) {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_scope");
+    }
+    let granted = if requested.is_empty() {
+        allowed
+    } else {
+        requested
+    };
+    let expires_in = s.expires_in.load(Ordering::SeqCst);
+    let issuer = s.issuer.lock().unwrap().clone();
+    let access_token = if s.opaque_tokens.load(Ordering::SeqCst) {
+        format!("opaque-{:x}", rand_u64())
+    } else {
+        let now = now();
+        let key = s.keys.lock().unwrap()[0].clone();
+        key.sign(&json!({
+            "iss": issuer, "aud": "api://default", "sub": id, "cid": id, "scp": granted,
+            "iat": now, "exp": now + expires_in, "jti": format!("{:x}", rand_u64()),
+        }))
+    };
+    axum::Json(json!({
+        "access_token": access_token, "token_type": "Bearer", "expires_in": expires_in, "scope": granted.join(" "),
+    }))
+    .into_response()
 }
 
 impl MockIdp {
@@ -216,6 +316,27 @@ impl MockIdp {
             extra_jwks: Mutex::new(Vec::new()),
             oidc_discovery: std::sync::atomic::AtomicBool::new(true),
             no_discovery: std::sync::atomic::AtomicBool::new(false),
+            clients: Mutex::new(HashMap::from([
+                (
+                    "cc-app".to_string(),
+                    (
+                        "cc-app-secret".to_string(),
+                        vec!["api:read".into(), "api:write".into()],
+                    ),
+                ),
+                (
+                    "cc-readonly".to_string(),
+                    ("cc-readonly-secret".to_string(), vec!["api:write".into()]),
+                ),
+            ])),
+            token_hits: AtomicUsize::new(0),
+            expires_in: std::sync::atomic::AtomicU64::new(3600),
+            token_auth_methods: Mutex::new(vec![
+                "client_secret_basic".into(),
+                "client_secret_post".into(),
+            ]),
+            opaque_tokens: std::sync::atomic::AtomicBool::new(false),
+            token_status: std::sync::atomic::AtomicU16::new(0),
         });
         let app = Router::new()
             .route(
@@ -227,6 +348,7 @@ impl MockIdp {
                 get(discovery),
             )
             .route("/oauth2/default/v1/keys", get(jwks))
+            .route("/oauth2/default/v1/token", axum::routing::post(token))
             .with_state(state.clone());
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -255,6 +377,10 @@ impl MockIdp {
 
     pub fn signing_key(&self) -> SigningKey {
         self.state.keys.lock().unwrap()[0].clone()
+    }
+
+    pub fn token_hits(&self) -> usize {
+        self.state.token_hits.load(Ordering::SeqCst)
     }
 
     pub fn jwks_hits(&self) -> usize {
@@ -345,6 +471,22 @@ provider = "okta"
 auth_methods = ["bearer"]
 groups_claim = ["groups"]
 groups_required = ["admins", "ops oncall"]
+
+[policies.cc]
+provider = "okta"
+auth_methods = ["client_credentials", "bearer"]
+scopes = ["api:read"]
+scopes_claim = ["scp"]
+scopes_required = ["api:read"]
+cache_ttl_neg_secs = 30
+client_credentials_param_type = ["header"]
+upstream_headers_claims = ["iss", "cid"]
+upstream_headers_names = ["Issuer_Header", "x-client-id"]
+
+[policies.cc_only]
+provider = "okta"
+auth_methods = ["client_credentials"]
+scopes = ["api:read", "api:write"]
 
 [[routes]]
 path_prefix = "/routed"
@@ -493,6 +635,11 @@ impl Req {
     pub fn header_bytes(mut self, k: &str, v: &[u8]) -> Self {
         self.headers.push((k.into(), v.to_vec()));
         self
+    }
+    pub fn basic(self, id: &str, secret: &str) -> Self {
+        use base64::Engine;
+        let b = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+        self.header("authorization", &format!("Basic {b}"))
     }
     pub fn bearer(self, t: &str) -> Self {
         self.header("authorization", &format!("Bearer {t}"))
