@@ -49,7 +49,6 @@ RUN_FILES = ("httpbin.log", "envoy.log", "idp.log", "oidc-authz.log", "envoy.yam
 CC_APP = ("cc-app", "cc-app-secret")
 CC_READONLY = ("cc-readonly", "cc-readonly-secret")
 # flows the service does not do yet: the step shows today's answer under this label
-COMING_CC = "coming next: client_credentials (issue 5)"
 COMING_INTROSPECTION = "coming next: introspection (issue 6)"
 COMING_LOGIN = "coming next: browser login (issue 7)"
 
@@ -199,7 +198,7 @@ class Walk:
     def run(self) -> None:
         w = self.world
         base = w.url("")
-        self.total = 9
+        self.total = 10
 
         self.title("a public route: no token needed (ext_authz is off on /public/)")
         self.cmd(f"curl -i {base}/public/get")
@@ -250,16 +249,24 @@ class Walk:
         if r is not None:
             self.deny_details(r)
 
-        self.title("the seed route: client id and secret at the gateway (Basic), a token upstream", COMING_CC)
+        self.title("the seed route: client id and secret at the gateway (Basic), a token upstream")
         self.cmd(f"curl -i -u cc-app:cc-app-secret {base}/oidcroute/get")
         basic = base64.b64encode(b"cc-app:cc-app-secret").decode()
         r = self.through_envoy("/oidcroute/get", {"Authorization": f"Basic {basic}"})
-        self.verdict("client_credentials", r, 200, COMING_CC, now=401)
+        self.verdict("client_credentials", r, 200)
         if r is not None and r.status_code == 200:
             self.echoed(r, ["Authorization", "Issuer-Header"])
+            self.note("oidc-authz ran the client-credentials grant at the mock Okta, cached the token, and sent it upstream")
         elif r is not None:
             self.deny_details(r)
-            self.note("once it lands: 200, and httpbin receives Authorization: Bearer <a token oidc-authz got>")
+
+        self.title("the seed route with a wrong secret")
+        self.cmd(f"curl -i -u cc-app:wrong {base}/oidcroute/get")
+        wrong = base64.b64encode(b"cc-app:wrong").decode()
+        r = self.through_envoy("/oidcroute/get", {"Authorization": f"Basic {wrong}"})
+        self.verdict("client_credentials, wrong secret", r, 401)
+        if r is not None:
+            self.deny_details(r)
 
         self.title("an opaque token checked by RFC 7662 introspection", COMING_INTROSPECTION)
         op = self.idp_token(CC_APP, None, resource="api://opaque", var="OPAQUE")

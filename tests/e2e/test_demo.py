@@ -19,13 +19,15 @@ DEMO = ROOT / "scripts" / "demo.py"
 
 KEY_LINES = [
     "starting Envoy on 127.0.0.1:",
-    "[1/9] a public route",
+    "[1/10] a public route",
     "$ curl -i http://127.0.0.1:",
     "X-User: cc-app",
     'error="insufficient_scope"',
     'error="invalid_token"',
-    "[coming next: client_credentials (issue 5)]",
-    "all 12 answers as expected",
+    "Issuer-Header: http://127.0.0.1:",
+    'error="invalid_client"',
+    "[coming next: introspection (issue 6)]",
+    "all 13 answers as expected",
     "stopped everything in",
 ]
 
