@@ -56,9 +56,15 @@ enum Cmd {
         /// The oidc-authz binary to measure.
         #[arg(long, default_value = "target/release/oidc-authz")]
         bin: PathBuf,
-        /// Only these scenarios (comma-separated): noop, same-jwt, fresh-jwt.
+        /// Only these scenarios (comma-separated): noop, same-jwt, fresh-jwt, cc-cached.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Rounds of all scenarios; each scenario reports its median round.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Pin the server processes to these CPUs (taskset -c); run the loadgen itself under taskset on the others.
+        #[arg(long)]
+        server_cpus: Option<String>,
     },
     /// Serve a Check API that allows everything without looking (the ceiling).
     Noop {
@@ -103,10 +109,15 @@ impl Authorization for Noop {
 }
 
 async fn serve_noop(addr: SocketAddr) {
+    // Built exactly like oidc-authz's listener (own TcpListener, TCP_NODELAY on the incoming stream), so the two
+    // differ only in what Check does.
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .expect("bind noop");
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(AuthorizationServer::new(Noop))
-        .serve(addr)
+        .serve_with_incoming(incoming)
         .await
         .expect("noop server");
 }
@@ -134,6 +145,10 @@ struct Summary {
 }
 
 fn check_request(token: &str, policy: &str) -> CheckRequest {
+    check_request_auth(&format!("Bearer {token}"), policy)
+}
+
+fn check_request_auth(authorization: &str, policy: &str) -> CheckRequest {
     let mut http = HttpRequest {
         id: "bench".into(),
         method: "GET".into(),
@@ -144,7 +159,7 @@ fn check_request(token: &str, policy: &str) -> CheckRequest {
         ..Default::default()
     };
     for (k, v) in [
-        ("authorization", format!("Bearer {token}")),
+        ("authorization", authorization.to_string()),
         (":authority", "api.example.com".into()),
         (":method", "GET".into()),
         (":path", "/api/orders?limit=10".into()),
@@ -284,7 +299,24 @@ async fn drive(
 
 struct Issuer {
     issuer: String,
-    key: EncodingKey,
+    key: Arc<EncodingKey>,
+    /// Calls to the token endpoint (client credentials).
+    token_hits: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn sign(issuer: &str, key: &EncodingKey, n: u64, sub: &str) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut h = Header::new(Algorithm::RS256);
+    h.kid = Some("bench".into());
+    let claims = json!({
+        "iss": issuer, "aud": "api://default", "sub": sub, "cid": "0oabench",
+        "uid": format!("00u{n}"), "scp": ["api:read", "api:write"], "groups": ["Everyone", "admins"],
+        "iat": now, "exp": now + 3600, "jti": format!("jti-{n}"),
+    });
+    jsonwebtoken::encode(&h, &claims, key).unwrap()
 }
 
 impl Issuer {
@@ -294,38 +326,47 @@ impl Issuer {
             "/tests/support/keys/rsa1.pem"
         ))
         .unwrap();
-        let key = EncodingKey::from_rsa_pem(&pem).unwrap();
+        let key = Arc::new(EncodingKey::from_rsa_pem(&pem).unwrap());
         let mut jwk =
             serde_json::to_value(Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap()).unwrap();
         jwk["kid"] = json!("bench");
         jwk["use"] = json!("sig");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let issuer = format!("http://{}/oauth2/default", listener.local_addr().unwrap());
-        let disc = json!({"issuer": issuer, "jwks_uri": format!("{issuer}/v1/keys")}).to_string();
+        let disc = json!({
+            "issuer": issuer,
+            "jwks_uri": format!("{issuer}/v1/keys"),
+            "token_endpoint": format!("{issuer}/v1/token"),
+        })
+        .to_string();
         let keys = json!({"keys": [jwk]}).to_string();
+        let token_hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (hits, k, iss) = (token_hits.clone(), key.clone(), issuer.clone());
+        // Client credentials: any client id/secret gets a token (the benchmark measures the cache, not the IdP).
+        let token = move || {
+            let n = hits.fetch_add(1, Ordering::SeqCst) as u64;
+            let t = sign(&iss, &k, n, "bench-client");
+            async move {
+                json!({"access_token": t, "token_type": "Bearer", "expires_in": 3600}).to_string()
+            }
+        };
         let app = Router::new()
             .route(
                 "/oauth2/default/.well-known/openid-configuration",
                 get(move || async move { disc }),
             )
-            .route("/oauth2/default/v1/keys", get(move || async move { keys }));
+            .route("/oauth2/default/v1/keys", get(move || async move { keys }))
+            .route("/oauth2/default/v1/token", axum::routing::post(token));
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Issuer { issuer, key }
+        Issuer {
+            issuer,
+            key,
+            token_hits,
+        }
     }
 
     fn token(&self, n: u64) -> String {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let mut h = Header::new(Algorithm::RS256);
-        h.kid = Some("bench".into());
-        let claims = json!({
-            "iss": self.issuer, "aud": "api://default", "sub": format!("user-{n}@example.com"), "cid": "0oabench",
-            "uid": format!("00u{n}"), "scp": ["api:read", "api:write"], "groups": ["Everyone", "admins"],
-            "iat": now, "exp": now + 3600, "jti": format!("jti-{n}"),
-        });
-        jsonwebtoken::encode(&h, &claims, &self.key).unwrap()
+        sign(&self.issuer, &self.key, n, &format!("user-{n}@example.com"))
     }
 }
 
@@ -334,6 +375,19 @@ fn free_addr() -> SocketAddr {
         .unwrap()
         .local_addr()
         .unwrap()
+}
+
+/// A command for a server process, pinned to `cpus` with taskset when given (so client and server each own
+/// a core instead of fighting over both).
+fn server_command(bin: &std::path::Path, cpus: &Option<String>) -> Command {
+    match cpus {
+        Some(c) => {
+            let mut cmd = Command::new("taskset");
+            cmd.args(["-c", c]).arg(bin);
+            cmd
+        }
+        None => Command::new(bin),
+    }
 }
 
 struct Proc(Child);
@@ -367,6 +421,7 @@ async fn wait_ready(admin: SocketAddr) {
 }
 
 fn start_authz(
+    cpus: &Option<String>,
     bin: &PathBuf,
     dir: &std::path::Path,
     issuer: &str,
@@ -394,11 +449,20 @@ groups_claim = ["groups"]
 groups_required = ["admins"]
 upstream_headers_claims = ["iss", "sub", "cid"]
 upstream_headers_names = ["x-issuer", "x-user", "x-client-id"]
+
+[policies.cc]
+provider = "okta"
+auth_methods = ["client_credentials"]
+scopes = ["api:read"]
+scopes_claim = ["scp"]
+scopes_required = ["api:read"]
+upstream_headers_claims = ["iss", "sub"]
+upstream_headers_names = ["issuer_header", "x-user"]
 "#
     );
     let path = dir.join(format!("authz-{cache_entries}.toml"));
     std::fs::write(&path, cfg).unwrap();
-    let child = Command::new(bin)
+    let child = server_command(bin, cpus)
         .args(["serve", "--config"])
         .arg(&path)
         .env("RUST_LOG", "warn")
@@ -420,6 +484,8 @@ async fn bench(
     connections: usize,
     bin: PathBuf,
     only: Vec<String>,
+    rounds: usize,
+    server_cpus: Option<String>,
 ) -> bool {
     let wanted = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
     let duration = Duration::from_secs(duration);
@@ -432,62 +498,104 @@ async fn bench(
             .map(|n| check_request(&issuer.token(n), "api"))
             .collect(),
     );
-    let mut results = Vec::new();
+    // Scenarios run in rounds (noop, same-jwt, fresh-jwt, cc-cached, then again), so a slow spell of the machine
+    // does not land on one scenario only; each scenario reports its median round.
+    let mut all: Vec<Summary> = Vec::new();
+    for round in 1..=rounds {
+        println!("round {round}/{rounds}");
+        let mut results = Vec::new();
+        if wanted("noop") {
+            let addr = free_addr();
+            let me = std::env::current_exe().unwrap();
+            let _p = Proc(
+                server_command(&me, &server_cpus)
+                    .args(["noop", "--addr", &addr.to_string()])
+                    .spawn()
+                    .unwrap(),
+            );
+            wait_port(addr).await;
+            results.push(
+                drive(
+                    "noop",
+                    addr,
+                    same.clone(),
+                    duration,
+                    concurrency,
+                    connections,
+                )
+                .await,
+            );
+        }
+        if wanted("same-jwt") {
+            let (_p, grpc, admin) =
+                start_authz(&server_cpus, &bin, dir.path(), &issuer.issuer, 100_000);
+            wait_ready(admin).await;
+            results.push(
+                drive(
+                    "same-jwt",
+                    grpc,
+                    same.clone(),
+                    duration,
+                    concurrency,
+                    connections,
+                )
+                .await,
+            );
+        }
+        if wanted("fresh-jwt") {
+            // Verified-token cache off: every Check verifies an RS256 signature and the claims.
+            let (_p, grpc, admin) = start_authz(&server_cpus, &bin, dir.path(), &issuer.issuer, 0);
+            wait_ready(admin).await;
+            results.push(
+                drive(
+                    "fresh-jwt",
+                    grpc,
+                    pool.clone(),
+                    duration,
+                    concurrency,
+                    connections,
+                )
+                .await,
+            );
+        }
 
-    if wanted("noop") {
-        let addr = free_addr();
-        let me = std::env::current_exe().unwrap();
-        let _p = Proc(
-            Command::new(me)
-                .args(["noop", "--addr", &addr.to_string()])
-                .spawn()
-                .unwrap(),
-        );
-        wait_port(addr).await;
-        results.push(
-            drive(
-                "noop",
-                addr,
-                same.clone(),
-                duration,
-                concurrency,
-                connections,
-            )
-            .await,
-        );
-    }
-    if wanted("same-jwt") {
-        let (_p, grpc, admin) = start_authz(&bin, dir.path(), &issuer.issuer, 100_000);
-        wait_ready(admin).await;
-        results.push(
-            drive(
-                "same-jwt",
-                grpc,
-                same.clone(),
-                duration,
-                concurrency,
-                connections,
-            )
-            .await,
-        );
-    }
-    if wanted("fresh-jwt") {
-        // Verified-token cache off: every Check verifies an RS256 signature and the claims.
-        let (_p, grpc, admin) = start_authz(&bin, dir.path(), &issuer.issuer, 0);
-        wait_ready(admin).await;
-        results.push(
-            drive(
-                "fresh-jwt",
-                grpc,
-                pool.clone(),
-                duration,
-                concurrency,
-                connections,
-            )
-            .await,
-        );
-    }
+        if wanted("cc-cached") {
+            // Client credentials with a warm token cache: Basic in, cached token (its verification cached too) out.
+            let (_p, grpc, admin) =
+                start_authz(&server_cpus, &bin, dir.path(), &issuer.issuer, 100_000);
+            wait_ready(admin).await;
+            use base64::Engine;
+            let basic = base64::engine::general_purpose::STANDARD.encode("0oabench:bench-secret");
+            let reqs = Arc::new(vec![check_request_auth(&format!("Basic {basic}"), "cc")]);
+            let before = issuer.token_hits.load(Ordering::SeqCst);
+            results.push(drive("cc-cached", grpc, reqs, duration, concurrency, connections).await);
+            let calls = issuer.token_hits.load(Ordering::SeqCst) - before;
+            println!("cc-cached: token endpoint calls during the run (incl. warm-up) = {calls}");
+        }
 
+        all.extend(results);
+    }
+    let mut results: Vec<Summary> = Vec::new();
+    for name in ["noop", "same-jwt", "fresh-jwt", "cc-cached"] {
+        let mut runs: Vec<&Summary> = all.iter().filter(|r| r.name == name).collect();
+        if runs.is_empty() {
+            continue;
+        }
+        runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+        let m = runs[runs.len() / 2];
+        let (allow, deny, errors) = runs.iter().fold((0, 0, 0), |t, r| {
+            (t.0 + r.allow, t.1 + r.deny, t.2 + r.errors)
+        });
+        results.push(Summary {
+            name: m.name.clone(),
+            rps: m.rps,
+            p50_us: m.p50_us,
+            p99_us: m.p99_us,
+            allow,
+            deny,
+            errors,
+        });
+    }
     let ceiling = results.iter().find(|r| r.name == "noop").map(|r| r.rps);
     println!();
     println!(
@@ -551,8 +659,20 @@ fn main() -> std::process::ExitCode {
                 connections,
                 bin,
                 only,
+                rounds,
+                server_cpus,
             } => {
-                if bench(duration, concurrency, connections, bin, only).await {
+                if bench(
+                    duration,
+                    concurrency,
+                    connections,
+                    bin,
+                    only,
+                    rounds.max(1),
+                    server_cpus,
+                )
+                .await
+                {
                     std::process::ExitCode::SUCCESS
                 } else {
                     std::process::ExitCode::FAILURE

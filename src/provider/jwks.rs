@@ -2,8 +2,9 @@
 
 use std::sync::Arc;
 
+use aws_lc_rs::signature::{self as sig, VerificationAlgorithm};
 use jsonwebtoken::jwk::{Jwk, KeyAlgorithm, KeyOperations, PublicKeyUse};
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, DecodingKeyKind};
 use serde::Deserialize;
 
 /// The asymmetric algorithms accepted in tokens. HMAC is never accepted: the JWKS is public.
@@ -19,6 +20,63 @@ pub const ALLOWED_ALGS: &[Algorithm] = &[
     Algorithm::EdDSA,
 ];
 
+/// aws-lc's verification parameters for a JWS algorithm (the same ones jsonwebtoken's aws-lc backend uses).
+fn lc_params(alg: Algorithm) -> Option<&'static dyn VerificationAlgorithm> {
+    Some(match alg {
+        Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+        Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
+        Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
+        Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
+        Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
+        Algorithm::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
+        Algorithm::ES256 => &sig::ECDSA_P256_SHA256_FIXED,
+        Algorithm::ES384 => &sig::ECDSA_P384_SHA384_FIXED,
+        Algorithm::EdDSA => &sig::ED25519,
+        _ => return None,
+    })
+}
+
+fn rsa_params(alg: Algorithm) -> Option<&'static sig::RsaParameters> {
+    Some(match alg {
+        Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+        Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
+        Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
+        Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
+        Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
+        Algorithm::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
+        _ => return None,
+    })
+}
+
+/// The key parsed once per algorithm it may verify, so a signature check does not rebuild the key.
+fn pre_parse(
+    key: &DecodingKey,
+    family: AlgorithmFamily,
+    pinned: Option<Algorithm>,
+) -> Vec<(Algorithm, sig::ParsedPublicKey)> {
+    let algs: Vec<Algorithm> = match pinned {
+        Some(a) => vec![a],
+        None => family.algorithms().to_vec(),
+    };
+    algs.into_iter()
+        .filter(|a| ALLOWED_ALGS.contains(a))
+        .filter_map(|a| {
+            let parsed = match key.kind() {
+                DecodingKeyKind::RsaModulusExponent { n, e } => sig::RsaPublicKeyComponents {
+                    n: n.as_slice(),
+                    e: e.as_slice(),
+                }
+                .to_parsed_public_key(rsa_params(a)?)
+                .ok()?,
+                DecodingKeyKind::SecretOrDer(bytes) => {
+                    sig::ParsedPublicKey::new(lc_params(a)?, bytes).ok()?
+                }
+            };
+            Some((a, parsed))
+        })
+        .collect()
+}
+
 /// One key that may verify signatures.
 pub struct VerifyKey {
     /// `kid`, when the JWKS gives one.
@@ -29,6 +87,8 @@ pub struct VerifyKey {
     pub alg: Option<Algorithm>,
     /// The key material.
     pub key: DecodingKey,
+    /// The key parsed for each algorithm it may verify.
+    parsed: Vec<(Algorithm, sig::ParsedPublicKey)>,
 }
 
 impl std::fmt::Debug for VerifyKey {
@@ -45,6 +105,17 @@ impl VerifyKey {
     /// Whether this key may verify a token signed with `alg`.
     pub fn accepts(&self, alg: Algorithm) -> bool {
         alg.family() == self.family && self.alg.is_none_or(|a| a == alg)
+    }
+
+    /// Whether `signature` (raw bytes) signs `message` with `alg` under this key.
+    pub fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
+        if !self.accepts(alg) {
+            return false;
+        }
+        match self.parsed.iter().find(|(a, _)| *a == alg) {
+            Some((_, key)) => key.verify_sig(message, signature).is_ok(),
+            None => false,
+        }
     }
 }
 
@@ -127,11 +198,16 @@ impl KeySet {
         if family == AlgorithmFamily::Hmac || alg.is_some_and(|a| a.family() != family) {
             return None;
         }
+        let parsed = pre_parse(&key, family, alg);
+        if parsed.is_empty() {
+            return None;
+        }
         Some(VerifyKey {
             kid: c.key_id.clone(),
             family,
             alg,
             key,
+            parsed,
         })
     }
 
