@@ -422,7 +422,7 @@ async fn wait_ready(admin: SocketAddr) {
 
 fn start_authz(
     cpus: &Option<String>,
-    bin: &PathBuf,
+    bin: &std::path::Path,
     dir: &std::path::Path,
     issuer: &str,
     cache_entries: u64,
