@@ -22,7 +22,7 @@ build:
 e2e: build
 	bash tests/e2e/run.sh
 
-# Benchmarks (release build; results go to BENCHMARKS.md by hand, with this command).
+# Benchmarks (release build; results go to BENCHMARKS.md by hand). Servers on CPU 0, the load generator on CPU 1.
 bench:
 	cargo build --release --locked --bin oidc-authz --example loadgen
-	target/release/examples/loadgen bench --duration 10
+	taskset -c 1 target/release/examples/loadgen bench --duration 10 --rounds 3 --server-cpus 0
