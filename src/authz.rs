@@ -12,6 +12,7 @@ use crate::config::{AuthMethod, Config, Policy};
 use crate::decision::{Allow, Decision, Deny, DenyStatus};
 use crate::flow::bearer::{BearerError, BearerVerifier, Verified};
 use crate::flow::client_credentials::{self, CcError, ClientCredentials, Refusal};
+use crate::flow::introspection::{IntrospectionError, Introspector};
 use crate::flow::{Credential, authorization};
 use crate::policy::access::{claim_header_value, claim_value};
 use crate::provider::{Provider, http_client};
@@ -25,6 +26,7 @@ pub struct Authorizer {
     providers: Arc<[Arc<Provider>]>,
     bearer: BearerVerifier,
     cc: ClientCredentials,
+    introspector: Introspector,
     metrics: Arc<Metrics>,
 }
 
@@ -67,7 +69,8 @@ impl Authorizer {
                 clock.clone(),
                 metrics.clone(),
             ),
-            cc: ClientCredentials::new(10_000, clock, metrics.clone()),
+            cc: ClientCredentials::new(10_000, clock.clone(), metrics.clone()),
+            introspector: Introspector::new(100_000, clock, metrics.clone()),
             config: Arc::new(config),
             providers,
             metrics,
@@ -170,17 +173,15 @@ impl Authorizer {
             None
         };
         let authn = match (authorization(view), header_creds) {
-            (Credential::Bearer(token), _) if policy.allows(AuthMethod::Bearer) => {
-                match self.bearer.verify(provider, token).await {
-                    Ok(v) => Authn {
-                        method: AuthMethod::Bearer,
-                        verified: v,
-                        upstream_token: None,
-                    },
-                    Err(e) => {
-                        let deny = self.bearer_deny(policy, &e, provider);
+            (Credential::Bearer(token), _)
+                if policy.allows(AuthMethod::Bearer)
+                    || policy.allows(AuthMethod::Introspection) =>
+            {
+                match self.token(policy, provider, token).await {
+                    Ok(a) => a,
+                    Err((method, deny)) => {
                         return Outcome {
-                            method: Some(AuthMethod::Bearer),
+                            method: Some(method),
                             ..Outcome::deny(deny)
                         };
                     }
@@ -299,7 +300,29 @@ impl Authorizer {
                 return Err(Deny::unavailable("the identity provider is unavailable"));
             }
         };
-        if !BearerVerifier::is_jwt(&token) {
+        let opaque = !BearerVerifier::is_jwt(&token);
+        if (opaque || policy.introspect_jwt_tokens) && policy.allows(AuthMethod::Introspection) {
+            return match self.introspector.introspect(provider, policy, &token).await {
+                Ok(verified) => Ok(Authn {
+                    method: AuthMethod::ClientCredentials,
+                    verified,
+                    upstream_token: Some(token),
+                }),
+                Err(IntrospectionError::Idp(e)) => {
+                    tracing::warn!(provider = %provider.name(), error = %e, "identity provider needed and unavailable");
+                    Err(Deny::unavailable("the identity provider is unavailable"))
+                }
+                Err(e) => {
+                    tracing::warn!(policy.name = %policy.name, reason = %e, "the token the provider issued is not active");
+                    Err(unauthorized(
+                        policy,
+                        "invalid_token",
+                        "the issued access token is not active",
+                    ))
+                }
+            };
+        }
+        if opaque {
             tracing::warn!(policy.name = %policy.name, "the provider issued an opaque access token; this policy cannot verify it without introspection");
             return Err(unauthorized(
                 policy,
@@ -325,6 +348,42 @@ impl Authorizer {
                     "the issued access token does not verify",
                 ))
             }
+        }
+    }
+
+    /// A token from `Authorization: Bearer`: verified locally when it is a JWT and the policy allows `bearer`
+    /// (unless `introspect_jwt_tokens`), else introspected when the policy allows `introspection`.
+    async fn token(
+        &self,
+        policy: &Policy,
+        provider: &Provider,
+        token: &str,
+    ) -> Result<Authn, (AuthMethod, Deny)> {
+        let jwt = BearerVerifier::is_jwt(token);
+        let introspect = policy.allows(AuthMethod::Introspection)
+            && (!jwt || policy.introspect_jwt_tokens || !policy.allows(AuthMethod::Bearer));
+        if introspect {
+            let m = AuthMethod::Introspection;
+            return match self.introspector.introspect(provider, policy, token).await {
+                Ok(verified) => Ok(Authn {
+                    method: m,
+                    verified,
+                    upstream_token: None,
+                }),
+                Err(IntrospectionError::Idp(e)) => {
+                    tracing::warn!(provider = %provider.name(), error = %e, "identity provider needed and unavailable");
+                    Err((m, Deny::unavailable("the identity provider is unavailable")))
+                }
+                Err(e) => Err((m, unauthorized(policy, "invalid_token", e.to_string()))),
+            };
+        }
+        match self.bearer.verify(provider, token).await {
+            Ok(verified) => Ok(Authn {
+                method: AuthMethod::Bearer,
+                verified,
+                upstream_token: None,
+            }),
+            Err(e) => Err((AuthMethod::Bearer, self.bearer_deny(policy, &e, provider))),
         }
     }
 

@@ -362,7 +362,10 @@ impl AuthMethod {
 
     /// Whether this build answers requests with this method.
     pub fn implemented(self) -> bool {
-        matches!(self, AuthMethod::Bearer | AuthMethod::ClientCredentials)
+        matches!(
+            self,
+            AuthMethod::Bearer | AuthMethod::ClientCredentials | AuthMethod::Introspection
+        )
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod bearer;
 pub mod client_credentials;
+pub mod introspection;
 
 use crate::request::CheckView;
 

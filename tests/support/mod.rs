@@ -136,6 +136,10 @@ pub struct IdpState {
     pub opaque_tokens: std::sync::atomic::AtomicBool,
     /// Answer the token endpoint with this HTTP status and an error body instead (0: normal).
     pub token_status: std::sync::atomic::AtomicU16,
+    /// Tokens the introspection endpoint knows: token -> claims (removed when revoked).
+    pub introspectable: Mutex<HashMap<String, Value>>,
+    /// Introspection endpoint calls.
+    pub introspect_hits: AtomicUsize,
 }
 
 pub struct MockIdp {
@@ -281,7 +285,14 @@ async fn token(
     let expires_in = s.expires_in.load(Ordering::SeqCst);
     let issuer = s.issuer.lock().unwrap().clone();
     let access_token = if s.opaque_tokens.load(Ordering::SeqCst) {
-        format!("opaque-{:x}", rand_u64())
+        let t = format!("opaque-{:x}", rand_u64());
+        let now = now();
+        s.introspectable.lock().unwrap().insert(
+            t.clone(),
+            json!({"iss": issuer, "sub": id, "client_id": id, "cid": id, "scp": granted, "scope": granted.join(" "),
+                   "token_type": "Bearer", "iat": now, "exp": now + expires_in}),
+        );
+        t
     } else {
         let now = now();
         let key = s.keys.lock().unwrap()[0].clone();
@@ -294,6 +305,63 @@ async fn token(
         "access_token": access_token, "token_type": "Bearer", "expires_in": expires_in, "scope": granted.join(" "),
     }))
     .into_response()
+}
+
+/// Client authentication as the token endpoint does it; `Err` is the 401 answer.
+fn client_auth(
+    s: &IdpState,
+    headers: &axum::http::HeaderMap,
+    form: &HashMap<String, String>,
+) -> Result<String, Response> {
+    use base64::Engine;
+    let methods = s.token_auth_methods.lock().unwrap().clone();
+    let basic = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|p| {
+            p.split_once(':')
+                .map(|(a, b)| (pct_decode(a), pct_decode(b)))
+        });
+    let (id, secret) = match (basic, form.get("client_id"), form.get("client_secret")) {
+        (Some(pair), None, None) if methods.iter().any(|m| m == "client_secret_basic") => pair,
+        (None, Some(id), Some(sec)) if methods.iter().any(|m| m == "client_secret_post") => {
+            (id.clone(), sec.clone())
+        }
+        _ => return Err(oauth_error(StatusCode::UNAUTHORIZED, "invalid_client")),
+    };
+    match s.clients.lock().unwrap().get(&id) {
+        Some((want, _)) if *want == secret => Ok(id),
+        _ => Err(oauth_error(StatusCode::UNAUTHORIZED, "invalid_client")),
+    }
+}
+
+/// RFC 7662 introspection of tokens in `introspectable` (only the `oidc-authz` client may ask).
+async fn introspect(
+    State(s): State<Arc<IdpState>>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Form(form): axum::extract::Form<HashMap<String, String>>,
+) -> Response {
+    s.introspect_hits.fetch_add(1, Ordering::SeqCst);
+    if let Some(r) = gate(&s).await {
+        return r;
+    }
+    match client_auth(&s, &headers, &form) {
+        Ok(id) if id == "oidc-authz" => {}
+        Ok(_) => return oauth_error(StatusCode::FORBIDDEN, "access_denied"),
+        Err(r) => return r,
+    }
+    let token = form.get("token").cloned().unwrap_or_default();
+    let claims = s.introspectable.lock().unwrap().get(&token).cloned();
+    match claims {
+        Some(mut c) if c["exp"].as_u64().is_none_or(|e| e > now()) => {
+            c["active"] = json!(true);
+            axum::Json(c).into_response()
+        }
+        _ => axum::Json(json!({"active": false})).into_response(),
+    }
 }
 
 impl MockIdp {
@@ -328,6 +396,10 @@ impl MockIdp {
                     "cc-readonly".to_string(),
                     ("cc-readonly-secret".to_string(), vec!["api:write".into()]),
                 ),
+                (
+                    "oidc-authz".to_string(),
+                    ("oidc-authz-secret".to_string(), vec![]),
+                ),
             ])),
             token_hits: AtomicUsize::new(0),
             expires_in: std::sync::atomic::AtomicU64::new(3600),
@@ -337,6 +409,8 @@ impl MockIdp {
             ]),
             opaque_tokens: std::sync::atomic::AtomicBool::new(false),
             token_status: std::sync::atomic::AtomicU16::new(0),
+            introspectable: Mutex::new(HashMap::new()),
+            introspect_hits: AtomicUsize::new(0),
         });
         let app = Router::new()
             .route(
@@ -349,6 +423,10 @@ impl MockIdp {
             )
             .route("/oauth2/default/v1/keys", get(jwks))
             .route("/oauth2/default/v1/token", axum::routing::post(token))
+            .route(
+                "/oauth2/default/v1/introspect",
+                axum::routing::post(introspect),
+            )
             .with_state(state.clone());
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -377,6 +455,38 @@ impl MockIdp {
 
     pub fn signing_key(&self) -> SigningKey {
         self.state.keys.lock().unwrap()[0].clone()
+    }
+
+    /// An opaque token the introspection endpoint answers for, with `extra` merged into its claims.
+    pub fn opaque(&self, extra: Value) -> String {
+        let t = format!("op-{:x}{:x}", rand_u64(), rand_u64());
+        let mut c = self.claims(extra);
+        c["client_id"] = c["cid"].clone();
+        c["token_type"] = json!("Bearer");
+        self.state
+            .introspectable
+            .lock()
+            .unwrap()
+            .insert(t.clone(), c);
+        t
+    }
+
+    /// Makes the introspection endpoint know this (JWT) token too.
+    pub fn register(&self, token: &str, claims: Value) {
+        self.state
+            .introspectable
+            .lock()
+            .unwrap()
+            .insert(token.to_string(), claims);
+    }
+
+    /// RFC 7009 at the IdP: the token is no longer active.
+    pub fn revoke(&self, token: &str) {
+        self.state.introspectable.lock().unwrap().remove(token);
+    }
+
+    pub fn introspect_hits(&self) -> usize {
+        self.state.introspect_hits.load(Ordering::SeqCst)
     }
 
     pub fn token_hits(&self) -> usize {
@@ -482,6 +592,28 @@ cache_ttl_neg_secs = 30
 client_credentials_param_type = ["header"]
 upstream_headers_claims = ["iss", "cid"]
 upstream_headers_names = ["Issuer_Header", "x-client-id"]
+
+[policies.intro]
+provider = "okta"
+auth_methods = ["introspection", "bearer"]
+cache_introspection_secs = 300
+cache_ttl_neg_secs = 30
+scopes_claim = ["scp"]
+scopes_required = ["api:read"]
+upstream_headers_claims = ["sub", "client_id"]
+upstream_headers_names = ["x-user", "x-client-id"]
+
+[policies.intro_nocache]
+provider = "okta"
+auth_methods = ["introspection"]
+cache_introspection_secs = 0
+cache_ttl_neg_secs = 0
+
+[policies.intro_jwt]
+provider = "okta"
+auth_methods = ["introspection", "bearer"]
+introspect_jwt_tokens = true
+cache_introspection_secs = 2
 
 [policies.cc_only]
 provider = "okta"
