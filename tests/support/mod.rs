@@ -308,6 +308,7 @@ async fn token(
 }
 
 /// Client authentication as the token endpoint does it; `Err` is the 401 answer.
+#[allow(clippy::result_large_err)]
 fn client_auth(
     s: &IdpState,
     headers: &axum::http::HeaderMap,
