@@ -233,7 +233,6 @@ async fn token(
     headers: axum::http::HeaderMap,
     axum::extract::Form(form): axum::extract::Form<HashMap<String, String>>,
 ) -> Response {
-    use base64::Engine;
     s.token_hits.fetch_add(1, Ordering::SeqCst);
     if let Some(r) = gate(&s).await {
         return r;
@@ -242,31 +241,17 @@ async fn token(
     if forced != 0 {
         return oauth_error(StatusCode::from_u16(forced).unwrap(), "server_error");
     }
-    let methods = s.token_auth_methods.lock().unwrap().clone();
-    let basic = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-        .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|p| {
-            p.split_once(':')
-                .map(|(a, b)| (pct_decode(a), pct_decode(b)))
-        });
-    let (id, secret) = match (basic, form.get("client_id"), form.get("client_secret")) {
-        (Some(pair), None, None) if methods.iter().any(|m| m == "client_secret_basic") => pair,
-        (None, Some(id), Some(sec)) if methods.iter().any(|m| m == "client_secret_post") => {
-            (id.clone(), sec.clone())
-        }
-        _ => return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client"),
+    let id = match client_auth(&s, &headers, &form) {
+        Ok(id) => id,
+        Err(r) => return r,
     };
-    let client = s.clients.lock().unwrap().get(&id).cloned();
-    let Some((want_secret, allowed)) = client else {
-        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
-    };
-    if want_secret != secret {
-        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
-    }
+    let allowed = s
+        .clients
+        .lock()
+        .unwrap()
+        .get(&id)
+        .map(|c| c.1.clone())
+        .unwrap_or_default();
     if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
         return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type");
     }
