@@ -49,7 +49,6 @@ RUN_FILES = ("httpbin.log", "envoy.log", "idp.log", "oidc-authz.log", "envoy.yam
 CC_APP = ("cc-app", "cc-app-secret")
 CC_READONLY = ("cc-readonly", "cc-readonly-secret")
 # flows the service does not do yet: the step shows today's answer under this label
-COMING_INTROSPECTION = "coming next: introspection (issue 6)"
 COMING_LOGIN = "coming next: browser login (issue 7)"
 
 
@@ -198,7 +197,7 @@ class Walk:
     def run(self) -> None:
         w = self.world
         base = w.url("")
-        self.total = 10
+        self.total = 11
 
         self.title("a public route: no token needed (ext_authz is off on /public/)")
         self.cmd(f"curl -i {base}/public/get")
@@ -268,16 +267,26 @@ class Walk:
         if r is not None:
             self.deny_details(r)
 
-        self.title("an opaque token checked by RFC 7662 introspection", COMING_INTROSPECTION)
+        self.title("an opaque token checked by RFC 7662 introspection (caching off on this route)")
         op = self.idp_token(CC_APP, None, resource="api://opaque", var="OPAQUE")
         self.cmd(f'curl -i -H "Authorization: Bearer $OPAQUE" {base}/introspect/headers')
         r = self.through_envoy("/introspect/headers", {"Authorization": f"Bearer {op}"}) if op else None
-        self.verdict("introspection", r, 200, COMING_INTROSPECTION, now=401)
+        self.verdict("introspection", r, 200)
         if r is not None and r.status_code == 200:
             self.echoed(r, ["X-User", "X-Client-Id"])
         elif r is not None:
             self.deny_details(r)
-            self.note("once it lands: 200, and httpbin receives X-User: cc-app, X-Client-Id: cc-app")
+
+        self.title("revoke that token at the IdP (RFC 7009), then use it again")
+        revocation = f"{w.issuer}/v1/revoke"
+        self.cmd(f"curl -s -u cc-app:cc-app-secret -d token=$OPAQUE {revocation}")
+        if op:
+            requests.post(revocation, data={"token": op}, auth=CC_APP, timeout=10)
+        self.cmd(f'curl -i -H "Authorization: Bearer $OPAQUE" {base}/introspect/headers')
+        r = self.through_envoy("/introspect/headers", {"Authorization": f"Bearer {op}"}) if op else None
+        self.verdict("introspection after revocation", r, 401)
+        if r is not None:
+            self.deny_details(r)
 
         self.title("browser login (authorization code + PKCE, then a session cookie)", COMING_LOGIN)
         self.cmd(f'curl -i -H "Accept: text/html" {base}/login/headers')

@@ -19,15 +19,16 @@ DEMO = ROOT / "scripts" / "demo.py"
 
 KEY_LINES = [
     "starting Envoy on 127.0.0.1:",
-    "[1/10] a public route",
+    "[1/11] a public route",
     "$ curl -i http://127.0.0.1:",
     "X-User: cc-app",
     'error="insufficient_scope"',
     'error="invalid_token"',
     "Issuer-Header: http://127.0.0.1:",
     'error="invalid_client"',
-    "[coming next: introspection (issue 6)]",
-    "all 13 answers as expected",
+    "X-Client-Id: cc-app",
+    "[coming next: browser login (issue 7)]",
+    "all 14 answers as expected",
     "stopped everything in",
 ]
 
