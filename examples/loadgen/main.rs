@@ -56,7 +56,7 @@ enum Cmd {
         /// The oidc-authz binary to measure.
         #[arg(long, default_value = "target/release/oidc-authz")]
         bin: PathBuf,
-        /// Only these scenarios (comma-separated): noop, same-jwt, fresh-jwt, cc-cached.
+        /// Only these scenarios (comma-separated): noop, same-jwt, fresh-jwt, cc-cached, intro-cached.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Rounds of all scenarios; each scenario reports its median round.
@@ -302,6 +302,8 @@ struct Issuer {
     key: Arc<EncodingKey>,
     /// Calls to the token endpoint (client credentials).
     token_hits: Arc<std::sync::atomic::AtomicUsize>,
+    /// Calls to the introspection endpoint.
+    introspect_hits: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn sign(issuer: &str, key: &EncodingKey, n: u64, sub: &str) -> String {
@@ -337,6 +339,7 @@ impl Issuer {
             "issuer": issuer,
             "jwks_uri": format!("{issuer}/v1/keys"),
             "token_endpoint": format!("{issuer}/v1/token"),
+            "introspection_endpoint": format!("{issuer}/v1/introspect"),
         })
         .to_string();
         let keys = json!({"keys": [jwk]}).to_string();
@@ -350,7 +353,30 @@ impl Issuer {
                 json!({"access_token": t, "token_type": "Bearer", "expires_in": 3600}).to_string()
             }
         };
+        let introspect_hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (ihits, iss2) = (introspect_hits.clone(), issuer.clone());
+        // Introspection: any token is active, with Okta-like claims; 50 ms of IdP latency so a cold burst overlaps.
+        let introspect = move || {
+            ihits.fetch_add(1, Ordering::SeqCst);
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let body = json!({
+                "active": true, "iss": iss2, "sub": "bench-client", "client_id": "0oabench", "cid": "0oabench",
+                "scp": ["api:read"], "scope": "api:read", "token_type": "Bearer", "iat": now, "exp": now + 3600,
+            })
+            .to_string();
+            async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                body
+            }
+        };
         let app = Router::new()
+            .route(
+                "/oauth2/default/v1/introspect",
+                axum::routing::post(introspect),
+            )
             .route(
                 "/oauth2/default/.well-known/openid-configuration",
                 get(move || async move { disc }),
@@ -362,6 +388,7 @@ impl Issuer {
             issuer,
             key,
             token_hits,
+            introspect_hits,
         }
     }
 
@@ -439,6 +466,8 @@ token_cache_entries = {cache_entries}
 [providers.okta]
 issuer = "{issuer}"
 audiences = ["api://default"]
+client_id = "oidc-authz"
+client_secret = "bench-secret"
 
 [policies.api]
 provider = "okta"
@@ -449,6 +478,15 @@ groups_claim = ["groups"]
 groups_required = ["admins"]
 upstream_headers_claims = ["iss", "sub", "cid"]
 upstream_headers_names = ["x-issuer", "x-user", "x-client-id"]
+
+[policies.intro]
+provider = "okta"
+auth_methods = ["introspection"]
+cache_introspection_secs = 300
+scopes_claim = ["scp"]
+scopes_required = ["api:read"]
+upstream_headers_claims = ["sub", "client_id"]
+upstream_headers_names = ["x-user", "x-client-id"]
 
 [policies.cc]
 provider = "okta"
@@ -476,6 +514,37 @@ upstream_headers_names = ["issuer_header", "x-user"]
             )
         });
     (Proc(child), grpc, admin)
+}
+
+/// A cold oidc-authz receives bursts of simultaneous Checks; the issuer counts the introspection calls they cause.
+async fn cold_burst(
+    issuer: &Issuer,
+    cpus: &Option<String>,
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+) -> String {
+    let (_p, grpc, admin) = start_authz(cpus, bin, dir, &issuer.issuer, 100_000);
+    wait_ready(admin).await;
+    let clients = connect(grpc, 8).await;
+    let mut lines = Vec::new();
+    for (label, tokens) in [("1 new token", 1usize), ("100 new tokens", 100)] {
+        let before = issuer.introspect_hits.load(Ordering::SeqCst);
+        let mut tasks = Vec::new();
+        for i in 0..1000 {
+            let mut c = clients[i % clients.len()].clone();
+            let r = check_request(&format!("opq-burst-{tokens}-{}", i % tokens), "intro");
+            tasks.push(tokio::spawn(async move {
+                matches!(c.check(r).await.map(|r| r.into_inner().status), Ok(Some(s)) if s.code == 0)
+            }));
+        }
+        let mut allowed = 0;
+        for t in tasks {
+            allowed += t.await.unwrap() as usize;
+        }
+        let calls = issuer.introspect_hits.load(Ordering::SeqCst) - before;
+        lines.push(format!("cold burst: 1000 simultaneous Checks, {label}: {calls} introspection call(s), {allowed} allowed"));
+    }
+    lines.join("\n")
 }
 
 async fn bench(
@@ -573,10 +642,31 @@ async fn bench(
             println!("cc-cached: token endpoint calls during the run (incl. warm-up) = {calls}");
         }
 
+        if wanted("intro-cached") {
+            // Introspection with a warm cache: the token was introspected once during warm-up.
+            let (_p, grpc, admin) =
+                start_authz(&server_cpus, &bin, dir.path(), &issuer.issuer, 100_000);
+            wait_ready(admin).await;
+            let reqs = Arc::new(vec![check_request("opq-bench-warm", "intro")]);
+            let before = issuer.introspect_hits.load(Ordering::SeqCst);
+            results.push(
+                drive(
+                    "intro-cached",
+                    grpc,
+                    reqs,
+                    duration,
+                    concurrency,
+                    connections,
+                )
+                .await,
+            );
+            let calls = issuer.introspect_hits.load(Ordering::SeqCst) - before;
+            println!("intro-cached: introspection calls during the run (incl. warm-up) = {calls}");
+        }
         all.extend(results);
     }
     let mut results: Vec<Summary> = Vec::new();
-    for name in ["noop", "same-jwt", "fresh-jwt", "cc-cached"] {
+    for name in ["noop", "same-jwt", "fresh-jwt", "cc-cached", "intro-cached"] {
         let mut runs: Vec<&Summary> = all.iter().filter(|r| r.name == name).collect();
         if runs.is_empty() {
             continue;
@@ -596,6 +686,13 @@ async fn bench(
             errors,
         });
     }
+    if wanted("intro-cached") {
+        println!(
+            "{}",
+            cold_burst(&issuer, &server_cpus, &bin, dir.path()).await
+        );
+    }
+
     let ceiling = results.iter().find(|r| r.name == "noop").map(|r| r.rps);
     println!();
     println!(
