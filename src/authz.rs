@@ -8,11 +8,16 @@ use http::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
 use crate::clock::Clock;
-use crate::config::{AuthMethod, Config, Policy};
+use crate::config::{AuthMethod, Config, LoginSettings, Policy};
 use crate::decision::{Allow, Decision, Deny, DenyStatus};
+use crate::flow::authcode::{
+    ActiveSession, CallbackError, LOGIN_COOKIE, Login, SessionError, error_page, is_browser,
+    request_url,
+};
 use crate::flow::bearer::{BearerError, BearerVerifier, Verified};
 use crate::flow::client_credentials::{self, CcError, ClientCredentials, Refusal};
 use crate::flow::introspection::{IntrospectionError, Introspector};
+use crate::flow::session::{CookieAttrs, CookieCodec, RequestCookies, clear_cookie_headers};
 use crate::flow::{Credential, authorization};
 use crate::policy::access::{claim_header_value, claim_value};
 use crate::provider::{Provider, http_client};
@@ -27,6 +32,9 @@ pub struct Authorizer {
     bearer: BearerVerifier,
     cc: ClientCredentials,
     introspector: Introspector,
+    /// Session cookie codecs, aligned with `config.policies` (None: no login on that policy).
+    codecs: Vec<Option<CookieCodec>>,
+    clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
 }
 
@@ -70,7 +78,17 @@ impl Authorizer {
                 metrics.clone(),
             ),
             cc: ClientCredentials::new(10_000, clock.clone(), metrics.clone()),
-            introspector: Introspector::new(100_000, clock, metrics.clone()),
+            introspector: Introspector::new(100_000, clock.clone(), metrics.clone()),
+            codecs: config
+                .policies
+                .iter()
+                .map(|p| {
+                    p.login
+                        .as_ref()
+                        .and_then(|_| CookieCodec::new(&p.session_secrets).ok())
+                })
+                .collect(),
+            clock,
             config: Arc::new(config),
             providers,
             metrics,
@@ -108,6 +126,7 @@ impl Authorizer {
                 DenyStatus::Forbidden => "deny_403",
                 DenyStatus::Unavailable => "deny_503",
             },
+            Decision::Redirect(_) => "redirect",
         };
         let policy_name = policy.map_or("-", |p| p.name.as_str());
         let method = outcome.method.map_or("-", AuthMethod::as_str);
@@ -124,7 +143,7 @@ impl Authorizer {
             .observe(start.elapsed().as_secs_f64());
         let reason = match &outcome.decision {
             Decision::Deny(d) => d.description.as_str(),
-            Decision::Allow(_) => "",
+            Decision::Allow(_) | Decision::Redirect(_) => "",
         };
         tracing::info!(
             policy.name = policy_name,
@@ -166,6 +185,9 @@ impl Authorizer {
 
     async fn check_policy(&self, policy: &Policy, view: &CheckView<'_>) -> Outcome {
         let provider = &self.providers[policy.provider];
+        if let Some(outcome) = self.check_login(policy, provider, view).await {
+            return outcome;
+        }
         let cc_allowed = policy.allows(AuthMethod::ClientCredentials);
         let header_creds = if cc_allowed {
             client_credentials::from_headers(view, policy)
@@ -266,6 +288,181 @@ impl Authorizer {
                 }
             }
         }
+        Outcome {
+            decision: Decision::Allow(allowed),
+            method: Some(method),
+            sub,
+        }
+    }
+
+    fn codec(&self, policy: &Policy) -> Option<&CookieCodec> {
+        let i = self
+            .config
+            .policies
+            .iter()
+            .position(|p| std::ptr::eq(p, policy))?;
+        self.codecs.get(i)?.as_ref()
+    }
+
+    /// The browser part of a login policy: callback, logout, session, or the redirect to log in. `None` when the
+    /// request is not for it (a bearer token, client credentials), so the token methods decide.
+    async fn check_login(
+        &self,
+        policy: &Policy,
+        provider: &Provider,
+        view: &CheckView<'_>,
+    ) -> Option<Outcome> {
+        let settings = policy.login.as_ref()?;
+        let codec = self.codec(policy)?;
+        let login = Login {
+            policy,
+            settings,
+            codec,
+            provider,
+            clock: &self.clock,
+        };
+        let cookie_headers: Vec<&str> =
+            view.header_values("cookie").into_iter().flatten().collect();
+        let cookies = RequestCookies::parse(&cookie_headers);
+        let method = Some(AuthMethod::AuthorizationCode);
+        if login.is_callback(view) {
+            let decision = match login.callback(view, &cookies).await {
+                Ok(r) => Decision::Redirect(r),
+                Err(CallbackError::Idp(e)) => {
+                    tracing::warn!(provider = %provider.name(), error = %e, "identity provider needed and unavailable");
+                    Decision::Deny(Deny::unavailable("the identity provider is unavailable"))
+                }
+                Err(e) => {
+                    tracing::info!(policy.name = %policy.name, reason = %e, "login callback refused");
+                    let error = if matches!(e, CallbackError::Provider(_)) {
+                        "access_denied"
+                    } else {
+                        "invalid_request"
+                    };
+                    let mut deny = Deny::unauthorized(&policy.name, error, e.to_string());
+                    deny.www_authenticate = None;
+                    deny.page = Some(error_page(&e.to_string()));
+                    deny.set_cookies = clear_cookie_headers(
+                        LOGIN_COOKIE,
+                        &CookieAttrs {
+                            secure: settings.redirect_uri.scheme() == "https",
+                            max_age_secs: None,
+                        },
+                    );
+                    Decision::Deny(deny)
+                }
+            };
+            return Some(Outcome {
+                decision,
+                method,
+                sub: None,
+            });
+        }
+        if login.is_logout(view) {
+            let session = login.read_session(&cookies).flatten();
+            return Some(Outcome {
+                decision: Decision::Redirect(login.logout(session).await),
+                method,
+                sub: None,
+            });
+        }
+        if !matches!(authorization(view), Credential::None)
+            || client_credentials::from_headers(view, policy).is_some()
+        {
+            return None; // a token wins over a session
+        }
+        let mut clear = Vec::new();
+        match login.read_session(&cookies) {
+            Some(Some(data)) => match login.use_session(data).await {
+                Ok(active) => return Some(self.session_allow(policy, settings, active, &cookies)),
+                Err(SessionError::Idp(e)) => {
+                    tracing::warn!(provider = %provider.name(), error = %e, "identity provider needed and unavailable");
+                    return Some(Outcome::deny(Deny::unavailable(
+                        "the identity provider is unavailable",
+                    )));
+                }
+                Err(SessionError::Gone | SessionError::RefreshFailed) => {
+                    clear = login.clear_session()
+                }
+            },
+            Some(None) => clear = login.clear_session(),
+            None => {}
+        }
+        if policy.allows(AuthMethod::AuthorizationCode) && is_browser(view) {
+            return Some(match login.start(view).await {
+                Ok(mut r) => {
+                    r.set_cookies.extend(clear);
+                    Outcome {
+                        decision: Decision::Redirect(r),
+                        method,
+                        sub: None,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(provider = %provider.name(), error = %e, "identity provider needed and unavailable");
+                    Outcome::deny(Deny::unavailable("the identity provider is unavailable"))
+                }
+            });
+        }
+        let mut deny = unauthorized(policy, "invalid_token", "login required");
+        if policy.allows(AuthMethod::AuthorizationCode) {
+            let url: String = request_url(view, settings)
+                .chars()
+                .filter(|c| *c != '"' && *c != '\\')
+                .collect();
+            deny.www_authenticate = deny
+                .www_authenticate
+                .map(|w| format!("{w}, login_uri=\"{url}\""));
+        }
+        deny.set_cookies = clear;
+        Some(Outcome::deny(deny))
+    }
+
+    fn session_allow(
+        &self,
+        policy: &Policy,
+        settings: &LoginSettings,
+        active: ActiveSession,
+        cookies: &RequestCookies<'_>,
+    ) -> Outcome {
+        let method = AuthMethod::Session;
+        let sub = active
+            .claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        if let Err(denied) = policy.access.check(&active.claims) {
+            let mut deny = Deny::insufficient(&policy.name, denied.to_string());
+            deny.set_cookies = active.set_cookies;
+            return Outcome {
+                decision: Decision::Deny(deny),
+                method: Some(method),
+                sub,
+            };
+        }
+        let mut allowed = allow(policy, method, &active.claims);
+        if settings.upstream_access_token {
+            allowed.set_headers.insert(
+                0,
+                (
+                    http::header::AUTHORIZATION,
+                    format!("Bearer {}", active.data.at),
+                ),
+            );
+        }
+        if let (Some(h), Some(it)) = (&settings.upstream_id_token_header, &active.data.it) {
+            allowed.set_headers.push((h.clone(), it.clone()));
+        }
+        // The session never goes upstream.
+        match cookies.without(&[settings.cookie_name.as_str(), LOGIN_COOKIE]) {
+            Some(rest) => allowed.set_headers.push((http::header::COOKIE, rest)),
+            None => allowed.remove_headers.push(http::header::COOKIE),
+        }
+        allowed.response_headers = active
+            .set_cookies
+            .into_iter()
+            .map(|c| ("set-cookie", c))
+            .collect();
         Outcome {
             decision: Decision::Allow(allowed),
             method: Some(method),

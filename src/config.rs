@@ -228,6 +228,14 @@ struct RawPolicy {
     client_credentials_param_type: Vec<String>,
     client_arg: Option<String>,
     client_secret_arg: Option<String>,
+    session_cookie_name: Option<String>,
+    session_idle_timeout_secs: Option<u64>,
+    session_absolute_timeout_secs: Option<u64>,
+    refresh_leeway_secs: Option<u64>,
+    post_logout_redirect_uri: Option<String>,
+    session_claims_source: Option<Vec<String>>,
+    upstream_access_token: Option<bool>,
+    upstream_id_token_header: Option<String>,
 }
 
 /// `session_secret` may be one secret or a list (newest first).
@@ -408,6 +416,40 @@ pub struct Policy {
     /// Client credentials may also come from these request headers (Kong's `client_credentials_param_type =
     /// ["header"]` with `client_arg` / `client_secret_arg`); `None`: only `Authorization: Basic`.
     pub client_credential_headers: Option<(HeaderName, HeaderName)>,
+    /// Browser login and sessions (present when the policy allows `authorization_code` or `session`).
+    pub login: Option<LoginSettings>,
+}
+
+/// Where a session's claims come from, in order of precedence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimsSource {
+    /// The access token's claims (when it is a JWT).
+    AccessToken,
+    /// The ID token's claims.
+    IdToken,
+}
+
+/// Settings of the browser login and its session.
+#[derive(Debug, Clone)]
+pub struct LoginSettings {
+    /// The callback URL registered at the provider; its path is the callback path.
+    pub redirect_uri: Url,
+    /// Name of the session cookie (chunks get `_0`, `_1`, ...).
+    pub cookie_name: String,
+    /// A session unused this long ends.
+    pub idle_timeout: u64,
+    /// A session ends this long after login, whatever happens.
+    pub absolute_timeout: u64,
+    /// Refresh the access token when it has less than this many seconds left.
+    pub refresh_leeway: u64,
+    /// Where the provider sends the browser after logout.
+    pub post_logout_redirect_uri: Option<Url>,
+    /// Claims precedence for access control and headers.
+    pub claims_source: Vec<ClaimsSource>,
+    /// Send the session's access token upstream as `Authorization: Bearer`.
+    pub upstream_access_token: bool,
+    /// Send the session's ID token upstream in this header.
+    pub upstream_id_token_header: Option<HeaderName>,
 }
 
 impl Policy {
@@ -974,6 +1016,67 @@ impl Validator {
                 }),
             }
         }
+        let post_logout_redirect_uri = self.url(
+            section,
+            "post_logout_redirect_uri",
+            raw.post_logout_redirect_uri,
+        );
+        let mut claims_source = Vec::new();
+        for src in raw
+            .session_claims_source
+            .unwrap_or_else(|| vec!["access_token".into(), "id_token".into()])
+        {
+            match src.as_str() {
+                "access_token" => claims_source.push(ClaimsSource::AccessToken),
+                "id_token" => claims_source.push(ClaimsSource::IdToken),
+                other => self.err(ConfigError::Invalid {
+                    section: section.into(),
+                    message: format!("session_claims_source entries must be access_token or id_token, not {other:?}"),
+                }),
+            }
+        }
+        let upstream_id_token_header = match raw.upstream_id_token_header.as_deref() {
+            None => None,
+            Some(h) => match HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
+                Ok(name) => Some(name),
+                Err(_) => {
+                    self.err(ConfigError::BadHeaderName {
+                        section: section.into(),
+                        name: h.to_string(),
+                    });
+                    None
+                }
+            },
+        };
+        let cookie_name = raw
+            .session_cookie_name
+            .unwrap_or_else(|| "oidc_authz_session".into());
+        if cookie_name.is_empty()
+            || !cookie_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            self.err(ConfigError::Invalid {
+                section: section.into(),
+                message: format!(
+                    "session_cookie_name {cookie_name:?} must be letters, digits, '_' or '-'"
+                ),
+            });
+        }
+        let login = match (&redirect_uri, needs_login) {
+            (Some(uri), true) => Some(LoginSettings {
+                redirect_uri: uri.clone(),
+                cookie_name,
+                idle_timeout: raw.session_idle_timeout_secs.unwrap_or(900).max(1),
+                absolute_timeout: raw.session_absolute_timeout_secs.unwrap_or(86_400).max(1),
+                refresh_leeway: raw.refresh_leeway_secs.unwrap_or(30),
+                post_logout_redirect_uri,
+                claims_source,
+                upstream_access_token: raw.upstream_access_token.unwrap_or(true),
+                upstream_id_token_header,
+            }),
+            _ => None,
+        };
         if self.errors.len() != before {
             return None;
         }
@@ -991,6 +1094,7 @@ impl Validator {
             logout_path: raw.logout_path,
             session_secrets,
             client_credential_headers,
+            login,
         })
     }
 

@@ -15,6 +15,17 @@ pub enum Decision {
     Allow(Allow),
     /// Answer the client ourselves with an error.
     Deny(Deny),
+    /// Send the browser elsewhere (login at the IdP, back to the app after the callback, logout).
+    Redirect(Redirect),
+}
+
+/// A 302 answered by Envoy on our behalf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    /// Absolute URL (the IdP) or an absolute path on the app's own origin.
+    pub location: String,
+    /// `Set-Cookie` header values.
+    pub set_cookies: Vec<String>,
 }
 
 /// An allowed request: headers to set upstream and to strip, and metadata for Envoy.
@@ -26,6 +37,8 @@ pub struct Allow {
     pub remove_headers: Vec<HeaderName>,
     /// Verified facts for `dynamic_metadata` (sub, iss, client_id, policy, auth_method).
     pub metadata: Vec<(&'static str, String)>,
+    /// Headers added to the response the client gets (`Set-Cookie` of a refreshed session).
+    pub response_headers: Vec<(&'static str, String)>,
 }
 
 /// The HTTP status of a deny.
@@ -69,6 +82,10 @@ pub struct Deny {
     pub description: String,
     /// `WWW-Authenticate` challenge (401 and 403 on bearer-like policies).
     pub www_authenticate: Option<String>,
+    /// An HTML page for a browser instead of the JSON body (login errors).
+    pub page: Option<String>,
+    /// `Set-Cookie` header values (clearing a dead session).
+    pub set_cookies: Vec<String>,
 }
 
 impl Deny {
@@ -80,6 +97,8 @@ impl Deny {
             error,
             www_authenticate: Some(challenge("Bearer", realm, error, &description)),
             description,
+            page: None,
+            set_cookies: Vec::new(),
         }
     }
 
@@ -96,6 +115,8 @@ impl Deny {
                 &description,
             )),
             description,
+            page: None,
+            set_cookies: Vec::new(),
         }
     }
 
@@ -106,6 +127,8 @@ impl Deny {
             error,
             description: description.into(),
             www_authenticate: None,
+            page: None,
+            set_cookies: Vec::new(),
         }
     }
 
@@ -116,6 +139,8 @@ impl Deny {
             error: "temporarily_unavailable",
             description: description.into(),
             www_authenticate: None,
+            page: None,
+            set_cookies: Vec::new(),
         }
     }
 }
@@ -183,21 +208,72 @@ impl Decision {
                             .iter()
                             .map(|h| h.as_str().to_string())
                             .collect(),
+                        response_headers_to_add: allow
+                            .response_headers
+                            .iter()
+                            .map(|(k, v)| header(k, v, HeaderAppendAction::AppendIfExistsOrAdd))
+                            .collect(),
                         ..Default::default()
                     })),
                 }
             }
+            Decision::Redirect(r) => {
+                let mut headers = vec![
+                    header(
+                        "location",
+                        &r.location,
+                        HeaderAppendAction::OverwriteIfExistsOrAdd,
+                    ),
+                    header(
+                        "cache-control",
+                        "no-store",
+                        HeaderAppendAction::OverwriteIfExistsOrAdd,
+                    ),
+                    header(
+                        "pragma",
+                        "no-cache",
+                        HeaderAppendAction::OverwriteIfExistsOrAdd,
+                    ),
+                ];
+                for c in &r.set_cookies {
+                    headers.push(header(
+                        "set-cookie",
+                        c,
+                        HeaderAppendAction::AppendIfExistsOrAdd,
+                    ));
+                }
+                CheckResponse {
+                    // Not OK: Envoy answers the client itself with the 302.
+                    status: Some(rpc::Status {
+                        code: tonic::Code::Unauthenticated as i32,
+                        message: "redirect".into(),
+                        ..Default::default()
+                    }),
+                    dynamic_metadata: None,
+                    http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+                        status: Some(HttpStatus { code: 302 }),
+                        headers,
+                        body: String::new(),
+                    })),
+                }
+            }
             Decision::Deny(deny) => {
-                let body = serde_json::json!({
-                    "error": deny.error,
-                    "error_description": deny.description,
-                    "status": deny.status.code(),
-                })
-                .to_string();
+                let (content_type, body) = match &deny.page {
+                    Some(page) => ("text/html; charset=utf-8", page.clone()),
+                    None => (
+                        "application/json",
+                        serde_json::json!({
+                            "error": deny.error,
+                            "error_description": deny.description,
+                            "status": deny.status.code(),
+                        })
+                        .to_string(),
+                    ),
+                };
                 let mut headers = vec![
                     header(
                         "content-type",
-                        "application/json",
+                        content_type,
                         HeaderAppendAction::OverwriteIfExistsOrAdd,
                     ),
                     header(
@@ -216,6 +292,13 @@ impl Decision {
                         "www-authenticate",
                         c,
                         HeaderAppendAction::OverwriteIfExistsOrAdd,
+                    ));
+                }
+                for c in &deny.set_cookies {
+                    headers.push(header(
+                        "set-cookie",
+                        c,
+                        HeaderAppendAction::AppendIfExistsOrAdd,
                     ));
                 }
                 if deny.status == DenyStatus::Unavailable {
@@ -294,6 +377,7 @@ mod tests {
             set_headers: vec![(HeaderName::from_static("x-user"), "alice".into())],
             remove_headers: vec![HeaderName::from_static("x-groups")],
             metadata: vec![("sub", "alice".into())],
+            response_headers: vec![("set-cookie", "s=1".into())],
         })
         .into_response();
         assert_eq!(r.status.unwrap().code, 0);
@@ -306,5 +390,39 @@ mod tests {
         );
         assert_eq!(ok.headers_to_remove, vec!["x-groups".to_string()]);
         assert!(r.dynamic_metadata.unwrap().fields.contains_key("sub"));
+        assert_eq!(
+            ok.response_headers_to_add[0].header.as_ref().unwrap().key,
+            "set-cookie"
+        );
+    }
+
+    #[test]
+    fn redirect_response_shape() {
+        let r = Decision::Redirect(Redirect {
+            location: "https://idp.example.com/authorize?x=1".into(),
+            set_cookies: vec!["a=1; Path=/".into(), "b=2; Path=/".into()],
+        })
+        .into_response();
+        assert_ne!(
+            r.status.unwrap().code,
+            0,
+            "Envoy must answer the 302 itself"
+        );
+        let Some(HttpResponse::DeniedResponse(d)) = r.http_response else {
+            panic!("not a denied response")
+        };
+        assert_eq!(d.status.unwrap().code, 302);
+        let cookies: Vec<_> = d
+            .headers
+            .iter()
+            .filter(|h| h.header.as_ref().unwrap().key == "set-cookie")
+            .map(|h| (h.header.clone().unwrap().value, h.append_action))
+            .collect();
+        assert_eq!(cookies.len(), 2);
+        assert!(
+            cookies
+                .iter()
+                .all(|(_, a)| *a == HeaderAppendAction::AppendIfExistsOrAdd as i32)
+        );
     }
 }

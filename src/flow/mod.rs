@@ -1,8 +1,10 @@
 //! The auth methods. Each turns credentials from the request into verified claims or a reason to refuse.
 
+pub mod authcode;
 pub mod bearer;
 pub mod client_credentials;
 pub mod introspection;
+pub mod session;
 
 use crate::request::CheckView;
 
