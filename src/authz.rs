@@ -64,13 +64,6 @@ impl Authorizer {
             .iter()
             .map(|p| Arc::new(Provider::new(p.clone(), http.clone(), metrics.clone())))
             .collect();
-        for p in config.policies.iter() {
-            for m in &p.auth_methods {
-                if !m.implemented() {
-                    tracing::warn!(policy.name = %p.name, auth.method = m.as_str(), "auth method not available in this version; requests that need it are refused");
-                }
-            }
-        }
         Authorizer {
             bearer: BearerVerifier::new(
                 config.server.token_cache_entries,

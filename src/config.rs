@@ -367,14 +367,6 @@ impl AuthMethod {
             _ => return None,
         })
     }
-
-    /// Whether this build answers requests with this method.
-    pub fn implemented(self) -> bool {
-        matches!(
-            self,
-            AuthMethod::Bearer | AuthMethod::ClientCredentials | AuthMethod::Introspection
-        )
-    }
 }
 
 /// One claim copied into one upstream header.

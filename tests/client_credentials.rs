@@ -293,8 +293,8 @@ async fn client_secret_post_when_discovery_says_so() {
     );
     // and an explicit override wins over discovery
     let toml = config_toml(&idp, "").replace(
-        "leeway_secs = 0",
-        "leeway_secs = 0\ntoken_endpoint_auth_method = \"client_secret_basic\"",
+        "\nleeway_secs = 0",
+        "\nleeway_secs = 0\ntoken_endpoint_auth_method = \"client_secret_basic\"",
     );
     let server = TestServer::start_ready(&toml).await;
     ask(

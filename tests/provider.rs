@@ -193,8 +193,8 @@ async fn explicit_jwks_uri_works_without_discovery() {
         .no_discovery
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let toml = config_toml(&idp, "").replace(
-        "leeway_secs = 0",
-        &format!("leeway_secs = 0\njwks_uri = \"{}/v1/keys\"", idp.issuer),
+        "\nleeway_secs = 0",
+        &format!("\nleeway_secs = 0\njwks_uri = \"{}/v1/keys\"", idp.issuer),
     );
     let server = TestServer::start_ready(&toml).await;
     assert_eq!(
@@ -234,7 +234,7 @@ async fn no_discovery_and_no_jwks_uri_is_not_ready() {
 #[tokio::test]
 async fn cached_token_expires_by_the_clock() {
     let idp = MockIdp::start().await;
-    let clock = Arc::new(ManualClock::new(now()));
+    let clock = Arc::new(ManualClock::new(now() + 2));
     let server = TestServer::start_with_clock(&config_toml(&idp, ""), clock.clone()).await;
     server.wait_ready().await;
     let t = idp.mint(json!({"exp": now() + 60}));
@@ -264,8 +264,8 @@ async fn cached_token_expires_by_the_clock() {
 #[tokio::test]
 async fn leeway_applies_to_exp_and_nbf() {
     let idp = MockIdp::start().await;
-    let toml = config_toml(&idp, "").replace("leeway_secs = 0", "leeway_secs = 30");
-    let clock = Arc::new(ManualClock::new(now()));
+    let toml = config_toml(&idp, "").replace("\nleeway_secs = 0", "\nleeway_secs = 30");
+    let clock = Arc::new(ManualClock::new(now() + 2));
     let server = TestServer::start_with_clock(&toml, clock.clone()).await;
     server.wait_ready().await;
     let n = now();

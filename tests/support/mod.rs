@@ -140,6 +140,22 @@ pub struct IdpState {
     pub introspectable: Mutex<HashMap<String, Value>>,
     /// Introspection endpoint calls.
     pub introspect_hits: AtomicUsize,
+    /// Issued authorization codes: code -> grant.
+    pub codes: Mutex<HashMap<String, CodeGrant>>,
+    /// Live refresh tokens: token -> user.
+    pub refresh_tokens: Mutex<HashMap<String, String>>,
+    /// Extra claims put into user access tokens (e.g. a huge one to force cookie chunking).
+    pub user_extra: Mutex<Value>,
+}
+
+/// What an authorization code stands for.
+#[derive(Clone, Debug)]
+pub struct CodeGrant {
+    pub sub: String,
+    pub nonce: String,
+    pub challenge: String,
+    pub redirect_uri: String,
+    pub used: bool,
 }
 
 pub struct MockIdp {
@@ -252,8 +268,11 @@ async fn token(
         .get(&id)
         .map(|c| c.1.clone())
         .unwrap_or_default();
-    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
-        return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type");
+    match form.get("grant_type").map(String::as_str) {
+        Some("client_credentials") => {}
+        Some("authorization_code") => return code_grant(&s, &id, &form),
+        Some("refresh_token") => return refresh_grant(&s, &id, &form),
+        _ => return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type"),
     }
     let requested: Vec<String> = form
         .get("scope")
@@ -290,6 +309,80 @@ async fn token(
         "access_token": access_token, "token_type": "Bearer", "expires_in": expires_in, "scope": granted.join(" "),
     }))
     .into_response()
+}
+
+fn user_tokens(s: &IdpState, client: &str, sub: &str, nonce: Option<&str>) -> Response {
+    let now = now();
+    let issuer = s.issuer.lock().unwrap().clone();
+    let key = s.keys.lock().unwrap()[0].clone();
+    let expires_in = s.expires_in.load(Ordering::SeqCst);
+    let groups = if sub == "alice" {
+        json!(["Everyone", "kong_group"])
+    } else {
+        json!(["Everyone"])
+    };
+    let mut at = json!({
+        "iss": issuer, "aud": "api://default", "sub": sub, "uid": sub, "cid": client, "scp": ["openid", "api:read"],
+        "groups": groups, "iat": now, "exp": now + expires_in, "jti": format!("{:x}", rand_u64()),
+    });
+    if let (Some(at), Some(extra)) = (at.as_object_mut(), s.user_extra.lock().unwrap().as_object())
+    {
+        for (k, v) in extra {
+            at.insert(k.clone(), v.clone());
+        }
+    }
+    let mut id = json!({
+        "iss": issuer, "aud": client, "sub": sub, "email": format!("{sub}@example.com"), "groups": groups,
+        "iat": now, "exp": now + 3600, "name": sub,
+    });
+    if let Some(n) = nonce {
+        id["nonce"] = json!(n);
+    }
+    let rt = format!("rt-{:x}", rand_u64());
+    s.refresh_tokens
+        .lock()
+        .unwrap()
+        .insert(rt.clone(), sub.to_string());
+    axum::Json(json!({
+        "access_token": key.sign(&at), "id_token": key.sign(&id), "refresh_token": rt,
+        "token_type": "Bearer", "expires_in": expires_in,
+    }))
+    .into_response()
+}
+
+fn code_grant(s: &IdpState, client: &str, form: &HashMap<String, String>) -> Response {
+    use base64::Engine;
+    use sha2::Digest;
+    let code = form.get("code").cloned().unwrap_or_default();
+    let grant = {
+        let mut codes = s.codes.lock().unwrap();
+        match codes.get_mut(&code) {
+            Some(g) if !g.used => {
+                g.used = true;
+                g.clone()
+            }
+            _ => return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant"),
+        }
+    };
+    let verifier = form.get("code_verifier").cloned().unwrap_or_default();
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(verifier.as_bytes()));
+    if verifier.is_empty() || challenge != grant.challenge {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+    }
+    if form.get("redirect_uri") != Some(&grant.redirect_uri) {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+    }
+    user_tokens(s, client, &grant.sub, Some(&grant.nonce))
+}
+
+fn refresh_grant(s: &IdpState, client: &str, form: &HashMap<String, String>) -> Response {
+    let rt = form.get("refresh_token").cloned().unwrap_or_default();
+    let sub = s.refresh_tokens.lock().unwrap().get(&rt).cloned();
+    match sub {
+        Some(sub) => user_tokens(s, client, &sub, None),
+        None => oauth_error(StatusCode::BAD_REQUEST, "invalid_grant"),
+    }
 }
 
 /// Client authentication as the token endpoint does it; `Err` is the 401 answer.
@@ -397,6 +490,9 @@ impl MockIdp {
             token_status: std::sync::atomic::AtomicU16::new(0),
             introspectable: Mutex::new(HashMap::new()),
             introspect_hits: AtomicUsize::new(0),
+            codes: Mutex::new(HashMap::new()),
+            refresh_tokens: Mutex::new(HashMap::new()),
+            user_extra: Mutex::new(json!({})),
         });
         let app = Router::new()
             .route(
@@ -469,6 +565,35 @@ impl MockIdp {
     /// RFC 7009 at the IdP: the token is no longer active.
     pub fn revoke(&self, token: &str) {
         self.state.introspectable.lock().unwrap().remove(token);
+    }
+
+    /// Plays the user's login at the IdP: a code for `sub` bound to the authorize URL's nonce, PKCE challenge
+    /// and redirect_uri; returns the callback query (`code=...&state=...`).
+    pub fn login(&self, authorize_url: &str, sub: &str) -> String {
+        let url = url::Url::parse(authorize_url).unwrap();
+        let q: HashMap<String, String> = url.query_pairs().into_owned().collect();
+        assert_eq!(q.get("response_type").map(String::as_str), Some("code"));
+        assert_eq!(
+            q.get("code_challenge_method").map(String::as_str),
+            Some("S256")
+        );
+        let code = format!("code-{:x}", rand_u64());
+        self.state.codes.lock().unwrap().insert(
+            code.clone(),
+            CodeGrant {
+                sub: sub.into(),
+                nonce: q["nonce"].clone(),
+                challenge: q["code_challenge"].clone(),
+                redirect_uri: q["redirect_uri"].clone(),
+                used: false,
+            },
+        );
+        format!("code={code}&state={}", q["state"])
+    }
+
+    /// Forgets every refresh token (a refresh now fails).
+    pub fn revoke_refresh_tokens(&self) {
+        self.state.refresh_tokens.lock().unwrap().clear();
     }
 
     pub fn introspect_hits(&self) -> usize {
@@ -600,6 +725,29 @@ provider = "okta"
 auth_methods = ["introspection", "bearer"]
 introspect_jwt_tokens = true
 cache_introspection_secs = 2
+
+[policies.login]
+provider = "okta"
+auth_methods = ["bearer", "authorization_code", "session"]
+scopes = ["openid", "profile", "offline_access"]
+redirect_uri = "https://app.example.com/oauth2/callback"
+logout_path = "/oauth2/logout"
+post_logout_redirect_uri = "https://app.example.com/bye"
+session_secret = ["MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=", "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA="]
+session_idle_timeout_secs = 600
+session_absolute_timeout_secs = 3600
+refresh_leeway_secs = 0
+upstream_id_token_header = "x-id-token"
+upstream_headers_claims = ["sub", "email"]
+upstream_headers_names = ["x-user", "x-email"]
+
+[policies.group]
+provider = "okta"
+auth_methods = ["authorization_code", "session"]
+redirect_uri = "https://app.example.com/oauth2/callback"
+session_secret = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA="
+scopes_claim = ["groups"]
+scopes_required = ["kong_group"]
 
 [policies.cc_only]
 provider = "okta"
@@ -824,6 +972,8 @@ pub struct Answer {
     pub remove: Vec<String>,
     pub body: String,
     pub metadata: HashMap<String, String>,
+    /// Headers added to the client's response (allow only).
+    pub response_headers: Vec<(String, String, i32)>,
 }
 
 impl Answer {
@@ -859,6 +1009,7 @@ impl Answer {
                 remove: ok.headers_to_remove,
                 body: String::new(),
                 metadata,
+                response_headers: hv(&ok.response_headers_to_add),
             },
             Some(HttpResponse::DeniedResponse(d)) => Answer {
                 grpc_code,
@@ -867,6 +1018,7 @@ impl Answer {
                 remove: Vec::new(),
                 body: d.body,
                 metadata,
+                response_headers: Vec::new(),
             },
             _ => Answer {
                 grpc_code,
@@ -875,8 +1027,36 @@ impl Answer {
                 remove: vec![],
                 body: String::new(),
                 metadata,
+                response_headers: Vec::new(),
             },
         }
+    }
+
+    /// Every `Set-Cookie` of the answer (redirects and denies carry them in `headers`, allows in
+    /// `response_headers`), as `name=value` pairs of cookies being set (deletions are skipped).
+    pub fn cookies_set(&self) -> Vec<(String, String)> {
+        self.headers
+            .iter()
+            .chain(self.response_headers.iter())
+            .filter(|(k, _, _)| k.eq_ignore_ascii_case("set-cookie"))
+            .filter(|(_, v, _)| !v.contains("Max-Age=0"))
+            .filter_map(|(_, v, _)| {
+                v.split(';')
+                    .next()?
+                    .split_once('=')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+            })
+            .collect()
+    }
+
+    /// Names of cookies this answer deletes.
+    pub fn cookies_cleared(&self) -> Vec<String> {
+        self.headers
+            .iter()
+            .chain(self.response_headers.iter())
+            .filter(|(k, v, _)| k.eq_ignore_ascii_case("set-cookie") && v.contains("Max-Age=0"))
+            .filter_map(|(_, v, _)| v.split('=').next().map(str::to_string))
+            .collect()
     }
 
     pub fn header(&self, k: &str) -> Option<&str> {

@@ -1,0 +1,498 @@
+//! Browser login through Check answers, against the in-process mock IdP: redirect with state/nonce/PKCE, the
+//! callback (state, replay, PKCE, ID token), session cookies (tampering, chunking, rotation, idle and absolute
+//! expiry), refresh, API vs browser answers, logout, open redirects.
+
+mod support;
+
+use std::sync::Arc;
+
+use oidc_authz::clock::ManualClock;
+use serde_json::json;
+use support::*;
+
+const APP: &str = "app.example.com";
+
+struct Browser {
+    jar: Vec<(String, String)>,
+}
+
+impl Browser {
+    fn new() -> Self {
+        Browser { jar: Vec::new() }
+    }
+
+    fn absorb(&mut self, a: &Answer) {
+        for name in a.cookies_cleared() {
+            self.jar.retain(|(n, _)| *n != name);
+        }
+        for (n, v) in a.cookies_set() {
+            self.jar.retain(|(k, _)| *k != n);
+            self.jar.push((n, v));
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.jar
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn req(&self, path: &str, policy: &str) -> Req {
+        let mut r = req(path)
+            .host(APP)
+            .policy(policy)
+            .header("accept", "text/html,application/xhtml+xml");
+        if !self.jar.is_empty() {
+            r = r.header("cookie", &format!("{}; other=keep", self.cookie_header()));
+        }
+        r
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.jar
+            .iter()
+            .any(|(n, _)| n == name || n.starts_with(&format!("{name}_")))
+    }
+}
+
+async fn ask(server: &TestServer, r: Req) -> Answer {
+    Answer::from(server.check(r.build()).await)
+}
+
+/// Logs `user` in on `path` (policy `policy`); returns the callback answer.
+async fn login(
+    server: &TestServer,
+    idp: &MockIdp,
+    b: &mut Browser,
+    path: &str,
+    policy: &str,
+    user: &str,
+) -> Answer {
+    let start = ask(server, b.req(path, policy)).await;
+    assert_eq!(start.status, 302, "{start:?}");
+    b.absorb(&start);
+    let location = start.header("location").unwrap().to_string();
+    let query = idp.login(&location, user);
+    // the callback is answered by whichever policy Envoy routes it to; here the one that started the login
+    let cb = ask(server, b.req(&format!("/oauth2/callback?{query}"), policy)).await;
+    b.absorb(&cb);
+    cb
+}
+
+async fn world() -> (MockIdp, TestServer) {
+    let idp = MockIdp::start().await;
+    let server = TestServer::start_ready(&config_toml(&idp, "")).await;
+    (idp, server)
+}
+
+#[tokio::test]
+async fn redirect_to_login_carries_state_nonce_pkce_and_a_login_cookie() {
+    let (idp, server) = world().await;
+    let a = ask(&server, Browser::new().req("/app/page?x=1", "login")).await;
+    assert_eq!(a.status, 302);
+    assert_ne!(a.grpc_code, 0);
+    assert_eq!(a.header("cache-control"), Some("no-store"));
+    let loc = url::Url::parse(a.header("location").unwrap()).unwrap();
+    assert_eq!(
+        format!("{}{}", loc.origin().ascii_serialization(), loc.path()),
+        format!("{}/v1/authorize", idp.issuer)
+    );
+    let q: std::collections::HashMap<String, String> = loc.query_pairs().into_owned().collect();
+    assert_eq!(q["client_id"], "oidc-authz");
+    assert_eq!(q["redirect_uri"], "https://app.example.com/oauth2/callback");
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert_eq!(q["scope"], "openid profile offline_access");
+    for k in ["state", "nonce", "code_challenge"] {
+        assert!(q[k].len() >= 43, "{k} too short");
+    }
+    let set = a
+        .headers
+        .iter()
+        .find(|(k, _, _)| k == "set-cookie")
+        .unwrap()
+        .1
+        .clone();
+    assert!(set.starts_with("oidc_authz_login="), "{set}");
+    for attr in [
+        "HttpOnly",
+        "SameSite=Lax",
+        "Path=/",
+        "Secure",
+        "Max-Age=300",
+    ] {
+        assert!(set.contains(attr), "{attr} missing in {set}");
+    }
+    // the state and nonce are not readable in the cookie
+    assert!(!set.contains(&q["state"]) && !set.contains(&q["nonce"]));
+}
+
+#[tokio::test]
+async fn full_login_then_session_with_headers_and_cookie_stripped() {
+    let (idp, server) = world().await;
+    let mut b = Browser::new();
+    let cb = login(&server, &idp, &mut b, "/app/page?x=1", "login", "alice").await;
+    assert_eq!(cb.status, 302, "{cb:?}");
+    assert_eq!(cb.header("location"), Some("/app/page?x=1"));
+    assert!(
+        cb.cookies_cleared()
+            .contains(&"oidc_authz_login".to_string())
+    );
+    assert!(b.has("oidc_authz_session") && !b.has("oidc_authz_login"));
+    let set = cb
+        .headers
+        .iter()
+        .find(|(k, v, _)| k == "set-cookie" && v.starts_with("oidc_authz_session="))
+        .unwrap();
+    assert!(
+        set.1.contains("Secure") && set.1.contains("HttpOnly") && set.1.contains("SameSite=Lax")
+    );
+
+    let a = ask(&server, b.req("/app/page?x=1", "login")).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.header("x-user"), Some("alice"));
+    assert_eq!(
+        a.header("x-email"),
+        Some("alice@example.com"),
+        "from the ID token when the access token lacks it"
+    );
+    assert!(a.header("authorization").unwrap().starts_with("Bearer ey"));
+    assert!(a.header("x-id-token").unwrap().starts_with("ey"));
+    assert_eq!(
+        a.header("cookie"),
+        Some("other=keep"),
+        "the session never goes upstream"
+    );
+    assert_eq!(
+        a.metadata.get("auth_method").map(String::as_str),
+        Some("session")
+    );
+    assert!(
+        a.response_headers.is_empty(),
+        "no cookie rewrite on a plain request"
+    );
+}
+
+#[tokio::test]
+async fn group_rule_member_passes_non_member_gets_403() {
+    let (idp, server) = world().await;
+    let mut alice = Browser::new();
+    login(&server, &idp, &mut alice, "/group/x", "group", "alice").await;
+    assert_eq!(
+        ask(&server, alice.req("/group/x", "group")).await.status,
+        200
+    );
+    let mut bob = Browser::new();
+    login(&server, &idp, &mut bob, "/group/x", "group", "bob").await;
+    ask(&server, bob.req("/group/x", "group"))
+        .await
+        .assert_deny(403, "insufficient_scope");
+}
+
+#[tokio::test]
+async fn api_requests_get_401_with_login_uri_not_a_redirect() {
+    let (_idp, server) = world().await;
+    for r in [
+        req("/app/data")
+            .host(APP)
+            .policy("login")
+            .header("accept", "application/json"),
+        req("/app/data")
+            .host(APP)
+            .policy("login")
+            .header("accept", "text/html")
+            .header("x-requested-with", "XMLHttpRequest"),
+        req("/app/data").host(APP).policy("login"),
+    ] {
+        let a = ask(&server, r).await;
+        a.assert_deny(401, "invalid_token");
+        let w = a.header("www-authenticate").unwrap();
+        assert!(
+            w.contains("login_uri=\"https://app.example.com/app/data\""),
+            "{w}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bearer_wins_over_session() {
+    let (idp, server) = world().await;
+    let mut b = Browser::new();
+    login(&server, &idp, &mut b, "/app", "login", "alice").await;
+    let token = idp.mint(json!({"sub": "service-x"}));
+    let a = ask(&server, b.req("/app", "login").bearer(&token)).await;
+    assert_eq!((a.status, a.header("x-user")), (200, Some("service-x")));
+    assert_eq!(
+        a.metadata.get("auth_method").map(String::as_str),
+        Some("bearer")
+    );
+}
+
+#[tokio::test]
+async fn state_mismatch_missing_cookie_and_replay_are_refused() {
+    let (idp, server) = world().await;
+    // state mismatch
+    let mut b = Browser::new();
+    let start = ask(&server, b.req("/app", "login")).await;
+    b.absorb(&start);
+    let q = idp.login(start.header("location").unwrap(), "alice");
+    let forged = q.split("&state=").next().unwrap().to_string() + "&state=forged";
+    let a = ask(
+        &server,
+        b.req(&format!("/oauth2/callback?{forged}"), "login"),
+    )
+    .await;
+    assert_eq!(a.status, 401);
+    assert!(a.header("content-type").unwrap().starts_with("text/html"));
+    assert!(a.body.contains("state"), "{}", a.body);
+    // no login cookie at all
+    let a = ask(
+        &server,
+        Browser::new().req(&format!("/oauth2/callback?{q}"), "login"),
+    )
+    .await;
+    assert_eq!(a.status, 401);
+    // the real one works once...
+    let ok = ask(&server, b.req(&format!("/oauth2/callback?{q}"), "login")).await;
+    assert_eq!(ok.status, 302, "{ok:?}");
+    // ...and a replay of the same callback is refused (the IdP will not take the code twice)
+    let replay = ask(&server, b.req(&format!("/oauth2/callback?{q}"), "login")).await;
+    assert_eq!(replay.status, 401, "{replay:?}");
+}
+
+#[tokio::test]
+async fn provider_error_callback_is_a_clear_401_page() {
+    let (_idp, server) = world().await;
+    let a = ask(
+        &server,
+        Browser::new().req(
+            "/oauth2/callback?error=access_denied&error_description=%3Cb%3Enope&state=x",
+            "login",
+        ),
+    )
+    .await;
+    assert_eq!(a.status, 401);
+    assert!(
+        a.body.contains("access_denied") && !a.body.contains("<b>nope"),
+        "{}",
+        a.body
+    );
+    assert_eq!(a.header("cache-control"), Some("no-store"));
+}
+
+#[tokio::test]
+async fn wrong_pkce_verifier_fails_the_exchange() {
+    let (idp, server) = world().await;
+    let mut b = Browser::new();
+    let start = ask(&server, b.req("/app", "login")).await;
+    b.absorb(&start);
+    let q = idp.login(start.header("location").unwrap(), "alice");
+    // the IdP was told another challenge: our (correct) verifier no longer matches it
+    for g in idp.state.codes.lock().unwrap().values_mut() {
+        g.challenge = "not-the-challenge".into();
+    }
+    let a = ask(&server, b.req(&format!("/oauth2/callback?{q}"), "login")).await;
+    assert_eq!(a.status, 401, "{a:?}");
+}
+
+#[tokio::test]
+async fn any_flipped_bit_in_the_session_cookie_means_no_session() {
+    let (idp, server) = world().await;
+    let mut b = Browser::new();
+    login(&server, &idp, &mut b, "/app", "login", "alice").await;
+    let (name, value) = b
+        .jar
+        .iter()
+        .find(|(n, _)| n.starts_with("oidc_authz_session"))
+        .unwrap()
+        .clone();
+    for i in [0, value.len() / 2, value.len() - 1] {
+        let mut bytes = value.clone().into_bytes();
+        bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+        let mut evil = Browser::new();
+        evil.jar
+            .push((name.clone(), String::from_utf8(bytes).unwrap()));
+        let a = ask(&server, evil.req("/app", "login")).await;
+        assert_eq!(a.status, 302, "a tampered cookie must not be a session");
+        assert!(
+            a.cookies_cleared()
+                .contains(&"oidc_authz_session".to_string())
+        );
+    }
+}
+
+#[tokio::test]
+async fn big_sessions_are_chunked_and_reassembled() {
+    let (idp, server) = world().await;
+    *idp.state.user_extra.lock().unwrap() = json!({"blob": "x".repeat(6000)});
+    let mut b = Browser::new();
+    login(&server, &idp, &mut b, "/app", "login", "alice").await;
+    let names: Vec<&str> = b.jar.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        names.contains(&"oidc_authz_session_0") && names.contains(&"oidc_authz_session_1"),
+        "{names:?}"
+    );
+    assert!(b.jar.iter().all(|(_, v)| v.len() <= 4000));
+    let a = ask(&server, b.req("/app", "login")).await;
+    assert_eq!((a.status, a.header("x-user")), (200, Some("alice")));
+    assert_eq!(
+        a.header("cookie"),
+        Some("other=keep"),
+        "every chunk is stripped"
+    );
+}
+
+#[tokio::test]
+async fn session_secret_rotation_keeps_old_sessions() {
+    let (idp, server) = world().await;
+    let mut b = Browser::new();
+    // `group` seals with the old secret only; `login` lists [new, old]: new seals, both open
+    login(&server, &idp, &mut b, "/group/x", "group", "alice").await;
+    assert_eq!(
+        ask(&server, b.req("/app", "login")).await.status,
+        200,
+        "old secret still opens"
+    );
+    let mut b2 = Browser::new();
+    login(&server, &idp, &mut b2, "/app", "login", "alice").await;
+    assert_eq!(
+        ask(&server, b2.req("/group/x", "group")).await.status,
+        302,
+        "the old-only policy cannot open new-key sessions"
+    );
+}
+
+#[tokio::test]
+async fn idle_and_absolute_timeouts_end_the_session() {
+    let idp = MockIdp::start().await;
+    idp.state
+        .expires_in
+        .store(100_000, std::sync::atomic::Ordering::SeqCst);
+    let clock = Arc::new(ManualClock::new(now() + 2));
+    let server = TestServer::start_with_clock(&config_toml(&idp, ""), clock.clone()).await;
+    server.wait_ready().await;
+    let mut b = Browser::new();
+    login(&server, &idp, &mut b, "/app", "login", "alice").await;
+    // used every 500 s: idle (600) never hits, last-seen is rewritten
+    for i in 0..3 {
+        clock.advance(500);
+        let a = ask(&server, b.req("/app", "login")).await;
+        assert_eq!(a.status, 200, "round {i}: {a:?}");
+        assert!(
+            !a.response_headers.is_empty(),
+            "last-seen update sets the cookie again"
+        );
+        b.absorb(&a);
+    }
+    // absolute timeout (3600) passes
+    clock.advance(2200);
+    assert_eq!(ask(&server, b.req("/app", "login")).await.status, 302);
+    // idle timeout
+    let mut b = Browser::new();
+    login(&server, &idp, &mut b, "/app", "login", "alice").await;
+    clock.advance(601);
+    assert_eq!(ask(&server, b.req("/app", "login")).await.status, 302);
+}
+
+#[tokio::test]
+async fn expired_access_token_is_refreshed_and_failed_refresh_ends_the_session() {
+    let idp = MockIdp::start().await;
+    idp.state
+        .expires_in
+        .store(60, std::sync::atomic::Ordering::SeqCst);
+    let clock = Arc::new(ManualClock::new(now() + 2));
+    let server = TestServer::start_with_clock(&config_toml(&idp, ""), clock.clone()).await;
+    server.wait_ready().await;
+    let mut b = Browser::new();
+    login(&server, &idp, &mut b, "/app", "login", "alice").await;
+    let first = ask(&server, b.req("/app", "login")).await;
+    let first_at = first.header("authorization").unwrap().to_string();
+    clock.advance(61);
+    let hits = idp.token_hits();
+    let refreshed = ask(&server, b.req("/app", "login")).await;
+    assert_eq!(refreshed.status, 200, "{refreshed:?}");
+    assert_eq!(idp.token_hits(), hits + 1, "one refresh call");
+    assert_ne!(
+        refreshed.header("authorization").unwrap(),
+        first_at,
+        "a new access token goes upstream"
+    );
+    assert!(
+        refreshed
+            .response_headers
+            .iter()
+            .any(|(k, v, _)| k == "set-cookie" && v.starts_with("oidc_authz_session"))
+    );
+    b.absorb(&refreshed);
+    assert_eq!(ask(&server, b.req("/app", "login")).await.status, 200);
+    // refresh fails: browser -> login again, API -> 401; the cookie is cleared
+    idp.revoke_refresh_tokens();
+    clock.advance(61);
+    let a = ask(&server, b.req("/app", "login")).await;
+    assert_eq!(a.status, 302);
+    assert!(
+        a.cookies_cleared()
+            .contains(&"oidc_authz_session".to_string())
+    );
+    let api = ask(
+        &server,
+        b.req("/app", "login")
+            .header("x-requested-with", "XMLHttpRequest"),
+    )
+    .await;
+    api.assert_deny(401, "invalid_token");
+    // the IdP down during a needed refresh: 503, never an allow
+    let mut b = Browser::new();
+    login(&server, &idp, &mut b, "/app", "login", "alice").await;
+    clock.advance(61);
+    idp.set_mode(Mode::Down);
+    ask(&server, b.req("/app", "login"))
+        .await
+        .assert_deny(503, "temporarily_unavailable");
+}
+
+#[tokio::test]
+async fn logout_clears_and_goes_to_end_session_with_id_token_hint() {
+    let (idp, server) = world().await;
+    let mut b = Browser::new();
+    login(&server, &idp, &mut b, "/app", "login", "alice").await;
+    let a = ask(&server, b.req("/oauth2/logout", "login")).await;
+    assert_eq!(a.status, 302);
+    let loc = url::Url::parse(a.header("location").unwrap()).unwrap();
+    assert_eq!(loc.path(), "/oauth2/default/v1/logout");
+    let q: std::collections::HashMap<String, String> = loc.query_pairs().into_owned().collect();
+    assert!(q["id_token_hint"].starts_with("ey"));
+    assert_eq!(q["post_logout_redirect_uri"], "https://app.example.com/bye");
+    assert!(
+        a.cookies_cleared()
+            .contains(&"oidc_authz_session".to_string())
+    );
+    b.absorb(&a);
+    assert_eq!(
+        ask(&server, b.req("/app", "login")).await.status,
+        302,
+        "logged out"
+    );
+    // without a session: straight to the post-logout URI
+    let a = ask(&server, Browser::new().req("/oauth2/logout", "login")).await;
+    assert_eq!(a.header("location"), Some("https://app.example.com/bye"));
+}
+
+#[tokio::test]
+async fn return_path_is_never_an_open_redirect() {
+    let (idp, server) = world().await;
+    for evil in [
+        "//evil.example.com/x",
+        "/\\evil.example.com",
+        "https://evil.example.com/",
+    ] {
+        let mut b = Browser::new();
+        let cb = login(&server, &idp, &mut b, evil, "login", "alice").await;
+        let loc = cb.header("location").unwrap();
+        assert!(
+            loc.starts_with('/') && !loc.starts_with("//") && !loc.contains('\\'),
+            "{evil} -> {loc}"
+        );
+    }
+}
