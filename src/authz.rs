@@ -6,13 +6,14 @@ use std::time::Instant;
 
 use http::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 use crate::clock::Clock;
 use crate::config::{AuthMethod, Config, LoginSettings, Policy};
 use crate::decision::{Allow, Decision, Deny, DenyStatus};
 use crate::flow::authcode::{
-    ActiveSession, CallbackError, LOGIN_COOKIE, Login, SessionError, error_page, is_browser,
-    request_url,
+    ActiveSession, CallbackError, LOGIN_COOKIE, Login, OpenedSession, SessionError, error_page,
+    is_browser, request_url,
 };
 use crate::flow::bearer::{BearerError, BearerVerifier, Verified};
 use crate::flow::client_credentials::{self, CcError, ClientCredentials, Refusal};
@@ -34,6 +35,8 @@ pub struct Authorizer {
     introspector: Introspector,
     /// Session cookie codecs, aligned with `config.policies` (None: no login on that policy).
     codecs: Vec<Option<CookieCodec>>,
+    /// Opened session cookies by a hash of (policy, cookie value).
+    sessions: moka::sync::Cache<[u8; 32], Arc<OpenedSession>>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
 }
@@ -81,6 +84,10 @@ impl Authorizer {
                         .and_then(|_| CookieCodec::new(&p.session_secrets).ok())
                 })
                 .collect(),
+            sessions: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(std::time::Duration::from_secs(120))
+                .build(),
             clock,
             config: Arc::new(config),
             providers,
@@ -365,8 +372,11 @@ impl Authorizer {
             return None; // a token wins over a session
         }
         let mut clear = Vec::new();
-        match login.read_session(&cookies) {
-            Some(Some(data)) => match login.use_session(data).await {
+        match login
+            .session_value(&cookies)
+            .map(|v| v.and_then(|v| self.open_session(policy, &login, &v)))
+        {
+            Some(Some(opened)) => match login.use_session(opened).await {
                 Ok(active) => return Some(self.session_allow(policy, settings, active, &cookies)),
                 Err(SessionError::Idp(e)) => {
                     tracing::warn!(provider = %provider.name(), error = %e, "identity provider needed and unavailable");
@@ -411,6 +421,29 @@ impl Authorizer {
         Some(Outcome::deny(deny))
     }
 
+    /// Opens a session cookie value, remembering the result by a SHA-256 of (policy, value): a browser sends the
+    /// same value on every request, so the AES-GCM open and the JSON parsing happen once per cookie.
+    fn open_session(
+        &self,
+        policy: &Policy,
+        login: &Login<'_>,
+        value: &str,
+    ) -> Option<Arc<OpenedSession>> {
+        let mut h = Sha256::new();
+        h.update(policy.name.as_bytes());
+        h.update([0u8]);
+        h.update(value.as_bytes());
+        let key: [u8; 32] = h.finalize().into();
+        if let Some(hit) = self.sessions.get(&key) {
+            self.metrics.cache_lookup("session", true);
+            return Some(hit);
+        }
+        self.metrics.cache_lookup("session", false);
+        let opened = Arc::new(login.open_session(value)?);
+        self.sessions.insert(key, opened.clone());
+        Some(opened)
+    }
+
     fn session_allow(
         &self,
         policy: &Policy,
@@ -419,12 +452,14 @@ impl Authorizer {
         cookies: &RequestCookies<'_>,
     ) -> Outcome {
         let method = AuthMethod::Session;
-        let sub = active
-            .claims
+        let session = active.session.clone();
+        let claims = &session.claims;
+        let data = &session.data;
+        let sub = claims
             .get("sub")
             .and_then(Value::as_str)
             .map(str::to_string);
-        if let Err(denied) = policy.access.check(&active.claims) {
+        if let Err(denied) = policy.access.check(claims) {
             let mut deny = Deny::insufficient(&policy.name, denied.to_string());
             deny.set_cookies = active.set_cookies;
             return Outcome {
@@ -433,17 +468,14 @@ impl Authorizer {
                 sub,
             };
         }
-        let mut allowed = allow(policy, method, &active.claims);
+        let mut allowed = allow(policy, method, claims);
         if settings.upstream_access_token {
             allowed.set_headers.insert(
                 0,
-                (
-                    http::header::AUTHORIZATION,
-                    format!("Bearer {}", active.data.at),
-                ),
+                (http::header::AUTHORIZATION, format!("Bearer {}", data.at)),
             );
         }
-        if let (Some(h), Some(it)) = (&settings.upstream_id_token_header, &active.data.it) {
+        if let (Some(h), Some(it)) = (&settings.upstream_id_token_header, &data.it) {
             allowed.set_headers.push((h.clone(), it.clone()));
         }
         // The session never goes upstream.

@@ -496,3 +496,55 @@ async fn return_path_is_never_an_open_redirect() {
         );
     }
 }
+
+#[tokio::test]
+async fn callback_from_another_issuer_is_refused() {
+    let (idp, server) = world().await;
+    let mut b = Browser::new();
+    let start = ask(&server, b.req("/app", "login")).await;
+    b.absorb(&start);
+    let q = idp.login(start.header("location").unwrap(), "alice");
+    let a = ask(
+        &server,
+        b.req(
+            &format!("/oauth2/callback?{q}&iss=https%3A%2F%2Fevil.example.com"),
+            "login",
+        ),
+    )
+    .await;
+    assert_eq!(a.status, 401, "{a:?}");
+    // the genuine issuer is fine
+    let iss: String = url::form_urlencoded::byte_serialize(idp.issuer.as_bytes()).collect();
+    let ok = ask(
+        &server,
+        b.req(&format!("/oauth2/callback?{q}&iss={iss}"), "login"),
+    )
+    .await;
+    assert_eq!(ok.status, 302, "{ok:?}");
+}
+
+#[tokio::test]
+async fn opened_sessions_are_cached_per_cookie_value() {
+    let (idp, server) = world().await;
+    let mut b = Browser::new();
+    login(&server, &idp, &mut b, "/app", "login", "alice").await;
+    for _ in 0..5 {
+        assert_eq!(ask(&server, b.req("/app", "login")).await.status, 200);
+    }
+    let (_, m) = server.admin_get("/metrics").await;
+    let get = |s: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix(s).and_then(|v| v.trim().parse::<f64>().ok()))
+            .unwrap_or(0.0)
+    };
+    assert_eq!(
+        get("oidc_authz_cache_lookups_total{cache=\"session\",result=\"miss\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        get("oidc_authz_cache_lookups_total{cache=\"session\",result=\"hit\"}"),
+        4.0,
+        "{m}"
+    );
+}

@@ -56,7 +56,7 @@ enum Cmd {
         /// The oidc-authz binary to measure.
         #[arg(long, default_value = "target/release/oidc-authz")]
         bin: PathBuf,
-        /// Only these scenarios (comma-separated): noop, same-jwt, fresh-jwt, cc-cached, intro-cached.
+        /// Only these scenarios (comma-separated): noop, same-jwt, fresh-jwt, cc-cached, intro-cached, session.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Rounds of all scenarios; each scenario reports its median round.
@@ -456,6 +456,7 @@ fn start_authz(
 ) -> (Proc, SocketAddr, SocketAddr) {
     let grpc = free_addr();
     let admin = free_addr();
+    let session_secret = SESSION_SECRET;
     let cfg = format!(
         r#"
 [server]
@@ -488,6 +489,16 @@ scopes_required = ["api:read"]
 upstream_headers_claims = ["sub", "client_id"]
 upstream_headers_names = ["x-user", "x-client-id"]
 
+[policies.web]
+provider = "okta"
+auth_methods = ["authorization_code", "session"]
+redirect_uri = "https://app.example.com/oauth2/callback"
+session_secret = "{session_secret}"
+scopes_claim = ["scp"]
+scopes_required = ["api:read"]
+upstream_headers_claims = ["sub", "email"]
+upstream_headers_names = ["x-user", "x-email"]
+
 [policies.cc]
 provider = "okta"
 auth_methods = ["client_credentials"]
@@ -514,6 +525,46 @@ upstream_headers_names = ["issuer_header", "x-user"]
             )
         });
     (Proc(child), grpc, admin)
+}
+
+/// The benchmark policy's session secret (base64 of 32 bytes; test value).
+const SESSION_SECRET: &str = "YmVuY2gtc2Vzc2lvbi1zZWNyZXQtMzItYnl0ZXMhISE=";
+
+/// A Check from a browser holding a valid session cookie, sealed exactly as oidc-authz seals it at login.
+fn session_request(issuer: &Issuer) -> CheckRequest {
+    use oidc_authz::config::Secret;
+    use oidc_authz::flow::authcode::SessionData;
+    use oidc_authz::flow::session::CookieCodec;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let data = SessionData {
+        provider: "okta".into(),
+        at: issuer.token(7),
+        it: Some(issuer.token(8)),
+        rt: Some("rt-bench".into()),
+        at_exp: now + 3600,
+        created: now,
+        seen: now,
+    };
+    let codec = CookieCodec::new(&[Secret::new(SESSION_SECRET)]).unwrap();
+    let sealed = codec.seal("oidc_authz_session", &serde_json::to_vec(&data).unwrap());
+    let mut r = check_request_auth("", "web");
+    if let Some(http) = r
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|q| q.http.as_mut())
+    {
+        http.headers.remove("authorization");
+        http.headers.insert("accept".into(), "text/html".into());
+        http.headers.insert(
+            "cookie".into(),
+            format!("oidc_authz_session={sealed}; _ga=GA1.1.123; theme=dark"),
+        );
+    }
+    r
 }
 
 /// A cold oidc-authz receives bursts of simultaneous Checks; the issuer counts the introspection calls they cause.
@@ -628,6 +679,15 @@ async fn bench(
             );
         }
 
+        if wanted("session") {
+            // A browser with a valid session cookie: open the AES-GCM cookie, check idle/absolute times, claims from
+            // the tokens in it, access control, headers, the cookie stripped from the upstream request.
+            let (_p, grpc, admin) =
+                start_authz(&server_cpus, &bin, dir.path(), &issuer.issuer, 100_000);
+            wait_ready(admin).await;
+            let reqs = Arc::new(vec![session_request(&issuer)]);
+            results.push(drive("session", grpc, reqs, duration, concurrency, connections).await);
+        }
         if wanted("cc-cached") {
             // Client credentials with a warm token cache: Basic in, cached token (its verification cached too) out.
             let (_p, grpc, admin) =
@@ -666,7 +726,14 @@ async fn bench(
         all.extend(results);
     }
     let mut results: Vec<Summary> = Vec::new();
-    for name in ["noop", "same-jwt", "fresh-jwt", "cc-cached", "intro-cached"] {
+    for name in [
+        "noop",
+        "same-jwt",
+        "fresh-jwt",
+        "cc-cached",
+        "intro-cached",
+        "session",
+    ] {
         let mut runs: Vec<&Summary> = all.iter().filter(|r| r.name == name).collect();
         if runs.is_empty() {
             continue;

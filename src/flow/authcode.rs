@@ -43,7 +43,7 @@ struct LoginState {
     exp: u64,
 }
 
-/// What the session cookie holds.
+/// What the session cookie holds. `Debug` shows no token.
 #[derive(Serialize, Deserialize, Clone)]
 pub struct SessionData {
     /// The provider that issued the tokens.
@@ -73,6 +73,9 @@ pub enum CallbackError {
     /// No login cookie, or it expired, or it does not open.
     #[error("the login expired or was started in another browser; please try again")]
     NoLogin,
+    /// The callback's `iss` names another issuer (RFC 9207 mix-up defence).
+    #[error("the callback comes from another issuer")]
+    Issuer,
     /// `state` differs from the login cookie's.
     #[error("the login state does not match; please try again")]
     State,
@@ -103,12 +106,26 @@ pub enum SessionError {
 
 /// A usable session and what to tell the browser.
 pub struct ActiveSession {
-    /// The session (possibly refreshed).
+    /// The session (possibly refreshed) and its claims.
+    pub session: Arc<OpenedSession>,
+    /// `Set-Cookie` values when the session cookie changed (refresh, last-seen update).
+    pub set_cookies: Vec<String>,
+}
+
+/// A session cookie opened: its data and the claims of its tokens (cached per cookie value by the caller).
+pub struct OpenedSession {
+    /// What the cookie holds.
     pub data: SessionData,
     /// Merged claims for access control and headers.
     pub claims: Map<String, Value>,
-    /// `Set-Cookie` values when the session cookie changed (refresh, last-seen update).
-    pub set_cookies: Vec<String>,
+}
+
+impl std::fmt::Debug for OpenedSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenedSession")
+            .field("provider", &self.data.provider)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Deserialize)]
@@ -287,6 +304,10 @@ impl Login<'_> {
         if login.exp < self.clock.now() || login.provider != self.provider.name() {
             return Err(CallbackError::NoLogin);
         }
+        // RFC 9207: when the provider names itself in the callback, it must be the provider the login went to.
+        if param("iss").is_some_and(|iss| iss != self.provider.config.issuer) {
+            return Err(CallbackError::Issuer);
+        }
         let state = param("state").unwrap_or_default();
         if !bool::from(state.as_bytes().ct_eq(login.state.as_bytes())) {
             return Err(CallbackError::State);
@@ -441,33 +462,59 @@ impl Login<'_> {
         clear_cookie_headers(&self.settings.cookie_name, &self.attrs(None))
     }
 
-    /// Reads the session cookie, if any (`None`: no cookie at all).
-    pub fn read_session(&self, cookies: &RequestCookies<'_>) -> Option<Option<SessionData>> {
+    /// The sealed session cookie value, if any (`None`: no cookie at all; `Some(None)`: broken chunks).
+    pub fn session_value(&self, cookies: &RequestCookies<'_>) -> Option<Option<String>> {
         let name = self.settings.cookie_name.as_str();
         if !cookies.has(name) {
             return None;
         }
+        Some(cookies.read_chunked(name))
+    }
+
+    /// Opens a sealed session value (`None`: it does not authenticate or parse).
+    pub fn open_session(&self, value: &str) -> Option<OpenedSession> {
+        let name = self.settings.cookie_name.as_str();
+        let data = self
+            .codec
+            .open(name, value)
+            .and_then(|b| serde_json::from_slice::<SessionData>(&b).ok())?;
+        let claims = self.claims(&data);
+        Some(OpenedSession { data, claims })
+    }
+
+    /// Reads and opens the session cookie, if any (`None`: no cookie at all).
+    pub fn read_session(&self, cookies: &RequestCookies<'_>) -> Option<Option<SessionData>> {
         Some(
-            cookies
-                .read_chunked(name)
-                .and_then(|v| self.codec.open(name, &v))
-                .and_then(|b| serde_json::from_slice::<SessionData>(&b).ok()),
+            self.session_value(cookies)?
+                .and_then(|v| self.open_session(&v))
+                .map(|o| o.data),
         )
     }
 
     /// Validates a session, refreshing its access token when needed.
-    pub async fn use_session(&self, data: SessionData) -> Result<ActiveSession, SessionError> {
+    pub async fn use_session(
+        &self,
+        opened: Arc<OpenedSession>,
+    ) -> Result<ActiveSession, SessionError> {
         let now = self.clock.now();
         let s = self.settings;
+        let data = &opened.data;
         if data.provider != self.provider.name()
             || now > data.created.saturating_add(s.absolute_timeout)
             || now > data.seen.saturating_add(s.idle_timeout)
         {
             return Err(SessionError::Gone);
         }
-        let mut data = data;
-        let mut changed = false;
-        if now.saturating_add(s.refresh_leeway) >= data.at_exp {
+        let needs_refresh = now.saturating_add(s.refresh_leeway) >= data.at_exp;
+        let needs_seen = now.saturating_sub(data.seen) >= SEEN_GRANULARITY;
+        if !needs_refresh && !needs_seen {
+            return Ok(ActiveSession {
+                session: opened,
+                set_cookies: Vec::new(),
+            });
+        }
+        let mut data = data.clone();
+        if needs_refresh {
             let Some(rt) = data.rt.clone() else {
                 return Err(SessionError::RefreshFailed);
             };
@@ -485,25 +532,20 @@ impl Login<'_> {
                     if t.id_token.is_some() {
                         data.it = t.id_token;
                     }
-                    changed = true;
                 }
                 Err(TokenCallError::Refused) => return Err(SessionError::RefreshFailed),
                 Err(TokenCallError::Idp(e)) => return Err(SessionError::Idp(e)),
             }
         }
-        if now.saturating_sub(data.seen) >= SEEN_GRANULARITY {
-            data.seen = now;
-            changed = true;
-        }
-        let set_cookies = if changed {
-            self.session_cookies(&data)
+        data.seen = now;
+        let set_cookies = self.session_cookies(&data);
+        let claims = if needs_refresh {
+            self.claims(&data)
         } else {
-            Vec::new()
+            opened.claims.clone()
         };
-        let claims = self.claims(&data);
         Ok(ActiveSession {
-            data,
-            claims,
+            session: Arc::new(OpenedSession { data, claims }),
             set_cookies,
         })
     }

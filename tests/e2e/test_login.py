@@ -1,0 +1,855 @@
+"""Browser login (authorization code + PKCE, encrypted session cookie, refresh, logout) through real Envoy and the
+mock Okta IdP: client -> Envoy -> oidc-authz Check -> httpbin, the IdP's login form driven by hand.
+
+`login(world, user, start_path)` plays the browser with a `requests.Session` and follows every redirect by hand:
+
+    GET  Envoy  start_path                       302 -> {issuer}/v1/authorize?...   (Set-Cookie oidc_authz_login)
+    GET  IdP    /v1/authorize?...                303 -> /oauth2/default/interaction/<uid>
+    GET  IdP    /interaction/<uid>               200 login form
+    POST IdP    /interaction/<uid>               303 -> {issuer}/v1/authorize/<uid>  (prompt=login&login=U&password=x)
+    GET  IdP    /v1/authorize/<uid>              303 -> http://127.0.0.1:<envoy>/oauth2/callback?code&state&iss
+    GET  Envoy  /oauth2/callback?...             302 -> start_path            (Set-Cookie session, login cookie cleared)
+    GET  Envoy  start_path                       200 (httpbin's echo) / 403 ...
+
+The IdP (127.0.0.1:<idp>) and Envoy (127.0.0.1:<envoy>) share a host, and cookies ignore ports, so one jar holds
+both sides' cookies, exactly as in a browser. Every hop is recorded in `Browser.trace`, which failures print.
+
+Policies (tests/e2e/oidc-authz.template.toml): `login` (/login/, /oauth2/ callback + logout; X-User = sub),
+`group` (/group/, groups_required kong_group), `login_refresh` (/anything/login-refresh via [[routes]]; the session's
+access token counts as expiring ~1 s after login).
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urljoin, urlsplit
+
+import pytest
+import requests
+from requests.structures import CaseInsensitiveDict
+
+from conftest import HTTP_TIMEOUT, World, jwt_claims
+
+SESSION = "oidc_authz_session"
+LOGIN = "oidc_authz_login"
+SESSION_RE = re.compile(r"^oidc_authz_session(_\d+)?$")
+CLIENT_ID = "oidc-authz"
+CLIENT_SECRET = "oidc-authz-secret"
+CC_APP = ("cc-app", "cc-app-secret")
+
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
+BROWSER = {"Accept": BROWSER_ACCEPT, "User-Agent": "oidc-authz-e2e (requests) Mozilla/5.0"}
+XHR_JSON = {"Accept": "application/json"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# cookies
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class SetCookie:
+    name: str
+    value: str
+    attrs: dict[str, str]  # lower-cased attribute names; flags map to ""
+    line: str
+
+    def has(self, attr: str) -> bool:
+        return attr.lower() in self.attrs
+
+    @property
+    def clears(self) -> bool:
+        """Whether this Set-Cookie deletes the cookie (Max-Age=0 or an Expires in the past)."""
+        if self.attrs.get("max-age", "").strip() in ("0", "-1"):
+            return True
+        exp = self.attrs.get("expires")
+        if exp:
+            from email.utils import parsedate_to_datetime
+            try:
+                return parsedate_to_datetime(exp).timestamp() < time.time()
+            except (TypeError, ValueError):
+                return False
+        return False
+
+
+def set_cookies(resp: requests.Response) -> list[SetCookie]:
+    """Every Set-Cookie of a response, parsed (requests joins repeated headers with ', ': use the raw list)."""
+    out = []
+    for line in resp.raw.headers.getlist("Set-Cookie"):
+        first, *rest = line.split(";")
+        name, _, value = first.strip().partition("=")
+        attrs = {}
+        for a in rest:
+            k, _, v = a.strip().partition("=")
+            if k:
+                attrs[k.lower()] = v
+        out.append(SetCookie(name, value, attrs, line))
+    return out
+
+
+def set_cookie(resp: requests.Response, name: str) -> SetCookie | None:
+    found = [c for c in set_cookies(resp) if c.name == name]
+    assert len(found) <= 1, f"{name} set more than once in one response: {[c.line for c in found]}"
+    return found[0] if found else None
+
+
+def session_set_cookies(resp: requests.Response) -> list[SetCookie]:
+    return [c for c in set_cookies(resp) if SESSION_RE.match(c.name)]
+
+
+def assert_cookie_attrs(c: SetCookie, what: str) -> None:
+    """Path=/; HttpOnly; SameSite=Lax; no Secure (the redirect_uri is http)."""
+    assert c.attrs.get("path") == "/", f"{what}: Path=/ expected: {c.line}"
+    assert c.has("httponly"), f"{what}: HttpOnly expected: {c.line}"
+    assert c.attrs.get("samesite", "").lower() == "lax", f"{what}: SameSite=Lax expected: {c.line}"
+    assert not c.has("secure"), f"{what}: no Secure on an http redirect_uri (a browser would drop it): {c.line}"
+
+
+def cookie_header(cookies: dict[str, str]) -> str:
+    return "; ".join(f"{k}={v}" for k, v in cookies.items())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the browser
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class Hop:
+    method: str
+    url: str
+    status: int
+    location: str | None
+    set_cookies: list[str]
+
+    def __str__(self) -> str:
+        s = f"{self.method} {self.url} -> {self.status}"
+        if self.location:
+            s += f" Location: {self.location}"
+        if self.set_cookies:
+            s += f" Set-Cookie: {', '.join(self.set_cookies)}"
+        return s
+
+
+class Browser(requests.Session):
+    """A cookie jar and browser headers; redirects are never followed by requests, `go` records every hop."""
+
+    def __init__(self, headers: dict | None = None):
+        super().__init__()
+        self.headers.update(BROWSER if headers is None else headers)
+        self.trace: list[Hop] = []
+        self.saw_login_form = False
+        self.authorize_url: str | None = None
+        self.callback_url: str | None = None
+        self.callback: requests.Response | None = None
+
+    def request(self, method, url, **kw):
+        kw["allow_redirects"] = False  # (Session.get defaults it to True before calling this)
+        kw.setdefault("timeout", HTTP_TIMEOUT)
+        r = super().request(method, url, **kw)
+        self.trace.append(Hop(method, url, r.status_code, r.headers.get("Location"),
+                              [f"{c.name}({'cleared' if c.clears else f'{len(c.value)}B'})" for c in set_cookies(r)]))
+        return r
+
+    def go(self, url: str, **kw) -> requests.Response:
+        return self.get(url, **kw)
+
+    def app_cookies(self) -> dict[str, str]:
+        """Cookies this jar sends to any path on 127.0.0.1 (Envoy and the IdP alike)."""
+        return {c.name: c.value for c in self.cookies if c.path == "/"}
+
+    def session_cookies(self) -> dict[str, str]:
+        return {k: v for k, v in self.app_cookies().items() if SESSION_RE.match(k)}
+
+    def describe(self) -> str:
+        return "browser trace:\n  " + "\n  ".join(str(h) for h in self.trace) + \
+               f"\ncookies in the jar: {sorted((c.name, c.path) for c in self.cookies)}"
+
+
+def show(r: requests.Response, n: int = 600) -> str:
+    hdrs = {k: v for k, v in r.headers.items() if k.lower() != "set-cookie"}
+    url = r.url if len(r.url) < 400 else r.url[:400] + "..."
+    return f"{r.request.method} {url} -> {r.status_code}\n  headers: {hdrs}\n  " \
+           f"Set-Cookie: {[c.line[:120] for c in set_cookies(r)]}\n  body: {r.text[:n]!r}"
+
+
+def fail(b: Browser, msg: str, r: requests.Response | None = None):
+    pytest.fail(f"{msg}\n{show(r) if r is not None else ''}\n{b.describe()}", pytrace=False)
+
+
+def echoed(resp: requests.Response) -> CaseInsensitiveDict:
+    """Headers httpbin received."""
+    assert resp.status_code == 200, f"expected httpbin's 200, got:\n{show(resp)}"
+    try:
+        return CaseInsensitiveDict(resp.json()["headers"])
+    except (ValueError, KeyError):
+        raise AssertionError(f"not httpbin's echo:\n{show(resp)}")
+
+
+def bearer_upstream(resp: requests.Response) -> str:
+    auth = echoed(resp).get("Authorization", "")
+    assert auth.startswith("Bearer "), f"upstream Authorization is not a Bearer token: {auth!r}"
+    return auth[len("Bearer "):]
+
+
+def qs1(url: str) -> dict[str, str]:
+    """Query of a URL as name -> single value (fails on repeated names)."""
+    q = parse_qs(urlsplit(url).query, keep_blank_values=True, strict_parsing=False)
+    dup = [k for k, v in q.items() if len(v) != 1]
+    assert not dup, f"repeated query parameters {dup} in {url}"
+    return {k: v[0] for k, v in q.items()}
+
+
+def www_params(h: str) -> dict[str, str]:
+    return dict(re.findall(r'([A-Za-z_]+)="([^"]*)"', h))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the login driver
+# ---------------------------------------------------------------------------------------------------------------
+FORM_ACTION = re.compile(r'<form[^>]*\baction="([^"]+)"', re.I)
+HIDDEN = re.compile(r'<input[^>]*type="hidden"[^>]*>', re.I)
+
+
+def form_fields(html: str) -> tuple[str, dict[str, str]]:
+    """(action, hidden fields) of the first form of a page."""
+    m = FORM_ACTION.search(html)
+    assert m, f"no form in page: {html[:500]!r}"
+    fields = {}
+    for tag in HIDDEN.findall(html):
+        n = re.search(r'name="([^"]*)"', tag)
+        v = re.search(r'value="([^"]*)"', tag)
+        if n:
+            fields[n.group(1)] = v.group(1) if v else ""
+    return m.group(1).replace("&amp;", "&"), fields
+
+
+def start_login(world: World, b: Browser, path: str) -> requests.Response:
+    """First request of a login: must be oidc-authz's 302 to the IdP's authorization endpoint."""
+    r = b.go(world.url(path))
+    auth_ep = world.discovery()["authorization_endpoint"]
+    loc = r.headers.get("Location", "")
+    if r.status_code != 302 or not loc.startswith(auth_ep + "?"):
+        fail(b, f"browser without session on {path}: expected 302 to {auth_ep}?...", r)
+    b.authorize_url = loc
+    return r
+
+
+def idp_login(world: World, b: Browser, authorize_url: str, user: str) -> str:
+    """Drive the IdP from the authorization URL to the redirect back to us; returns the callback URL."""
+    r = b.go(authorize_url)
+    loc = r.headers.get("Location", "")
+    if r.status_code == 303 and "/interaction/" in loc:
+        form_url = urljoin(r.url, loc)
+        r = b.go(form_url)
+        if r.status_code != 200:
+            fail(b, "IdP login page", r)
+        b.saw_login_form = True
+        action, hidden = form_fields(r.text)
+        assert hidden.get("prompt") == "login", f"not the login form: {r.text[:500]!r}"
+        r = b.post(urljoin(form_url, action), data={"prompt": "login", "login": user, "password": "x"})
+        if r.status_code != 303:
+            fail(b, f"IdP login POST as {user}", r)
+        r = b.go(urljoin(r.url, r.headers["Location"]))
+        loc = r.headers.get("Location", "")
+    # oidc-authz is first-party at the mock IdP: no consent page; an error here is oidc-authz's authorize request
+    callback = world.url("/oauth2/callback")
+    if r.status_code != 303 or not loc.startswith(callback + "?"):
+        fail(b, f"the IdP did not send the browser back to {callback} (rejected the authorize request?)", r)
+    return loc
+
+
+def finish_login(world: World, b: Browser, authorize_url: str, user: str) -> requests.Response:
+    """From the IdP's authorization URL to the response of the original URL after the callback."""
+    b.callback_url = idp_login(world, b, authorize_url, user)
+    cb = b.go(b.callback_url)
+    b.callback = cb
+    loc = cb.headers.get("Location", "")
+    if cb.status_code != 302 or not loc:
+        fail(b, "callback: expected a 302 back to the original URL", cb)
+    if not session_set_cookies(cb):
+        fail(b, f"callback: no Set-Cookie {SESSION}", cb)
+    if not loc.startswith("/") or loc.startswith("//") or loc.startswith("/\\"):
+        fail(b, f"callback Location must be a path on this origin, got {loc!r}", cb)
+    return b.go(urljoin(world.url("/"), loc))
+
+
+def login(world: World, user: str = "alice", start_path: str = "/login/headers",
+          b: Browser | None = None) -> tuple[Browser, requests.Response]:
+    """Log `user` in through Envoy and the IdP starting from `start_path`; (browser, response to the original URL
+    after the login). The response is not checked (bob on /group/ gets a 403)."""
+    b = b if b is not None else Browser()
+    start_login(world, b, start_path)
+    return b, finish_login(world, b, b.authorize_url, user)
+
+
+def login_ok(world: World, user: str = "alice", start_path: str = "/login/headers") -> tuple[Browser, requests.Response]:
+    b, r = login(world, user, start_path)
+    if r.status_code != 200:
+        fail(b, f"after logging in as {user}, {start_path} did not answer 200", r)
+    return b, r
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. browser without a session -> 302 to the IdP
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", ["/login/headers", "/group/headers", "/anything/login-refresh/x"])
+def test_browser_without_session_redirects_to_idp(authz: World, path: str):
+    b = Browser()
+    r = start_login(authz, b, path)
+    loc = r.headers["Location"]
+    q = qs1(loc)
+    assert urlsplit(loc)._replace(query="").geturl() == authz.discovery()["authorization_endpoint"] \
+        == f"{authz.issuer}/v1/authorize"
+    assert q.get("response_type") == "code", q
+    assert q.get("client_id") == CLIENT_ID, q
+    assert q.get("redirect_uri") == authz.url("/oauth2/callback"), q
+    assert "openid" in q.get("scope", "").split(" "), f"scope must be space-separated and hold openid: {q}"
+    assert len(q.get("state", "")) >= 16, f"state missing or short: {q}"
+    assert len(q.get("nonce", "")) >= 16, f"nonce missing or short: {q}"
+    assert q.get("code_challenge_method") == "S256", q
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", q.get("code_challenge", "")), \
+        f"code_challenge is not base64url(SHA-256) without padding: {q.get('code_challenge')!r}"
+    assert CLIENT_SECRET not in loc
+    assert "no-store" in r.headers.get("cache-control", "").lower(), dict(r.headers)
+
+    c = set_cookie(r, LOGIN)
+    assert c is not None, f"no Set-Cookie {LOGIN}: {[x.line for x in set_cookies(r)]}"
+    assert c.value, c.line
+    assert c.attrs.get("max-age") == "300", f"{LOGIN} should live 300 s: {c.line}"
+    assert_cookie_attrs(c, LOGIN)
+    # nothing secret in clear in the cookie a browser keeps
+    assert CLIENT_SECRET not in c.value
+
+
+def test_each_login_start_has_fresh_state_nonce_and_pkce(authz: World):
+    seen = [qs1(start_login(authz, Browser(), "/login/headers").headers["Location"]) for _ in range(3)]
+    for k in ("state", "nonce", "code_challenge"):
+        vals = [q[k] for q in seen]
+        assert len(set(vals)) == 3, f"{k} repeats across logins: {vals}"
+
+
+def test_idp_accepts_the_authorize_request(authz: World):
+    """The 302's URL, taken as it is, gets the IdP's login form (not an error page or an error redirect)."""
+    b = Browser()
+    start_login(authz, b, "/login/headers")
+    r = b.go(b.authorize_url)
+    loc = r.headers.get("Location", "")
+    if r.status_code != 303 or "/interaction/" not in loc:
+        fail(b, "the IdP rejected oidc-authz's authorize request", r)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. the callback
+# ---------------------------------------------------------------------------------------------------------------
+def test_login_lands_on_original_url_with_session(authz: World):
+    start = "/login/anything/deep/path?a=1&b=two%20words"
+    b, r = login(authz, "alice", start)
+    cb = b.callback
+    assert cb.headers["Location"] == start, f"callback must return to the original path+query: {cb.headers['Location']!r}"
+    q = qs1(b.callback_url)
+    assert q.get("iss") == authz.issuer, f"the IdP sends iss (RFC 9207): {b.callback_url}"
+    assert "no-store" in cb.headers.get("cache-control", "").lower(), dict(cb.headers)
+
+    sess = session_set_cookies(cb)
+    live = [c for c in sess if not c.clears]  # clearing stale chunks (or the unsplit name) alongside is fine
+    names = sorted(c.name for c in live)
+    assert names == [SESSION] or names == sorted(f"{SESSION}_{i}" for i in range(len(names))), \
+        f"session cookie names set: {names}"
+    both = set(names) & {c.name for c in sess if c.clears}
+    assert not both, f"cookies both set and cleared in one response: {sorted(both)}"
+    for c in live:
+        assert c.value, c.line
+        assert_cookie_attrs(c, c.name)
+        assert len(c.name) + 1 + len(c.value) <= 4096, \
+            f"{c.name} is {len(c.value)} bytes: browsers drop cookies over 4096 bytes (split it)"
+    cleared = set_cookie(cb, LOGIN)
+    assert cleared is not None and cleared.clears and cleared.value == "", \
+        f"callback must clear {LOGIN} (Max-Age=0): {cleared.line if cleared else None}"
+    assert cleared.attrs.get("path") == "/", cleared.line
+    assert LOGIN not in b.app_cookies()
+
+    if r.status_code != 200:
+        fail(b, "original URL after login", r)
+    body = r.json()
+    assert body["args"] == {"a": "1", "b": "two words"}, body
+    assert body["url"].endswith("/anything/deep/path?a=1&b=two%20words") or body["url"].endswith(
+        "/anything/deep/path?a=1&b=two words"), body["url"]
+    assert echoed(r).get("X-User") == "alice"
+
+
+def test_long_original_url_survives_login(authz: World):
+    """The original URL rides in the login cookie: a long query must come back whole, in cookies a browser keeps."""
+    start = "/login/anything/long?q=" + "x" * 3000 + "&end=1"  # httpbin (gunicorn) refuses request lines > 4094
+    b = Browser()
+    r = start_login(authz, b, start)
+    for c in set_cookies(r):
+        assert len(c.name) + 1 + len(c.value) <= 4096, \
+            f"{c.name} is {len(c.value)} bytes: browsers drop cookies over 4096 bytes"
+    r = finish_login(authz, b, b.authorize_url, "alice")
+    assert b.callback.headers["Location"] == start, f"came back to {b.callback.headers['Location'][:100]!r}..."
+    assert r.status_code == 200 and r.json()["args"]["end"] == "1", show(r)
+
+
+def test_session_cookie_is_opaque(authz: World):
+    """The session cookie is encrypted: no token, no claim readable in it."""
+    b, r = login_ok(authz)
+    token = bearer_upstream(r)
+    value = "".join(b.session_cookies().values())
+    assert token not in value
+    assert "eyJ" not in value, "a JWT (base64 of '{\"') appears in the session cookie"
+    for part in re.split(r"[.~|:]", value):
+        try:
+            raw = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+        except (ValueError, base64.binascii.Error):
+            continue
+        for word in (b"alice", b"refresh", b"access_token", b"api:read"):
+            assert word not in raw, f"{word!r} readable in the session cookie"
+
+
+def test_callback_with_wrong_state_is_401_html(authz: World):
+    b = Browser()
+    start_login(authz, b, "/login/headers")
+    cb_url = idp_login(authz, b, b.authorize_url, "alice")
+    q = qs1(cb_url)
+    r = b.go(authz.url(f"/oauth2/callback?code={q['code']}&state=not-{q['state']}&iss={q['iss']}"))
+    assert r.status_code == 401, show(r)
+    assert "text/html" in r.headers.get("content-type", ""), show(r)
+    assert not session_set_cookies(r) or all(c.clears for c in session_set_cookies(r)), show(r)
+    assert "no-store" in r.headers.get("cache-control", "").lower(), dict(r.headers)
+
+
+def test_callback_without_state_is_401_html(authz: World):
+    b = Browser()
+    start_login(authz, b, "/login/headers")
+    cb_url = idp_login(authz, b, b.authorize_url, "alice")
+    q = qs1(cb_url)
+    r = b.go(authz.url(f"/oauth2/callback?code={q['code']}"))
+    assert r.status_code == 401, show(r)
+    assert "text/html" in r.headers.get("content-type", ""), show(r)
+    assert not [c for c in session_set_cookies(r) if not c.clears], show(r)
+
+
+def test_callback_without_login_cookie_is_401_html(authz: World):
+    """A genuine code + state reaching a browser that did not start the login (lost cookie, or a forged link)."""
+    b = Browser()
+    start_login(authz, b, "/login/headers")
+    cb_url = idp_login(authz, b, b.authorize_url, "alice")
+    other = Browser()
+    r = other.go(cb_url)
+    assert r.status_code == 401, show(r)
+    assert "text/html" in r.headers.get("content-type", ""), show(r)
+    assert not other.session_cookies(), f"a session was set without the login cookie: {other.describe()}"
+
+
+def test_callback_with_another_logins_cookie_is_401(authz: World):
+    """Login CSRF: the victim's login cookie with the attacker's code + state (both genuine) is refused."""
+    attacker, victim = Browser(), Browser()
+    start_login(authz, attacker, "/login/headers")
+    cb_url = idp_login(authz, attacker, attacker.authorize_url, "bob")
+    start_login(authz, victim, "/login/headers")
+    r = victim.go(cb_url)
+    assert r.status_code == 401, show(r)
+    assert not victim.session_cookies(), victim.describe()
+
+
+def test_callback_replay_is_refused(authz: World):
+    """The callback URL of a finished login, replayed: the login cookie is gone (and the code used)."""
+    b, r = login_ok(authz)
+    again = Browser()
+    r = again.go(b.callback_url)
+    assert r.status_code == 401, show(r)
+    assert not again.session_cookies()
+    # the same browser, whose login cookie was cleared by the first callback
+    r = b.go(b.callback_url)
+    assert r.status_code in (302, 401), show(r)
+    if r.status_code == 302:  # an already-logged-in browser may just be sent on; never to somewhere else
+        assert r.headers["Location"].startswith("/") and not r.headers["Location"].startswith("//"), show(r)
+
+
+def test_idp_error_access_denied_is_401_html(authz: World):
+    """The user cancels at the IdP: the IdP redirects back with error=access_denied&state=...."""
+    b = Browser()
+    start_login(authz, b, "/login/headers")
+    r = b.go(b.authorize_url)
+    assert r.status_code == 303 and "/interaction/" in r.headers["Location"], show(r)
+    abort = urljoin(r.url, r.headers["Location"]) + "/abort"
+    r = b.go(abort)  # 303 to the resume URL, which 303s to the redirect_uri with the error
+    if r.status_code == 303 and "/v1/authorize/" in r.headers.get("Location", ""):
+        r = b.go(urljoin(r.url, r.headers["Location"]))
+    loc = r.headers.get("Location", "")
+    assert r.status_code == 303 and loc.startswith(authz.url("/oauth2/callback?")), show(r)
+    assert qs1(loc).get("error") == "access_denied", loc
+    r = b.go(loc)
+    assert r.status_code == 401, show(r)
+    assert "text/html" in r.headers.get("content-type", ""), show(r)
+    assert "access_denied" in r.text, f"the page should name the IdP's error code: {r.text[:500]!r}"
+    assert "<script" not in r.text.lower()
+    assert not [c for c in session_set_cookies(r) if not c.clears], show(r)
+
+
+def test_idp_error_description_is_escaped(authz: World):
+    """error/error_description come from the URL: the HTML page must escape them."""
+    b = Browser()
+    r = start_login(authz, b, "/login/headers")
+    state = qs1(r.headers["Location"])["state"]
+    evil = "<script>alert(1)</script>"
+    r = b.go(authz.url("/oauth2/callback"), params={"error": "access_denied", "error_description": evil,
+                                                     "state": state})
+    assert r.status_code == 401, show(r)
+    assert evil not in r.text, f"unescaped error_description in the page: {r.text[:500]!r}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. riding the session
+# ---------------------------------------------------------------------------------------------------------------
+def test_session_request_goes_upstream_with_bearer_and_claims(authz: World):
+    b, r = login_ok(authz)
+    b.cookies.set("theme", "dark", domain="127.0.0.1", path="/")
+    r = b.go(authz.url("/login/headers"), headers={"X-User": "mallory"})
+    h = echoed(r)
+    assert h.get("X-User") == "alice", "X-User must be the session's sub (client copy replaced)"
+    token = bearer_upstream(r)
+    claims = jwt_claims(token)
+    assert claims["sub"] == "alice" and claims["iss"] == authz.issuer, claims
+    assert claims.get("cid") == CLIENT_ID, claims
+    cookie = h.get("Cookie", "")
+    names = [p.split("=", 1)[0].strip() for p in cookie.split(";") if p.strip()]
+    assert not [n for n in names if SESSION_RE.match(n) or n == LOGIN], \
+        f"oidc-authz cookies must not reach the upstream: {names}"
+    assert "theme=dark" in [p.strip() for p in cookie.split(";")], f"other cookies must stay: {cookie!r}"
+
+
+def test_session_works_for_xhr_too(authz: World):
+    """A live session is a credential whatever the Accept header: an XHR with it is allowed."""
+    b, _ = login_ok(authz)
+    r = b.go(authz.url("/login/headers"), headers={**XHR_JSON, "X-Requested-With": "XMLHttpRequest"})
+    assert echoed(r).get("X-User") == "alice"
+
+
+def test_session_survives_authz_restart(authz: World):
+    """The session lives in the encrypted cookie (session_secret from the config), not in oidc-authz's memory."""
+    b, r = login_ok(authz)
+    authz.stop("authz")
+    authz.start("authz")  # same gRPC port: Envoy reconnects by itself
+    r = b.go(authz.url("/login/headers"))
+    if r.status_code != 200:
+        fail(b, "session after an oidc-authz restart", r)
+    assert echoed(r).get("X-User") == "alice"
+
+
+def test_tampered_session_cookie_is_no_session(authz: World):
+    b, _ = login_ok(authz)
+    cookies = b.session_cookies()
+    name = sorted(cookies)[0]
+    v = cookies[name]
+    i = len(v) // 2
+    cookies[name] = v[:i] + ("A" if v[i] != "A" else "B") + v[i + 1:]
+    hdr = {"Cookie": cookie_header(cookies)}
+    r = requests.get(authz.url("/login/headers"), headers={**BROWSER, **hdr}, allow_redirects=False,
+                     timeout=HTTP_TIMEOUT)
+    assert r.status_code == 302 and r.headers["Location"].startswith(f"{authz.issuer}/v1/authorize?"), show(r)
+    r = requests.get(authz.url("/login/headers"), headers={**XHR_JSON, **hdr}, allow_redirects=False,
+                     timeout=HTTP_TIMEOUT)
+    assert r.status_code == 401, show(r)
+
+
+def test_garbage_session_cookie_is_no_session(authz: World):
+    """Garbage in the session cookie: treated as no session (302), never a 5xx."""
+    for junk in ("x", "a" * 300, "v1.AAAA.BBBB", "%00%ff"):
+        r = requests.get(authz.url("/login/headers"), headers={**BROWSER, "Cookie": f"{SESSION}={junk}"},
+                         allow_redirects=False, timeout=HTTP_TIMEOUT)
+        assert r.status_code == 302, f"{SESSION}={junk!r}: {show(r)}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. API / XHR without a session -> 401 with login_uri
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("headers", [
+    {"Accept": "application/json"},
+    {"Accept": "*/*"},
+    {"Accept": BROWSER_ACCEPT, "X-Requested-With": "XMLHttpRequest"},
+], ids=["json", "any", "xhr-header"])
+def test_api_without_session_is_401_with_login_uri(authz: World, headers: dict):
+    path = "/login/headers?x=1"
+    r = requests.get(authz.url(path), headers=headers, allow_redirects=False, timeout=HTTP_TIMEOUT)
+    assert r.status_code == 401, show(r)
+    www = r.headers.get("www-authenticate", "")
+    assert www.startswith("Bearer "), www
+    assert www_params(www) == {
+        "realm": "login", "error": "invalid_token", "error_description": "login required",
+        "login_uri": authz.url(path),
+    }, www
+    assert "no-store" in r.headers.get("cache-control", "").lower(), dict(r.headers)
+    assert "application/json" in r.headers.get("content-type", ""), dict(r.headers)
+    assert isinstance(r.json(), dict), r.text
+    assert "Location" not in r.headers
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 5. a bearer token wins over a session
+# ---------------------------------------------------------------------------------------------------------------
+def test_bearer_token_wins_over_session(authz: World):
+    b, _ = login_ok(authz)
+    token = authz.idp_token(*CC_APP, scope="api:read")
+    r = b.go(authz.url("/login/headers"), headers={"Authorization": f"Bearer {token}"})
+    h = echoed(r)
+    assert h.get("X-User") == "cc-app", h
+    assert h.get("Authorization") == f"Bearer {token}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 6. group policy
+# ---------------------------------------------------------------------------------------------------------------
+def test_group_member_alice_is_allowed(authz: World):
+    b, r = login_ok(authz, "alice", "/group/headers")
+    claims = jwt_claims(bearer_upstream(r))
+    assert claims["sub"] == "alice" and "kong_group" in claims.get("groups", []), claims
+
+
+def test_group_non_member_bob_is_403(authz: World):
+    b, r = login(authz, "bob", "/group/headers")
+    if r.status_code != 403:
+        fail(b, "bob is not in kong_group: 403 expected", r)
+    assert "no-store" in r.headers.get("cache-control", "").lower(), dict(r.headers)
+    body = r.json()
+    assert body.get("error") == "insufficient_scope", body
+    # no login loop: bob's session is valid, he is just not allowed
+    assert b.session_cookies()
+    r = b.go(authz.url("/group/headers"))
+    assert r.status_code == 403, show(r)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 7. refresh
+# ---------------------------------------------------------------------------------------------------------------
+REFRESH_PATH = "/anything/login-refresh/x"
+
+
+def test_expiring_session_is_refreshed(authz: World):
+    b, r = login_ok(authz, "alice", REFRESH_PATH)
+    first = bearer_upstream(r)
+    before = b.session_cookies()
+    time.sleep(1.5)
+    r = b.go(authz.url(REFRESH_PATH))
+    if r.status_code != 200:
+        fail(b, "request needing a refresh", r)
+    assert session_set_cookies(r), f"a refresh must re-issue the session cookie: {show(r)}"
+    for c in session_set_cookies(r):
+        if not c.clears:
+            assert_cookie_attrs(c, c.name)
+    second = bearer_upstream(r)
+    assert second != first, "the upstream token after the refresh is the old one"
+    assert jwt_claims(second)["sub"] == "alice"
+    assert jwt_claims(second)["iat"] >= jwt_claims(first)["iat"]
+    assert b.session_cookies() != before
+    # the re-issued cookie works
+    r = b.go(authz.url(REFRESH_PATH))
+    assert echoed(r).get("X-User") == "alice"
+
+
+def test_expiring_session_is_refreshed_for_xhr(authz: World):
+    b, r = login_ok(authz, "alice", REFRESH_PATH)
+    first = bearer_upstream(r)
+    time.sleep(1.5)
+    r = b.go(authz.url(REFRESH_PATH), headers={**XHR_JSON, "X-Requested-With": "XMLHttpRequest"})
+    assert bearer_upstream(r) != first
+    assert session_set_cookies(r), show(r)
+
+
+def test_concurrent_requests_needing_refresh_all_succeed(authz: World):
+    """A page firing several requests at once with an expiring session: every one is allowed."""
+    from concurrent.futures import ThreadPoolExecutor
+    b, _ = login_ok(authz, "alice", REFRESH_PATH)
+    hdr = {**XHR_JSON, "Cookie": cookie_header(b.session_cookies())}
+    time.sleep(1.5)
+
+    def one(i):
+        return requests.get(authz.url(f"{REFRESH_PATH}?i={i}"), headers=hdr, allow_redirects=False,
+                            timeout=HTTP_TIMEOUT)
+
+    with ThreadPoolExecutor(6) as ex:
+        rs = list(ex.map(one, range(6)))
+    bad = [show(r, 200) for r in rs if r.status_code != 200]
+    assert not bad, "\n".join(bad)
+    assert all(echoed(r).get("X-User") == "alice" for r in rs)
+
+
+def test_failed_refresh_ends_the_session(authz: World):
+    """The IdP restarts (new keys, every grant gone): the refresh fails, the session is over.
+
+    oidc-authz refetches the JWKS at most every jwks_min_refetch_secs (5): the new login below makes it refetch,
+    so oidc-authz is restarted at the end, or the next test rotating the IdP's keys within 5 s would see its
+    refetch refused (tests/e2e/test_resilience.py does)."""
+    try:
+        _failed_refresh_ends_the_session(authz)
+    finally:
+        authz.stop("authz")
+        authz.start("authz")
+
+
+def _failed_refresh_ends_the_session(authz: World):
+    b, r = login_ok(authz, "alice", REFRESH_PATH)
+    cookies = {"Cookie": cookie_header(b.session_cookies())}
+    authz.stop("idp")
+    authz.start("idp")  # same port and issuer, new signing keys, no grants
+    time.sleep(1.5)
+    r = requests.get(authz.url(REFRESH_PATH), headers={**XHR_JSON, **cookies}, allow_redirects=False,
+                     timeout=HTTP_TIMEOUT)
+    assert r.status_code == 401, f"XHR after a failed refresh: {show(r)}"
+    assert www_params(r.headers.get("www-authenticate", "")).get("login_uri") == authz.url(REFRESH_PATH), show(r)
+    r = requests.get(authz.url(REFRESH_PATH), headers={**BROWSER, **cookies}, allow_redirects=False,
+                     timeout=HTTP_TIMEOUT)
+    assert r.status_code == 302 and r.headers["Location"].startswith(f"{authz.issuer}/v1/authorize?"), \
+        f"browser after a failed refresh: {show(r)}"
+    # and a new login works against the restarted IdP (its ID token is signed by a key oidc-authz has not seen)
+    b2, r = login_ok(authz, "alice", REFRESH_PATH)
+    assert echoed(r).get("X-User") == "alice"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 8. logout
+# ---------------------------------------------------------------------------------------------------------------
+def test_logout_ends_session_and_idp_session(authz: World):
+    b, r = login_ok(authz)
+    had = set(b.session_cookies())
+    r = b.go(authz.url("/oauth2/logout"))
+    if r.status_code != 302:
+        fail(b, "logout with a session", r)
+    loc = r.headers["Location"]
+    end_session = authz.discovery()["end_session_endpoint"]
+    assert end_session == f"{authz.issuer}/v1/logout"
+    assert loc.startswith(end_session + "?"), loc
+    q = qs1(loc)
+    assert q.get("post_logout_redirect_uri") == authz.url("/public/get"), q
+    hint = q.get("id_token_hint", "")
+    claims = jwt_claims(hint)
+    assert claims["sub"] == "alice" and claims["aud"] in (CLIENT_ID, [CLIENT_ID]) and claims["iss"] == authz.issuer, \
+        f"id_token_hint is not alice's ID token: {claims}"
+    cleared = {c.name for c in session_set_cookies(r) if c.clears}
+    assert had <= cleared, f"logout must clear every session cookie {sorted(had)}; cleared {sorted(cleared)}"
+    for c in session_set_cookies(r):
+        assert c.attrs.get("path") == "/", c.line
+    assert not b.session_cookies()
+    assert "no-store" in r.headers.get("cache-control", "").lower(), dict(r.headers)
+
+    # the browser has no session any more
+    r2 = b.go(authz.url("/login/headers"))
+    assert r2.status_code == 302 and r2.headers["Location"].startswith(f"{authz.issuer}/v1/authorize?"), show(r2)
+
+    # the IdP's logout page: one form (auto-submitted by script in a browser), confirm it
+    r = b.go(loc)
+    if r.status_code != 200:
+        fail(b, "IdP logout page", r)
+    action, fields = form_fields(r.text)
+    assert fields.get("logout") == "yes" and fields.get("xsrf"), fields
+    r = b.post(urljoin(r.url, action), data=fields)
+    if r.status_code != 303:
+        fail(b, "IdP logout confirm", r)
+    landing = urljoin(r.url, r.headers["Location"])
+    assert urlsplit(landing)._replace(query="").geturl() == authz.url("/public/get"), landing
+    r = b.go(landing)
+    assert r.status_code == 200 and r.json()["url"].split("?")[0].endswith("/get"), show(r)
+
+    # the IdP session is over too: the next login shows the login form again
+    b.saw_login_form = False
+    b, r = login(authz, "alice", "/login/headers", b=b)
+    assert r.status_code == 200, show(r)
+    assert b.saw_login_form, f"after logout the IdP should ask for the login again\n{b.describe()}"
+
+
+def test_logout_without_session_goes_to_post_logout_uri(authz: World):
+    b = Browser()
+    r = b.go(authz.url("/oauth2/logout"))
+    assert r.status_code == 302, show(r)
+    assert r.headers["Location"] == authz.url("/public/get"), show(r)
+
+
+def test_logout_clears_cookies_even_for_xhr(authz: World):
+    b, _ = login_ok(authz)
+    had = set(b.session_cookies())
+    r = b.go(authz.url("/oauth2/logout"), headers=XHR_JSON)
+    assert r.status_code in (200, 204, 302, 401), show(r)
+    cleared = {c.name for c in session_set_cookies(r) if c.clears}
+    assert had <= cleared, f"{sorted(had)} not cleared by an XHR logout: {show(r)}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 9. open redirects
+# ---------------------------------------------------------------------------------------------------------------
+def raw_get(world: World, b: Browser, path: str) -> tuple[int, dict[str, str], list[str]]:
+    """GET with the path sent byte for byte (requests would re-quote a backslash), cookies from the jar; the
+    Set-Cookie lines go into the jar. (status, headers, Set-Cookie lines)"""
+    conn = http.client.HTTPConnection("127.0.0.1", world.envoy_port, timeout=HTTP_TIMEOUT)
+    try:
+        hdrs = {**BROWSER}
+        jar = b.app_cookies()
+        if jar:
+            hdrs["Cookie"] = cookie_header(jar)
+        conn.request("GET", path, headers=hdrs)
+        resp = conn.getresponse()
+        resp.read()
+        lines = resp.headers.get_all("Set-Cookie") or []
+        for line in lines:
+            first, *rest = line.split(";")
+            name, _, value = first.strip().partition("=")
+            if any(a.strip().lower() in ("max-age=0", "max-age=-1") for a in rest):
+                b.cookies.set(name, None, domain="127.0.0.1", path="/")
+            else:
+                b.cookies.set(name, value, domain="127.0.0.1", path="/")
+        b.trace.append(Hop("GET(raw)", path, resp.status, resp.headers.get("Location"), [ln[:60] for ln in lines]))
+        return resp.status, {k.lower(): v for k, v in resp.headers.items()}, lines
+    finally:
+        conn.close()
+
+
+EVIL_PATHS = [
+    "//evil.example.com/x",
+    "/\\evil.example.com",
+    "/\\/evil.example.com/x",
+    "/login//evil.example.com/x",
+    "/login/\\evil.example.com/x",
+    "/login/%2F%2Fevil.example.com/x",
+    "/login/%5Cevil.example.com",
+    "/login/..//evil.example.com",
+    "/login/x/..//..//evil.example.com/x",
+    "/oauth2/..//evil.example.com",
+    "/anything/login-refresh//evil.example.com/x",
+    "/login/headers?next=//evil.example.com",
+    "/login/headers?next=https://evil.example.com/",
+]
+
+
+def test_no_open_redirect_after_login(authz: World):
+    app_origin = f"127.0.0.1:{authz.envoy_port}"
+    idp_origin = urlsplit(authz.issuer).netloc
+    logged_in = []
+    for path in EVIL_PATHS:
+        b = Browser()
+        cur = path
+        for _ in range(4):  # Envoy's own redirects (UNESCAPE_AND_REDIRECT) first
+            status, hdrs, _ = raw_get(authz, b, cur)
+            loc = hdrs.get("location")
+            if status in (301, 302, 303, 307, 308) and loc:
+                target = urlsplit(urljoin(authz.url("/"), loc))
+                assert target.netloc in (app_origin, idp_origin), \
+                    f"{path!r}: redirect off-origin to {loc!r}\n{b.describe()}"
+                if target.netloc == app_origin:
+                    assert not loc.startswith("//") and not loc.startswith("/\\"), f"{path!r}: Location {loc!r}"
+                    cur = target.path + (f"?{target.query}" if target.query else "")
+                    continue
+            break
+        if not (status == 302 and loc and loc.startswith(f"{authz.issuer}/v1/authorize?")):
+            continue  # Envoy or oidc-authz refused the path (403/400/404): no login, no redirect to follow
+        b.authorize_url = loc
+        r = finish_login(authz, b, loc, "alice")  # asserts the callback's Location is a path on this origin
+        back = b.callback.headers["Location"]
+        assert back.startswith("/") and not back.startswith("//") and "\\" not in back.split("?")[0], \
+            f"{path!r}: callback Location {back!r}"
+        assert urlsplit(urljoin(authz.url("/"), back)).netloc == app_origin, back
+        logged_in.append((path, back, r.status_code))
+    # the check is empty unless some of the paths reached a login
+    assert len(logged_in) >= 3, f"too few evil paths reached a login: {logged_in}"
+    print("open-redirect paths that logged in:", logged_in)
+
