@@ -21,7 +21,7 @@ use crate::flow::introspection::{IntrospectionError, Introspector};
 use crate::flow::session::{CookieAttrs, CookieCodec, RequestCookies, clear_cookie_headers};
 use crate::flow::{Credential, authorization};
 use crate::policy::access::{claim_header_value, claim_value};
-use crate::provider::{Provider, http_client};
+use crate::provider::{IdpError, Provider, http_client};
 use crate::request::CheckView;
 use crate::telemetry::{DecisionLabels, Metrics};
 
@@ -328,10 +328,7 @@ impl Authorizer {
         if login.is_callback(view) {
             let decision = match login.callback(view, &cookies).await {
                 Ok(r) => Decision::Redirect(r),
-                Err(CallbackError::Idp(e)) => {
-                    tracing::warn!(provider = %provider.name(), error = %e, "identity provider needed and unavailable");
-                    Decision::Deny(Deny::unavailable("the identity provider is unavailable"))
-                }
+                Err(CallbackError::Idp(e)) => Decision::Deny(idp_down(provider, &e)),
                 Err(e) => {
                     tracing::info!(policy.name = %policy.name, reason = %e, "login callback refused");
                     let error = if matches!(e, CallbackError::Provider(_)) {
@@ -379,10 +376,7 @@ impl Authorizer {
             Some(Some(opened)) => match login.use_session(opened).await {
                 Ok(active) => return Some(self.session_allow(policy, settings, active, &cookies)),
                 Err(SessionError::Idp(e)) => {
-                    tracing::warn!(provider = %provider.name(), error = %e, "identity provider needed and unavailable");
-                    return Some(Outcome::deny(Deny::unavailable(
-                        "the identity provider is unavailable",
-                    )));
+                    return Some(Outcome::deny(idp_down(provider, &e)));
                 }
                 Err(SessionError::Gone | SessionError::RefreshFailed) => {
                     clear = login.clear_session()
@@ -401,10 +395,7 @@ impl Authorizer {
                         sub: None,
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(provider = %provider.name(), error = %e, "identity provider needed and unavailable");
-                    Outcome::deny(Deny::unavailable("the identity provider is unavailable"))
-                }
+                Err(e) => Outcome::deny(idp_down(provider, &e)),
             });
         }
         let mut deny = unauthorized(policy, "invalid_token", "login required");
@@ -518,8 +509,7 @@ impl Authorizer {
                 ));
             }
             Err(CcError::Idp(e)) => {
-                tracing::warn!(provider = %provider.name(), error = %e, "identity provider needed and unavailable");
-                return Err(Deny::unavailable("the identity provider is unavailable"));
+                return Err(idp_down(provider, &e));
             }
         };
         let opaque = !BearerVerifier::is_jwt(&token);
@@ -530,10 +520,7 @@ impl Authorizer {
                     verified,
                     upstream_token: Some(token),
                 }),
-                Err(IntrospectionError::Idp(e)) => {
-                    tracing::warn!(provider = %provider.name(), error = %e, "identity provider needed and unavailable");
-                    Err(Deny::unavailable("the identity provider is unavailable"))
-                }
+                Err(IntrospectionError::Idp(e)) => Err(idp_down(provider, &e)),
                 Err(e) => {
                     tracing::warn!(policy.name = %policy.name, reason = %e, "the token the provider issued is not active");
                     Err(unauthorized(
@@ -558,10 +545,7 @@ impl Authorizer {
                 verified,
                 upstream_token: Some(token),
             }),
-            Err(BearerError::Idp(e)) => {
-                tracing::warn!(provider = %provider.name(), error = %e, "identity provider needed and unavailable");
-                Err(Deny::unavailable("the identity provider is unavailable"))
-            }
+            Err(BearerError::Idp(e)) => Err(idp_down(provider, &e)),
             Err(e) => {
                 tracing::warn!(policy.name = %policy.name, reason = %e, "the token the provider issued does not verify (check issuer and audiences)");
                 Err(unauthorized(
@@ -592,10 +576,7 @@ impl Authorizer {
                     verified,
                     upstream_token: None,
                 }),
-                Err(IntrospectionError::Idp(e)) => {
-                    tracing::warn!(provider = %provider.name(), error = %e, "identity provider needed and unavailable");
-                    Err((m, Deny::unavailable("the identity provider is unavailable")))
-                }
+                Err(IntrospectionError::Idp(e)) => Err((m, idp_down(provider, &e))),
                 Err(e) => Err((m, unauthorized(policy, "invalid_token", e.to_string()))),
             };
         }
@@ -611,13 +592,16 @@ impl Authorizer {
 
     fn bearer_deny(&self, policy: &Policy, e: &BearerError, provider: &Provider) -> Deny {
         match e {
-            BearerError::Idp(err) => {
-                tracing::warn!(provider = %provider.name(), error = %err, "identity provider needed and unavailable");
-                Deny::unavailable("the identity provider is unavailable")
-            }
+            BearerError::Idp(err) => idp_down(provider, err),
             other => unauthorized(policy, "invalid_token", other.to_string()),
         }
     }
+}
+
+/// Logs an IdP outage and answers 503 (never an allow, never a gRPC error).
+fn idp_down(provider: &Provider, e: &IdpError) -> Deny {
+    tracing::warn!(provider = %provider.name(), error = %e, "identity provider needed and unavailable");
+    Deny::unavailable("the identity provider is unavailable")
 }
 
 /// How a request authenticated.

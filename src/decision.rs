@@ -172,6 +172,31 @@ fn header(key: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOpti
     }
 }
 
+/// The headers every answer of ours carries: its own first header, no caching, and any cookies.
+fn answer_headers(first: (&str, &str), set_cookies: &[String]) -> Vec<HeaderValueOption> {
+    let mut headers = vec![
+        header(first.0, first.1, HeaderAppendAction::OverwriteIfExistsOrAdd),
+        header(
+            "cache-control",
+            "no-store",
+            HeaderAppendAction::OverwriteIfExistsOrAdd,
+        ),
+        header(
+            "pragma",
+            "no-cache",
+            HeaderAppendAction::OverwriteIfExistsOrAdd,
+        ),
+    ];
+    for c in set_cookies {
+        headers.push(header(
+            "set-cookie",
+            c,
+            HeaderAppendAction::AppendIfExistsOrAdd,
+        ));
+    }
+    headers
+}
+
 fn string_value(s: &str) -> Value {
     Value {
         kind: Some(Kind::StringValue(s.to_string())),
@@ -218,30 +243,7 @@ impl Decision {
                 }
             }
             Decision::Redirect(r) => {
-                let mut headers = vec![
-                    header(
-                        "location",
-                        &r.location,
-                        HeaderAppendAction::OverwriteIfExistsOrAdd,
-                    ),
-                    header(
-                        "cache-control",
-                        "no-store",
-                        HeaderAppendAction::OverwriteIfExistsOrAdd,
-                    ),
-                    header(
-                        "pragma",
-                        "no-cache",
-                        HeaderAppendAction::OverwriteIfExistsOrAdd,
-                    ),
-                ];
-                for c in &r.set_cookies {
-                    headers.push(header(
-                        "set-cookie",
-                        c,
-                        HeaderAppendAction::AppendIfExistsOrAdd,
-                    ));
-                }
+                let headers = answer_headers(("location", &r.location), &r.set_cookies);
                 CheckResponse {
                     // Not OK: Envoy answers the client itself with the 302.
                     status: Some(rpc::Status {
@@ -270,35 +272,12 @@ impl Decision {
                         .to_string(),
                     ),
                 };
-                let mut headers = vec![
-                    header(
-                        "content-type",
-                        content_type,
-                        HeaderAppendAction::OverwriteIfExistsOrAdd,
-                    ),
-                    header(
-                        "cache-control",
-                        "no-store",
-                        HeaderAppendAction::OverwriteIfExistsOrAdd,
-                    ),
-                    header(
-                        "pragma",
-                        "no-cache",
-                        HeaderAppendAction::OverwriteIfExistsOrAdd,
-                    ),
-                ];
+                let mut headers = answer_headers(("content-type", content_type), &deny.set_cookies);
                 if let Some(c) = &deny.www_authenticate {
                     headers.push(header(
                         "www-authenticate",
                         c,
                         HeaderAppendAction::OverwriteIfExistsOrAdd,
-                    ));
-                }
-                for c in &deny.set_cookies {
-                    headers.push(header(
-                        "set-cookie",
-                        c,
-                        HeaderAppendAction::AppendIfExistsOrAdd,
                     ));
                 }
                 if deny.status == DenyStatus::Unavailable {

@@ -197,22 +197,11 @@ async fn idp_down_or_5xx_is_503_and_not_cached() {
 async fn concurrent_misses_make_one_token_request() {
     let (idp, server) = world().await;
     idp.set_mode(Mode::Slow(Duration::from_millis(200)));
-    let mut tasks = Vec::new();
-    for _ in 0..200 {
-        let addr = server.grpc_addr;
-        tasks.push(tokio::spawn(async move {
-            let mut c = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(
-                format!("http://{addr}"),
-            )
-            .await
-            .unwrap();
-            let r = req("/x").policy("cc").basic("cc-app", "cc-app-secret").build();
-            Answer::from(c.check(r).await.unwrap().into_inner()).status
-        }));
-    }
-    for t in tasks {
-        assert_eq!(t.await.unwrap(), 200);
-    }
+    let r = req("/x")
+        .policy("cc")
+        .basic("cc-app", "cc-app-secret")
+        .build();
+    assert!(server.concurrent(200, r).await.iter().all(|s| *s == 200));
     assert_eq!(
         idp.token_hits(),
         1,
@@ -332,11 +321,7 @@ async fn cache_metrics_count_hits_and_misses() {
         );
     }
     let (_, m) = server.admin_get("/metrics").await;
-    let get = |s: &str| {
-        m.lines()
-            .find_map(|l| l.strip_prefix(s).and_then(|v| v.trim().parse::<f64>().ok()))
-            .unwrap_or(0.0)
-    };
+    let get = |s: &str| metric(&m, s);
     assert_eq!(
         get("oidc_authz_cache_lookups_total{cache=\"client_credentials\",result=\"hit\"}"),
         3.0,

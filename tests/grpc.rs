@@ -421,12 +421,6 @@ async fn repeated_token_is_verified_once() {
     );
 }
 
-pub fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn admin_endpoints() {
     let (_idp, server) = world().await;

@@ -532,11 +532,7 @@ async fn opened_sessions_are_cached_per_cookie_value() {
         assert_eq!(ask(&server, b.req("/app", "login")).await.status, 200);
     }
     let (_, m) = server.admin_get("/metrics").await;
-    let get = |s: &str| {
-        m.lines()
-            .find_map(|l| l.strip_prefix(s).and_then(|v| v.trim().parse::<f64>().ok()))
-            .unwrap_or(0.0)
-    };
+    let get = |s: &str| metric(&m, s);
     assert_eq!(
         get("oidc_authz_cache_lookups_total{cache=\"session\",result=\"miss\"}"),
         1.0,

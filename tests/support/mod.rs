@@ -769,6 +769,13 @@ policy = "admins"
     )
 }
 
+/// The value of one series in a Prometheus text exposition (0 when absent).
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
 pub struct TestServer {
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
@@ -829,6 +836,32 @@ impl TestServer {
 
     pub async fn check(&self, req: CheckRequest) -> CheckResponse {
         self.client().await.check(req).await.unwrap().into_inner()
+    }
+
+    /// Sends `n` copies of `r` at once over 8 connections; returns every answer's HTTP status.
+    pub async fn concurrent(&self, n: usize, r: CheckRequest) -> Vec<u16> {
+        let mut clients = Vec::new();
+        for _ in 0..8 {
+            clients.push(self.client().await);
+        }
+        let mut tasks = Vec::new();
+        for i in 0..n {
+            let mut c = clients[i % clients.len()].clone();
+            let r = r.clone();
+            tasks.push(tokio::spawn(async move {
+                Answer::from(c.check(r).await.unwrap().into_inner()).status
+            }));
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    }
+
+    /// One series of /metrics (0 when absent).
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric(&self.admin_get("/metrics").await.1, series)
     }
 
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
