@@ -8,16 +8,6 @@ use std::time::Duration;
 
 use support::*;
 
-async fn world() -> (MockIdp, TestServer) {
-    let idp = MockIdp::start().await;
-    let server = TestServer::start_ready(&config_toml(&idp, "")).await;
-    (idp, server)
-}
-
-async fn ask(server: &TestServer, r: Req) -> Answer {
-    Answer::from(server.check(r.build()).await)
-}
-
 fn auth_header(a: &Answer) -> &str {
     a.header("authorization").unwrap_or_default()
 }

@@ -7,16 +7,6 @@ use jsonwebtoken::{Algorithm, Header};
 use serde_json::json;
 use support::*;
 
-async fn world() -> (MockIdp, TestServer) {
-    let idp = MockIdp::start().await;
-    let server = TestServer::start_ready(&config_toml(&idp, "")).await;
-    (idp, server)
-}
-
-async fn ask(server: &TestServer, r: Req) -> Answer {
-    Answer::from(server.check(r.build()).await)
-}
-
 #[tokio::test]
 async fn valid_token_is_allowed_with_headers_and_metadata_in_both_encodings() {
     let (idp, server) = world().await;

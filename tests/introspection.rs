@@ -9,16 +9,6 @@ use std::time::Duration;
 use serde_json::json;
 use support::*;
 
-async fn world() -> (MockIdp, TestServer) {
-    let idp = MockIdp::start().await;
-    let server = TestServer::start_ready(&config_toml(&idp, "")).await;
-    (idp, server)
-}
-
-async fn ask(server: &TestServer, r: Req) -> Answer {
-    Answer::from(server.check(r.build()).await)
-}
-
 #[tokio::test]
 async fn active_opaque_token_is_allowed_with_claims_as_headers() {
     let (idp, server) = world().await;

@@ -57,10 +57,6 @@ impl Browser {
     }
 }
 
-async fn ask(server: &TestServer, r: Req) -> Answer {
-    Answer::from(server.check(r.build()).await)
-}
-
 /// Logs `user` in on `path` (policy `policy`); returns the callback answer.
 async fn login(
     server: &TestServer,
@@ -79,12 +75,6 @@ async fn login(
     let cb = ask(server, b.req(&format!("/oauth2/callback?{query}"), policy)).await;
     b.absorb(&cb);
     cb
-}
-
-async fn world() -> (MockIdp, TestServer) {
-    let idp = MockIdp::start().await;
-    let server = TestServer::start_ready(&config_toml(&idp, "")).await;
-    (idp, server)
 }
 
 #[tokio::test]

@@ -10,10 +10,6 @@ use oidc_authz::clock::ManualClock;
 use serde_json::json;
 use support::*;
 
-async fn ask(server: &TestServer, r: Req) -> Answer {
-    Answer::from(server.check(r.build()).await)
-}
-
 #[tokio::test]
 async fn idp_down_at_start_gives_503_then_recovers() {
     let idp = MockIdp::start().await;

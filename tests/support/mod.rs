@@ -769,6 +769,18 @@ policy = "admins"
     )
 }
 
+/// The mock IdP and a ready server with the standard config.
+pub async fn world() -> (MockIdp, TestServer) {
+    let idp = MockIdp::start().await;
+    let server = TestServer::start_ready(&config_toml(&idp, "")).await;
+    (idp, server)
+}
+
+/// One Check, read back.
+pub async fn ask(server: &TestServer, r: Req) -> Answer {
+    Answer::from(server.check(r.build()).await)
+}
+
 /// The value of one series in a Prometheus text exposition (0 when absent).
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
