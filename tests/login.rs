@@ -534,3 +534,30 @@ async fn opened_sessions_are_cached_per_cookie_value() {
         "{m}"
     );
 }
+
+#[tokio::test]
+async fn a_login_cookie_without_a_pkce_verifier_cannot_complete() {
+    use oidc_authz::config::Secret;
+    use oidc_authz::flow::session::CookieCodec;
+    let (idp, server) = world().await;
+    let mut b = Browser::new();
+    let start = ask(&server, b.req("/app", "login")).await;
+    let q = idp.login(start.header("location").unwrap(), "alice");
+    let state = q.split("state=").nth(1).unwrap().to_string();
+    // a login cookie sealed with the policy's real key (so only the content is wrong) but an empty verifier
+    let codec =
+        CookieCodec::new(&[Secret::new("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=")]).unwrap();
+    for verifier in [json!(""), serde_json::Value::Null] {
+        let mut login = json!({
+            "state": state, "nonce": "n", "return_to": "/app",
+            "redirect_uri": "https://app.example.com/oauth2/callback", "provider": "okta", "exp": now() + 300,
+        });
+        if !verifier.is_null() {
+            login["verifier"] = verifier;
+        }
+        let sealed = codec.seal("oidc_authz_login", login.to_string().as_bytes());
+        b.jar = vec![("oidc_authz_login".into(), sealed)];
+        let a = ask(&server, b.req(&format!("/oauth2/callback?{q}"), "login")).await;
+        assert_eq!(a.status, 401, "{a:?}");
+    }
+}
