@@ -9,8 +9,9 @@ Run it with `bash scripts/demo.sh` (installs, builds, then runs this with the .v
 
 The world (processes, rendered configs) is tests/e2e/world.py, the same as the e2e suite's; the oidc-authz policy
 set is tests/e2e/oidc-authz.template.toml, Envoy's routes envoy/envoy.template.yaml. Every status printed comes
-from a real request through Envoy (or to the mock IdP); nothing is faked. Steps for flows the service does not
-implement yet are labelled "coming next" and show today's real answer.
+from a real request through Envoy (or to the mock IdP); nothing is faked. The browser login steps are played by the
+e2e suite's login driver (tests/e2e/browserflow.py, the same one tests/e2e/test_login.py uses): a `requests`
+session that follows every redirect and fills in the mock Okta's login form.
 
 Binary: $OIDC_AUTHZ_BIN, else target/release/oidc-authz. Logs and configs: --run-dir (default .demo/).
 """
@@ -22,16 +23,22 @@ import base64
 import fcntl
 import json
 import os
+import re
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
 import requests  # noqa: E402  (the .venv has it)
+from browserflow import (  # noqa: E402
+    SESSION_RE, Browser, Hop, LoginFailed, login, qs1, session_set_cookies, set_cookie, set_cookies,
+    www_params,
+)
 from world import (  # noqa: E402
     HTTP_TIMEOUT, StartError, Unavailable, World, authz_binary, jwt_claims, port_free, tail,
 )
@@ -48,8 +55,6 @@ RUN_FILES = ("httpbin.log", "envoy.log", "idp.log", "oidc-authz.log", "envoy.yam
 
 CC_APP = ("cc-app", "cc-app-secret")
 CC_READONLY = ("cc-readonly", "cc-readonly-secret")
-# flows the service does not do yet: the step shows today's answer under this label
-COMING_LOGIN = "coming next: browser login (issue 7)"
 
 
 class Stop(Exception):
@@ -75,15 +80,11 @@ class Check:
     title: str
     got: int | None
     expected: int
-    coming: str | None = None       # not implemented yet: `now` is today's answer, `expected` the eventual one
-    now: int | None = None
     problem: str | None = None      # the status is right but the answer is not (e.g. a spoofed header got through)
 
     @property
     def ok(self) -> bool:
-        if self.problem:
-            return False
-        return self.got == self.expected or (self.coming is not None and self.got == self.now)
+        return not self.problem and self.got == self.expected
 
 
 @dataclass
@@ -94,35 +95,32 @@ class Walk:
     total: int = 0
 
     # ---- printing --------------------------------------------------------------------------------------------
-    def title(self, text: str, coming: str | None = None) -> None:
+    def title(self, text: str) -> None:
         self.n += 1
-        label = f"   [{coming}]" if coming else ""
-        print(f"\n[{self.n}/{self.total}] {text}{label}")
+        print(f"\n[{self.n}/{self.total}] {text}")
 
     @staticmethod
     def cmd(line: str) -> None:
         print(f"  $ {line}")
 
     @staticmethod
+    def act(line: str) -> None:
+        """What the (scripted) browser does, where no single curl says it."""
+        print(f"  > {line}")
+
+    @staticmethod
     def note(text: str) -> None:
         for i, line in enumerate(text.splitlines()):
             print(("    " if i == 0 else "      ") + line)
 
-    def verdict(self, what: str, r: requests.Response | None, expected: int, coming: str | None = None,
-                now: int | None = None, problem: str | None = None) -> Check:
-        c = Check(what, r.status_code if r is not None else None, expected, coming, now, problem)
+    def verdict(self, what: str, r: requests.Response | None, expected: int, problem: str | None = None) -> Check:
+        c = Check(what, r.status_code if r is not None else None, expected, problem)
         self.checks.append(c)
         status = f"{r.status_code} {r.reason}" if r is not None else "no answer"
         if problem:
             mark = f"UNEXPECTED: {problem}"
-        elif coming is None:
-            mark = "ok" if c.ok else f"UNEXPECTED: expected {expected}"
-        elif c.got == expected:
-            mark = "works now: drop the 'coming next' label in scripts/demo.py"
-        elif c.ok:
-            mark = f"today's answer; {expected} once it lands"
         else:
-            mark = f"UNEXPECTED: expected {now} today ({expected} once it lands)"
+            mark = "ok" if c.ok else f"UNEXPECTED: expected {expected}"
         print(f"  => {status:<24} [{mark}]")
         return c
 
@@ -197,7 +195,7 @@ class Walk:
     def run(self) -> None:
         w = self.world
         base = w.url("")
-        self.total = 11
+        self.total = 15
 
         self.title("a public route: no token needed (ext_authz is off on /public/)")
         self.cmd(f"curl -i {base}/public/get")
@@ -288,16 +286,253 @@ class Walk:
         if r is not None:
             self.deny_details(r)
 
-        self.title("browser login (authorization code + PKCE, then a session cookie)", COMING_LOGIN)
+        self.login_steps()
+
+    # ---- browser login (authorization code + PKCE, session cookie), Kong's tutorial parts 3 and 4 -----------
+    def login_steps(self) -> None:
+        w = self.world
+        base = w.url("")
+        authorize = w.discovery()["authorization_endpoint"]
+
+        self.title("browser login, 1: a browser without a session is sent to the mock Okta")
         self.cmd(f'curl -i -H "Accept: text/html" {base}/login/headers')
         r = self.through_envoy("/login/headers", {"Accept": "text/html"})
-        self.verdict("browser login", r, 302, COMING_LOGIN, now=401)
+        problem = None
         if r is not None and r.status_code == 302:
-            self.note(f"Location: {short(r.headers.get('location', ''), 120)}")
+            loc = r.headers.get("location", "")
+            q = qs1(loc)
+            if not loc.startswith(authorize + "?"):
+                problem = f"not sent to the authorization endpoint {authorize}"
+            elif not (q.get("state") and q.get("nonce") and q.get("code_challenge")
+                      and q.get("code_challenge_method") == "S256"):
+                problem = "state, nonce or code_challenge (S256) missing"
+        self.verdict("browser without session", r, 302, problem=problem)
+        if r is not None and r.status_code == 302:
+            loc = r.headers.get("location", "")
+            q = qs1(loc)
+            self.note(f"Location: {short(loc, 110)}")
+            self.note(f"  to {urlsplit(loc)._replace(query='').geturl()}, the mock Okta's authorization endpoint, with\n"
+                      f"  response_type={q.get('response_type')} client_id={q.get('client_id')} "
+                      f"scope=\"{q.get('scope')}\"\n"
+                      f"  redirect_uri={q.get('redirect_uri')}\n"
+                      f"  state={clip(q.get('state', ''), 12)} nonce={clip(q.get('nonce', ''), 12)}: random "
+                      f"({len(q.get('state', ''))}/{len(q.get('nonce', ''))} chars), fresh per login, "
+                      f"checked at the callback\n"
+                      f"  code_challenge={clip(q.get('code_challenge', ''), 12)} "
+                      f"code_challenge_method={q.get('code_challenge_method')}: PKCE (its verifier goes to the "
+                      f"token endpoint with the code)")
+            c = set_cookie(r, "oidc_authz_login")
+            if c is not None:
+                self.note(f"Set-Cookie: oidc_authz_login ({len(c.value)} bytes, Max-Age={c.attrs.get('max-age')}): "
+                          f"state, nonce, PKCE verifier and the path to\nreturn to, encrypted")
         elif r is not None:
             self.deny_details(r)
-        self.note(f"in a browser: {base}/login/headers (user alice or bob, any password)"
-                  + ("" if r is not None and r.status_code == 302 else "; the login flow lands with issue 7"))
+
+        self.title("browser login, 2: an API call (no text/html) without a session gets 401 and where to log in")
+        self.cmd(f'curl -i -H "Accept: application/json" {base}/login/headers')
+        r = self.through_envoy("/login/headers", {"Accept": "application/json"})
+        problem = None
+        if r is not None and r.status_code == 401:
+            got = www_params(r.headers.get("www-authenticate", "")).get("login_uri")
+            if got != f"{base}/login/headers":
+                problem = f"login_uri is {got!r}, not {base}/login/headers"
+        self.verdict("api without session", r, 401, problem=problem)
+        if r is not None:
+            self.deny_details(r)
+        self.note("(no redirect an XHR could not follow: a page sends the browser to login_uri instead)")
+
+        self.title("browser login, 3: alice logs in (a scripted browser: the e2e suite's login driver)")
+        self.act(f"a browser opens {base}/login/headers, follows the redirects, and logs in at the mock Okta's form "
+                 f"as alice (any password)")
+        alice = Browser()
+        r = self.scripted_login(alice, "alice", "/login/headers")
+        problem = None
+        if r is not None and r.status_code == 200:
+            got = self.echo_headers(r)
+            if got.get("x-user") != "alice":
+                problem = f"the upstream got X-User {got.get('x-user')!r}, not alice"
+            elif not got.get("authorization", "").startswith("Bearer "):
+                problem = "the upstream got no Authorization: Bearer"
+            elif [n for n in cookie_names(got.get("cookie", "")) if SESSION_RE.match(n)]:
+                problem = "the session cookie reached the upstream"
+        self.verdict("login as alice", r, 200, problem=problem)
+        if r is not None and r.status_code == 200:
+            self.echoed(r, ["X-User", "Authorization"])
+            sent = alice.session_cookies()
+            got = cookie_names(self.echo_headers(r).get("cookie", ""))
+            self.note("(X-User is the session's sub; Authorization carries the session's access token)")
+            self.note(f"the browser sent {', '.join(f'{n} ({len(v)} bytes, sealed)' for n, v in sent.items())}: "
+                      f"oidc-authz removed it, httpbin's Cookie header\nhad only "
+                      + (", ".join(got) if got else "nothing")
+                      + (" (the mock Okta's own cookie: same host, and cookies ignore ports)"
+                         if got == ["_session"] else ""))
+            self.note(f"(the curl commands below write that cookie's value as "
+                      f"${self.cookie_arg(alice).split('$', 1)[1].split(';')[0]})")
+        elif r is not None:
+            self.deny_details(r)
+
+        self.title("browser login, 4: Kong's tutorial part 4, the group route (groups_required = kong_group)")
+        jar = self.cookie_arg(alice)
+        self.cmd(f'curl -i -b "{jar}" {base}/group/headers   # alice\'s session cookie from step {self.n - 1}')
+        r = self.browser_get(alice, "/group/headers") if alice.session_cookies() else None
+        self.verdict("group route, alice", r, 200)
+        if r is not None and r.status_code == 200:
+            try:
+                groups = jwt_claims(self.echo_headers(r).get("authorization", "")[len("Bearer "):]).get("groups")
+                self.note(f"groups in alice's access token: {', '.join(groups or [])}")
+            except (ValueError, KeyError, TypeError):
+                pass
+        elif r is not None:
+            self.deny_details(r)
+        self.act(f"bob logs in the same way, starting at {base}/group/headers")
+        bob = Browser()
+        r = self.scripted_login(bob, "bob", "/group/headers", hops=False)
+        problem = None
+        if r is not None and r.status_code == 403:
+            try:
+                if r.json().get("error") != "insufficient_scope":
+                    problem = f"error {r.json().get('error')!r}, not insufficient_scope"
+            except ValueError:
+                problem = "no JSON body"
+        self.verdict("group route, bob", r, 403, problem=problem)
+        if r is not None:
+            self.deny_details(r)
+            self.note("(bob's login worked; he is just not in kong_group: no login loop, a 403)")
+
+        self.title("browser login, 5: logout ends the session here and at the mock Okta")
+        self.cmd(f'curl -i -b "{jar}" {base}/oauth2/logout')
+        had = set(alice.session_cookies())
+        r = self.browser_get(alice, "/oauth2/logout") if had else None
+        end_session = w.discovery().get("end_session_endpoint", "")
+        problem = None
+        if r is not None and r.status_code == 302:
+            loc = r.headers.get("location", "")
+            cleared = {c.name for c in session_set_cookies(r) if c.clears}
+            if not loc.startswith(end_session + "?"):
+                problem = f"not sent to the end-session endpoint {end_session}"
+            elif "id_token_hint" not in qs1(loc):
+                problem = "no id_token_hint"
+            elif not had <= cleared:
+                problem = f"session cookie(s) {sorted(had - cleared)} not cleared"
+        self.verdict("logout", r, 302, problem=problem)
+        if r is not None and r.status_code == 302:
+            loc = r.headers.get("location", "")
+            q = qs1(loc)
+            self.note(f"Location: {short(loc, 110)}")
+            hint = q.get("id_token_hint", "")
+            try:
+                cl = jwt_claims(hint)
+                who = f": alice's ID token (sub={cl.get('sub')}, aud={cl.get('aud')})"
+            except ValueError:
+                who = ""
+            self.note(f"  to {urlsplit(loc)._replace(query='').geturl()}, the mock Okta's end-session endpoint, with\n"
+                      f"  id_token_hint={short(hint, 40)}{who}\n"
+                      f"  post_logout_redirect_uri={q.get('post_logout_redirect_uri')}")
+            self.note("Set-Cookie: " + ", ".join(f"{n}=; Max-Age=0" for n in sorted(had))
+                      + " (the session cookie cleared, with any chunks of it and the login cookie)")
+        elif r is not None:
+            self.deny_details(r)
+        self.act(f"alice's browser opens {base}/login/headers again")
+        r = self.browser_get(alice, "/login/headers")
+        problem = None
+        if r is not None and r.status_code == 302 and not r.headers.get("location", "").startswith(authorize + "?"):
+            problem = "not sent to the mock Okta"
+        self.verdict("after logout", r, 302, problem=problem)
+        if r is not None and r.status_code == 302:
+            self.note("no session any more: a new login starts. (A browser following the logout Location also ends "
+                      "the\nmock Okta's session: its sign-out page, then back to /public/get; the next login asks "
+                      "for the password.)")
+
+        print()
+        self.note(f"in a browser: {base}/login/headers (user alice or bob, any password)")
+        self.note(f"log out: {base}/oauth2/logout")
+        self.note(f"group route: {base}/group/headers (alice passes, bob gets 403)")
+
+    # ---- helpers of the login steps --------------------------------------------------------------------------
+    def scripted_login(self, b: Browser, user: str, path: str, hops: bool = True) -> requests.Response | None:
+        """Log `user` in with the login driver from `path`; the response to `path` afterwards (None on failure,
+        then the reason and the hops so far are printed)."""
+        try:
+            _, r = login(self.world, user, path, b=b)
+        except (LoginFailed, requests.RequestException) as e:
+            why = e.summary if isinstance(e, LoginFailed) else f"request failed: {e}"
+            self.hops(b, user)
+            self.verdict(f"login as {user}", getattr(e, "response", None), 200, problem=why)
+            return None
+        if hops:
+            self.hops(b, user)
+        else:
+            self.note(f"{len(b.trace)} hops: Envoy 302 -> mock Okta login form -> POST login={user} -> "
+                      f"/oauth2/callback 302 (session cookie) -> {path}")
+        return r
+
+    def hops(self, b: Browser, user: str) -> None:
+        self.note("the browser's hops:\n" + "\n".join(self.hop_line(i, h, user)
+                                                       for i, h in enumerate(b.trace, 1)))
+
+    def hop_line(self, i: int, h: Hop, user: str) -> str:
+        """One hop of Browser.trace, short: who answered, the path, the status, where it sends the browser, which
+        oidc-authz cookies it sets or clears."""
+        envoy = self.world.url("")
+        idp = "{0.scheme}://{0.netloc}".format(urlsplit(self.world.issuer or ""))
+
+        def where(url: str) -> tuple[str, str]:
+            for name, origin in (("Envoy", envoy), ("Okta", idp)):
+                if url.startswith(origin):
+                    return name, url[len(origin):]
+            return "", url
+
+        who, target = where(h.url)
+        line = f"{i}. {h.method:<4} {who:<5} {clip(target, 36):<36} {h.status}"
+        if h.location:
+            lwho, ltarget = where(h.location)
+            line += f" -> {lwho + ' ' if lwho and lwho != who else ''}{clip(ltarget, 36)}"
+        if h.method == "POST":
+            line += f"   (login={user}, password=x)"
+        elif h.status == 200 and who == "Okta":
+            line += "   (the login form)"
+        sets, clears = [], set()
+        for sc in h.set_cookies:
+            name, _, size = sc.rstrip(")").partition("(")
+            if not name.startswith("oidc_authz"):
+                continue  # the mock Okta's own cookies
+            if size == "cleared":
+                clears.add(re.sub(r"_\d+$", "", name))
+            else:
+                sets.append(f"{name} {size}")
+        clears -= {s.split()[0] for s in sets}
+        if sets or clears:
+            line += "   [" + "; ".join(([f"sets {', '.join(sets)}"] if sets else [])
+                                      + ([f"clears {', '.join(sorted(clears))}"] if clears else [])) + "]"
+        return line
+
+    def browser_get(self, b: Browser, path: str) -> requests.Response | None:
+        try:
+            return b.go(self.world.url(path))
+        except requests.RequestException as e:
+            self.note(f"request failed: {e}")
+            return None
+
+    @staticmethod
+    def echo_headers(r: requests.Response) -> dict[str, str]:
+        try:
+            return {k.lower(): v for k, v in r.json()["headers"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return {}
+
+    @staticmethod
+    def cookie_arg(b: Browser) -> str:
+        """curl -b value for a browser's session cookie(s): oidc_authz_session=$SESSION (chunks: $SESSION_0...)."""
+        names = sorted(b.session_cookies()) or ["oidc_authz_session"]
+        return "; ".join(f"{n}=${n.upper().removeprefix('OIDC_AUTHZ_')}" for n in names)
+
+
+def cookie_names(header: str) -> list[str]:
+    return [p.split("=", 1)[0].strip() for p in header.split(";") if p.strip()]
+
+
+def clip(v: str, n: int) -> str:
+    return v if len(v) <= n else v[: n - 3] + "..."
 
 
 def short(v: str, n: int = 80) -> str:
@@ -424,16 +659,14 @@ def main(argv: list[str] | None = None) -> int:
         walk = Walk(world)
         walk.run()
         bad = [c for c in walk.checks if not c.ok]
-        coming = [c for c in walk.checks if c.coming and c.got != c.expected]
         print()
         if bad:
             print(f"demo: {len(bad)} UNEXPECTED answer(s): " + ", ".join(
-                f"{c.title} ({c.problem})" if c.problem else
-                f"{c.title} ({c.got}, expected {c.now if c.coming else c.expected})" for c in bad))
+                f"{c.title} ({c.problem})" if c.problem else f"{c.title} ({c.got}, expected {c.expected})"
+                for c in bad))
             rc = 1
         else:
-            print(f"all {len(walk.checks)} answers as expected"
-                  + (f" ({len(coming)} of them today's answer of a flow coming next)" if coming else ""))
+            print(f"all {len(walk.checks)} answers as expected")
 
         if args.no_wait:
             print("--no-wait: stopping")

@@ -476,7 +476,20 @@ impl Config {
             Some("yaml") | Some("yml") => Figment::from(Yaml::file_exact(path)),
             _ => Figment::from(Toml::file_exact(path)),
         };
-        let env = Env::prefixed(ENV_PREFIX).ignore(&["CONFIG"]).split("__");
+        // Only variables naming a config section are overrides (`OIDC_AUTHZ_PROVIDERS__OKTA__CLIENT_SECRET`); others
+        // that happen to share the prefix (`OIDC_AUTHZ_CONFIG`, a script's `OIDC_AUTHZ_BIN`) are not config.
+        let env = Env::prefixed(ENV_PREFIX).split("__").filter(|k| {
+            let section = k
+                .as_str()
+                .split('.')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            matches!(
+                section.as_str(),
+                "server" | "providers" | "policies" | "routes"
+            ) && k.as_str().contains('.')
+        });
         Self::from_figment(file.merge(env))
     }
 
