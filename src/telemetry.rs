@@ -83,6 +83,8 @@ pub struct Metrics {
     pub cache: Family<CacheLabels, Counter>,
     /// Checks in flight.
     pub in_flight: Gauge,
+    /// Pre-resolved (cache, hit, miss) counters of `cache`.
+    cache_counters: Vec<(&'static str, Counter, Counter)>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -137,7 +139,25 @@ impl Metrics {
             "Checks being answered now",
             in_flight.clone(),
         );
+        let cache_counters = [
+            "token",
+            "jwks",
+            "client_credentials",
+            "introspection",
+            "session",
+        ]
+        .into_iter()
+        .map(|c| {
+            let get = |result| {
+                cache
+                    .get_or_create(&CacheLabels { cache: c, result })
+                    .clone()
+            };
+            (c, get("hit"), get("miss"))
+        })
+        .collect();
         Metrics {
+            cache_counters,
             registry: Mutex::new(registry),
             decisions,
             check_seconds,
@@ -168,6 +188,19 @@ impl Metrics {
 
     /// Records one cache lookup.
     pub fn cache_lookup(&self, cache: &'static str, hit: bool) {
+        // The hot caches have their counters resolved once: no label hashing or lock per Check.
+        if let Some((_, h, m)) = self
+            .cache_counters
+            .iter()
+            .find(|(name, _, _)| *name == cache)
+        {
+            if hit {
+                h.inc()
+            } else {
+                m.inc()
+            };
+            return;
+        }
         self.cache
             .get_or_create(&CacheLabels {
                 cache,

@@ -663,8 +663,9 @@ async fn bench(
             );
         }
         if wanted("fresh-jwt") {
-            // Verified-token cache off: every Check verifies an RS256 signature and the claims.
-            let (_p, grpc, admin) = start_authz(&server_cpus, &bin, dir.path(), &issuer.issuer, 0);
+            // Verified-token cache of one entry and 2000 tokens in rotation: every Check misses the cache (hash,
+            // lookup, insert) and verifies an RS256 signature and the claims, as a never-seen token does.
+            let (_p, grpc, admin) = start_authz(&server_cpus, &bin, dir.path(), &issuer.issuer, 1);
             wait_ready(admin).await;
             results.push(
                 drive(

@@ -106,11 +106,23 @@ impl std::fmt::Debug for BearerVerifier {
 
 /// Cheap shape check before any parsing: three base64url parts (a JWE has five and is refused).
 fn looks_like_jws(token: &str) -> bool {
-    token.split('.').count() == 3
-        && token.split('.').take(2).all(|p| !p.is_empty())
-        && token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'='))
+    // One pass: base64url characters and exactly two dots, header and payload non-empty.
+    let mut dots = 0;
+    let mut segment_len = 0;
+    for b in token.bytes() {
+        match b {
+            b'.' => {
+                if segment_len == 0 && dots < 2 {
+                    return false;
+                }
+                dots += 1;
+                segment_len = 0;
+            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'=' => segment_len += 1,
+            _ => return false,
+        }
+    }
+    dots == 2
 }
 
 impl BearerVerifier {
@@ -143,11 +155,12 @@ impl BearerVerifier {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(BearerError::TooLarge);
         }
-        if !looks_like_jws(token) {
-            return Err(BearerError::Malformed);
-        }
+        // Shape and signature are checked in verify_signature; the cache holds only verified tokens.
+        let Some(cache) = &self.cache else {
+            return Ok(Arc::new(self.verify_uncached(provider, token).await?));
+        };
         let key = cache_key(provider.name(), token);
-        if let Some(cache) = &self.cache {
+        {
             if let Some(v) = cache.get(&key).await {
                 self.metrics.cache_lookup("token", true);
                 // The cache's own expiry is approximate; the clock decides.
@@ -160,9 +173,7 @@ impl BearerVerifier {
             self.metrics.cache_lookup("token", false);
         }
         let verified = Arc::new(self.verify_uncached(provider, token).await?);
-        if let Some(cache) = &self.cache {
-            cache.insert(key, verified.clone()).await;
-        }
+        cache.insert(key, verified.clone()).await;
         Ok(verified)
     }
 
