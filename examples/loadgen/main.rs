@@ -137,6 +137,8 @@ struct Tally {
 struct Summary {
     name: String,
     rps: f64,
+    /// Ratio to the same round's no-op (the median over rounds in the final table).
+    ratio: Option<f64>,
     p50_us: u64,
     p99_us: u64,
     allow: u64,
@@ -269,6 +271,7 @@ async fn drive(
     }
     let h = total.hist.unwrap();
     let s = Summary {
+        ratio: None,
         name: name.to_string(),
         rps: (total.allow + total.deny) as f64 / duration.as_secs_f64(),
         p50_us: h.value_at_quantile(0.5),
@@ -724,6 +727,10 @@ async fn bench(
             let calls = issuer.introspect_hits.load(Ordering::SeqCst) - before;
             println!("intro-cached: introspection calls during the run (incl. warm-up) = {calls}");
         }
+        let round_noop = results.iter().find(|r| r.name == "noop").map(|r| r.rps);
+        for r in &mut results {
+            r.ratio = round_noop.map(|c| r.rps / c);
+        }
         all.extend(results);
     }
     let mut results: Vec<Summary> = Vec::new();
@@ -741,10 +748,21 @@ async fn bench(
         }
         runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
         let m = runs[runs.len() / 2];
+        let mut ratios: Vec<f64> = runs.iter().filter_map(|r| r.ratio).collect();
+        ratios.sort_by(f64::total_cmp);
+        let ratio = ratios.get(ratios.len() / 2).copied();
+        let spread = match (ratios.first(), ratios.last()) {
+            (Some(lo), Some(hi)) => format!("{lo:.2}-{hi:.2}"),
+            _ => "-".into(),
+        };
+        println!(
+            "{name}: ratio to the same round's no-op per round: {ratios:.2?} (range {spread})"
+        );
         let (allow, deny, errors) = runs.iter().fold((0, 0, 0), |t, r| {
             (t.0 + r.allow, t.1 + r.deny, t.2 + r.errors)
         });
         results.push(Summary {
+            ratio,
             name: m.name.clone(),
             rps: m.rps,
             p50_us: m.p50_us,
@@ -761,16 +779,16 @@ async fn bench(
         );
     }
 
-    let ceiling = results.iter().find(|r| r.name == "noop").map(|r| r.rps);
     println!();
     println!(
-        "| scenario | Checks/s | p50 (µs) | p99 (µs) | ratio to no-op | allow | deny | errors |"
+        "| scenario | Checks/s (median round) | p50 (µs) | p99 (µs) | ratio to no-op (median of per-round ratios) | allow | deny | errors |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut ok = true;
     for r in &results {
-        let ratio = ceiling
-            .map(|c| format!("{:.2}", r.rps / c))
+        let ratio = r
+            .ratio
+            .map(|x| format!("{x:.2}"))
             .unwrap_or_else(|| "-".into());
         println!(
             "| {} | {:.0} | {} | {} | {} | {} | {} | {} |",
