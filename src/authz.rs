@@ -67,6 +67,13 @@ impl Authorizer {
             .iter()
             .map(|p| Arc::new(Provider::new(p.clone(), http.clone(), metrics.clone())))
             .collect();
+        for p in config.policies.iter() {
+            let provider = &config.providers[p.provider];
+            let token_methods = p.allows(AuthMethod::Bearer) || p.allows(AuthMethod::Introspection);
+            if token_methods && provider.audiences.is_empty() && p.access.is_empty() {
+                tracing::warn!(policy.name = %p.name, provider = %provider.name, "provider has no `audiences` and the policy no requirements: any token of this issuer passes, including tokens meant for other applications");
+            }
+        }
         Authorizer {
             bearer: BearerVerifier::new(
                 config.server.token_cache_entries,
@@ -115,7 +122,19 @@ impl Authorizer {
         let start = Instant::now();
         self.metrics.in_flight.inc();
         let (policy, outcome) = match self.select(view) {
-            Ok(policy) => (Some(policy), self.check_policy(policy, view).await),
+            Ok(policy) => {
+                let deadline = self.config.server.check_timeout;
+                match tokio::time::timeout(deadline, self.check_policy(policy, view)).await {
+                    Ok(outcome) => (Some(policy), outcome),
+                    Err(_) => {
+                        tracing::warn!(policy.name = %policy.name, timeout_ms = deadline.as_millis() as u64, "check deadline passed waiting for the identity provider");
+                        (
+                            Some(policy),
+                            Outcome::deny(Deny::unavailable("the identity provider is too slow")),
+                        )
+                    }
+                }
+            }
             Err(deny) => (None, Outcome::deny(deny)),
         };
         self.metrics.in_flight.dec();
@@ -287,6 +306,19 @@ impl Authorizer {
                     allowed.remove_headers.push(h.clone());
                 }
             }
+        }
+        if let Some(settings) = &policy.login {
+            // A token won over a session: the session's headers are not ours to trust, and its cookies stay here.
+            if let Some(h) = &settings.upstream_id_token_header {
+                allowed.remove_headers.push(h.clone());
+            }
+            let cookie_headers: Vec<&str> =
+                view.header_values("cookie").into_iter().flatten().collect();
+            strip_session_cookies(
+                &mut allowed,
+                settings,
+                &RequestCookies::parse(&cookie_headers),
+            );
         }
         Outcome {
             decision: Decision::Allow(allowed),
@@ -469,11 +501,7 @@ impl Authorizer {
         if let (Some(h), Some(it)) = (&settings.upstream_id_token_header, &data.it) {
             allowed.set_headers.push((h.clone(), it.clone()));
         }
-        // The session never goes upstream.
-        match cookies.without(&[settings.cookie_name.as_str(), LOGIN_COOKIE]) {
-            Some(rest) => allowed.set_headers.push((http::header::COOKIE, rest)),
-            None => allowed.remove_headers.push(http::header::COOKIE),
-        }
+        strip_session_cookies(&mut allowed, settings, cookies);
         allowed.response_headers = active
             .set_cookies
             .into_iter()
@@ -595,6 +623,22 @@ impl Authorizer {
             BearerError::Idp(err) => idp_down(provider, err),
             other => unauthorized(policy, "invalid_token", other.to_string()),
         }
+    }
+}
+
+/// The session and login cookies never go upstream: rewrite the `Cookie` header without them (or drop it).
+fn strip_session_cookies(
+    allowed: &mut Allow,
+    settings: &LoginSettings,
+    cookies: &RequestCookies<'_>,
+) {
+    let ours = [settings.cookie_name.as_str(), LOGIN_COOKIE];
+    if !ours.iter().any(|n| cookies.has(n)) {
+        return;
+    }
+    match cookies.without(&ours) {
+        Some(rest) => allowed.set_headers.push((http::header::COOKIE, rest)),
+        None => allowed.remove_headers.push(http::header::COOKIE),
     }
 }
 

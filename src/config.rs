@@ -172,6 +172,7 @@ struct RawServer {
     log_format: Option<String>,
     token_cache_entries: Option<u64>,
     shutdown_grace_secs: Option<u64>,
+    check_timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -284,6 +285,9 @@ pub struct ServerConfig {
     pub token_cache_entries: u64,
     /// How long in-flight Checks may take to finish after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// The longest one Check may take (IdP calls included) before it is answered 503; keep it below Envoy's
+    /// ext_authz timeout so the answer is always ours, never Envoy's failure mode.
+    pub check_timeout: Duration,
 }
 
 /// One OpenID provider, as configured (endpoints may still come from discovery).
@@ -686,6 +690,7 @@ impl Validator {
             log_format,
             token_cache_entries: raw.token_cache_entries.unwrap_or(100_000),
             shutdown_grace: Duration::from_secs(raw.shutdown_grace_secs.unwrap_or(10)),
+            check_timeout: Duration::from_millis(raw.check_timeout_ms.unwrap_or(900).max(1)),
         })
     }
 

@@ -328,3 +328,25 @@ async fn cache_metrics_count_hits_and_misses() {
         "{m}"
     );
 }
+
+#[tokio::test]
+async fn rate_limited_token_endpoint_is_503_and_not_cached() {
+    let (idp, server) = world().await;
+    idp.state.token_status.store(429, Ordering::SeqCst);
+    ask(
+        &server,
+        req("/x").policy("cc").basic("cc-app", "cc-app-secret"),
+    )
+    .await
+    .assert_deny(503, "temporarily_unavailable");
+    idp.state.token_status.store(0, Ordering::SeqCst);
+    assert_eq!(
+        ask(
+            &server,
+            req("/x").policy("cc").basic("cc-app", "cc-app-secret")
+        )
+        .await
+        .status,
+        200
+    );
+}

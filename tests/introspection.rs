@@ -265,3 +265,52 @@ upstream_headers_names = ["x-client-id"]
             .starts_with("Bearer opaque-")
     );
 }
+
+#[tokio::test]
+async fn active_tokens_for_another_audience_or_of_another_type_are_refused() {
+    let (idp, server) = world().await;
+    let other_api = idp.opaque(json!({"aud": "api://other"}));
+    ask(&server, req("/x").policy("intro").bearer(&other_api))
+        .await
+        .assert_deny(401, "invalid_token");
+    let refresh = "rt-looks-active";
+    let mut c = idp.claims(json!({}));
+    c["token_type"] = json!("refresh_token");
+    idp.register(refresh, c);
+    ask(&server, req("/x").policy("intro").bearer(refresh))
+        .await
+        .assert_deny(401, "invalid_token");
+    // the same claims as an access token pass
+    let ok = idp.opaque(json!({"aud": ["api://other", "api://default"]}));
+    assert_eq!(
+        ask(&server, req("/x").policy("intro").bearer(&ok))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_slow_idp_is_answered_503_within_the_check_deadline() {
+    let idp = MockIdp::start().await;
+    let toml = config_toml(&idp, "")
+        .replace(
+            "shutdown_grace_secs = 5",
+            "shutdown_grace_secs = 5\ncheck_timeout_ms = 300",
+        )
+        .replace("http_timeout_ms = 500", "http_timeout_ms = 5000");
+    let server = TestServer::start_ready(&toml).await;
+    idp.set_mode(Mode::Slow(Duration::from_secs(3)));
+    let started = std::time::Instant::now();
+    let a = ask(
+        &server,
+        req("/x").policy("intro").bearer(&idp.opaque(json!({}))),
+    )
+    .await;
+    a.assert_deny(503, "temporarily_unavailable");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+}

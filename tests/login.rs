@@ -561,3 +561,28 @@ async fn a_login_cookie_without_a_pkce_verifier_cannot_complete() {
         assert_eq!(a.status, 401, "{a:?}");
     }
 }
+
+#[tokio::test]
+async fn a_token_winning_over_a_session_strips_the_session_and_its_headers() {
+    let (idp, server) = world().await;
+    let mut b = Browser::new();
+    login(&server, &idp, &mut b, "/app", "login", "alice").await;
+    let token = idp.mint(json!({"sub": "service-x"}));
+    let a = ask(
+        &server,
+        b.req("/app", "login")
+            .bearer(&token)
+            .header("x-id-token", "forged.id.token"),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert!(
+        a.remove.contains(&"x-id-token".to_string()),
+        "a client-sent ID-token header must not pass: {a:?}"
+    );
+    assert_eq!(
+        a.header("cookie"),
+        Some("other=keep"),
+        "the session cookie stays at the gateway"
+    );
+}

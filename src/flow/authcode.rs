@@ -333,7 +333,7 @@ impl Login<'_> {
         let now = self.clock.now();
         let data = SessionData {
             provider: self.provider.name().to_string(),
-            at_exp: now + expires_in(&tokens.expires_in),
+            at_exp: now.saturating_add(expires_in(&tokens.expires_in)),
             at: tokens.access_token,
             it: Some(id_token),
             rt: tokens.refresh_token,
@@ -437,7 +437,7 @@ impl Login<'_> {
                     reason: e.to_string(),
                 })
             }),
-            s if s >= 500 => Err(TokenCallError::Idp(IdpError::Status {
+            s if s >= 500 || s == 429 || s == 408 => Err(TokenCallError::Idp(IdpError::Status {
                 endpoint: "token",
                 status: s,
             })),
@@ -524,7 +524,7 @@ impl Login<'_> {
             ];
             match self.token_request(&form).await {
                 Ok(t) => {
-                    data.at_exp = now + expires_in(&t.expires_in);
+                    data.at_exp = now.saturating_add(expires_in(&t.expires_in));
                     data.at = t.access_token;
                     if t.refresh_token.is_some() {
                         data.rt = t.refresh_token;

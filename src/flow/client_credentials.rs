@@ -278,11 +278,12 @@ impl ClientCredentials {
             let life = expires_in.saturating_sub(margin(expires_in)).max(1);
             return Ok(Arc::new(Grant::Token {
                 access_token: t.access_token.into(),
-                expires_at: self.clock.now() + life,
+                expires_at: self.clock.now().saturating_add(life),
                 ttl: Duration::from_secs(life),
             }));
         }
-        if status >= 500 {
+        // Server trouble, rate limiting and timeouts are the IdP's state, not a verdict on the credentials.
+        if status >= 500 || status == 429 || status == 408 {
             return Err(IdpError::Status {
                 endpoint: "token",
                 status,

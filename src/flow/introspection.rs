@@ -222,8 +222,28 @@ impl Introspector {
             .get("iss")
             .and_then(Value::as_str)
             .is_some_and(|i| i != provider.config.issuer);
-        if expired || wrong_issuer {
-            tracing::warn!(provider = %provider.name(), expired, wrong_issuer, "introspection said active for a token that is expired or from another issuer; refusing");
+        // An access token for another API of the same issuer, or a refresh/ID token, is not a credential here.
+        let audiences = &provider.config.audiences;
+        let wrong_audience = !audiences.is_empty()
+            && match claims.get("aud") {
+                None => false,
+                Some(Value::String(a)) => !audiences.iter().any(|x| x == a),
+                Some(Value::Array(v)) => !v
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .any(|a| audiences.iter().any(|x| x == a)),
+                Some(_) => true,
+            };
+        let wrong_type = claims
+            .get("token_type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| {
+                !(t.eq_ignore_ascii_case("bearer")
+                    || t.eq_ignore_ascii_case("access_token")
+                    || t.eq_ignore_ascii_case("dpop"))
+            });
+        if expired || wrong_issuer || wrong_audience || wrong_type {
+            tracing::warn!(provider = %provider.name(), expired, wrong_issuer, wrong_audience, wrong_type, "introspection said active for a token this provider config does not accept; refusing");
             return Ok(Arc::new(Answer::Inactive { ttl: neg }));
         }
         let mut ttl = policy.cache_introspection_secs;

@@ -61,6 +61,11 @@ impl AccessRules {
         AccessRules { requirements }
     }
 
+    /// Whether there is no requirement at all.
+    pub fn is_empty(&self) -> bool {
+        self.requirements.is_empty()
+    }
+
     /// Checks every requirement; the first unmet one is the reason.
     pub fn check(&self, claims: &Map<String, Value>) -> Result<(), AccessDenied> {
         for r in &self.requirements {

@@ -241,7 +241,7 @@ impl Provider {
             Ok((status, body))
         }
         .await;
-        let ok = matches!(&res, Ok((s, _)) if *s < 500);
+        let ok = matches!(&res, Ok((s, _)) if *s < 500 && *s != 429 && *s != 408);
         self.metrics
             .idp_call(self.name(), endpoint, ok, start.elapsed());
         res
@@ -289,12 +289,16 @@ impl Provider {
         {
             return Ok(m);
         }
-        let m = Arc::new(self.discover().await?);
-        *self.metadata.write().unwrap_or_else(|e| e.into_inner()) = Some(m.clone());
+        let (m, lasting) = self.discover().await?;
+        let m = Arc::new(m);
+        // Endpoints from configuration alone (discovery failed) are used, not kept: the next call tries again.
+        if lasting {
+            *self.metadata.write().unwrap_or_else(|e| e.into_inner()) = Some(m.clone());
+        }
         Ok(m)
     }
 
-    async fn discover(&self) -> Result<Metadata, IdpError> {
+    async fn discover(&self) -> Result<(Metadata, bool), IdpError> {
         let c = &self.config;
         let mut last_err = IdpError::NoEndpoint("discovery document");
         let mut raw = None;
@@ -317,7 +321,7 @@ impl Provider {
             // Without discovery, explicit endpoints are enough.
             None if c.jwks_uri.is_some() => {
                 tracing::warn!(provider = %c.name, error = %last_err, "discovery failed; using configured endpoints only");
-                return Ok(self.overrides_only());
+                return Ok((self.overrides_only(), false));
             }
             None => return Err(last_err),
         };
@@ -329,7 +333,7 @@ impl Provider {
             });
         }
         let parse = |s: Option<String>| s.and_then(|s| Url::parse(&s).ok());
-        Ok(Metadata {
+        let m = Metadata {
             issuer,
             jwks_uri: c.jwks_uri.clone().or_else(|| parse(raw.jwks_uri)),
             token_endpoint: c
@@ -349,7 +353,8 @@ impl Provider {
                 .clone()
                 .or_else(|| parse(raw.end_session_endpoint)),
             token_endpoint_auth_methods: raw.token_endpoint_auth_methods_supported,
-        })
+        };
+        Ok((m, true))
     }
 
     fn overrides_only(&self) -> Metadata {
