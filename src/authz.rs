@@ -540,49 +540,16 @@ impl Authorizer {
                 return Err(idp_down(provider, &e));
             }
         };
-        let opaque = !BearerVerifier::is_jwt(&token);
-        if (opaque || policy.introspect_jwt_tokens) && policy.allows(AuthMethod::Introspection) {
-            return match self.introspector.introspect(provider, policy, &token).await {
-                Ok(verified) => Ok(Authn {
-                    method: AuthMethod::ClientCredentials,
-                    verified,
-                    upstream_token: Some(token),
-                }),
-                Err(IntrospectionError::Idp(e)) => Err(idp_down(provider, &e)),
-                Err(e) => {
-                    tracing::warn!(policy.name = %policy.name, reason = %e, "the token the provider issued is not active");
-                    Err(unauthorized(
-                        policy,
-                        "invalid_token",
-                        "the issued access token is not active",
-                    ))
-                }
-            };
-        }
-        if opaque {
-            tracing::warn!(policy.name = %policy.name, "the provider issued an opaque access token; this policy cannot verify it without introspection");
-            return Err(unauthorized(
-                policy,
-                "invalid_token",
-                "the issued access token cannot be verified by this route",
-            ));
-        }
-        match self.bearer.verify(provider, &token).await {
-            Ok(verified) => Ok(Authn {
-                method: AuthMethod::ClientCredentials,
-                verified,
-                upstream_token: Some(token),
-            }),
-            Err(BearerError::Idp(e)) => Err(idp_down(provider, &e)),
-            Err(e) => {
-                tracing::warn!(policy.name = %policy.name, reason = %e, "the token the provider issued does not verify (check issuer and audiences)");
-                Err(unauthorized(
-                    policy,
-                    "invalid_token",
-                    "the issued access token does not verify",
-                ))
+        // The issued token is checked exactly like a token the client sent (locally or by introspection).
+        let mut authn = self.token(policy, provider, &token).await.map_err(|(_, deny)| {
+            if deny.status != DenyStatus::Unavailable {
+                tracing::warn!(policy.name = %policy.name, reason = %deny.description, "the token the provider issued was refused (check issuer, audiences, introspection)");
             }
-        }
+            deny
+        })?;
+        authn.method = AuthMethod::ClientCredentials;
+        authn.upstream_token = Some(token);
+        Ok(authn)
     }
 
     /// A token from `Authorization: Bearer`: verified locally when it is a JWT and the policy allows `bearer`

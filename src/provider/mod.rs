@@ -158,9 +158,20 @@ impl Provider {
     }
 
     async fn get_body(&self, endpoint: &'static str, url: &Url) -> Result<Vec<u8>, IdpError> {
-        let resp = self
-            .http
-            .get(url.clone())
+        let (status, body) = self.send(endpoint, self.http.get(url.clone())).await?;
+        if !(200..300).contains(&status) {
+            return Err(IdpError::Status { endpoint, status });
+        }
+        Ok(body)
+    }
+
+    /// Sends one request to the IdP with the provider's timeout; the status and the (capped) body.
+    async fn send(
+        &self,
+        endpoint: &'static str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(u16, Vec<u8>), IdpError> {
+        let resp = req
             .header(http::header::ACCEPT, "application/json")
             .timeout(self.config.http_timeout)
             .send()
@@ -169,13 +180,8 @@ impl Provider {
                 endpoint,
                 reason: transport_reason(&e),
             })?;
-        if !resp.status().is_success() {
-            return Err(IdpError::Status {
-                endpoint,
-                status: resp.status().as_u16(),
-            });
-        }
-        read_capped(resp, endpoint).await
+        let status = resp.status().as_u16();
+        Ok((status, read_capped(resp, endpoint).await?))
     }
 
     /// How to authenticate this client at the token endpoint: configured, else basic unless discovery lists only
@@ -206,10 +212,7 @@ impl Provider {
         let start = Instant::now();
         let (client_id, secret) = client;
         let mut fields: Vec<(&str, &str)> = form.to_vec();
-        let mut req = self
-            .http
-            .post(url.clone())
-            .header(http::header::ACCEPT, "application/json");
+        let mut req = self.http.post(url.clone());
         match auth {
             TokenEndpointAuth::ClientSecretBasic => {
                 // RFC 6749 2.3.1: form-encode id and secret, then base64 the pair.
@@ -226,21 +229,7 @@ impl Provider {
                 fields.push(("client_secret", secret.expose()));
             }
         }
-        let res = async {
-            let resp = req
-                .form(&fields)
-                .timeout(self.config.http_timeout)
-                .send()
-                .await
-                .map_err(|e| IdpError::Unreachable {
-                    endpoint,
-                    reason: transport_reason(&e),
-                })?;
-            let status = resp.status().as_u16();
-            let body = read_capped(resp, endpoint).await?;
-            Ok((status, body))
-        }
-        .await;
+        let res = self.send(endpoint, req.form(&fields)).await;
         let ok = matches!(&res, Ok((s, _)) if *s < 500 && *s != 429 && *s != 408);
         self.metrics
             .idp_call(self.name(), endpoint, ok, start.elapsed());
