@@ -356,9 +356,33 @@ impl Authorizer {
         let cookie_headers: Vec<&str> =
             view.header_values("cookie").into_iter().flatten().collect();
         let cookies = RequestCookies::parse(&cookie_headers);
+        let mut outcome = self.check_login_with(&login, view, &cookies).await?;
+        // Deleting a cookie the browser does not have is noise (the cookie helpers clear every chunk name they
+        // might have written): keep only deletions of cookies this request carried.
+        let keep = |c: &String| {
+            !c.contains("Max-Age=0")
+                || c.split('=')
+                    .next()
+                    .is_some_and(|name| cookies.get(name).is_some())
+        };
+        match &mut outcome.decision {
+            Decision::Redirect(r) => r.set_cookies.retain(keep),
+            Decision::Deny(d) => d.set_cookies.retain(keep),
+            Decision::Allow(a) => a.response_headers.retain(|(_, c)| keep(c)),
+        }
+        Some(outcome)
+    }
+
+    async fn check_login_with(
+        &self,
+        login: &Login<'_>,
+        view: &CheckView<'_>,
+        cookies: &RequestCookies<'_>,
+    ) -> Option<Outcome> {
+        let (policy, settings, provider) = (login.policy, login.settings, login.provider);
         let method = Some(AuthMethod::AuthorizationCode);
         if login.is_callback(view) {
-            let decision = match login.callback(view, &cookies).await {
+            let decision = match login.callback(view, cookies).await {
                 Ok(r) => Decision::Redirect(r),
                 Err(CallbackError::Idp(e)) => Decision::Deny(idp_down(provider, &e)),
                 Err(e) => {
@@ -388,7 +412,7 @@ impl Authorizer {
             });
         }
         if login.is_logout(view) {
-            let session = login.read_session(&cookies).flatten();
+            let session = login.read_session(cookies).flatten();
             return Some(Outcome {
                 decision: Decision::Redirect(login.logout(session).await),
                 method,
@@ -402,11 +426,11 @@ impl Authorizer {
         }
         let mut clear = Vec::new();
         match login
-            .session_value(&cookies)
-            .map(|v| v.and_then(|v| self.open_session(policy, &login, &v)))
+            .session_value(cookies)
+            .map(|v| v.and_then(|v| self.open_session(policy, login, &v)))
         {
             Some(Some(opened)) => match login.use_session(opened).await {
-                Ok(active) => return Some(self.session_allow(policy, settings, active, &cookies)),
+                Ok(active) => return Some(self.session_allow(policy, settings, active, cookies)),
                 Err(SessionError::Idp(e)) => {
                     return Some(Outcome::deny(idp_down(provider, &e)));
                 }

@@ -114,6 +114,13 @@ async fn redirect_to_login_carries_state_nonce_pkce_and_a_login_cookie() {
     ] {
         assert!(set.contains(attr), "{attr} missing in {set}");
     }
+    // a browser without cookies is not sent deletions of cookies it never had
+    let set_cookies = a
+        .headers
+        .iter()
+        .filter(|(k, _, _)| k == "set-cookie")
+        .count();
+    assert_eq!(set_cookies, 1, "{a:?}");
     // the state and nonce are not readable in the cookie
     assert!(!set.contains(&q["state"]) && !set.contains(&q["nonce"]));
 }
