@@ -23,7 +23,7 @@ use crate::flow::{Credential, authorization};
 use crate::policy::access::{claim_header_value, claim_value};
 use crate::provider::{IdpError, Provider, http_client};
 use crate::request::CheckView;
-use crate::telemetry::{DecisionLabels, Metrics};
+use crate::telemetry::{DecisionCounters, Metrics};
 
 /// Answers Checks for one configuration.
 #[derive(Debug)]
@@ -35,6 +35,8 @@ pub struct Authorizer {
     introspector: Introspector,
     /// Session cookie codecs, aligned with `config.policies` (None: no login on that policy).
     codecs: Vec<Option<CookieCodec>>,
+    /// Decision counters per policy, resolved at start.
+    decisions: DecisionCounters,
     /// Opened session cookies by a hash of (policy, cookie value).
     sessions: moka::sync::Cache<[u8; 32], Arc<OpenedSession>>,
     clock: Arc<dyn Clock>,
@@ -82,6 +84,7 @@ impl Authorizer {
             ),
             cc: ClientCredentials::new(10_000, clock.clone(), metrics.clone()),
             introspector: Introspector::new(100_000, clock.clone(), metrics.clone()),
+            decisions: metrics.decision_counters(config.policies.iter().map(|p| p.name.as_str())),
             codecs: config
                 .policies
                 .iter()
@@ -149,14 +152,8 @@ impl Authorizer {
         };
         let policy_name = policy.map_or("-", |p| p.name.as_str());
         let method = outcome.method.map_or("-", AuthMethod::as_str);
-        self.metrics
-            .decisions
-            .get_or_create(&DecisionLabels {
-                policy: policy_name.to_string(),
-                method,
-                result,
-            })
-            .inc();
+        self.decisions
+            .inc(&self.metrics, policy_name, method, result);
         self.metrics
             .check_seconds
             .observe(start.elapsed().as_secs_f64());

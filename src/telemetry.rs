@@ -38,6 +38,45 @@ pub struct DecisionLabels {
     pub result: &'static str,
 }
 
+/// The `method` label values, `-` first (no method reached).
+const METHODS: [&str; 6] = [
+    "-",
+    "bearer",
+    "introspection",
+    "client_credentials",
+    "authorization_code",
+    "session",
+];
+/// The `result` label values.
+const RESULTS: [&str; 5] = ["allow", "deny_401", "deny_403", "deny_503", "redirect"];
+
+/// Decision counters resolved once per policy, so counting a Check takes no allocation and no lock.
+#[derive(Debug, Default)]
+pub struct DecisionCounters {
+    by_policy: std::collections::HashMap<String, Vec<Counter>>,
+}
+
+impl DecisionCounters {
+    /// Counts one decision.
+    pub fn inc(&self, metrics: &Metrics, policy: &str, method: &'static str, result: &'static str) {
+        let slot = METHODS
+            .iter()
+            .position(|m| *m == method)
+            .zip(RESULTS.iter().position(|r| *r == result));
+        match (self.by_policy.get(policy), slot) {
+            (Some(counters), Some((m, r))) => counters[m * RESULTS.len() + r].inc(),
+            _ => metrics
+                .decisions
+                .get_or_create(&DecisionLabels {
+                    policy: policy.to_string(),
+                    method,
+                    result,
+                })
+                .inc(),
+        };
+    }
+}
+
 /// Labels of one call to an identity provider.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct IdpLabels {
@@ -166,6 +205,29 @@ impl Metrics {
             cache,
             in_flight,
         }
+    }
+
+    /// Resolves the decision counters of these policies (and of `-`, no policy).
+    pub fn decision_counters<'a>(
+        &self,
+        policies: impl Iterator<Item = &'a str>,
+    ) -> DecisionCounters {
+        let mut by_policy = std::collections::HashMap::new();
+        for policy in std::iter::once("-").chain(policies) {
+            let mut counters = Vec::with_capacity(METHODS.len() * RESULTS.len());
+            for method in METHODS {
+                for result in RESULTS {
+                    let labels = DecisionLabels {
+                        policy: policy.to_string(),
+                        method,
+                        result,
+                    };
+                    counters.push(self.decisions.get_or_create(&labels).clone());
+                }
+            }
+            by_policy.insert(policy.to_string(), counters);
+        }
+        DecisionCounters { by_policy }
     }
 
     /// Records one IdP call.
