@@ -455,3 +455,33 @@ async fn graceful_shutdown_stops_listening() {
     server.stop().await;
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn shutdown_lets_an_in_flight_check_finish() {
+    let (idp, server) = world().await;
+    // an introspection Check that waits 400 ms on the IdP is in flight when the shutdown signal comes
+    idp.set_mode(Mode::Slow(std::time::Duration::from_millis(400)));
+    let token = idp.opaque(json!({}));
+    let mut client = server.client().await;
+    let in_flight = tokio::spawn(async move {
+        Answer::from(
+            client
+                .check(req("/x").policy("intro").bearer(&token).build())
+                .await
+                .unwrap()
+                .into_inner(),
+        )
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let addr = server.grpc_addr;
+    server.stop().await;
+    let a = in_flight.await.unwrap();
+    assert_eq!(
+        a.status, 200,
+        "the in-flight Check is answered, not cut: {a:?}"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no new connections after shutdown"
+    );
+}
