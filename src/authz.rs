@@ -226,38 +226,17 @@ impl Authorizer {
                 }
             }
             (Credential::Basic(b64), _) if cc_allowed => {
-                match client_credentials::from_basic(b64) {
-                    Ok(creds) => match self.client_credentials(policy, provider, &creds).await {
-                        Ok(a) => a,
-                        Err(deny) => {
-                            return Outcome {
-                                method: Some(AuthMethod::ClientCredentials),
-                                ..Outcome::deny(deny)
-                            };
-                        }
-                    },
-                    Err(e) => {
-                        return Outcome::deny(unauthorized(
-                            policy,
-                            "invalid_client",
-                            e.to_string(),
-                        ));
-                    }
+                match self
+                    .cc_authn(policy, provider, client_credentials::from_basic(b64))
+                    .await
+                {
+                    Ok(a) => a,
+                    Err(outcome) => return outcome,
                 }
             }
-            (Credential::None, Some(creds)) => match creds {
-                Ok(creds) => match self.client_credentials(policy, provider, &creds).await {
-                    Ok(a) => a,
-                    Err(deny) => {
-                        return Outcome {
-                            method: Some(AuthMethod::ClientCredentials),
-                            ..Outcome::deny(deny)
-                        };
-                    }
-                },
-                Err(e) => {
-                    return Outcome::deny(unauthorized(policy, "invalid_client", e.to_string()));
-                }
+            (Credential::None, Some(creds)) => match self.cc_authn(policy, provider, creds).await {
+                Ok(a) => a,
+                Err(outcome) => return outcome,
             },
             (Credential::Malformed(why), _) => {
                 return Outcome::deny(unauthorized(policy, "invalid_token", why));
@@ -533,6 +512,23 @@ impl Authorizer {
             method: Some(method),
             sub,
         }
+    }
+
+    /// Client credentials read from the request (Basic or headers) -> an authentication, or the answer.
+    async fn cc_authn(
+        &self,
+        policy: &Policy,
+        provider: &Provider,
+        creds: Result<client_credentials::ClientCreds, client_credentials::CredsError>,
+    ) -> Result<Authn, Outcome> {
+        let creds = creds
+            .map_err(|e| Outcome::deny(unauthorized(policy, "invalid_client", e.to_string())))?;
+        self.client_credentials(policy, provider, &creds)
+            .await
+            .map_err(|deny| Outcome {
+                method: Some(AuthMethod::ClientCredentials),
+                ..Outcome::deny(deny)
+            })
     }
 
     /// Runs (or reuses) the client-credentials grant, then verifies the token the IdP issued like any bearer token.
