@@ -134,6 +134,14 @@ struct Tally {
     hist: Option<Histogram<u64>>,
 }
 
+/// A benchmark scenario: name, token cache size, requests, and the issuer counter whose calls it reports.
+type Scenario<'a> = (
+    &'static str,
+    u64,
+    Arc<Vec<CheckRequest>>,
+    Option<&'a std::sync::atomic::AtomicUsize>,
+);
+
 struct Summary {
     name: String,
     rps: f64,
@@ -649,83 +657,57 @@ async fn bench(
                 .await,
             );
         }
-        if wanted("same-jwt") {
-            let (_p, grpc, admin) =
-                start_authz(&server_cpus, &bin, dir.path(), &issuer.issuer, 100_000);
-            wait_ready(admin).await;
-            results.push(
-                drive(
-                    "same-jwt",
-                    grpc,
-                    same.clone(),
-                    duration,
-                    concurrency,
-                    connections,
-                )
-                .await,
-            );
-        }
-        if wanted("fresh-jwt") {
-            // Verified-token cache of one entry and 2000 tokens in rotation: every Check misses the cache (hash,
-            // lookup, insert) and verifies an RS256 signature and the claims, as a never-seen token does.
-            let (_p, grpc, admin) = start_authz(&server_cpus, &bin, dir.path(), &issuer.issuer, 1);
-            wait_ready(admin).await;
-            results.push(
-                drive(
-                    "fresh-jwt",
-                    grpc,
-                    pool.clone(),
-                    duration,
-                    concurrency,
-                    connections,
-                )
-                .await,
-            );
-        }
-
-        if wanted("session") {
-            // A browser with a valid session cookie: open the AES-GCM cookie, check idle/absolute times, claims from
-            // the tokens in it, access control, headers, the cookie stripped from the upstream request.
-            let (_p, grpc, admin) =
-                start_authz(&server_cpus, &bin, dir.path(), &issuer.issuer, 100_000);
-            wait_ready(admin).await;
-            let reqs = Arc::new(vec![session_request(&issuer)]);
-            results.push(drive("session", grpc, reqs, duration, concurrency, connections).await);
-        }
-        if wanted("cc-cached") {
-            // Client credentials with a warm token cache: Basic in, cached token (its verification cached too) out.
-            let (_p, grpc, admin) =
-                start_authz(&server_cpus, &bin, dir.path(), &issuer.issuer, 100_000);
-            wait_ready(admin).await;
-            use base64::Engine;
-            let basic = base64::engine::general_purpose::STANDARD.encode("0oabench:bench-secret");
-            let reqs = Arc::new(vec![check_request_auth(&format!("Basic {basic}"), "cc")]);
-            let before = issuer.token_hits.load(Ordering::SeqCst);
-            results.push(drive("cc-cached", grpc, reqs, duration, concurrency, connections).await);
-            let calls = issuer.token_hits.load(Ordering::SeqCst) - before;
-            println!("cc-cached: token endpoint calls during the run (incl. warm-up) = {calls}");
-        }
-
-        if wanted("intro-cached") {
+        use base64::Engine;
+        let basic = base64::engine::general_purpose::STANDARD.encode("0oabench:bench-secret");
+        // (name, token cache size, requests, the issuer counter whose calls to report)
+        let scenarios: [Scenario<'_>; 5] = [
+            ("same-jwt", 100_000, same.clone(), None),
+            // A one-entry token cache and 2000 tokens in rotation: every Check misses the cache (hash, lookup,
+            // insert) and verifies an RS256 signature and the claims, as a never-seen token does.
+            ("fresh-jwt", 1, pool.clone(), None),
+            // A browser session cookie: AES-GCM open (once per cookie value), idle/absolute times, claims, headers,
+            // the cookie stripped upstream.
+            (
+                "session",
+                100_000,
+                Arc::new(vec![session_request(&issuer)]),
+                None,
+            ),
+            // Client credentials with a warm token cache: Basic in, the cached token out.
+            (
+                "cc-cached",
+                100_000,
+                Arc::new(vec![check_request_auth(&format!("Basic {basic}"), "cc")]),
+                Some(&issuer.token_hits),
+            ),
             // Introspection with a warm cache: the token was introspected once during warm-up.
-            let (_p, grpc, admin) =
-                start_authz(&server_cpus, &bin, dir.path(), &issuer.issuer, 100_000);
-            wait_ready(admin).await;
-            let reqs = Arc::new(vec![check_request("opq-bench-warm", "intro")]);
-            let before = issuer.introspect_hits.load(Ordering::SeqCst);
-            results.push(
-                drive(
-                    "intro-cached",
-                    grpc,
-                    reqs,
-                    duration,
-                    concurrency,
-                    connections,
-                )
-                .await,
+            (
+                "intro-cached",
+                100_000,
+                Arc::new(vec![check_request("opq-bench-warm", "intro")]),
+                Some(&issuer.introspect_hits),
+            ),
+        ];
+        for (name, cache_entries, reqs, idp_calls) in scenarios {
+            if !wanted(name) {
+                continue;
+            }
+            let (_p, grpc, admin) = start_authz(
+                &server_cpus,
+                &bin,
+                dir.path(),
+                &issuer.issuer,
+                cache_entries,
             );
-            let calls = issuer.introspect_hits.load(Ordering::SeqCst) - before;
-            println!("intro-cached: introspection calls during the run (incl. warm-up) = {calls}");
+            wait_ready(admin).await;
+            let before = idp_calls.map(|c| c.load(Ordering::SeqCst));
+            results.push(drive(name, grpc, reqs, duration, concurrency, connections).await);
+            if let (Some(c), Some(before)) = (idp_calls, before) {
+                let calls = c.load(Ordering::SeqCst) - before;
+                println!(
+                    "{name}: IdP calls (token or introspection endpoint) during the run, warm-up included = {calls}"
+                );
+            }
         }
         let round_noop = results.iter().find(|r| r.name == "noop").map(|r| r.rps);
         for r in &mut results {
