@@ -183,7 +183,7 @@ async fn idp_down_or_5xx_is_503_and_not_cached() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_misses_make_one_token_request() {
     let (idp, server) = world().await;
     idp.set_mode(Mode::Slow(Duration::from_millis(200)));

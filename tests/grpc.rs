@@ -459,8 +459,8 @@ async fn graceful_shutdown_stops_listening() {
 #[tokio::test]
 async fn shutdown_lets_an_in_flight_check_finish() {
     let (idp, server) = world().await;
-    // an introspection Check that waits 400 ms on the IdP is in flight when the shutdown signal comes
-    idp.set_mode(Mode::Slow(std::time::Duration::from_millis(400)));
+    // an introspection Check is held at the IdP (so it is surely in flight) when the shutdown signal comes
+    idp.set_mode(Mode::Held);
     let token = idp.opaque(json!({}));
     let mut client = server.client().await;
     let in_flight = tokio::spawn(async move {
@@ -472,10 +472,18 @@ async fn shutdown_lets_an_in_flight_check_finish() {
                 .into_inner(),
         )
     });
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    while idp.introspect_hits() == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     let addr = server.grpc_addr;
-    server.stop().await;
+    let stopping = tokio::spawn(server.stop());
+    // the listener closes once the shutdown has begun; only then is the IdP released
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    idp.set_mode(Mode::Up);
     let a = in_flight.await.unwrap();
+    stopping.await.unwrap();
     assert_eq!(
         a.status, 200,
         "the in-flight Check is answered, not cut: {a:?}"

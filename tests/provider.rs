@@ -45,13 +45,9 @@ async fn idp_down_at_start_gives_503_then_recovers() {
 #[tokio::test]
 async fn keys_in_hand_keep_serving_while_idp_is_down() {
     let idp = MockIdp::start().await;
-    let server = TestServer::start_ready(&config_toml(&idp, "")).await;
+    let server = TestServer::start_ready(&short_http_timeout(&config_toml(&idp, ""))).await;
     let unseen = idp.mint(json!({}));
-    for mode in [
-        Mode::Down,
-        Mode::Garbage,
-        Mode::Slow(Duration::from_secs(2)),
-    ] {
+    for mode in [Mode::Down, Mode::Garbage, Mode::Held] {
         idp.set_mode(mode.clone());
         let fresh = idp.mint(json!({}));
         assert_eq!(
@@ -78,17 +74,17 @@ async fn keys_in_hand_keep_serving_while_idp_is_down() {
 
 #[tokio::test]
 async fn slow_and_garbage_idp_at_start_fail_closed() {
-    for mode in [Mode::Slow(Duration::from_secs(3)), Mode::Garbage] {
+    for mode in [Mode::Held, Mode::Garbage] {
         let idp = MockIdp::start().await;
         idp.set_mode(mode.clone());
-        let server = TestServer::start(&config_toml(&idp, "")).await;
+        let server = TestServer::start(&short_http_timeout(&config_toml(&idp, ""))).await;
         let token = idp.mint(json!({}));
         let started = std::time::Instant::now();
         let a = ask(&server, req("/x").policy("api").bearer(&token)).await;
         a.assert_deny(503, "temporarily_unavailable");
-        // http_timeout_ms = 500 in the test config: the answer does not wait for the slow IdP
+        // a held IdP never answers: the 300 ms HTTP timeout answers, well inside this budget
         assert!(
-            started.elapsed() < Duration::from_secs(3),
+            started.elapsed() < Duration::from_secs(30),
             "{mode:?} took {:?}",
             started.elapsed()
         );

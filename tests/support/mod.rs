@@ -107,6 +107,9 @@ pub enum Mode {
     Slow(Duration),
     /// Every endpoint answers 200 with a body that is not JSON.
     Garbage,
+    /// Every request is held (counted, then no answer) until the mode changes, then answered as the new mode
+    /// says; after 60 s it gets 503. For timeouts and in-flight states without racing a clock.
+    Held,
 }
 
 pub struct IdpState {
@@ -166,8 +169,18 @@ pub struct MockIdp {
 }
 
 async fn gate(state: &IdpState) -> Option<Response> {
-    let mode = state.mode.lock().unwrap().clone();
+    let mut mode = state.mode.lock().unwrap().clone();
+    let mut waited = 0;
+    while mode == Mode::Held {
+        if waited == 6000 {
+            return Some((StatusCode::SERVICE_UNAVAILABLE, "held too long").into_response());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        waited += 1;
+        mode = state.mode.lock().unwrap().clone();
+    }
     match mode {
+        Mode::Held => None,
         Mode::Up => None,
         Mode::Down => Some((StatusCode::SERVICE_UNAVAILABLE, "down").into_response()),
         Mode::Slow(d) => {
@@ -669,6 +682,7 @@ grpc_addr = "127.0.0.1:0"
 admin_addr = "127.0.0.1:0"
 log_format = "pretty"
 shutdown_grace_secs = 5
+check_timeout_ms = 60000
 
 [providers.okta]
 issuer = "{issuer}"
@@ -676,7 +690,7 @@ client_id = "oidc-authz"
 client_secret = "oidc-authz-secret"
 audiences = ["api://default"]
 leeway_secs = 0
-http_timeout_ms = 500
+http_timeout_ms = 30000
 jwks_min_refetch_secs = 0
 
 [policies.api]
@@ -767,6 +781,12 @@ policy = "admins"
 "#,
         issuer = idp.issuer
     )
+}
+
+/// The standard config with a 300 ms HTTP timeout, for tests that hold the IdP (`Mode::Held`) to see a timeout:
+/// the IdP never answers while held, so the timeout fires however slow the machine is.
+pub fn short_http_timeout(toml: &str) -> String {
+    toml.replace("http_timeout_ms = 30000", "http_timeout_ms = 300")
 }
 
 /// The mock IdP and a ready server with the standard config.
