@@ -124,7 +124,7 @@ impl Authorizer {
     pub async fn check(&self, view: &CheckView<'_>) -> Decision {
         let start = Instant::now();
         self.metrics.in_flight.inc();
-        let (policy, outcome) = match self.select(view) {
+        let (policy, mut outcome) = match self.select(view) {
             Ok(policy) => {
                 let deadline = self.config.server.check_timeout;
                 match tokio::time::timeout(deadline, self.check_policy(policy, view)).await {
@@ -141,6 +141,9 @@ impl Authorizer {
             Err(deny) => (None, Outcome::deny(deny)),
         };
         self.metrics.in_flight.dec();
+        if let (Some(policy), Decision::Allow(allowed)) = (policy, &mut outcome.decision) {
+            remove_spellings(allowed, policy, view);
+        }
         let result = match &outcome.decision {
             Decision::Allow(_) => "allow",
             Decision::Deny(d) => match d.status {
@@ -682,6 +685,47 @@ fn allow(policy: &Policy, method: AuthMethod, claims: &Map<String, Value>) -> Al
     out.metadata
         .push(("auth_method", method.as_str().to_string()));
     out
+}
+
+/// Removes every client-sent header spelled like one the policy controls (any case, `_` for `-`) but not exactly
+/// as it: WSGI/CGI/Rack/PHP upstreams read `X_User` as `X-User`, so a client's `x_user: mallory` must not reach
+/// them next to (or instead of) the `x-user` we set. Exact names are already set (overwriting) or removed.
+fn remove_spellings(allowed: &mut Allow, policy: &Policy, view: &CheckView<'_>) {
+    if policy.controlled_headers.is_empty() {
+        return;
+    }
+    for sent in view.header_names() {
+        if sent.starts_with(':') {
+            continue;
+        }
+        let spoof = policy
+            .controlled_headers
+            .iter()
+            .any(|ours| ours.as_str() != sent && spelled_alike(sent, ours.as_str()));
+        if spoof
+            && let Ok(name) = HeaderName::from_bytes(sent.to_ascii_lowercase().as_bytes())
+            && !allowed.remove_headers.contains(&name)
+            && !allowed.set_headers.iter().any(|(k, _)| *k == name)
+        {
+            allowed.remove_headers.push(name);
+        }
+    }
+}
+
+/// Whether a header name reads as `ours` (lower case) once lower-cased with `_` taken as `-`.
+fn spelled_alike(sent: &str, ours: &str) -> bool {
+    let norm = |b: u8| {
+        if b == b'_' {
+            b'-'
+        } else {
+            b.to_ascii_lowercase()
+        }
+    };
+    sent.len() == ours.len()
+        && sent
+            .bytes()
+            .zip(ours.bytes())
+            .all(|(a, b)| norm(a) == norm(b))
 }
 
 /// A header configured twice keeps its first value; a name never appears both set and removed.

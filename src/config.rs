@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use figment::Figment;
-use figment::providers::{Env, Format, Toml, Yaml};
+use figment::providers::{Format, Toml, Yaml};
 use figment::value::Value;
 use http::HeaderName;
 use serde::Deserialize;
@@ -414,6 +414,10 @@ pub struct Policy {
     pub client_credential_headers: Option<(HeaderName, HeaderName)>,
     /// Browser login and sessions (present when the policy allows `authorization_code` or `session`).
     pub login: Option<LoginSettings>,
+    /// Every request header this policy sets or promises to control upstream (claim headers, `authorization`
+    /// when it sends one, the ID-token and client-credential headers), lower case: on an allow, a client-sent
+    /// header spelled like one of these (any case, `_` for `-`) never reaches the upstream.
+    pub controlled_headers: Vec<HeaderName>,
 }
 
 /// Where a session's claims come from, in order of precedence.
@@ -466,6 +470,8 @@ pub struct Config {
     pub policies: Arc<[Policy]>,
     /// Routes used when Envoy names no policy.
     pub routes: RouteTable,
+    /// Things that are allowed but probably wrong (printed by `check-config`, logged at start).
+    pub warnings: Vec<String>,
 }
 
 impl Config {
@@ -476,25 +482,24 @@ impl Config {
 
     /// Loads a config file (TOML or YAML by extension) plus `OIDC_AUTHZ_` env overrides.
     pub fn load(path: &Path) -> Result<Config, InvalidConfig> {
-        let file = match path.extension().and_then(|e| e.to_str()) {
+        let vars = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        Self::load_with_env(path, vars)
+    }
+
+    /// Loads a config file plus overrides from these environment variables (`load` passes the process's).
+    pub fn load_with_env(
+        path: &Path,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, InvalidConfig> {
+        let mut figment = match path.extension().and_then(|e| e.to_str()) {
             Some("yaml") | Some("yml") => Figment::from(Yaml::file_exact(path)),
             _ => Figment::from(Toml::file_exact(path)),
         };
-        // Only variables naming a config section are overrides (`OIDC_AUTHZ_PROVIDERS__OKTA__CLIENT_SECRET`); others
-        // that happen to share the prefix (`OIDC_AUTHZ_CONFIG`, a script's `OIDC_AUTHZ_BIN`) are not config.
-        let env = Env::prefixed(ENV_PREFIX).split("__").filter(|k| {
-            let section = k
-                .as_str()
-                .split('.')
-                .next()
-                .unwrap_or_default()
-                .to_ascii_lowercase();
-            matches!(
-                section.as_str(),
-                "server" | "providers" | "policies" | "routes"
-            ) && k.as_str().contains('.')
-        });
-        Self::from_figment(file.merge(env))
+        for (key, value) in env_overrides(vars) {
+            figment = figment.merge(figment::providers::Serialized::default(&key, value));
+        }
+        Self::from_figment(figment)
     }
 
     /// Parses a TOML string (no env overrides); for tests and examples.
@@ -504,9 +509,11 @@ impl Config {
 
     /// Extracts and validates, collecting every error.
     pub fn from_figment(figment: Figment) -> Result<Config, InvalidConfig> {
-        let value: Value = figment
-            .extract()
-            .map_err(|e| InvalidConfig(vec![ConfigError::Load(e.to_string())]))?;
+        let value: Value = figment.extract().map_err(|e| {
+            InvalidConfig(vec![ConfigError::Load(without_source_lines(
+                &e.to_string(),
+            ))])
+        })?;
         let mut v = Validator::default();
         let cfg = v.config(&value);
         match cfg {
@@ -523,11 +530,16 @@ impl Config {
 #[derive(Default)]
 struct Validator {
     errors: Vec<ConfigError>,
+    warnings: Vec<String>,
 }
 
 impl Validator {
     fn err(&mut self, e: ConfigError) {
         self.errors.push(e);
+    }
+
+    fn warn(&mut self, w: String) {
+        self.warnings.push(w);
     }
 
     /// Deserializes one section, reporting every ignored (unknown) key under `prefix`.
@@ -548,6 +560,9 @@ impl Validator {
             Ok(v) => Some(v),
             Err(e) => {
                 let mut msg = e.kind.to_string();
+                if e.path.last().is_some_and(|k| is_secret_key(k)) {
+                    msg = "must be a string (the value is a secret and not shown)".into();
+                }
                 if !e.path.is_empty() {
                     msg = format!("`{}`: {msg}", e.path.join("."));
                 }
@@ -628,6 +643,7 @@ impl Validator {
             }
         }
         policies.sort_by(|a, b| a.name.cmp(&b.name));
+        self.shared_callbacks(&policies);
 
         let mut routes = Vec::new();
         if let Some(r) = root.get("routes") {
@@ -657,6 +673,7 @@ impl Validator {
             providers: providers.into(),
             policies: policies.into(),
             routes: RouteTable::new(routes),
+            warnings: std::mem::take(&mut self.warnings),
         })
     }
 
@@ -721,7 +738,9 @@ impl Validator {
         let before = self.errors.len();
         let issuer = match raw.issuer {
             Some(i) => {
-                self.url(section, "issuer", Some(i.clone()));
+                if let Some(u) = self.url(section, "issuer", Some(i.clone())) {
+                    self.warn_plain_http(section, "issuer", &u);
+                }
                 Some(i)
             }
             None => {
@@ -957,6 +976,23 @@ impl Validator {
         }
 
         let redirect_uri = self.url(section, "redirect_uri", raw.redirect_uri);
+        if let Some(u) = &redirect_uri {
+            if !u.username().is_empty() || u.password().is_some() {
+                self.err(ConfigError::BadUrl {
+                    section: section.into(),
+                    field: "redirect_uri",
+                    reason: "must not carry user information (user:password@)".into(),
+                });
+            }
+            if u.fragment().is_some() {
+                self.err(ConfigError::BadUrl {
+                    section: section.into(),
+                    field: "redirect_uri",
+                    reason: "must not have a fragment (#...)".into(),
+                });
+            }
+            self.warn_plain_http(section, "redirect_uri", u);
+        }
         if let Some(lp) = &raw.logout_path
             && !lp.starts_with('/')
         {
@@ -987,17 +1023,32 @@ impl Validator {
                 });
             }
         }
-        for s in &session_secrets {
+        for (i, s) in session_secrets.iter().enumerate() {
             use base64::Engine;
-            let ok = base64::engine::general_purpose::STANDARD
-                .decode(s.expose().trim())
-                .map(|b| b.len() == 32)
-                .unwrap_or(false);
-            if !ok {
-                self.err(ConfigError::Invalid {
+            let which = if session_secrets.len() > 1 {
+                format!("session_secret[{i}]")
+            } else {
+                "session_secret".to_string()
+            };
+            match base64::engine::general_purpose::STANDARD.decode(s.expose().trim()) {
+                Ok(bytes) if bytes.len() == 32 => {
+                    if let Some(why) = weak_secret(&bytes) {
+                        self.err(ConfigError::Invalid {
+                            section: section.into(),
+                            message: format!(
+                                "{which} is not random ({why}): generate one with `openssl rand -base64 32`"
+                            ),
+                        });
+                    } else if is_published_secret(&bytes) {
+                        self.warn(format!(
+                            "{section}: {which} is published in the oidc-authz repository (an example or test value): anyone can forge sessions; generate your own with `openssl rand -base64 32`"
+                        ));
+                    }
+                }
+                _ => self.err(ConfigError::Invalid {
                     section: section.into(),
-                    message: "session_secret must be base64 of exactly 32 random bytes".into(),
-                });
+                    message: format!("{which} must be base64 of exactly 32 random bytes"),
+                }),
             }
         }
 
@@ -1087,6 +1138,47 @@ impl Validator {
             }),
             _ => None,
         };
+        let mut controlled_headers: Vec<HeaderName> =
+            upstream_headers.iter().map(|h| h.name.clone()).collect();
+        for (what, h) in upstream_headers
+            .iter()
+            .map(|h| ("upstream_headers_names", &h.name))
+            .chain(
+                login
+                    .as_ref()
+                    .and_then(|l| l.upstream_id_token_header.as_ref())
+                    .map(|h| ("upstream_id_token_header", h)),
+            )
+        {
+            if h.as_str().contains('_') {
+                self.warn(format!(
+                    "{section}: {what} entry `{h}` has '_': many upstreams (nginx, CGI/WSGI servers) drop or rename such headers; prefer '-'"
+                ));
+            }
+        }
+        if let Some((id_h, secret_h)) = &client_credential_headers {
+            for h in [id_h, secret_h] {
+                if h.as_str().contains('_') {
+                    self.warn(format!(
+                        "{section}: client credential header `{h}` has '_': Envoy configured as shipped (headers_with_underscores_action: REJECT_REQUEST) answers 400 to requests carrying it; set client_arg / client_secret_arg to names with '-'"
+                    ));
+                }
+                controlled_headers.push(h.clone());
+            }
+        }
+        let sends_authorization = auth_methods.contains(&AuthMethod::ClientCredentials)
+            || login.as_ref().is_some_and(|l| l.upstream_access_token);
+        if sends_authorization {
+            controlled_headers.push(http::header::AUTHORIZATION);
+        }
+        if let Some(h) = login
+            .as_ref()
+            .and_then(|l| l.upstream_id_token_header.clone())
+        {
+            controlled_headers.push(h);
+        }
+        controlled_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        controlled_headers.dedup();
         if self.errors.len() != before {
             return None;
         }
@@ -1105,7 +1197,54 @@ impl Validator {
             session_secrets,
             client_credential_headers,
             login,
+            controlled_headers,
         })
+    }
+
+    /// Warns about plain `http://` on a host that is not loopback (tokens and codes in clear on the network).
+    fn warn_plain_http(&mut self, section: &str, field: &str, u: &Url) {
+        if u.scheme() != "http" {
+            return;
+        }
+        let loopback = match u.host() {
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        };
+        if !loopback {
+            self.warn(format!(
+                "{section}: {field} uses plain http:// on a host that is not loopback: tokens, codes and cookies cross the network in clear"
+            ));
+        }
+    }
+
+    /// Two login policies that answer the same callback (origin and path) with the same session cookie name must
+    /// share their secrets: otherwise the login cookie one policy sealed cannot be opened by the other, whose
+    /// callback then refuses every login and clears the first one's session.
+    fn shared_callbacks(&mut self, policies: &[Policy]) {
+        for (i, a) in policies.iter().enumerate() {
+            let Some(la) = &a.login else { continue };
+            for b in &policies[i + 1..] {
+                let Some(lb) = &b.login else { continue };
+                let same_callback = la.redirect_uri.origin() == lb.redirect_uri.origin()
+                    && la.redirect_uri.path() == lb.redirect_uri.path();
+                if same_callback
+                    && la.cookie_name == lb.cookie_name
+                    && a.session_secrets != b.session_secrets
+                {
+                    self.err(ConfigError::Conflict {
+                        section: format!("policies.{}", b.name),
+                        message: format!(
+                            "shares its callback {} and session cookie `{}` with policies.{} but not its session_secret: logins through one would fail at the other's callback; give both the same session_secret (or different cookie names)",
+                            lb.redirect_uri.path(),
+                            lb.cookie_name,
+                            a.name
+                        ),
+                    });
+                }
+            }
+        }
     }
 
     fn route(
@@ -1213,6 +1352,104 @@ impl Validator {
 }
 
 /// Headers that must never be set from a claim.
+/// The config overrides among environment variables: `OIDC_AUTHZ_PROVIDERS__OKTA__CLIENT_SECRET=x` sets
+/// `providers.okta.client_secret`. Only variables naming a config section and a key below it are overrides (not
+/// `OIDC_AUTHZ_CONFIG`, nor a script's `OIDC_AUTHZ_BIN`). Values read as TOML-like scalars (`true`, `42`,
+/// `[1, 2]`), except secrets: a secret is a string, verbatim (`0123` stays `0123`; `987654321` is not a number
+/// to refuse, and so never echoed in an error).
+fn env_overrides(vars: impl IntoIterator<Item = (String, String)>) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for (name, value) in vars {
+        let Some(rest) = name
+            .get(..ENV_PREFIX.len())
+            .filter(|p| p.eq_ignore_ascii_case(ENV_PREFIX))
+            .and_then(|_| name.get(ENV_PREFIX.len()..))
+        else {
+            continue;
+        };
+        let parts: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        let known = matches!(
+            parts[0].as_str(),
+            "server" | "providers" | "policies" | "routes"
+        );
+        if !known || parts.len() < 2 || parts.iter().any(String::is_empty) {
+            continue;
+        }
+        let key = parts.join(".");
+        let value = if is_secret_key(&key) {
+            Value::from(value)
+        } else {
+            value
+                .parse::<Value>()
+                .unwrap_or_else(|never| match never {})
+        };
+        out.push((key, value));
+    }
+    out
+}
+
+/// Whether a config key (its last dotted segment) holds a secret: never parsed as a number, never echoed.
+fn is_secret_key(key: &str) -> bool {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    matches!(
+        last.to_ascii_lowercase().as_str(),
+        "client_secret" | "session_secret" | "secret" | "client_jwk"
+    )
+}
+
+/// A load error without the source lines a TOML parser quotes (`3 | client_secret = "...`): the line may hold a
+/// secret. Keeps the position ("at line 3, column 17") and the reason.
+fn without_source_lines(msg: &str) -> String {
+    msg.lines()
+        .filter(|l| {
+            let t = l.trim_start();
+            let t = t
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .trim_start();
+            !t.starts_with('|')
+        })
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Why 32 decoded secret bytes are not random, if they are not: too few distinct byte values (zeros, repeated
+/// patterns), or all printable ASCII (a password or phrase in base64, not random bytes). 32 random bytes have
+/// about 30 distinct values, and are all printable with a chance of about 1e-14.
+fn weak_secret(bytes: &[u8]) -> Option<&'static str> {
+    let mut seen = [false; 256];
+    for b in bytes {
+        seen[usize::from(*b)] = true;
+    }
+    let distinct = seen.iter().filter(|s| **s).count();
+    if distinct < 16 {
+        Some("too few distinct bytes")
+    } else if bytes.iter().all(|b| (0x20..0x7f).contains(b)) {
+        Some("it decodes to text: a passphrase, not random bytes")
+    } else {
+        None
+    }
+}
+
+/// SHA-256 (hex) of the session secrets that appear in this repository's examples, demo and tests: published, so
+/// anyone can seal a session with them. `check-config` warns when a configuration uses one. A test keeps the list
+/// complete (`published_secrets_are_all_listed`).
+const PUBLISHED_SECRETS: &[&str] = &[
+    "3c8dbef1b111f5fec3d34f815a2885200484bfe3e5bb3f56e0021c41e0b16f16",
+    "4ea50fb41e5ff59a44d05c554489761248f0361c55a2b430068a62e20802754b",
+    "4c962ec5d1b8322bf45eda002a940c0a9c1f71f1d9135c0ca2baa76a5dd41ec3",
+    "3aa8db4bb651750ee7fb50331e448da7f1cc5ccefd1f64ebe98e398bdfa7e312",
+    "25335df24f58912c6068465893f703a6eb0a97b582161943812e4f1cfb45af20",
+];
+
+fn is_published_secret(bytes: &[u8]) -> bool {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    PUBLISHED_SECRETS.contains(&hex.as_str())
+}
+
 fn is_hop_or_reserved(name: &str) -> bool {
     matches!(
         name,
@@ -1325,5 +1562,74 @@ policy = "ghost"
             text.contains("server.bogus") && text.contains("providers.okta.wat"),
             "{text}"
         );
+    }
+    /// Every 32-byte base64 secret written in this repository (examples, demo, tests, docs) is in
+    /// `PUBLISHED_SECRETS`, so `check-config` warns whoever copies one; and none of them is weak.
+    #[test]
+    fn published_secrets_are_all_listed() {
+        use base64::Engine;
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut stack = vec![root.to_path_buf()];
+        let mut found = 0;
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                let name = path.file_name().unwrap().to_string_lossy().to_string();
+                if path.is_dir() {
+                    // tests/data/invalid holds deliberately bad values
+                    if !matches!(name.as_str(), "target" | "node_modules" | ".git" | ".venv")
+                        && !path.ends_with("tests/data/invalid")
+                    {
+                        stack.push(path);
+                    }
+                    continue;
+                }
+                let Ok(text) = std::fs::read_to_string(&path) else {
+                    continue;
+                };
+                for line in text
+                    .lines()
+                    .filter(|l| l.to_ascii_lowercase().contains("secret"))
+                {
+                    let b = line.as_bytes();
+                    let is_b64 = |c: u8| c.is_ascii_alphanumeric() || c == b'+' || c == b'/';
+                    for start in 0..b.len().saturating_sub(43) {
+                        let run = &b[start..start + 43];
+                        let bounded = (start == 0 || !is_b64(b[start - 1]))
+                            && b.get(start + 43) == Some(&b'=')
+                            && b.get(start + 44).is_none_or(|c| !is_b64(*c) && *c != b'=');
+                        if !bounded || !run.iter().all(|c| is_b64(*c)) {
+                            continue;
+                        }
+                        let value = &line[start..start + 44];
+                        let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(value)
+                        else {
+                            continue;
+                        };
+                        found += 1;
+                        assert!(
+                            is_published_secret(&bytes),
+                            "{}: a secret not in PUBLISHED_SECRETS: {value}",
+                            path.display()
+                        );
+                        assert_eq!(weak_secret(&bytes), None, "{}: {value}", path.display());
+                    }
+                }
+            }
+        }
+        assert!(found >= 5, "the scan found only {found} secrets");
+    }
+
+    #[test]
+    fn weak_secrets() {
+        assert!(weak_secret(&[0u8; 32]).is_some());
+        assert!(weak_secret(&[b'a'; 32]).is_some());
+        assert!(weak_secret(b"my-very-own-session-passphrase!!").is_some());
+        let pattern: Vec<u8> = (0..32u8).map(|i| i % 8).collect();
+        assert!(weak_secret(&pattern).is_some());
+        let random: Vec<u8> = (0..32u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        assert_eq!(weak_secret(&random), None, "{random:?}");
     }
 }

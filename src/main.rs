@@ -50,6 +50,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => match load(&config) {
             Ok(cfg) => {
+                for w in &cfg.warnings {
+                    eprintln!("{}: warning: {w}", config.display());
+                }
                 println!(
                     "{}: ok ({} provider(s), {} polic(ies), {} route(s))",
                     config.display(),
@@ -67,6 +70,9 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             init_logging(cfg.server.log_format);
+            for w in &cfg.warnings {
+                tracing::warn!(config = %config.display(), "{w}");
+            }
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

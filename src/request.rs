@@ -144,6 +144,15 @@ impl<'a> CheckView<'a> {
         }
     }
 
+    /// The names of every header the client sent (as Envoy passed them: lower case), in no particular order.
+    pub fn header_names(&self) -> impl Iterator<Item = &'a str> + '_ {
+        let (map, raw) = match &self.headers {
+            Headers::Map(m) => (Some(m.keys().map(String::as_str)), None),
+            Headers::Raw(v) => (None, Some(v.iter().map(|(k, _)| *k))),
+        };
+        map.into_iter().flatten().chain(raw.into_iter().flatten())
+    }
+
     /// Whether the client sent this header at all.
     pub fn has_header(&self, name: &str) -> bool {
         !self.header_values(name).is_empty()

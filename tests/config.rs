@@ -241,3 +241,138 @@ fn yaml_config_by_extension() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+fn run_check(cfg: &Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut c = bin();
+    c.args(["check-config", "--config"]).arg(cfg);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), all)
+}
+
+#[test]
+fn env_secrets_are_verbatim_strings_and_never_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        VALID.replace("client_secret_file = \"SECRET_FILE\"", ""),
+    )
+    .unwrap();
+    for secret in ["987654321", "0123", "true", "[1, 2]", "1e3"] {
+        let vars = [(
+            "OIDC_AUTHZ_PROVIDERS__OKTA__CLIENT_SECRET".to_string(),
+            secret.to_string(),
+        )];
+        let c = Config::load_with_env(&cfg, vars).unwrap_or_else(|e| panic!("{secret}: {e}"));
+        assert_eq!(
+            c.providers[0].client_secret.as_ref().unwrap().expose(),
+            secret
+        );
+        let (code, all) = run_check(
+            &cfg,
+            &[("OIDC_AUTHZ_PROVIDERS__OKTA__CLIENT_SECRET", secret)],
+        );
+        assert_eq!(code, Some(0), "{secret}: {all}");
+        assert!(!all.contains(secret), "{all}");
+    }
+    // other values still read as numbers and booleans
+    let vars = [(
+        "OIDC_AUTHZ_PROVIDERS__OKTA__LEEWAY_SECS".to_string(),
+        "5".to_string(),
+    )];
+    assert_eq!(
+        Config::load_with_env(&cfg, vars).unwrap().providers[0].leeway_secs,
+        5
+    );
+}
+
+#[test]
+fn no_error_prints_a_secret_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        // a TOML syntax error on the secret's line: the parser would quote the line
+        "[providers.okta]\nissuer = \"https://idp.example.com\"\nclient_secret = \"SeCrEt-Value-42\n",
+        "[providers.okta]\nissuer = \"https://idp.example.com\"\nclient_secret = SeCrEt-Value-42\n",
+        // a secret of the wrong type: the deserializer would name the value
+        "[providers.okta]\nissuer = \"https://idp.example.com\"\nclient_secret = 4242424242\n",
+        "[policies.p]\nsession_secret = 4242424242\n",
+    ];
+    for (i, text) in cases.iter().enumerate() {
+        let cfg = dir.path().join(format!("c{i}.toml"));
+        std::fs::write(&cfg, text).unwrap();
+        let (code, all) = run_check(&cfg, &[]);
+        assert_eq!(code, Some(64), "{all}");
+        assert!(
+            !all.contains("SeCrEt-Value-42") && !all.contains("4242424242"),
+            "case {i}: {all}"
+        );
+    }
+    // the position of a syntax error is still given
+    let (_, all) = run_check(&dir.path().join("c0.toml"), &[]);
+    assert!(all.contains("line 3"), "{all}");
+}
+
+#[test]
+fn check_config_warns_but_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    // a session secret published in this repository (the e2e template's), '_' in injected header names,
+    // plain http to a remote issuer and callback
+    std::fs::write(
+        &cfg,
+        r#"
+[providers.okta]
+issuer = "http://idp.example.com"
+client_id = "app"
+client_secret = "x"
+audiences = ["api://default"]
+[policies.app]
+provider = "okta"
+auth_methods = ["bearer", "authorization_code", "session"]
+redirect_uri = "http://app.example.com/oauth2/callback"
+session_secret = "UePTBxfdBegqNEpqNNov35u26T1aGX35JU71DtqTevA="
+upstream_headers_claims = ["sub"]
+upstream_headers_names = ["X_User"]
+"#,
+    )
+    .unwrap();
+    let (code, all) = run_check(&cfg, &[]);
+    assert_eq!(code, Some(0), "{all}");
+    for w in [
+        "session_secret is published",
+        "`x_user` has '_'",
+        "issuer uses plain http://",
+        "redirect_uri uses plain http://",
+    ] {
+        assert!(all.contains(w), "missing warning {w:?} in:\n{all}");
+    }
+    assert!(!all.contains("UePTBxfdBegq"), "{all}");
+    // loopback http and a fresh secret: no warnings
+    let fresh_secret = {
+        use base64::Engine;
+        use sha2::Digest;
+        let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(seed.as_bytes()))
+    };
+    let fresh = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("http://idp.example.com", "http://127.0.0.1:9000")
+        .replace("http://app.example.com", "http://localhost:8080")
+        .replace(
+            "UePTBxfdBegqNEpqNNov35u26T1aGX35JU71DtqTevA=",
+            &fresh_secret,
+        )
+        .replace("X_User", "x-user");
+    std::fs::write(&cfg, fresh).unwrap();
+    let (code, all) = run_check(&cfg, &[]);
+    assert_eq!(code, Some(0), "{all}");
+    assert!(!all.contains("warning"), "{all}");
+}

@@ -493,3 +493,60 @@ async fn shutdown_lets_an_in_flight_check_finish() {
         "no new connections after shutdown"
     );
 }
+
+#[tokio::test]
+async fn injected_headers_cannot_be_spoofed_by_spelling() {
+    let (idp, server) = world().await;
+    // `groups` absent: x-groups is removed; every other spelling of our headers is removed too, present or not
+    let token = idp.mint(json!({"groups": null}));
+    for raw in [false, true] {
+        let mut r = req("/x")
+            .policy("api")
+            .bearer(&token)
+            .header("x_user", "mallory")
+            .header("X_Groups", "admins")
+            .header("x_issuer", "https://evil.example")
+            .header("x-request-id", "kept")
+            .header("x_forwarded_host", "kept");
+        if raw {
+            r = r.raw();
+        }
+        let a = ask(&server, r).await;
+        assert_eq!(a.status, 200, "{a:?}");
+        let mut removed = a.remove.clone();
+        removed.sort();
+        assert_eq!(
+            removed,
+            vec!["x-groups", "x_groups", "x_issuer", "x_user"],
+            "raw={raw}"
+        );
+        assert_eq!(a.header("x-user"), Some("alice@example.com"));
+    }
+    // a name configured with '_' (Kong's seed `Issuer_Header`): the '-' spelling is removed, ours is set
+    let a = ask(
+        &server,
+        req("/x")
+            .policy("cc")
+            .basic("cc-app", "cc-app-secret")
+            .header("issuer-header", "https://evil.example")
+            .header("ISSUER-HEADER", "https://evil.example"),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert!(a.remove.contains(&"issuer-header".to_string()), "{a:?}");
+    assert_eq!(a.header("issuer_header"), Some(idp.issuer.as_str()));
+    // the client-credential headers and Authorization in any other spelling on a policy that sends them
+    let a = ask(
+        &server,
+        req("/x")
+            .policy("cc")
+            .header("client_id", "cc-app")
+            .header("client_secret", "cc-app-secret")
+            .header("client-secret", "copy"),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    for h in ["client_id", "client_secret", "client-secret"] {
+        assert!(a.remove.contains(&h.to_string()), "{h}: {a:?}");
+    }
+}

@@ -71,8 +71,16 @@ async fn login(
     b.absorb(&start);
     let location = start.header("location").unwrap().to_string();
     let query = idp.login(&location, user);
-    // the callback is answered by whichever policy Envoy routes it to; here the one that started the login
-    let cb = ask(server, b.req(&format!("/oauth2/callback?{query}"), policy)).await;
+    // the callback is answered by whichever policy Envoy routes it to; here the one that started the login, at
+    // the path of the redirect_uri it sent
+    let redirect_uri = url::Url::parse(&location)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "redirect_uri")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    let callback = url::Url::parse(&redirect_uri).unwrap().path().to_string();
+    let cb = ask(server, b.req(&format!("{callback}?{query}"), policy)).await;
     b.absorb(&cb);
     cb
 }
@@ -553,7 +561,7 @@ async fn a_login_cookie_without_a_pkce_verifier_cannot_complete() {
     let state = q.split("state=").nth(1).unwrap().to_string();
     // a login cookie sealed with the policy's real key (so only the content is wrong) but an empty verifier
     let codec =
-        CookieCodec::new(&[Secret::new("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=")]).unwrap();
+        CookieCodec::new(&[Secret::new("fJfkZusK6AM6PHtnD6Ew4TnBmJQNhuiVxOTv7w0voXg=")]).unwrap();
     for verifier in [json!(""), serde_json::Value::Null] {
         let mut login = json!({
             "state": state, "nonce": "n", "return_to": "/app",

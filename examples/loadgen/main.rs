@@ -539,7 +539,7 @@ upstream_headers_names = ["issuer_header", "x-user"]
 }
 
 /// The benchmark policy's session secret (base64 of 32 bytes; test value).
-const SESSION_SECRET: &str = "YmVuY2gtc2Vzc2lvbi1zZWNyZXQtMzItYnl0ZXMhISE=";
+const SESSION_SECRET: &str = "rFF/tGf4PbpRp0tBLQQMbnJ5NYYv2H+pNIhhq1prps4=";
 
 /// A Check from a browser holding a valid session cookie, sealed exactly as oidc-authz seals it at login.
 fn session_request(issuer: &Issuer) -> CheckRequest {

@@ -105,18 +105,52 @@ pub fn claim_words(v: &Value) -> Vec<&str> {
 }
 
 /// A claim as one header value: strings as they are, arrays joined with `,` (as Kong does), numbers and booleans
-/// as text; objects and nulls give nothing.
+/// as text; objects and nulls give nothing. An array item that could change the list's meaning or the header
+/// (a `,`, a control character, an empty string, a nested array or object) is dropped, so a claim
+/// `["users", "admins,superusers"]` reaches the upstream as `users`, never as three groups.
 pub fn claim_header_value(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         Value::Bool(b) => Some(b.to_string()),
         Value::Array(items) => {
-            let parts: Vec<String> = items.iter().filter_map(claim_header_value).collect();
-            Some(parts.join(","))
+            let mut out = String::new();
+            for item in items {
+                let text = match item {
+                    Value::String(s) => std::borrow::Cow::Borrowed(s.as_str()),
+                    Value::Number(n) => std::borrow::Cow::Owned(n.to_string()),
+                    Value::Bool(b) => std::borrow::Cow::Owned(b.to_string()),
+                    _ => {
+                        tracing::debug!(
+                            "claim array item that is not a string, number or boolean left out of the header"
+                        );
+                        continue;
+                    }
+                };
+                if !safe_list_item(&text) {
+                    tracing::debug!(
+                        "claim array item with ',' or a character unsafe in a header left out of the header"
+                    );
+                    continue;
+                }
+                if !out.is_empty() {
+                    out.push(',');
+                }
+                out.push_str(&text);
+            }
+            Some(out)
         }
         _ => None,
     }
+}
+
+/// An item of a `,`-joined header list: not empty, no `,`, visible characters and spaces only (no control
+/// characters; non-ASCII UTF-8 as a string claim would be), no surrounding spaces.
+fn safe_list_item(s: &str) -> bool {
+    !s.is_empty()
+        && s.trim() == s
+        && s.chars().all(|c| c != ',' && (c == ' ' || !c.is_control()))
+        && http::HeaderValue::from_str(s).is_ok()
 }
 
 #[cfg(test)]
@@ -189,5 +223,26 @@ mod tests {
         assert_eq!(claim_header_value(&json!(["a", "b"])), Some("a,b".into()));
         assert_eq!(claim_header_value(&json!(42)), Some("42".into()));
         assert_eq!(claim_header_value(&json!({"a": 1})), None);
+    }
+
+    #[test]
+    fn header_lists_cannot_be_split_by_an_item() {
+        // an item with ',' would become two list entries upstream: dropped, the rest kept
+        assert_eq!(
+            claim_header_value(&json!(["users", "admins,superusers"])),
+            Some("users".into())
+        );
+        assert_eq!(
+            claim_header_value(
+                &json!(["a", "", " b", "c\r\nx-evil: 1", ["d", "e"], {"f": 1}, 7, true])
+            ),
+            Some("a,7,true".into())
+        );
+        assert_eq!(claim_header_value(&json!(["x,y"])), Some(String::new()));
+        // a single string claim is one value, as it is
+        assert_eq!(
+            claim_header_value(&json!("Doe, Jane")),
+            Some("Doe, Jane".into())
+        );
     }
 }

@@ -747,7 +747,7 @@ scopes = ["openid", "profile", "offline_access"]
 redirect_uri = "https://app.example.com/oauth2/callback"
 logout_path = "/oauth2/logout"
 post_logout_redirect_uri = "https://app.example.com/bye"
-session_secret = ["MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=", "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA="]
+session_secret = ["fJfkZusK6AM6PHtnD6Ew4TnBmJQNhuiVxOTv7w0voXg=", "YgkhMaR/YTZqwk13q1w36bx3iMsjriSao8q4VdYNeSs="]
 session_idle_timeout_secs = 600
 session_absolute_timeout_secs = 3600
 refresh_leeway_secs = 0
@@ -758,8 +758,9 @@ upstream_headers_names = ["x-user", "x-email"]
 [policies.group]
 provider = "okta"
 auth_methods = ["authorization_code", "session"]
-redirect_uri = "https://app.example.com/oauth2/callback"
-session_secret = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA="
+# its own callback: it shares the session cookie with `login` but not all of its secrets (rotation tests)
+redirect_uri = "https://app.example.com/oauth2/group-callback"
+session_secret = "YgkhMaR/YTZqwk13q1w36bx3iMsjriSao8q4VdYNeSs="
 scopes_claim = ["groups"]
 scopes_required = ["kong_group"]
 
