@@ -43,6 +43,87 @@ pub struct Authorizer {
     metrics: Arc<Metrics>,
 }
 
+/// The metrics and the log line of one Check. Created when the Check starts (in flight), finished with its
+/// outcome; a Check whose future is dropped before it is answered (Envoy reset the stream: its own timeout, the
+/// client went away) is recorded on drop as `cancelled`, so the in-flight gauge, the counters, the latency
+/// histogram and the log stay true.
+struct Record<'a> {
+    authz: &'a Authorizer,
+    view: &'a CheckView<'a>,
+    start: Instant,
+    /// The selected policy's name, `-` until one is selected.
+    policy: &'a str,
+    finished: bool,
+}
+
+impl<'a> Record<'a> {
+    fn start(authz: &'a Authorizer, view: &'a CheckView<'a>) -> Self {
+        authz.metrics.in_flight.inc();
+        Record {
+            authz,
+            view,
+            start: Instant::now(),
+            policy: "-",
+            finished: false,
+        }
+    }
+
+    fn finish(&mut self, outcome: &Outcome) {
+        let result = match &outcome.decision {
+            Decision::Allow(_) => "allow",
+            Decision::Deny(d) => match d.status {
+                DenyStatus::Unauthorized => "deny_401",
+                DenyStatus::Forbidden => "deny_403",
+                DenyStatus::Unavailable => "deny_503",
+            },
+            Decision::Redirect(_) => "redirect",
+        };
+        let reason = match &outcome.decision {
+            Decision::Deny(d) => d.description.as_str(),
+            Decision::Allow(_) | Decision::Redirect(_) => "",
+        };
+        let method = outcome.method.map_or("-", AuthMethod::as_str);
+        self.record(method, outcome.sub.as_deref().unwrap_or(""), result, reason);
+        self.finished = true;
+    }
+
+    fn record(&self, method: &'static str, sub: &str, result: &'static str, reason: &str) {
+        let (authz, view) = (self.authz, self.view);
+        authz.metrics.in_flight.dec();
+        authz
+            .decisions
+            .inc(&authz.metrics, self.policy, method, result);
+        authz
+            .metrics
+            .check_seconds
+            .observe(self.start.elapsed().as_secs_f64());
+        tracing::info!(
+            policy.name = self.policy,
+            auth.method = method,
+            auth.sub = sub,
+            decision = result,
+            reason,
+            request.id = view.request_id,
+            request.method = view.method,
+            request.path = view.path,
+            "check"
+        );
+    }
+}
+
+impl Drop for Record<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.record(
+                "-",
+                "",
+                "cancelled",
+                "the Check was cancelled before it was answered",
+            );
+        }
+    }
+}
+
 /// A decision with what led to it, for logs and metrics.
 struct Outcome {
     decision: Decision,
@@ -122,10 +203,10 @@ impl Authorizer {
 
     /// Answers one Check: never panics, never fails open.
     pub async fn check(&self, view: &CheckView<'_>) -> Decision {
-        let start = Instant::now();
-        self.metrics.in_flight.inc();
+        let mut record = Record::start(self, view);
         let (policy, mut outcome) = match self.select(view) {
             Ok(policy) => {
+                record.policy = &policy.name;
                 let deadline = self.config.server.check_timeout;
                 match tokio::time::timeout(deadline, self.check_policy(policy, view)).await {
                     Ok(outcome) => (Some(policy), outcome),
@@ -140,41 +221,10 @@ impl Authorizer {
             }
             Err(deny) => (None, Outcome::deny(deny)),
         };
-        self.metrics.in_flight.dec();
         if let (Some(policy), Decision::Allow(allowed)) = (policy, &mut outcome.decision) {
             remove_spellings(allowed, policy, view);
         }
-        let result = match &outcome.decision {
-            Decision::Allow(_) => "allow",
-            Decision::Deny(d) => match d.status {
-                DenyStatus::Unauthorized => "deny_401",
-                DenyStatus::Forbidden => "deny_403",
-                DenyStatus::Unavailable => "deny_503",
-            },
-            Decision::Redirect(_) => "redirect",
-        };
-        let policy_name = policy.map_or("-", |p| p.name.as_str());
-        let method = outcome.method.map_or("-", AuthMethod::as_str);
-        self.decisions
-            .inc(&self.metrics, policy_name, method, result);
-        self.metrics
-            .check_seconds
-            .observe(start.elapsed().as_secs_f64());
-        let reason = match &outcome.decision {
-            Decision::Deny(d) => d.description.as_str(),
-            Decision::Allow(_) | Decision::Redirect(_) => "",
-        };
-        tracing::info!(
-            policy.name = policy_name,
-            auth.method = method,
-            auth.sub = outcome.sub.as_deref().unwrap_or(""),
-            decision = result,
-            reason,
-            request.id = view.request_id,
-            request.method = view.method,
-            request.path = view.path,
-            "check"
-        );
+        record.finish(&outcome);
         outcome.decision
     }
 

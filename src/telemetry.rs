@@ -34,7 +34,8 @@ pub struct DecisionLabels {
     pub policy: String,
     /// Auth method used, or `-`.
     pub method: &'static str,
-    /// `allow`, `deny_401`, `deny_403`, `deny_503`, `deny_400`.
+    /// `allow`, `deny_401`, `deny_403`, `deny_503`, `redirect`, or `cancelled` (Envoy reset the stream before
+    /// the answer: its own timeout, or the client went away).
     pub result: &'static str,
 }
 
@@ -48,7 +49,14 @@ const METHODS: [&str; 6] = [
     "session",
 ];
 /// The `result` label values.
-const RESULTS: [&str; 5] = ["allow", "deny_401", "deny_403", "deny_503", "redirect"];
+const RESULTS: [&str; 6] = [
+    "allow",
+    "deny_401",
+    "deny_403",
+    "deny_503",
+    "redirect",
+    "cancelled",
+];
 
 /// Decision counters resolved once per policy, so counting a Check takes no allocation and no lock.
 #[derive(Debug, Default)]

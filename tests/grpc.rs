@@ -550,3 +550,60 @@ async fn injected_headers_cannot_be_spoofed_by_spelling() {
         assert!(a.remove.contains(&h.to_string()), "{h}: {a:?}");
     }
 }
+
+/// The in-flight gauge and the cancelled-decision counter, read from /metrics.
+async fn in_flight_and_cancelled(server: &TestServer) -> (f64, f64) {
+    let text = server.admin_get("/metrics").await.1;
+    let cancelled = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("oidc_authz_decisions_total{") && l.contains("result=\"cancelled\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    (metric(&text, "oidc_authz_checks_in_flight "), cancelled)
+}
+
+#[tokio::test]
+async fn a_check_cancelled_by_envoy_is_recorded_and_leaves_the_gauge_true() {
+    let (idp, server) = world().await;
+    // the Check waits at the IdP (held: surely in flight) when the client resets the stream, as Envoy does at
+    // its own timeout
+    idp.set_mode(Mode::Held);
+    let token = idp.opaque(json!({}));
+    let mut client = server.client().await;
+    let call = tokio::spawn(async move {
+        let _ = client
+            .check(req("/x").policy("intro").bearer(&token).build())
+            .await;
+    });
+    while idp.introspect_hits() == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(in_flight_and_cancelled(&server).await, (1.0, 0.0));
+    call.abort();
+    // the server drops the Check when the reset arrives; wait for that (bounded), then read the record
+    let mut seen = in_flight_and_cancelled(&server).await;
+    for _ in 0..6000 {
+        if seen.0 == 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        seen = in_flight_and_cancelled(&server).await;
+    }
+    idp.set_mode(Mode::Up);
+    assert_eq!(
+        seen,
+        (0.0, 1.0),
+        "(in flight, cancelled) after the stream reset"
+    );
+    // and the next Check is counted as usual
+    let t = idp.opaque(json!({}));
+    assert_eq!(
+        ask(&server, req("/x").policy("intro").bearer(&t))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(in_flight_and_cancelled(&server).await, (0.0, 1.0));
+}
