@@ -326,12 +326,22 @@ def test_issuer_is_the_okta_mock_service_as_it_names_itself():
 
 def test_okta_mock_runs_the_example_from_its_mount():
     mock = service("okta-mock")
-    src = mount_source(mock, mock["working_dir"])
+    src = mount_source(mock, "/src")
     assert src == (ROOT / "examples" / "okta-mock-idp").resolve()
     assert (src / "server.mjs").is_file() and (src / "package-lock.json").is_file()  # npm ci needs the lock file
-    # node_modules in a volume of its own, never the host's
-    assert any(isinstance(v, str) and v == f"{mock['working_dir']}/node_modules" for v in mock["volumes"]), \
-        mock["volumes"]
+    # the mount is read-only, and nothing is mounted inside it: an anonymous volume at /src/node_modules (or at
+    # <working_dir>/node_modules over a read-only mount) needs a mount point a fresh clone does not have
+    mounts = [v for v in mock["volumes"]]
+    assert all(isinstance(v, str) for v in mounts), mounts
+    assert [v for v in mounts if v.split(":")[1] == "/src"][0].endswith(":ro"), mounts
+    targets = [v.split(":")[1] if ":" in v else v for v in mounts]
+    assert not any(t.startswith("/src/") or t.startswith(mock["working_dir"]) for t in targets), mounts
+    # every file the command copies exists in the checkout, and the mock imports nothing else of ours
+    command = " ".join(mock["command"])
+    copied = re.findall(r"/src/([\w.-]+)", command)
+    assert {"package.json", "package-lock.json", "server.mjs"} <= set(copied), command
+    assert all((src / f).is_file() for f in copied), copied
+    assert not re.search(r"from '\./", (src / "server.mjs").read_text()), "server.mjs imports a local file the command does not copy"
 
 
 def test_login_redirects_go_through_envoys_published_port():
@@ -429,3 +439,11 @@ def test_envoy_accepts_the_compose_config():
     r = subprocess.run([str(envoy), "--mode", "validate", "-c", str(COMPOSE_ENVOY)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# examples/compose/oidc-authz.toml is the e2e template's rendering: the same policies and routes as the e2e world
+def test_compose_config_is_the_rendered_e2e_template(tmp_path):
+    out = tmp_path / "oidc-authz.toml"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "render_config.py"), "--out", str(out)], check=True)
+    assert out.read_text() == COMPOSE_AUTHZ.read_text(), \
+        "examples/compose/oidc-authz.toml is stale: python3 scripts/render_config.py --out examples/compose/oidc-authz.toml"

@@ -19,7 +19,7 @@ from conftest import ROOT, authz_binary, in_ci
 
 EXAMPLES = ROOT / "examples"
 ISTIO = EXAMPLES / "istio"
-SESSION_SECRET = base64.b64encode(b"x" * 32).decode()  # well-formed, for validation only
+SESSION_SECRET = base64.b64encode(os.urandom(32)).decode()  # random, as check-config demands; for validation only
 
 
 def check_config(path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
