@@ -7,10 +7,13 @@
 //!
 //! 1. selects a [`config::Policy`]: Envoy's `context_extensions.policy`, else the best [`policy::routes`] match,
 //!    else 403;
-//! 2. authenticates with one of the policy's auth methods in [`flow`] (today: [`flow::bearer`], JWTs verified
-//!    against keys that [`provider`] discovers and caches);
+//! 2. authenticates with one of the policy's auth methods in [`flow`]: [`flow::bearer`] (JWTs verified against
+//!    keys that [`provider`] discovers and caches), [`flow::introspection`] (RFC 7662),
+//!    [`flow::client_credentials`] (the grant run for the client, token cached), or the browser login in
+//!    [`flow::authcode`] with its encrypted cookies in [`flow::session`];
 //! 3. applies [`policy::access`] (scopes, groups, roles, audience, Kong semantics);
-//! 4. returns a [`decision::Decision`], which [`decision`] alone turns into a `CheckResponse`.
+//! 4. builds the upstream headers (and strips every client-sent spelling of them), then returns a
+//!    [`decision::Decision`], which [`decision`] alone turns into a `CheckResponse`.
 //!
 //! [`config`] turns figment input into validated types once; [`telemetry`] holds logs and metrics; [`clock`] is
 //! the time seam for tests.
