@@ -82,7 +82,12 @@ impl Authorizer {
                 clock.clone(),
                 metrics.clone(),
             ),
-            cc: ClientCredentials::new(10_000, clock.clone(), metrics.clone()),
+            cc: ClientCredentials::new(
+                10_000,
+                &config.providers,
+                clock.clone(),
+                metrics.clone(),
+            ),
             introspector: Introspector::new(100_000, clock.clone(), metrics.clone()),
             decisions: metrics.decision_counters(config.policies.iter().map(|p| p.name.as_str())),
             codecs: config
@@ -555,6 +560,21 @@ impl Authorizer {
             }
             Err(CcError::Idp(e)) => {
                 return Err(idp_down(provider, &e));
+            }
+            Err(CcError::LockedOut { retry_after }) => {
+                let mut deny = unauthorized(
+                    policy,
+                    "invalid_client",
+                    "too many refused attempts for this client; try again later",
+                );
+                deny.retry_after = Some(retry_after);
+                return Err(deny);
+            }
+            Err(CcError::Throttled { retry_after }) => {
+                let mut deny =
+                    Deny::unavailable("the identity provider is busy; try again later");
+                deny.retry_after = Some(retry_after);
+                return Err(deny);
             }
         };
         // The issued token is checked exactly like a token the client sent (locally or by introspection).
