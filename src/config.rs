@@ -807,8 +807,14 @@ impl Validator {
         let client_credentials_burst = raw.client_credentials_burst.unwrap_or(20);
         for (key, value) in [
             ("client_lockout_secs", client_lockout_secs),
-            ("client_credentials_rate", u64::from(client_credentials_rate)),
-            ("client_credentials_burst", u64::from(client_credentials_burst)),
+            (
+                "client_credentials_rate",
+                u64::from(client_credentials_rate),
+            ),
+            (
+                "client_credentials_burst",
+                u64::from(client_credentials_burst),
+            ),
         ] {
             if value == 0 {
                 self.err(ConfigError::Conflict {
@@ -1320,7 +1326,10 @@ policy = "api"
         let p = &cfg.providers[0];
         assert_eq!(p.client_lockout_threshold, 5);
         assert_eq!(p.client_lockout, Duration::from_secs(60));
-        assert_eq!((p.client_credentials_rate, p.client_credentials_burst), (10, 20));
+        assert_eq!(
+            (p.client_credentials_rate, p.client_credentials_burst),
+            (10, 20)
+        );
         let set = GOOD.replace(
             "audiences = [\"api://default\"]",
             "audiences = [\"api://default\"]\nclient_lockout_threshold = 0\nclient_lockout_secs = 300\nclient_credentials_rate = 2\nclient_credentials_burst = 4",
@@ -1329,7 +1338,10 @@ policy = "api"
         let p = &cfg.providers[0];
         assert_eq!(p.client_lockout_threshold, 0, "0 turns the lock-out off");
         assert_eq!(p.client_lockout, Duration::from_secs(300));
-        assert_eq!((p.client_credentials_rate, p.client_credentials_burst), (2, 4));
+        assert_eq!(
+            (p.client_credentials_rate, p.client_credentials_burst),
+            (2, 4)
+        );
         let zero = GOOD.replace(
             "audiences = [\"api://default\"]",
             "audiences = [\"api://default\"]\nclient_lockout_secs = 0\nclient_credentials_rate = 0\nclient_credentials_burst = 0",

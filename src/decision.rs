@@ -86,8 +86,9 @@ pub struct Deny {
     pub page: Option<String>,
     /// `Set-Cookie` header values (clearing a dead session).
     pub set_cookies: Vec<String>,
-    /// Seconds for `retry-after` (a client locked out, a throttled grant); a 503 without one says 5.
-    pub retry_after: Option<u64>,
+    /// Seconds for `retry-after` (a client locked out, a throttled grant); a 503 without one says 5. (u16 keeps
+    /// `Deny` small; longer waits are said as 65535 and said again on the next try.)
+    pub retry_after: Option<u16>,
 }
 
 impl Deny {
@@ -356,7 +357,8 @@ mod tests {
     #[test]
     fn retry_after_on_a_401_and_a_503() {
         let retry = |d: Deny| {
-            let Some(HttpResponse::DeniedResponse(r)) = Decision::Deny(d).into_response().http_response
+            let Some(HttpResponse::DeniedResponse(r)) =
+                Decision::Deny(d).into_response().http_response
             else {
                 panic!("not denied")
             };

@@ -379,7 +379,9 @@ async fn all_at_once(server: &TestServer, reqs: Vec<Req>) -> Vec<Answer> {
         .enumerate()
         .map(|(i, r)| {
             let mut c = clients[i % clients.len()].clone();
-            tokio::spawn(async move { Answer::from(c.check(r.build()).await.unwrap().into_inner()) })
+            tokio::spawn(
+                async move { Answer::from(c.check(r.build()).await.unwrap().into_inner()) },
+            )
         })
         .collect();
     let mut out = Vec::new();
@@ -398,12 +400,20 @@ async fn distinct_wrong_secrets_reach_the_idp_at_most_threshold_times() {
     assert_eq!(server.metric(LOCKOUTS).await, 0.0);
     // 200 different guesses at once: each is its own cache key, so no cache or coalescing helps
     let guesses = (0..200)
-        .map(|i| req("/x").policy("cc").basic("cc-app", &format!("guess-{i}")))
+        .map(|i| {
+            req("/x")
+                .policy("cc")
+                .basic("cc-app", &format!("guess-{i}"))
+        })
         .collect();
     let answers = all_at_once(&server, guesses).await;
     for a in &answers {
         a.assert_deny(401, "invalid_client");
-        assert!(a.header("www-authenticate").unwrap().starts_with("Basic realm=\"cc\""));
+        assert!(
+            a.header("www-authenticate")
+                .unwrap()
+                .starts_with("Basic realm=\"cc\"")
+        );
         a.assert_not_echoing("guess-");
     }
     assert_eq!(
@@ -411,14 +421,25 @@ async fn distinct_wrong_secrets_reach_the_idp_at_most_threshold_times() {
         5,
         "client_lockout_threshold (5) refusals, then the client id is locked out"
     );
-    let locked: Vec<_> = answers.iter().filter_map(|a| a.header("retry-after")).collect();
-    assert_eq!(locked.len(), 195, "every answer not from the IdP says when to retry");
+    let locked: Vec<_> = answers
+        .iter()
+        .filter_map(|a| a.header("retry-after"))
+        .collect();
+    assert_eq!(
+        locked.len(),
+        195,
+        "every answer not from the IdP says when to retry"
+    );
     assert!(locked.iter().all(|r| *r == "60"), "{locked:?}");
     assert_eq!(server.metric(LOCKOUTS).await, 1.0);
 
     // locked out: even the right secret (no token cached for it) is refused here, with the time left
     clock.advance(59);
-    let a = ask(&server, req("/x").policy("cc").basic("cc-app", "cc-app-secret")).await;
+    let a = ask(
+        &server,
+        req("/x").policy("cc").basic("cc-app", "cc-app-secret"),
+    )
+    .await;
     a.assert_deny(401, "invalid_client");
     assert_eq!(a.header("retry-after"), Some("1"));
     a.assert_not_echoing("cc-app-secret");
@@ -436,21 +457,37 @@ async fn distinct_wrong_secrets_reach_the_idp_at_most_threshold_times() {
     )
     .await
     .assert_deny(401, "invalid_client");
-    assert_eq!(idp.token_hits(), 5, "nothing of a locked-out client id reaches the IdP");
+    assert_eq!(
+        idp.token_hits(),
+        5,
+        "nothing of a locked-out client id reaches the IdP"
+    );
     // another client id is not locked out
     assert_eq!(
-        ask(&server, req("/x").policy("cc").basic("cc-readonly", "nope")).await.header("retry-after"),
+        ask(&server, req("/x").policy("cc").basic("cc-readonly", "nope"))
+            .await
+            .header("retry-after"),
         None
     );
     assert_eq!(idp.token_hits(), 6);
 
     // the cool-down ends: the right secret works, and the success starts a fresh count
     clock.advance(1);
-    let a = ask(&server, req("/x").policy("cc").basic("cc-app", "cc-app-secret")).await;
+    let a = ask(
+        &server,
+        req("/x").policy("cc").basic("cc-app", "cc-app-secret"),
+    )
+    .await;
     assert_eq!(a.status, 200, "{a:?}");
     assert_eq!(idp.token_hits(), 7);
     for i in 0..4 {
-        let a = ask(&server, req("/x").policy("cc").basic("cc-app", &format!("again-{i}"))).await;
+        let a = ask(
+            &server,
+            req("/x")
+                .policy("cc")
+                .basic("cc-app", &format!("again-{i}")),
+        )
+        .await;
         a.assert_deny(401, "invalid_client");
         assert_eq!(a.header("retry-after"), None, "below the threshold again");
     }
@@ -461,21 +498,38 @@ async fn distinct_wrong_secrets_reach_the_idp_at_most_threshold_times() {
 #[tokio::test]
 async fn a_cached_token_keeps_working_while_its_client_id_is_locked_out() {
     let (idp, server, _clock) = world_with_clock("").await;
-    let first = ask(&server, req("/x").policy("cc").basic("cc-app", "cc-app-secret")).await;
+    let first = ask(
+        &server,
+        req("/x").policy("cc").basic("cc-app", "cc-app-secret"),
+    )
+    .await;
     assert_eq!(first.status, 200, "{first:?}");
     for i in 0..5 {
-        ask(&server, req("/x").policy("cc").basic("cc-app", &format!("guess-{i}")))
-            .await
-            .assert_deny(401, "invalid_client");
+        ask(
+            &server,
+            req("/x")
+                .policy("cc")
+                .basic("cc-app", &format!("guess-{i}")),
+        )
+        .await
+        .assert_deny(401, "invalid_client");
     }
     assert_eq!(idp.token_hits(), 6);
     assert_eq!(server.metric(LOCKOUTS).await, 1.0);
     // the token already granted for the right secret is still served (from the cache, the IdP not asked)
-    let again = ask(&server, req("/x").policy("cc").basic("cc-app", "cc-app-secret")).await;
+    let again = ask(
+        &server,
+        req("/x").policy("cc").basic("cc-app", "cc-app-secret"),
+    )
+    .await;
     assert_eq!(again.status, 200, "{again:?}");
     assert_eq!(auth_header(&again), auth_header(&first));
     // a new grant for the same client id (the cc_only policy asks other scopes) waits for the cool-down
-    let a = ask(&server, req("/x").policy("cc_only").basic("cc-app", "cc-app-secret")).await;
+    let a = ask(
+        &server,
+        req("/x").policy("cc_only").basic("cc-app", "cc-app-secret"),
+    )
+    .await;
     a.assert_deny(401, "invalid_client");
     assert_eq!(a.header("retry-after"), Some("60"));
     assert_eq!(idp.token_hits(), 6);
@@ -486,17 +540,37 @@ async fn lockout_threshold_and_cool_down_are_configurable_and_zero_turns_it_off(
     let (idp, server, clock) =
         world_with_clock("client_lockout_threshold = 2\nclient_lockout_secs = 10").await;
     for i in 0..2 {
-        ask(&server, req("/x").policy("cc").basic("cc-app", &format!("g{i}"))).await;
+        ask(
+            &server,
+            req("/x").policy("cc").basic("cc-app", &format!("g{i}")),
+        )
+        .await;
     }
-    let a = ask(&server, req("/x").policy("cc").basic("cc-app", "cc-app-secret")).await;
+    let a = ask(
+        &server,
+        req("/x").policy("cc").basic("cc-app", "cc-app-secret"),
+    )
+    .await;
     assert_eq!(a.header("retry-after"), Some("10"), "{a:?}");
     clock.advance(10);
-    assert_eq!(ask(&server, req("/x").policy("cc").basic("cc-app", "cc-app-secret")).await.status, 200);
+    assert_eq!(
+        ask(
+            &server,
+            req("/x").policy("cc").basic("cc-app", "cc-app-secret")
+        )
+        .await
+        .status,
+        200
+    );
     assert_eq!(idp.token_hits(), 3);
 
     let (idp, server, _clock) = world_with_clock("client_lockout_threshold = 0").await;
     for i in 0..12 {
-        let a = ask(&server, req("/x").policy("cc").basic("cc-app", &format!("g{i}"))).await;
+        let a = ask(
+            &server,
+            req("/x").policy("cc").basic("cc-app", &format!("g{i}")),
+        )
+        .await;
         assert_eq!(a.header("retry-after"), None);
     }
     assert_eq!(idp.token_hits(), 12);
@@ -509,11 +583,10 @@ async fn the_grant_bucket_caps_grants_across_many_distinct_valid_clients() {
         world_with_clock("client_credentials_rate = 2\nclient_credentials_burst = 3").await;
     let ids: Vec<String> = (0..20).map(|i| format!("svc-{i}")).collect();
     for id in &ids {
-        idp.state
-            .clients
-            .lock()
-            .unwrap()
-            .insert(id.clone(), (format!("{id}-secret"), vec!["api:read".into()]));
+        idp.state.clients.lock().unwrap().insert(
+            id.clone(),
+            (format!("{id}-secret"), vec!["api:read".into()]),
+        );
     }
     let ask_all = |ids: &[String]| {
         ids.iter()
@@ -521,7 +594,11 @@ async fn the_grant_bucket_caps_grants_across_many_distinct_valid_clients() {
             .collect::<Vec<_>>()
     };
     let answers = all_at_once(&server, ask_all(&ids)).await;
-    assert_eq!(idp.token_hits(), 3, "client_credentials_burst grants, then none");
+    assert_eq!(
+        idp.token_hits(),
+        3,
+        "client_credentials_burst grants, then none"
+    );
     let granted: Vec<&String> = ids
         .iter()
         .zip(&answers)
@@ -535,12 +612,21 @@ async fn the_grant_bucket_caps_grants_across_many_distinct_valid_clients() {
         assert_eq!(a.grpc_code, 14, "UNAVAILABLE");
     }
     assert_eq!(server.metric(THROTTLED).await, 17.0);
-    assert_eq!(server.metric(LOCKOUTS).await, 0.0, "throttling is no refusal");
+    assert_eq!(
+        server.metric(LOCKOUTS).await,
+        0.0,
+        "throttling is no refusal"
+    );
 
     // cache hits never take from the bucket
     let cached: Vec<String> = granted.iter().map(|s| s.to_string()).collect();
     for _ in 0..5 {
-        assert!(all_at_once(&server, ask_all(&cached)).await.iter().all(|a| a.status == 200));
+        assert!(
+            all_at_once(&server, ask_all(&cached))
+                .await
+                .iter()
+                .all(|a| a.status == 200)
+        );
     }
     assert_eq!(idp.token_hits(), 3);
     assert_eq!(server.metric(THROTTLED).await, 17.0);

@@ -219,7 +219,10 @@ impl ProviderGuard {
                 last: 0,
             }),
             lockouts: metrics.client_lockouts.get_or_create(&labels).clone(),
-            throttled: metrics.token_grants_throttled.get_or_create(&labels).clone(),
+            throttled: metrics
+                .token_grants_throttled
+                .get_or_create(&labels)
+                .clone(),
         }
     }
 
@@ -586,7 +589,10 @@ mod tests {
         assert_eq!(g.take(t), Err(1));
         assert!(g.take(t + 1).is_ok() && g.take(t + 1).is_ok(), "the rate");
         assert_eq!(g.take(t + 1), Err(1));
-        assert!((0..3).all(|_| g.take(t + 100).is_ok()), "refilled to the burst");
+        assert!(
+            (0..3).all(|_| g.take(t + 100).is_ok()),
+            "refilled to the burst"
+        );
         assert_eq!(g.take(t + 100), Err(1), "never past the burst");
         assert!(
             m.render()
@@ -607,7 +613,11 @@ mod tests {
         assert!(g.refused(&c, &mut w, t + 2), "the third refusal locks");
         assert_eq!(ProviderGuard::locked(&c, t + 2), Some(60));
         assert_eq!(ProviderGuard::locked(&c, t + 61), Some(1));
-        assert_eq!(ProviderGuard::locked(&c, t + 62), None, "the cool-down is over");
+        assert_eq!(
+            ProviderGuard::locked(&c, t + 62),
+            None,
+            "the cool-down is over"
+        );
         assert!(
             !g.refused(&c, &mut w, t + 62),
             "a lock-out starts a fresh count"
@@ -618,7 +628,10 @@ mod tests {
         assert!(!g.refused(&c, &mut w, t) && !g.refused(&c, &mut w, t + 1));
         assert!(!g.refused(&c, &mut w, t + 60), "a new window");
         assert_eq!(ProviderGuard::locked(&c, t + 60), None);
-        assert!(m.render().contains("oidc_authz_client_lockouts_total{provider=\"okta\"} 1"));
+        assert!(
+            m.render()
+                .contains("oidc_authz_client_lockouts_total{provider=\"okta\"} 1")
+        );
         // the same client id is the same entry, another is not
         assert!(Arc::ptr_eq(&g.client("cc-app"), &g.client("cc-app")));
         assert!(!Arc::ptr_eq(&g.client("cc-app"), &g.client("cc-ap")));
