@@ -163,7 +163,7 @@ impl Authorizer {
                 clock.clone(),
                 metrics.clone(),
             ),
-            cc: ClientCredentials::new(10_000, clock.clone(), metrics.clone()),
+            cc: ClientCredentials::new(10_000, &config.providers, clock.clone(), metrics.clone()),
             introspector: Introspector::new(100_000, clock.clone(), metrics.clone()),
             decisions: metrics.decision_counters(config.policies.iter().map(|p| p.name.as_str())),
             codecs: config
@@ -608,6 +608,20 @@ impl Authorizer {
             }
             Err(CcError::Idp(e)) => {
                 return Err(idp_down(provider, &e));
+            }
+            Err(CcError::LockedOut { retry_after }) => {
+                let mut deny = unauthorized(
+                    policy,
+                    "invalid_client",
+                    "too many refused attempts for this client; try again later",
+                );
+                deny.retry_after = Some(u16::try_from(retry_after).unwrap_or(u16::MAX));
+                return Err(deny);
+            }
+            Err(CcError::Throttled { retry_after }) => {
+                let mut deny = Deny::unavailable("the identity provider is busy; try again later");
+                deny.retry_after = Some(u16::try_from(retry_after).unwrap_or(u16::MAX));
+                return Err(deny);
             }
         };
         // The issued token is checked exactly like a token the client sent (locally or by introspection).

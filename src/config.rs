@@ -193,6 +193,10 @@ struct RawProvider {
     jwks_refresh_secs: Option<u64>,
     jwks_min_refetch_secs: Option<u64>,
     token_endpoint_auth_method: Option<String>,
+    client_lockout_threshold: Option<u32>,
+    client_lockout_secs: Option<u64>,
+    client_credentials_rate: Option<u32>,
+    client_credentials_burst: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -323,6 +327,15 @@ pub struct ProviderConfig {
     pub jwks_min_refetch: Duration,
     /// How to authenticate at the token endpoint; `None`: as discovery says (basic preferred).
     pub token_endpoint_auth_method: Option<TokenEndpointAuth>,
+    /// This many client-credentials grants of one client id refused as `invalid_client` within `client_lockout`
+    /// lock that client id out for `client_lockout` (0: never).
+    pub client_lockout_threshold: u32,
+    /// The window in which refusals are counted, and how long a lock-out lasts.
+    pub client_lockout: Duration,
+    /// Client-credentials grants per second sent to the token endpoint, across every client.
+    pub client_credentials_rate: u32,
+    /// Grants that may be sent at once before `client_credentials_rate` applies.
+    pub client_credentials_burst: u32,
 }
 
 /// Client authentication at the token and introspection endpoints.
@@ -808,6 +821,27 @@ impl Validator {
                 message: "http_timeout_ms must be greater than 0".into(),
             });
         }
+        let client_lockout_secs = raw.client_lockout_secs.unwrap_or(60);
+        let client_credentials_rate = raw.client_credentials_rate.unwrap_or(10);
+        let client_credentials_burst = raw.client_credentials_burst.unwrap_or(20);
+        for (key, value) in [
+            ("client_lockout_secs", client_lockout_secs),
+            (
+                "client_credentials_rate",
+                u64::from(client_credentials_rate),
+            ),
+            (
+                "client_credentials_burst",
+                u64::from(client_credentials_burst),
+            ),
+        ] {
+            if value == 0 {
+                self.err(ConfigError::Conflict {
+                    section: section.into(),
+                    message: format!("{key} must be at least 1"),
+                });
+            }
+        }
         if self.errors.len() != before {
             return None;
         }
@@ -827,6 +861,10 @@ impl Validator {
             jwks_refresh: Duration::from_secs(raw.jwks_refresh_secs.unwrap_or(300).max(1)),
             jwks_min_refetch: Duration::from_secs(raw.jwks_min_refetch_secs.unwrap_or(5)),
             token_endpoint_auth_method,
+            client_lockout_threshold: raw.client_lockout_threshold.unwrap_or(5),
+            client_lockout: Duration::from_secs(client_lockout_secs),
+            client_credentials_rate,
+            client_credentials_burst,
         })
     }
 
@@ -1517,6 +1555,45 @@ policy = "api"
         let dbg = format!("{cfg:?}");
         assert!(!dbg.contains("very-secret-value"), "{dbg}");
         assert!(dbg.contains("redacted"));
+    }
+
+    #[test]
+    fn client_credentials_limits() {
+        let cfg = Config::from_toml(GOOD).unwrap();
+        let p = &cfg.providers[0];
+        assert_eq!(p.client_lockout_threshold, 5);
+        assert_eq!(p.client_lockout, Duration::from_secs(60));
+        assert_eq!(
+            (p.client_credentials_rate, p.client_credentials_burst),
+            (10, 20)
+        );
+        let set = GOOD.replace(
+            "audiences = [\"api://default\"]",
+            "audiences = [\"api://default\"]\nclient_lockout_threshold = 0\nclient_lockout_secs = 300\nclient_credentials_rate = 2\nclient_credentials_burst = 4",
+        );
+        let cfg = Config::from_toml(&set).unwrap();
+        let p = &cfg.providers[0];
+        assert_eq!(p.client_lockout_threshold, 0, "0 turns the lock-out off");
+        assert_eq!(p.client_lockout, Duration::from_secs(300));
+        assert_eq!(
+            (p.client_credentials_rate, p.client_credentials_burst),
+            (2, 4)
+        );
+        let zero = GOOD.replace(
+            "audiences = [\"api://default\"]",
+            "audiences = [\"api://default\"]\nclient_lockout_secs = 0\nclient_credentials_rate = 0\nclient_credentials_burst = 0",
+        );
+        let err = Config::from_toml(&zero).unwrap_err().to_string();
+        for key in [
+            "client_lockout_secs",
+            "client_credentials_rate",
+            "client_credentials_burst",
+        ] {
+            assert!(
+                err.contains(&format!("providers.okta: {key} must be at least 1")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -86,6 +86,9 @@ pub struct Deny {
     pub page: Option<String>,
     /// `Set-Cookie` header values (clearing a dead session).
     pub set_cookies: Vec<String>,
+    /// Seconds for `retry-after` (a client locked out, a throttled grant); a 503 without one says 5. (u16 keeps
+    /// `Deny` small; longer waits are said as 65535 and said again on the next try.)
+    pub retry_after: Option<u16>,
 }
 
 impl Deny {
@@ -99,6 +102,7 @@ impl Deny {
             description,
             page: None,
             set_cookies: Vec::new(),
+            retry_after: None,
         }
     }
 
@@ -117,6 +121,7 @@ impl Deny {
             description,
             page: None,
             set_cookies: Vec::new(),
+            retry_after: None,
         }
     }
 
@@ -129,6 +134,7 @@ impl Deny {
             www_authenticate: None,
             page: None,
             set_cookies: Vec::new(),
+            retry_after: None,
         }
     }
 
@@ -141,6 +147,7 @@ impl Deny {
             www_authenticate: None,
             page: None,
             set_cookies: Vec::new(),
+            retry_after: None,
         }
     }
 }
@@ -280,10 +287,15 @@ impl Decision {
                         HeaderAppendAction::OverwriteIfExistsOrAdd,
                     ));
                 }
-                if deny.status == DenyStatus::Unavailable {
+                let retry_after = match (deny.retry_after, deny.status) {
+                    (Some(secs), _) => Some(secs.max(1).to_string()),
+                    (None, DenyStatus::Unavailable) => Some("5".to_string()),
+                    (None, _) => None,
+                };
+                if let Some(secs) = retry_after {
                     headers.push(header(
                         "retry-after",
-                        "5",
+                        &secs,
                         HeaderAppendAction::OverwriteIfExistsOrAdd,
                     ));
                 }
@@ -340,6 +352,29 @@ mod tests {
         let body: serde_json::Value = serde_json::from_str(&d.body).unwrap();
         assert_eq!(body["error"], "invalid_token");
         assert_eq!(body["status"], 401);
+    }
+
+    #[test]
+    fn retry_after_on_a_401_and_a_503() {
+        let retry = |d: Deny| {
+            let Some(HttpResponse::DeniedResponse(r)) =
+                Decision::Deny(d).into_response().http_response
+            else {
+                panic!("not denied")
+            };
+            r.headers
+                .iter()
+                .find(|h| h.header.as_ref().unwrap().key == "retry-after")
+                .map(|h| h.header.clone().unwrap().value)
+        };
+        let mut locked = Deny::unauthorized("cc", "invalid_client", "locked out");
+        assert_eq!(retry(locked.clone()), None);
+        locked.retry_after = Some(42);
+        assert_eq!(retry(locked).as_deref(), Some("42"));
+        let mut busy = Deny::unavailable("busy");
+        assert_eq!(retry(busy.clone()).as_deref(), Some("5"));
+        busy.retry_after = Some(0);
+        assert_eq!(retry(busy).as_deref(), Some("1"), "never retry-after: 0");
     }
 
     #[test]

@@ -114,6 +114,13 @@ pub struct CacheLabels {
     pub result: &'static str,
 }
 
+/// Labels of a per-provider counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    /// Provider name.
+    pub provider: String,
+}
+
 /// Every metric the service exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -130,6 +137,10 @@ pub struct Metrics {
     pub cache: Family<CacheLabels, Counter>,
     /// Checks in flight.
     pub in_flight: Gauge,
+    /// Client ids locked out after too many refused client-credentials grants.
+    pub client_lockouts: Family<ProviderLabels, Counter>,
+    /// Client-credentials grants not sent because the provider's grant bucket was empty.
+    pub token_grants_throttled: Family<ProviderLabels, Counter>,
     /// Pre-resolved (cache, hit, miss) counters of `cache`.
     cache_counters: Vec<(&'static str, Counter, Counter)>,
 }
@@ -186,6 +197,18 @@ impl Metrics {
             "Checks being answered now",
             in_flight.clone(),
         );
+        let client_lockouts = Family::<ProviderLabels, Counter>::default();
+        registry.register(
+            "client_lockouts",
+            "Client ids locked out after too many refused client-credentials grants",
+            client_lockouts.clone(),
+        );
+        let token_grants_throttled = Family::<ProviderLabels, Counter>::default();
+        registry.register(
+            "token_grants_throttled",
+            "Client-credentials grants refused locally because the provider's grant rate was spent",
+            token_grants_throttled.clone(),
+        );
         let cache_counters = [
             "token",
             "jwks",
@@ -212,6 +235,8 @@ impl Metrics {
             idp_seconds,
             cache,
             in_flight,
+            client_lockouts,
+            token_grants_throttled,
         }
     }
 

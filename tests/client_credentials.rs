@@ -1,10 +1,14 @@
 //! `client_credentials` against the in-process mock IdP: the grant, the token cache (hits, expiry, coalescing,
-//! negative cache), the answers (401 with Basic challenge, invalid_client, 403, 503) and what goes upstream.
+//! negative cache), the answers (401 with Basic challenge, invalid_client, 403, 503) and what goes upstream; the
+//! lock-out of a client id after repeated refusals and the grant bucket per provider.
 
 mod support;
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+use oidc_authz::clock::ManualClock;
 
 use support::*;
 
@@ -349,4 +353,296 @@ async fn rate_limited_token_endpoint_is_503_and_not_cached() {
         .status,
         200
     );
+}
+
+/// The mock IdP and a server whose time moves only when the test says so.
+async fn world_with_clock(extra_provider: &str) -> (MockIdp, TestServer, Arc<ManualClock>) {
+    let idp = MockIdp::start().await;
+    let toml = config_toml(&idp, "").replace(
+        "\njwks_min_refetch_secs = 0",
+        &format!("\njwks_min_refetch_secs = 0\n{extra_provider}"),
+    );
+    let clock = Arc::new(ManualClock::new(now() + 2));
+    let server = TestServer::start_with_clock(&toml, clock.clone()).await;
+    server.wait_ready().await;
+    (idp, server, clock)
+}
+
+/// Sends every request at once, each on its own task; returns the answers in order.
+async fn all_at_once(server: &TestServer, reqs: Vec<Req>) -> Vec<Answer> {
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(server.client().await);
+    }
+    let tasks: Vec<_> = reqs
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut c = clients[i % clients.len()].clone();
+            tokio::spawn(
+                async move { Answer::from(c.check(r.build()).await.unwrap().into_inner()) },
+            )
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+const LOCKOUTS: &str = "oidc_authz_client_lockouts_total{provider=\"okta\"}";
+const THROTTLED: &str = "oidc_authz_token_grants_throttled_total{provider=\"okta\"}";
+
+#[tokio::test]
+async fn distinct_wrong_secrets_reach_the_idp_at_most_threshold_times() {
+    let (idp, server, clock) = world_with_clock("").await;
+    assert_eq!(server.metric(LOCKOUTS).await, 0.0);
+    // 200 different guesses at once: each is its own cache key, so no cache or coalescing helps
+    let guesses = (0..200)
+        .map(|i| {
+            req("/x")
+                .policy("cc")
+                .basic("cc-app", &format!("guess-{i}"))
+        })
+        .collect();
+    let answers = all_at_once(&server, guesses).await;
+    for a in &answers {
+        a.assert_deny(401, "invalid_client");
+        assert!(
+            a.header("www-authenticate")
+                .unwrap()
+                .starts_with("Basic realm=\"cc\"")
+        );
+        a.assert_not_echoing("guess-");
+    }
+    assert_eq!(
+        idp.token_hits(),
+        5,
+        "client_lockout_threshold (5) refusals, then the client id is locked out"
+    );
+    let locked: Vec<_> = answers
+        .iter()
+        .filter_map(|a| a.header("retry-after"))
+        .collect();
+    assert_eq!(
+        locked.len(),
+        195,
+        "every answer not from the IdP says when to retry"
+    );
+    assert!(locked.iter().all(|r| *r == "60"), "{locked:?}");
+    assert_eq!(server.metric(LOCKOUTS).await, 1.0);
+
+    // locked out: even the right secret (no token cached for it) is refused here, with the time left
+    clock.advance(59);
+    let a = ask(
+        &server,
+        req("/x").policy("cc").basic("cc-app", "cc-app-secret"),
+    )
+    .await;
+    a.assert_deny(401, "invalid_client");
+    assert_eq!(a.header("retry-after"), Some("1"));
+    a.assert_not_echoing("cc-app-secret");
+    // a remembered refusal too
+    let a = ask(&server, req("/x").policy("cc").basic("cc-app", "guess-0")).await;
+    a.assert_deny(401, "invalid_client");
+    assert_eq!(a.header("retry-after"), Some("1"));
+    // credentials from headers are the same client id
+    ask(
+        &server,
+        req("/x")
+            .policy("cc")
+            .header("client_id", "cc-app")
+            .header("client_secret", "guess-from-headers"),
+    )
+    .await
+    .assert_deny(401, "invalid_client");
+    assert_eq!(
+        idp.token_hits(),
+        5,
+        "nothing of a locked-out client id reaches the IdP"
+    );
+    // another client id is not locked out
+    assert_eq!(
+        ask(&server, req("/x").policy("cc").basic("cc-readonly", "nope"))
+            .await
+            .header("retry-after"),
+        None
+    );
+    assert_eq!(idp.token_hits(), 6);
+
+    // the cool-down ends: the right secret works, and the success starts a fresh count
+    clock.advance(1);
+    let a = ask(
+        &server,
+        req("/x").policy("cc").basic("cc-app", "cc-app-secret"),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(idp.token_hits(), 7);
+    for i in 0..4 {
+        let a = ask(
+            &server,
+            req("/x")
+                .policy("cc")
+                .basic("cc-app", &format!("again-{i}")),
+        )
+        .await;
+        a.assert_deny(401, "invalid_client");
+        assert_eq!(a.header("retry-after"), None, "below the threshold again");
+    }
+    assert_eq!(idp.token_hits(), 11);
+    assert_eq!(server.metric(LOCKOUTS).await, 1.0);
+}
+
+#[tokio::test]
+async fn a_cached_token_keeps_working_while_its_client_id_is_locked_out() {
+    let (idp, server, _clock) = world_with_clock("").await;
+    let first = ask(
+        &server,
+        req("/x").policy("cc").basic("cc-app", "cc-app-secret"),
+    )
+    .await;
+    assert_eq!(first.status, 200, "{first:?}");
+    for i in 0..5 {
+        ask(
+            &server,
+            req("/x")
+                .policy("cc")
+                .basic("cc-app", &format!("guess-{i}")),
+        )
+        .await
+        .assert_deny(401, "invalid_client");
+    }
+    assert_eq!(idp.token_hits(), 6);
+    assert_eq!(server.metric(LOCKOUTS).await, 1.0);
+    // the token already granted for the right secret is still served (from the cache, the IdP not asked)
+    let again = ask(
+        &server,
+        req("/x").policy("cc").basic("cc-app", "cc-app-secret"),
+    )
+    .await;
+    assert_eq!(again.status, 200, "{again:?}");
+    assert_eq!(auth_header(&again), auth_header(&first));
+    // a new grant for the same client id (the cc_only policy asks other scopes) waits for the cool-down
+    let a = ask(
+        &server,
+        req("/x").policy("cc_only").basic("cc-app", "cc-app-secret"),
+    )
+    .await;
+    a.assert_deny(401, "invalid_client");
+    assert_eq!(a.header("retry-after"), Some("60"));
+    assert_eq!(idp.token_hits(), 6);
+}
+
+#[tokio::test]
+async fn lockout_threshold_and_cool_down_are_configurable_and_zero_turns_it_off() {
+    let (idp, server, clock) =
+        world_with_clock("client_lockout_threshold = 2\nclient_lockout_secs = 10").await;
+    for i in 0..2 {
+        ask(
+            &server,
+            req("/x").policy("cc").basic("cc-app", &format!("g{i}")),
+        )
+        .await;
+    }
+    let a = ask(
+        &server,
+        req("/x").policy("cc").basic("cc-app", "cc-app-secret"),
+    )
+    .await;
+    assert_eq!(a.header("retry-after"), Some("10"), "{a:?}");
+    clock.advance(10);
+    assert_eq!(
+        ask(
+            &server,
+            req("/x").policy("cc").basic("cc-app", "cc-app-secret")
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(idp.token_hits(), 3);
+
+    let (idp, server, _clock) = world_with_clock("client_lockout_threshold = 0").await;
+    for i in 0..12 {
+        let a = ask(
+            &server,
+            req("/x").policy("cc").basic("cc-app", &format!("g{i}")),
+        )
+        .await;
+        assert_eq!(a.header("retry-after"), None);
+    }
+    assert_eq!(idp.token_hits(), 12);
+    assert_eq!(server.metric(LOCKOUTS).await, 0.0);
+}
+
+#[tokio::test]
+async fn the_grant_bucket_caps_grants_across_many_distinct_valid_clients() {
+    let (idp, server, clock) =
+        world_with_clock("client_credentials_rate = 2\nclient_credentials_burst = 3").await;
+    let ids: Vec<String> = (0..20).map(|i| format!("svc-{i}")).collect();
+    for id in &ids {
+        idp.state.clients.lock().unwrap().insert(
+            id.clone(),
+            (format!("{id}-secret"), vec!["api:read".into()]),
+        );
+    }
+    let ask_all = |ids: &[String]| {
+        ids.iter()
+            .map(|id| req("/x").policy("cc").basic(id, &format!("{id}-secret")))
+            .collect::<Vec<_>>()
+    };
+    let answers = all_at_once(&server, ask_all(&ids)).await;
+    assert_eq!(
+        idp.token_hits(),
+        3,
+        "client_credentials_burst grants, then none"
+    );
+    let granted: Vec<&String> = ids
+        .iter()
+        .zip(&answers)
+        .filter(|(_, a)| a.status == 200)
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(granted.len(), 3);
+    for a in answers.iter().filter(|a| a.status != 200) {
+        a.assert_deny(503, "temporarily_unavailable");
+        assert_eq!(a.header("retry-after"), Some("1"));
+        assert_eq!(a.grpc_code, 14, "UNAVAILABLE");
+    }
+    assert_eq!(server.metric(THROTTLED).await, 17.0);
+    assert_eq!(
+        server.metric(LOCKOUTS).await,
+        0.0,
+        "throttling is no refusal"
+    );
+
+    // cache hits never take from the bucket
+    let cached: Vec<String> = granted.iter().map(|s| s.to_string()).collect();
+    for _ in 0..5 {
+        assert!(
+            all_at_once(&server, ask_all(&cached))
+                .await
+                .iter()
+                .all(|a| a.status == 200)
+        );
+    }
+    assert_eq!(idp.token_hits(), 3);
+    assert_eq!(server.metric(THROTTLED).await, 17.0);
+
+    // a second later, client_credentials_rate more
+    clock.advance(1);
+    let answers = all_at_once(&server, ask_all(&ids)).await;
+    assert_eq!(idp.token_hits(), 5);
+    assert_eq!(answers.iter().filter(|a| a.status == 200).count(), 5);
+    // wrong secrets take from the same bucket: guessing across client ids cannot pass it either
+    clock.advance(100);
+    let guesses = (0..50)
+        .map(|i| req("/x").policy("cc").basic(&format!("ghost-{i}"), "x"))
+        .collect();
+    let answers = all_at_once(&server, guesses).await;
+    assert_eq!(idp.token_hits(), 8);
+    assert_eq!(answers.iter().filter(|a| a.status == 401).count(), 3);
+    assert_eq!(answers.iter().filter(|a| a.status == 503).count(), 47);
 }

@@ -2,9 +2,12 @@
 //! policy allows); we run the client-credentials grant at the provider's token endpoint with them and forward the
 //! access token upstream. Tokens are cached per (provider, client_id, secret, scopes) by a SHA-256 of those, never
 //! by the secret in clear, until shortly before `expires_in`; concurrent misses make one token request; refused
-//! credentials are cached for a short time so a guessing loop cannot hammer the IdP.
+//! credentials are cached for a short time. Guessing cannot drive the IdP: a client id whose grants keep being
+//! refused is locked out for a cool-down (answered here, the IdP not asked), and each provider's grants pass a
+//! token bucket, so no client can spend the organisation's rate limit at the IdP.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -12,11 +15,13 @@ use moka::Expiry;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use prometheus_client::metrics::counter::Counter;
+
 use crate::clock::Clock;
-use crate::config::{Policy, Secret};
+use crate::config::{Policy, ProviderConfig, Secret};
 use crate::provider::{IdpError, Provider};
 use crate::request::CheckView;
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, ProviderLabels};
 
 /// Largest credential accepted from a request (id or secret), in bytes.
 const MAX_CREDENTIAL: usize = 1024;
@@ -117,6 +122,165 @@ pub enum CcError {
     /// The IdP could not be asked, or answered 5xx or garbage.
     #[error("the identity provider is unavailable")]
     Idp(#[source] IdpError),
+    /// The client id is locked out after too many refused grants; the IdP was not asked.
+    #[error("too many refused attempts for this client id")]
+    LockedOut {
+        /// Seconds until the cool-down ends.
+        retry_after: u64,
+    },
+    /// The provider's grant bucket is empty; the IdP was not asked.
+    #[error("the token endpoint's grant rate is spent")]
+    Throttled {
+        /// Seconds until a grant may be sent again.
+        retry_after: u64,
+    },
+}
+
+/// Why a grant was not made (shared by every caller of one coalesced grant).
+#[derive(Debug, Clone)]
+enum GrantError {
+    Idp(IdpError),
+    LockedOut(u64),
+    Throttled(u64),
+}
+
+impl From<IdpError> for GrantError {
+    fn from(e: IdpError) -> Self {
+        GrantError::Idp(e)
+    }
+}
+
+impl From<&GrantError> for CcError {
+    fn from(e: &GrantError) -> Self {
+        match e {
+            GrantError::Idp(e) => CcError::Idp(e.clone()),
+            GrantError::LockedOut(s) => CcError::LockedOut { retry_after: *s },
+            GrantError::Throttled(s) => CcError::Throttled { retry_after: *s },
+        }
+    }
+}
+
+/// The refusals of one client id at one provider.
+#[derive(Debug, Default)]
+struct ClientAttempts {
+    /// Held across each grant of this client id, so every refusal is counted before the next attempt starts: a
+    /// burst of distinct wrong secrets makes at most `threshold` token requests, not one per secret.
+    gate: tokio::sync::Mutex<RefusalWindow>,
+    /// End of the lock-out (seconds since the epoch; 0 or past: not locked). Read without the gate.
+    locked_until: AtomicU64,
+}
+
+/// `invalid_client` refusals counted since `since`.
+#[derive(Debug, Default)]
+struct RefusalWindow {
+    refusals: u32,
+    since: u64,
+}
+
+/// A token bucket refilled once per second (the clock seam has whole seconds).
+#[derive(Debug)]
+struct Bucket {
+    tokens: u64,
+    last: u64,
+}
+
+/// The token-endpoint guard of one provider: the lock-out of client ids and the grant bucket.
+#[derive(Debug)]
+struct ProviderGuard {
+    threshold: u32,
+    lockout_secs: u64,
+    rate: u64,
+    burst: u64,
+    /// Refusal counts by a SHA-256 of the client id (attacker-chosen, up to 1 KB: only its hash is kept).
+    clients: moka::sync::Cache<[u8; 32], Arc<ClientAttempts>>,
+    bucket: Mutex<Bucket>,
+    lockouts: Counter,
+    throttled: Counter,
+}
+
+impl ProviderGuard {
+    fn new(p: &ProviderConfig, metrics: &Metrics) -> Self {
+        let labels = ProviderLabels {
+            provider: p.name.clone(),
+        };
+        let lockout_secs = p.client_lockout.as_secs().max(1);
+        ProviderGuard {
+            threshold: p.client_lockout_threshold,
+            lockout_secs,
+            rate: u64::from(p.client_credentials_rate.max(1)),
+            burst: u64::from(p.client_credentials_burst.max(1)),
+            // An entry untouched for the window has nothing left to remember: its refusals and lock-out are over.
+            clients: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(Duration::from_secs(lockout_secs + 1))
+                .build(),
+            bucket: Mutex::new(Bucket {
+                tokens: u64::from(p.client_credentials_burst.max(1)),
+                last: 0,
+            }),
+            lockouts: metrics.client_lockouts.get_or_create(&labels).clone(),
+            throttled: metrics
+                .token_grants_throttled
+                .get_or_create(&labels)
+                .clone(),
+        }
+    }
+
+    fn client(&self, client_id: &str) -> Arc<ClientAttempts> {
+        let key: [u8; 32] = Sha256::digest(client_id.as_bytes()).into();
+        self.clients.get_with(key, Default::default)
+    }
+
+    /// Seconds left of the client's lock-out, if it is locked out now.
+    fn locked(client: &ClientAttempts, now: u64) -> Option<u64> {
+        let until = client.locked_until.load(Ordering::SeqCst);
+        (until > now).then(|| until - now)
+    }
+
+    /// Takes one grant from the bucket, or says how long until one is there.
+    fn take(&self, now: u64) -> Result<(), u64> {
+        let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        if b.last == 0 {
+            b.last = now;
+        }
+        let elapsed = now.saturating_sub(b.last);
+        if elapsed > 0 {
+            b.tokens = b
+                .tokens
+                .saturating_add(elapsed.saturating_mul(self.rate))
+                .min(self.burst);
+            b.last = now;
+        }
+        if b.tokens == 0 {
+            self.throttled.inc();
+            return Err(1);
+        }
+        b.tokens -= 1;
+        Ok(())
+    }
+
+    /// Counts one `invalid_client` refusal; the one that reaches the threshold starts the lock-out.
+    fn refused(&self, client: &ClientAttempts, window: &mut RefusalWindow, now: u64) -> bool {
+        if self.threshold == 0 {
+            return false;
+        }
+        if now >= window.since.saturating_add(self.lockout_secs) {
+            *window = RefusalWindow {
+                refusals: 0,
+                since: now,
+            };
+        }
+        window.refusals += 1;
+        if window.refusals < self.threshold {
+            return false;
+        }
+        *window = RefusalWindow::default();
+        client
+            .locked_until
+            .store(now.saturating_add(self.lockout_secs), Ordering::SeqCst);
+        self.lockouts.inc();
+        true
+    }
 }
 
 struct GrantExpiry;
@@ -149,6 +313,8 @@ struct ErrorResponse {
 /// The token cache and the grant.
 pub struct ClientCredentials {
     cache: moka::future::Cache<[u8; 32], Arc<Grant>>,
+    /// One per provider, in config order (a policy's `provider` index).
+    guards: Vec<ProviderGuard>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
 }
@@ -167,14 +333,23 @@ fn margin(expires_in: u64) -> u64 {
 }
 
 impl ClientCredentials {
-    /// A cache bounded to `max_entries` credentials.
-    pub fn new(max_entries: u64, clock: Arc<dyn Clock>, metrics: Arc<Metrics>) -> Self {
+    /// A cache bounded to `max_entries` credentials, and the lock-out and grant bucket of each provider.
+    pub fn new(
+        max_entries: u64,
+        providers: &[ProviderConfig],
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let cache = moka::future::Cache::builder()
             .max_capacity(max_entries.max(1))
             .expire_after(GrantExpiry)
             .build();
         ClientCredentials {
             cache,
+            guards: providers
+                .iter()
+                .map(|p| ProviderGuard::new(p, &metrics))
+                .collect(),
             clock,
             metrics,
         }
@@ -195,6 +370,12 @@ impl ClientCredentials {
     }
 
     /// An access token for these credentials: from the cache, or one grant shared by every concurrent caller.
+    ///
+    /// A token cached for exactly these credentials is served even while the client id is locked out: it was
+    /// granted for the right secret and costs the IdP nothing, and refusing it would let anyone who knows a client
+    /// id (they are not secret) cut off a working client with a few wrong secrets a minute. Everything else of a
+    /// locked-out client id (a new grant, even with the right secret, or a remembered refusal) is answered
+    /// `LockedOut` until the cool-down ends.
     pub async fn token(
         &self,
         provider: &Provider,
@@ -205,12 +386,27 @@ impl ClientCredentials {
         let key = Self::key(provider, creds, &scopes);
         let now = self.clock.now();
         let cached = self.cache.get(&key).await;
-        let fresh = |g: &Grant| match g {
-            Grant::Token { expires_at, .. } => *expires_at > now,
-            Grant::Refused { .. } => true,
-        };
+        if let Some(g) = &cached
+            && let Grant::Token {
+                access_token,
+                expires_at,
+                ..
+            } = g.as_ref()
+            && *expires_at > now
+        {
+            self.metrics.cache_lookup("client_credentials", true);
+            return Ok(access_token.clone());
+        }
+        let guard = self
+            .guards
+            .get(policy.provider)
+            .ok_or(CcError::Idp(IdpError::NoEndpoint("token_endpoint")))?;
+        let client = guard.client(&creds.client_id);
+        if let Some(retry_after) = ProviderGuard::locked(&client, now) {
+            return Err(CcError::LockedOut { retry_after });
+        }
         let grant = match cached {
-            Some(g) if fresh(&g) => {
+            Some(g) if matches!(g.as_ref(), Grant::Refused { .. }) => {
                 self.metrics.cache_lookup("client_credentials", true);
                 g
             }
@@ -221,15 +417,54 @@ impl ClientCredentials {
                 self.metrics.cache_lookup("client_credentials", false);
                 let neg_ttl = Duration::from_secs(policy.cache_ttl_neg_secs.max(1));
                 self.cache
-                    .try_get_with(key, self.grant(provider, creds, &scopes, neg_ttl))
+                    .try_get_with(
+                        key,
+                        self.guarded_grant(provider, creds, &scopes, neg_ttl, guard, &client),
+                    )
                     .await
-                    .map_err(|e: Arc<IdpError>| CcError::Idp((*e).clone()))?
+                    .map_err(|e: Arc<GrantError>| CcError::from(e.as_ref()))?
             }
         };
         match grant.as_ref() {
             Grant::Token { access_token, .. } => Ok(access_token.clone()),
             Grant::Refused { reason, .. } => Err(CcError::Refused(*reason)),
         }
+    }
+
+    /// One grant, made only when the client id is not locked out and the provider's bucket has a grant left;
+    /// its outcome moves the client's refusal count (a token resets it, `invalid_client` adds one).
+    async fn guarded_grant(
+        &self,
+        provider: &Provider,
+        creds: &ClientCreds,
+        scopes: &str,
+        neg_ttl: Duration,
+        guard: &ProviderGuard,
+        client: &ClientAttempts,
+    ) -> Result<Arc<Grant>, GrantError> {
+        let mut window = client.gate.lock().await;
+        let now = self.clock.now();
+        if let Some(retry_after) = ProviderGuard::locked(client, now) {
+            return Err(GrantError::LockedOut(retry_after));
+        }
+        if let Err(retry_after) = guard.take(now) {
+            tracing::warn!(provider = %provider.name(), "client-credentials grant rate spent; answering 503 without asking the identity provider");
+            return Err(GrantError::Throttled(retry_after));
+        }
+        let grant = self.grant(provider, creds, scopes, neg_ttl).await?;
+        match grant.as_ref() {
+            Grant::Token { .. } => *window = RefusalWindow::default(),
+            Grant::Refused {
+                reason: Refusal::InvalidClient,
+                ..
+            } => {
+                if guard.refused(client, &mut window, self.clock.now()) {
+                    tracing::warn!(provider = %provider.name(), client_id = %creds.client_id, threshold = guard.threshold, lockout_secs = guard.lockout_secs, "client id locked out after repeated refused client credentials");
+                }
+            }
+            Grant::Refused { .. } => {}
+        }
+        Ok(grant)
     }
 
     async fn grant(
@@ -332,6 +567,83 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    fn guard(threshold: u32, lockout_secs: u64, rate: u32, burst: u32) -> (ProviderGuard, Metrics) {
+        let toml = format!(
+            "[providers.okta]\nissuer = \"https://idp.example.com\"\naudiences = [\"api\"]\n\
+             client_lockout_threshold = {threshold}\nclient_lockout_secs = {lockout_secs}\n\
+             client_credentials_rate = {rate}\nclient_credentials_burst = {burst}\n"
+        );
+        let cfg = crate::config::Config::from_toml(&toml).unwrap();
+        let metrics = Metrics::new();
+        (ProviderGuard::new(&cfg.providers[0], &metrics), metrics)
+    }
+
+    #[test]
+    fn bucket_gives_the_burst_then_the_rate_per_second() {
+        let (g, m) = guard(5, 60, 2, 3);
+        let t = 1_000;
+        assert!((0..3).all(|_| g.take(t).is_ok()), "the burst");
+        assert_eq!(g.take(t), Err(1), "empty: retry after a second");
+        assert_eq!(g.take(t), Err(1));
+        assert!(g.take(t + 1).is_ok() && g.take(t + 1).is_ok(), "the rate");
+        assert_eq!(g.take(t + 1), Err(1));
+        assert!(
+            (0..3).all(|_| g.take(t + 100).is_ok()),
+            "refilled to the burst"
+        );
+        assert_eq!(g.take(t + 100), Err(1), "never past the burst");
+        assert!(
+            m.render()
+                .contains("oidc_authz_token_grants_throttled_total{provider=\"okta\"} 4"),
+            "{}",
+            m.render()
+        );
+    }
+
+    #[test]
+    fn threshold_refusals_in_the_window_lock_out_for_the_cool_down() {
+        let (g, m) = guard(3, 60, 10, 20);
+        let c = g.client("cc-app");
+        let mut w = RefusalWindow::default();
+        let t = 1_000;
+        assert!(!g.refused(&c, &mut w, t) && !g.refused(&c, &mut w, t + 1));
+        assert_eq!(ProviderGuard::locked(&c, t + 1), None);
+        assert!(g.refused(&c, &mut w, t + 2), "the third refusal locks");
+        assert_eq!(ProviderGuard::locked(&c, t + 2), Some(60));
+        assert_eq!(ProviderGuard::locked(&c, t + 61), Some(1));
+        assert_eq!(
+            ProviderGuard::locked(&c, t + 62),
+            None,
+            "the cool-down is over"
+        );
+        assert!(
+            !g.refused(&c, &mut w, t + 62),
+            "a lock-out starts a fresh count"
+        );
+        // refusals older than the window are forgotten
+        let c = g.client("other");
+        let mut w = RefusalWindow::default();
+        assert!(!g.refused(&c, &mut w, t) && !g.refused(&c, &mut w, t + 1));
+        assert!(!g.refused(&c, &mut w, t + 60), "a new window");
+        assert_eq!(ProviderGuard::locked(&c, t + 60), None);
+        assert!(
+            m.render()
+                .contains("oidc_authz_client_lockouts_total{provider=\"okta\"} 1")
+        );
+        // the same client id is the same entry, another is not
+        assert!(Arc::ptr_eq(&g.client("cc-app"), &g.client("cc-app")));
+        assert!(!Arc::ptr_eq(&g.client("cc-app"), &g.client("cc-ap")));
+    }
+
+    #[test]
+    fn threshold_zero_never_locks() {
+        let (g, _) = guard(0, 60, 10, 20);
+        let c = g.client("cc-app");
+        let mut w = RefusalWindow::default();
+        assert!((0..100).all(|i| !g.refused(&c, &mut w, 1_000 + i)));
+        assert_eq!(ProviderGuard::locked(&c, 1_100), None);
     }
 
     #[test]

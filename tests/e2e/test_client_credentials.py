@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import requests
 from requests.structures import CaseInsensitiveDict
@@ -14,6 +16,8 @@ from conftest import World, jwt_claims
 
 CC_APP = ("cc-app", "cc-app-secret")
 CC_READONLY = ("cc-readonly", "cc-readonly-secret")
+CC_SHORT = ("cc-short", "cc-short-secret")
+LOCKOUT_THRESHOLD = 5  # client_lockout_threshold's default
 
 
 def echoed(resp) -> CaseInsensitiveDict:
@@ -26,6 +30,28 @@ def token_requests(world: World) -> float:
     text = requests.get(f"http://127.0.0.1:{world.authz_admin_port}/metrics", timeout=5).text
     m = re.search(r'^oidc_authz_idp_requests_total\{provider="okta",endpoint="token",outcome="ok"\} (\S+)$', text, re.M)
     return float(m.group(1)) if m else 0.0
+
+
+def metric(world: World, series: str) -> float:
+    """One series of oidc-authz's /metrics (0 when absent)."""
+    text = requests.get(f"http://127.0.0.1:{world.authz_admin_port}/metrics", timeout=5).text
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def token_endpoint_calls(world: World, provider: str) -> float:
+    """Every call oidc-authz made to the provider's token endpoint, whatever the IdP answered."""
+    return sum(
+        metric(world, f'oidc_authz_idp_requests_total{{provider="{provider}",endpoint="token",outcome="{o}"}}')
+        for o in ("ok", "error")
+    )
+
+
+def all_at_once(urls_and_auths: list[tuple[str, tuple[str, str]]]) -> list[requests.Response]:
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(lambda ua: requests.get(ua[0], auth=ua[1], timeout=10), urls_and_auths))
 
 
 def test_seed_scenario_issuer_header_and_bearer_upstream(authz: World):
@@ -79,3 +105,69 @@ def test_one_token_request_per_credential_while_the_token_lives(authz: World):
         tokens.add(h["Authorization"])
     assert len(tokens) == 1, "the cached token is reused"
     assert token_requests(authz) == before, "no new token requests while the cached token lives"
+
+
+def test_distinct_wrong_secrets_reach_the_provider_at_most_threshold_times(authz: World):
+    """200 different guesses at one client id: the provider sees at most client_lockout_threshold of them; the
+    client id is then locked out (401 + retry-after, the IdP not asked), except for a token already granted for the
+    right secret. The lock-out is undone by restarting oidc-authz at the end, so later tests find cc-app usable."""
+    url = authz.url("/oidcroute/get")
+    try:
+        first = echoed(requests.get(url, auth=CC_APP, timeout=10))["Authorization"]  # a token cached for the right secret
+        before = token_endpoint_calls(authz, "okta")
+        lockouts = metric(authz, 'oidc_authz_client_lockouts_total{provider="okta"}')
+        answers = all_at_once([(url, ("cc-app", f"guess-{i}")) for i in range(200)])
+        for r in answers:
+            assert r.status_code == 401, r.text
+            assert json.loads(r.text)["error"] == "invalid_client"
+            assert "guess-" not in r.text and all("guess-" not in v for v in r.headers.values())
+        calls = token_endpoint_calls(authz, "okta") - before
+        assert 1 <= calls <= LOCKOUT_THRESHOLD, f"the provider saw {calls} of 200 guesses"
+        retry = [int(r.headers["retry-after"]) for r in answers if "retry-after" in r.headers]
+        assert len(retry) >= 200 - LOCKOUT_THRESHOLD and all(0 < s <= 60 for s in retry), retry[:10]
+        assert metric(authz, 'oidc_authz_client_lockouts_total{provider="okta"}') == lockouts + 1
+        # the token granted before for the right secret keeps working, from the cache
+        assert echoed(requests.get(url, auth=CC_APP, timeout=10))["Authorization"] == first
+        assert token_endpoint_calls(authz, "okta") - before == calls
+
+        # a client id without a cached token: once locked out, even its right secret waits for the cool-down
+        answers = all_at_once([(url, ("cc-short", f"guess-{i}")) for i in range(LOCKOUT_THRESHOLD)])
+        assert all(r.status_code == 401 for r in answers)
+        r = requests.get(url, auth=CC_SHORT, timeout=10)
+        assert r.status_code == 401, r.text
+        assert json.loads(r.text)["error"] == "invalid_client" and 0 < int(r.headers["retry-after"]) <= 60
+        assert r.headers.get("www-authenticate", "").startswith('Basic realm="cc"')
+        assert token_endpoint_calls(authz, "okta") - before == calls + LOCKOUT_THRESHOLD
+    finally:
+        authz.stop("authz")
+        authz.start("authz")
+
+
+def test_guessing_across_many_client_ids_cannot_pass_the_grant_bucket(authz: World):
+    """Each client id is refused once, so no lock-out helps; the provider's grant bucket (burst 3, 1 per second on
+    `okta_bucket`) bounds what reaches the IdP, and the rest is 503 + retry-after without asking it."""
+    url = authz.url("/anything/cc-bucket/get")
+    before = token_endpoint_calls(authz, "okta_bucket")
+    throttled = metric(authz, 'oidc_authz_token_grants_throttled_total{provider="okta_bucket"}')
+    start = time.monotonic()
+    answers = all_at_once([(url, (f"ghost-{i}", "guess")) for i in range(100)])
+    elapsed = time.monotonic() - start
+    calls = token_endpoint_calls(authz, "okta_bucket") - before
+    # burst, plus the rate for every second boundary the burst of requests may have crossed
+    assert calls <= 3 + int(elapsed) + 1, (calls, elapsed)
+    refused = [r for r in answers if r.status_code == 401]
+    busy = [r for r in answers if r.status_code == 503]
+    assert len(refused) + len(busy) == 100, [r.status_code for r in answers]
+    assert len(refused) == calls
+    for r in busy:
+        assert json.loads(r.text)["error"] == "temporarily_unavailable" and r.headers["retry-after"] == "1", r.text
+    assert len(busy) >= 100 - (3 + int(elapsed) + 1)
+    assert metric(authz, 'oidc_authz_token_grants_throttled_total{provider="okta_bucket"}') - throttled == len(busy)
+    # a real client passes once the bucket refills: the bucket throttles, it does not refuse
+    deadline = time.monotonic() + 10
+    while True:
+        r = requests.get(url, auth=CC_APP, timeout=10)
+        if r.status_code != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(int(r.headers.get("retry-after", "1")))
+    assert r.status_code == 200, r.text
