@@ -237,6 +237,8 @@ struct RawPolicy {
     session_claims_source: Option<Vec<String>>,
     upstream_access_token: Option<bool>,
     upstream_id_token_header: Option<String>,
+    logout_methods: Option<Vec<String>>,
+    logout_revoke: Option<bool>,
 }
 
 /// `session_secret` may be one secret or a list (newest first).
@@ -446,6 +448,11 @@ pub struct LoginSettings {
     pub upstream_access_token: bool,
     /// Send the session's ID token upstream in this header.
     pub upstream_id_token_header: Option<HeaderName>,
+    /// Request methods that log out at `logout_path` (Kong's `logout_methods`; upper case). GET is honoured only
+    /// for a same-origin navigation.
+    pub logout_methods: Vec<String>,
+    /// Revoke the session's refresh and access tokens at the provider's `revocation_endpoint` at logout.
+    pub logout_revoke: bool,
 }
 
 impl Policy {
@@ -1073,6 +1080,31 @@ impl Validator {
                 ),
             });
         }
+        let mut logout_methods = Vec::new();
+        for m in raw
+            .logout_methods
+            .unwrap_or_else(|| vec!["POST".into(), "DELETE".into()])
+        {
+            let upper = m.to_ascii_uppercase();
+            if matches!(upper.as_str(), "GET" | "POST" | "DELETE") {
+                if !logout_methods.contains(&upper) {
+                    logout_methods.push(upper);
+                }
+            } else {
+                self.err(ConfigError::Invalid {
+                    section: section.into(),
+                    message: format!(
+                        "logout_methods entries must be GET, POST or DELETE, not {m:?}"
+                    ),
+                });
+            }
+        }
+        if logout_methods.is_empty() {
+            self.err(ConfigError::Invalid {
+                section: section.into(),
+                message: "logout_methods must name at least one method".into(),
+            });
+        }
         let login = match (&redirect_uri, needs_login) {
             (Some(uri), true) => Some(LoginSettings {
                 redirect_uri: uri.clone(),
@@ -1084,6 +1116,8 @@ impl Validator {
                 claims_source,
                 upstream_access_token: raw.upstream_access_token.unwrap_or(true),
                 upstream_id_token_header,
+                logout_methods,
+                logout_revoke: raw.logout_revoke.unwrap_or(true),
             }),
             _ => None,
         };
