@@ -445,7 +445,7 @@ class Walk:
 
         print()
         self.note(f"in a browser: {base}/login/headers (user alice or bob, any password)")
-        self.note(f"log out: POST {base}/oauth2/logout (a GET is refused: logout_methods is POST, DELETE)")
+        self.note(f"log out: {base}/oauth2/logout (POST or DELETE; a GET is refused: logout_methods)")
         self.note(f"group route: {base}/group/headers (alice passes, bob gets 403)")
 
     # ---- helpers of the login steps --------------------------------------------------------------------------
