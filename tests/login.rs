@@ -660,7 +660,11 @@ async fn thirty_parallel_requests_on_an_expiring_session_make_one_refresh() {
     for t in tasks {
         answers.push(t.await.unwrap());
     }
-    assert_eq!(idp.token_hits(), hits + 1, "one refresh grant for 30 requests");
+    assert_eq!(
+        idp.token_hits(),
+        hits + 1,
+        "one refresh grant for 30 requests"
+    );
     let mut new_cookies = std::collections::HashSet::new();
     for a in &answers {
         assert_eq!(a.status, 200, "{a:?}");
@@ -669,7 +673,10 @@ async fn thirty_parallel_requests_on_an_expiring_session_make_one_refresh() {
             .into_iter()
             .filter(|(n, _)| n.starts_with("oidc_authz_session"))
             .collect();
-        assert!(!set.is_empty(), "every answer carries the new cookie: {a:?}");
+        assert!(
+            !set.is_empty(),
+            "every answer carries the new cookie: {a:?}"
+        );
         new_cookies.insert(format!("{set:?}"));
     }
     assert_eq!(new_cookies.len(), 1, "all answer with the same new cookie");
@@ -681,7 +688,11 @@ async fn thirty_parallel_requests_on_an_expiring_session_make_one_refresh() {
     // and the new cookie works
     b.absorb(&answers[0]);
     let a = ask(&server, b.req("/app", "login")).await;
-    assert_eq!((a.status, a.header("x-user")), (200, Some("alice")), "{a:?}");
+    assert_eq!(
+        (a.status, a.header("x-user")),
+        (200, Some("alice")),
+        "{a:?}"
+    );
 }
 
 #[tokio::test]
@@ -805,12 +816,9 @@ logout_methods = ["GET", "POST"]
         }
         ask(&server, r).await.assert_deny(403, "access_denied");
     }
-    ask(
-        &server,
-        b.req("/oauth2/logout", "getout").method("DELETE"),
-    )
-    .await
-    .assert_deny(403, "access_denied");
+    ask(&server, b.req("/oauth2/logout", "getout").method("DELETE"))
+        .await
+        .assert_deny(403, "access_denied");
     assert_eq!(ask(&server, b.req("/app", "login")).await.status, 200);
     for site in ["same-origin", "none"] {
         let a = ask(
@@ -838,7 +846,14 @@ async fn logout_revokes_the_tokens_and_kills_copies_of_the_cookie() {
     let mut b = Browser::new();
     login(&server, &idp, &mut b, "/app", "login", "alice").await;
     let copy = session_cookie(&b);
-    let rt: Vec<String> = idp.state.refresh_tokens.lock().unwrap().keys().cloned().collect();
+    let rt: Vec<String> = idp
+        .state
+        .refresh_tokens
+        .lock()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
     assert_eq!(rt.len(), 1);
     assert_eq!(ask(&server, with_cookie("/app", &copy)).await.status, 200);
     let a = ask(&server, b.req("/oauth2/logout", "login").method("POST")).await;
@@ -928,7 +943,11 @@ fn unsigned(claims: &serde_json::Value) -> String {
     let e = |v: &serde_json::Value| {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
     };
-    format!("{}.{}.", e(&json!({"alg": "none", "typ": "JWT"})), e(claims))
+    format!(
+        "{}.{}.",
+        e(&json!({"alg": "none", "typ": "JWT"})),
+        e(claims)
+    )
 }
 
 #[tokio::test]
@@ -942,12 +961,18 @@ async fn a_forged_session_with_unsigned_tokens_is_refused() {
     id["aud"] = json!("oidc-authz");
     let other_key = SigningKey::rsa2();
     let cases = [
-        ("alg:none access token", forged_session(&unsigned(&admin), None)),
+        (
+            "alg:none access token",
+            forged_session(&unsigned(&admin), None),
+        ),
         (
             "alg:none access and ID tokens",
             forged_session(&unsigned(&admin), Some(&unsigned(&id))),
         ),
-        ("opaque access token alone", forged_session("opaque-xyz", None)),
+        (
+            "opaque access token alone",
+            forged_session("opaque-xyz", None),
+        ),
         (
             "genuine access token, alg:none ID token",
             forged_session(&idp.mint(json!({})), Some(&unsigned(&id))),
@@ -983,7 +1008,10 @@ async fn a_forged_session_with_unsigned_tokens_is_refused() {
     // the same shape with genuine tokens is a session
     let mut id = idp.claims(json!({"aud": "oidc-authz", "sub": "alice"}));
     id["email"] = json!("alice@example.com");
-    let genuine = forged_session(&idp.mint(json!({"sub": "alice"})), Some(&idp.signing_key().sign(&id)));
+    let genuine = forged_session(
+        &idp.mint(json!({"sub": "alice"})),
+        Some(&idp.signing_key().sign(&id)),
+    );
     let a = ask(
         &server,
         req("/app")
@@ -993,7 +1021,11 @@ async fn a_forged_session_with_unsigned_tokens_is_refused() {
             .header("cookie", &genuine),
     )
     .await;
-    assert_eq!((a.status, a.header("x-user")), (200, Some("alice")), "{a:?}");
+    assert_eq!(
+        (a.status, a.header("x-user")),
+        (200, Some("alice")),
+        "{a:?}"
+    );
 }
 
 #[tokio::test]

@@ -590,7 +590,12 @@ impl Login<'_> {
         let it_claims = match &data.it {
             Some(it) => {
                 let claims = self.verify_token(it).await?;
-                let client_id = self.provider.config.client_id.as_deref().unwrap_or_default();
+                let client_id = self
+                    .provider
+                    .config
+                    .client_id
+                    .as_deref()
+                    .unwrap_or_default();
                 let auds: Vec<&str> = match claims.get("aud") {
                     Some(Value::String(a)) => vec![a.as_str()],
                     Some(Value::Array(v)) => v.iter().filter_map(Value::as_str).collect(),
@@ -602,7 +607,8 @@ impl Login<'_> {
                 {
                     return Err(TokenCheck::Invalid("ID token audience"));
                 }
-                valid_until = valid_until.min(exp_of(&claims).ok_or(TokenCheck::Invalid("expiry"))?);
+                valid_until =
+                    valid_until.min(exp_of(&claims).ok_or(TokenCheck::Invalid("expiry"))?);
                 Some(claims)
             }
             None => None,
@@ -766,7 +772,9 @@ impl Login<'_> {
         if view.header("origin").is_some_and(|o| o.trim() != ours) {
             return Err("logout from another site is refused");
         }
-        let site = view.header("sec-fetch-site").map(|s| s.trim().to_ascii_lowercase());
+        let site = view
+            .header("sec-fetch-site")
+            .map(|s| s.trim().to_ascii_lowercase());
         let same = |s: &str| s == "same-origin" || s == "none";
         match (method.as_str(), site.as_deref()) {
             (_, Some(s)) if !same(s) => Err("logout from another site is refused"),

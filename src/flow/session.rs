@@ -600,6 +600,30 @@ mod tests {
     }
 
     #[test]
+    fn single_cookie_is_never_chunked() {
+        let fits = "x".repeat(CHUNK_SIZE);
+        let header = set_cookie_header("login", &fits, &attrs(true, Some(300))).expect("fits");
+        assert!(header.starts_with("login=x"), "{header}");
+        assert_attributes(&header, true);
+        assert!(set_cookie_header("login", &format!("{fits}x"), &attrs(true, None)).is_none());
+    }
+
+    #[tokio::test]
+    async fn ended_sessions_stay_ended_until_their_expiry() {
+        let clock = Arc::new(crate::clock::ManualClock::new(1_000));
+        let ended = MemoryEndedSessions::new(clock.clone());
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        assert!(!ended.is_ended(a).await);
+        ended.end(a, 1_100).await;
+        assert!(ended.is_ended(a).await);
+        assert!(!ended.is_ended(b).await, "only the ended session");
+        clock.set(1_100);
+        assert!(ended.is_ended(a).await, "up to its absolute expiry");
+        clock.set(1_101);
+        assert!(!ended.is_ended(a).await, "the session is expired anyway");
+    }
+
+    #[test]
     fn clear_headers_cover_name_and_every_chunk() {
         let headers = clear_cookie_headers("session", &attrs(true, Some(60)));
         assert_eq!(headers.len(), 1 + MAX_CHUNKS);
