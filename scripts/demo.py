@@ -400,9 +400,9 @@ class Walk:
             self.note("(bob's login worked; he is just not in kong_group: no login loop, a 403)")
 
         self.title("browser login, 5: logout ends the session here and at the mock Okta")
-        self.cmd(f'curl -i -b "{jar}" {base}/oauth2/logout')
+        self.cmd(f'curl -i -X POST -b "{jar}" {base}/oauth2/logout')
         had = set(alice.session_cookies())
-        r = self.browser_get(alice, "/oauth2/logout") if had else None
+        r = self.browser_post(alice, "/oauth2/logout") if had else None
         end_session = w.discovery().get("end_session_endpoint", "")
         problem = None
         if r is not None and r.status_code == 302:
@@ -445,7 +445,7 @@ class Walk:
 
         print()
         self.note(f"in a browser: {base}/login/headers (user alice or bob, any password)")
-        self.note(f"log out: {base}/oauth2/logout")
+        self.note(f"log out: {base}/oauth2/logout (POST or DELETE; a GET is refused: logout_methods)")
         self.note(f"group route: {base}/group/headers (alice passes, bob gets 403)")
 
     # ---- helpers of the login steps --------------------------------------------------------------------------
@@ -509,6 +509,13 @@ class Walk:
     def browser_get(self, b: Browser, path: str) -> requests.Response | None:
         try:
             return b.go(self.world.url(path))
+        except requests.RequestException as e:
+            self.note(f"request failed: {e}")
+            return None
+
+    def browser_post(self, b: Browser, path: str) -> requests.Response | None:
+        try:
+            return b.post(self.world.url(path))
         except requests.RequestException as e:
             self.note(f"request failed: {e}")
             return None

@@ -12,13 +12,16 @@ use crate::clock::Clock;
 use crate::config::{AuthMethod, Config, LoginSettings, Policy};
 use crate::decision::{Allow, Decision, Deny, DenyStatus};
 use crate::flow::authcode::{
-    ActiveSession, CallbackError, LOGIN_COOKIE, Login, OpenedSession, SessionError, error_page,
-    is_browser, request_url,
+    ActiveSession, CallbackError, LOGIN_COOKIE, Login, OpenedSession, RefreshCache, SessionError,
+    ended_key, error_page, is_browser, refresh_cache, request_url, revoke,
 };
 use crate::flow::bearer::{BearerError, BearerVerifier, Verified};
 use crate::flow::client_credentials::{self, CcError, ClientCredentials, Refusal};
 use crate::flow::introspection::{IntrospectionError, Introspector};
-use crate::flow::session::{CookieAttrs, CookieCodec, RequestCookies, clear_cookie_headers};
+use crate::flow::session::{
+    CookieAttrs, CookieCodec, EndedSessions, MemoryEndedSessions, RequestCookies,
+    clear_cookie_headers,
+};
 use crate::flow::{Credential, authorization};
 use crate::policy::access::{claim_header_value, claim_value};
 use crate::provider::{IdpError, Provider, http_client};
@@ -37,8 +40,12 @@ pub struct Authorizer {
     codecs: Vec<Option<CookieCodec>>,
     /// Decision counters per policy, resolved at start.
     decisions: DecisionCounters,
-    /// Opened session cookies by a hash of (policy, cookie value).
-    sessions: moka::sync::Cache<[u8; 32], Arc<OpenedSession>>,
+    /// Opened and verified session cookies by a hash of (policy, cookie value).
+    sessions: moka::future::Cache<[u8; 32], Arc<OpenedSession>>,
+    /// Session refreshes in flight or just done (one refresh grant per session at a time).
+    refreshes: RefreshCache,
+    /// Sessions ended by a logout.
+    ended: Arc<dyn EndedSessions>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
 }
@@ -175,10 +182,12 @@ impl Authorizer {
                         .and_then(|_| CookieCodec::new(&p.session_secrets).ok())
                 })
                 .collect(),
-            sessions: moka::sync::Cache::builder()
+            sessions: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(std::time::Duration::from_secs(120))
                 .build(),
+            refreshes: refresh_cache(),
+            ended: Arc::new(MemoryEndedSessions::new(clock.clone())),
             clock,
             config: Arc::new(config),
             providers,
@@ -441,7 +450,18 @@ impl Authorizer {
             });
         }
         if login.is_logout(view) {
+            if let Err(why) = login.logout_allowed(view) {
+                tracing::info!(policy.name = %policy.name, request.method = view.method, reason = why, "logout refused");
+                return Some(Outcome {
+                    decision: Decision::Deny(Deny::forbidden("access_denied", why)),
+                    method,
+                    sub: None,
+                });
+            }
             let session = login.read_session(cookies).flatten();
+            if let Some(s) = &session {
+                self.end_session(policy, settings, s).await;
+            }
             return Some(Outcome {
                 decision: Decision::Redirect(login.logout(session).await),
                 method,
@@ -454,11 +474,12 @@ impl Authorizer {
             return None; // a token wins over a session
         }
         let mut clear = Vec::new();
-        match login
-            .session_value(cookies)
-            .map(|v| v.and_then(|v| self.open_session(policy, login, &v)))
-        {
-            Some(Some(opened)) => match login.use_session(opened).await {
+        if let Some(value) = login.session_value(cookies) {
+            let active = match value {
+                Some(v) => self.session(policy, login, &v).await,
+                None => Err(SessionError::Gone),
+            };
+            match active {
                 Ok(active) => return Some(self.session_allow(policy, settings, active, cookies)),
                 Err(SessionError::Idp(e)) => {
                     return Some(Outcome::deny(idp_down(provider, &e)));
@@ -466,9 +487,7 @@ impl Authorizer {
                 Err(SessionError::Gone | SessionError::RefreshFailed) => {
                     clear = login.clear_session()
                 }
-            },
-            Some(None) => clear = login.clear_session(),
-            None => {}
+            }
         }
         if policy.allows(AuthMethod::AuthorizationCode) && is_browser(view) {
             return Some(match login.start(view).await {
@@ -497,27 +516,66 @@ impl Authorizer {
         Some(Outcome::deny(deny))
     }
 
-    /// Opens a session cookie value, remembering the result by a SHA-256 of (policy, value): a browser sends the
-    /// same value on every request, so the AES-GCM open and the JSON parsing happen once per cookie.
-    fn open_session(
+    /// Opens a session cookie value (tokens verified), refuses an ended one, refreshes it when needed.
+    async fn session(
         &self,
         policy: &Policy,
         login: &Login<'_>,
         value: &str,
-    ) -> Option<Arc<OpenedSession>> {
+    ) -> Result<ActiveSession, SessionError> {
+        let opened = self.open_session(policy, login, value).await?;
+        if self.ended.is_ended(opened.ended_key).await {
+            return Err(SessionError::Gone);
+        }
+        login.use_session(opened, &self.refreshes).await
+    }
+
+    /// Opens a session cookie value and verifies its tokens, remembering the result by a SHA-256 of (policy,
+    /// value): a browser sends the same value on every request, so the AES-GCM open, the JSON parsing and the
+    /// signature checks happen once per cookie (concurrent first uses share one).
+    async fn open_session(
+        &self,
+        policy: &Policy,
+        login: &Login<'_>,
+        value: &str,
+    ) -> Result<Arc<OpenedSession>, SessionError> {
         let mut h = Sha256::new();
         h.update(policy.name.as_bytes());
         h.update([0u8]);
         h.update(value.as_bytes());
         let key: [u8; 32] = h.finalize().into();
-        if let Some(hit) = self.sessions.get(&key) {
+        if let Some(hit) = self.sessions.get(&key).await {
             self.metrics.cache_lookup("session", true);
-            return Some(hit);
+            return Ok(hit);
         }
         self.metrics.cache_lookup("session", false);
-        let opened = Arc::new(login.open_session(value)?);
-        self.sessions.insert(key, opened.clone());
-        Some(opened)
+        self.sessions
+            .try_get_with(key, async { login.open_session(value).await.map(Arc::new) })
+            .await
+            .map_err(|e| (*e).clone())
+    }
+
+    /// Logout of a session: remembered as ended until its absolute expiry, and its tokens revoked at the
+    /// provider (`logout_revoke`). Revocation runs on its own task and is awaited for at most half the Check
+    /// deadline, so a slow provider never holds the logout up; its failures are logged only.
+    async fn end_session(
+        &self,
+        policy: &Policy,
+        settings: &LoginSettings,
+        session: &crate::flow::authcode::SessionData,
+    ) {
+        let until = session.created.saturating_add(settings.absolute_timeout);
+        self.ended.end(ended_key(&session.sid), until).await;
+        if !settings.logout_revoke {
+            return;
+        }
+        let provider = self.providers[policy.provider].clone();
+        let session = session.clone();
+        let task = tokio::spawn(async move { revoke(&provider, &session).await });
+        let budget = self.config.server.check_timeout / 2;
+        if tokio::time::timeout(budget, task).await.is_err() {
+            tracing::warn!(policy.name = %policy.name, "logout: token revocation still running; not waiting for it");
+        }
     }
 
     fn session_allow(

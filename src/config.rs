@@ -241,6 +241,8 @@ struct RawPolicy {
     session_claims_source: Option<Vec<String>>,
     upstream_access_token: Option<bool>,
     upstream_id_token_header: Option<String>,
+    logout_methods: Option<Vec<String>>,
+    logout_revoke: Option<bool>,
 }
 
 /// `session_secret` may be one secret or a list (newest first).
@@ -463,6 +465,11 @@ pub struct LoginSettings {
     pub upstream_access_token: bool,
     /// Send the session's ID token upstream in this header.
     pub upstream_id_token_header: Option<HeaderName>,
+    /// Request methods that log out at `logout_path` (Kong's `logout_methods`; upper case). GET is honoured only
+    /// for a same-origin navigation.
+    pub logout_methods: Vec<String>,
+    /// Revoke the session's refresh and access tokens at the provider's `revocation_endpoint` at logout.
+    pub logout_revoke: bool,
 }
 
 impl Policy {
@@ -1162,6 +1169,31 @@ impl Validator {
                 ),
             });
         }
+        let mut logout_methods = Vec::new();
+        for m in raw
+            .logout_methods
+            .unwrap_or_else(|| vec!["POST".into(), "DELETE".into()])
+        {
+            let upper = m.to_ascii_uppercase();
+            if matches!(upper.as_str(), "GET" | "POST" | "DELETE") {
+                if !logout_methods.contains(&upper) {
+                    logout_methods.push(upper);
+                }
+            } else {
+                self.err(ConfigError::Invalid {
+                    section: section.into(),
+                    message: format!(
+                        "logout_methods entries must be GET, POST or DELETE, not {m:?}"
+                    ),
+                });
+            }
+        }
+        if logout_methods.is_empty() {
+            self.err(ConfigError::Invalid {
+                section: section.into(),
+                message: "logout_methods must name at least one method".into(),
+            });
+        }
         let login = match (&redirect_uri, needs_login) {
             (Some(uri), true) => Some(LoginSettings {
                 redirect_uri: uri.clone(),
@@ -1173,6 +1205,8 @@ impl Validator {
                 claims_source,
                 upstream_access_token: raw.upstream_access_token.unwrap_or(true),
                 upstream_id_token_header,
+                logout_methods,
+                logout_revoke: raw.logout_revoke.unwrap_or(true),
             }),
             _ => None,
         };
@@ -1258,8 +1292,9 @@ impl Validator {
     }
 
     /// Two login policies that answer the same callback (origin and path) with the same session cookie name must
-    /// share their secrets: otherwise the login cookie one policy sealed cannot be opened by the other, whose
-    /// callback then refuses every login and clears the first one's session.
+    /// each open what the other seals (its first secret is in the other's list): otherwise the login cookie one
+    /// policy sealed cannot be opened by the other, whose callback then refuses every login and clears the first
+    /// one's session.
     fn shared_callbacks(&mut self, policies: &[Policy]) {
         for (i, a) in policies.iter().enumerate() {
             let Some(la) = &a.login else { continue };
@@ -1267,14 +1302,20 @@ impl Validator {
                 let Some(lb) = &b.login else { continue };
                 let same_callback = la.redirect_uri.origin() == lb.redirect_uri.origin()
                     && la.redirect_uri.path() == lb.redirect_uri.path();
+                // each must open what the other seals: its first (sealing) secret is in the other's list
+                let opens = |x: &Policy, y: &Policy| {
+                    y.session_secrets
+                        .first()
+                        .is_some_and(|k| x.session_secrets.contains(k))
+                };
                 if same_callback
                     && la.cookie_name == lb.cookie_name
-                    && a.session_secrets != b.session_secrets
+                    && !(opens(a, b) && opens(b, a))
                 {
                     self.err(ConfigError::Conflict {
                         section: format!("policies.{}", b.name),
                         message: format!(
-                            "shares its callback {} and session cookie `{}` with policies.{} but not its session_secret: logins through one would fail at the other's callback; give both the same session_secret (or different cookie names)",
+                            "shares its callback {} and session cookie `{}` with policies.{}, but one cannot open what the other seals: logins through one would fail at the other's callback; give both the same session_secret list (or different cookie names)",
                             lb.redirect_uri.path(),
                             lb.cookie_name,
                             a.name

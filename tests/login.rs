@@ -382,6 +382,7 @@ async fn idle_and_absolute_timeouts_end_the_session() {
     // used every 500 s: idle (600) never hits, last-seen is rewritten
     for i in 0..3 {
         clock.advance(500);
+        idp.advance(500);
         let a = ask(&server, b.req("/app", "login")).await;
         assert_eq!(a.status, 200, "round {i}: {a:?}");
         assert!(
@@ -392,6 +393,7 @@ async fn idle_and_absolute_timeouts_end_the_session() {
     }
     // absolute timeout (3600) passes
     clock.advance(2200);
+    idp.advance(2200);
     assert_eq!(ask(&server, b.req("/app", "login")).await.status, 302);
     // idle timeout
     let mut b = Browser::new();
@@ -414,6 +416,7 @@ async fn expired_access_token_is_refreshed_and_failed_refresh_ends_the_session()
     let first = ask(&server, b.req("/app", "login")).await;
     let first_at = first.header("authorization").unwrap().to_string();
     clock.advance(61);
+    idp.advance(61);
     let hits = idp.token_hits();
     let refreshed = ask(&server, b.req("/app", "login")).await;
     assert_eq!(refreshed.status, 200, "{refreshed:?}");
@@ -434,6 +437,7 @@ async fn expired_access_token_is_refreshed_and_failed_refresh_ends_the_session()
     // refresh fails: browser -> login again, API -> 401; the cookie is cleared
     idp.revoke_refresh_tokens();
     clock.advance(61);
+    idp.advance(61);
     let a = ask(&server, b.req("/app", "login")).await;
     assert_eq!(a.status, 302);
     assert!(
@@ -451,6 +455,7 @@ async fn expired_access_token_is_refreshed_and_failed_refresh_ends_the_session()
     let mut b = Browser::new();
     login(&server, &idp, &mut b, "/app", "login", "alice").await;
     clock.advance(61);
+    idp.advance(61);
     idp.set_mode(Mode::Down);
     ask(&server, b.req("/app", "login"))
         .await
@@ -462,7 +467,7 @@ async fn logout_clears_and_goes_to_end_session_with_id_token_hint() {
     let (idp, server) = world().await;
     let mut b = Browser::new();
     login(&server, &idp, &mut b, "/app", "login", "alice").await;
-    let a = ask(&server, b.req("/oauth2/logout", "login")).await;
+    let a = ask(&server, b.req("/oauth2/logout", "login").method("POST")).await;
     assert_eq!(a.status, 302);
     let loc = url::Url::parse(a.header("location").unwrap()).unwrap();
     assert_eq!(loc.path(), "/oauth2/default/v1/logout");
@@ -480,7 +485,11 @@ async fn logout_clears_and_goes_to_end_session_with_id_token_hint() {
         "logged out"
     );
     // without a session: straight to the post-logout URI
-    let a = ask(&server, Browser::new().req("/oauth2/logout", "login")).await;
+    let a = ask(
+        &server,
+        Browser::new().req("/oauth2/logout", "login").method("POST"),
+    )
+    .await;
     assert_eq!(a.header("location"), Some("https://app.example.com/bye"));
 }
 
@@ -600,4 +609,443 @@ async fn a_token_winning_over_a_session_strips_the_session_and_its_headers() {
         Some("other=keep"),
         "the session cookie stays at the gateway"
     );
+}
+
+// ------------------------------------------------------------------------------------------------
+// Issue 10: coalesced refresh (5), no cookie bomb (6), logout that means it (7), verified session claims (8),
+// login_uri from configuration (12)
+// ------------------------------------------------------------------------------------------------
+
+/// The session cookie pairs of a jar, as a `Cookie` header value.
+fn session_cookie(b: &Browser) -> String {
+    b.jar
+        .iter()
+        .filter(|(n, _)| n.starts_with("oidc_authz_session"))
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn with_cookie(path: &str, cookie: &str) -> Req {
+    req(path)
+        .host(APP)
+        .policy("login")
+        .header("accept", "text/html")
+        .header("cookie", cookie)
+}
+
+#[tokio::test]
+async fn thirty_parallel_requests_on_an_expiring_session_make_one_refresh() {
+    let idp = MockIdp::start().await;
+    idp.state
+        .expires_in
+        .store(60, std::sync::atomic::Ordering::SeqCst);
+    idp.state
+        .rotate_refresh_tokens
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let clock = Arc::new(ManualClock::new(now() + 2));
+    let server = TestServer::start_with_clock(&config_toml(&idp, ""), clock.clone()).await;
+    server.wait_ready().await;
+    let mut b = Browser::new();
+    login(&server, &idp, &mut b, "/app", "login", "alice").await;
+    let old = session_cookie(&b);
+    clock.advance(61);
+    idp.advance(61);
+    let hits = idp.token_hits();
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(server.client().await);
+    }
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let mut c = clients[i % clients.len()].clone();
+        let r = with_cookie("/app", &old).build();
+        tasks.push(tokio::spawn(async move {
+            Answer::from(c.check(r).await.unwrap().into_inner())
+        }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    assert_eq!(
+        idp.token_hits(),
+        hits + 1,
+        "one refresh grant for 30 requests"
+    );
+    let mut new_cookies = std::collections::HashSet::new();
+    for a in &answers {
+        assert_eq!(a.status, 200, "{a:?}");
+        let set: Vec<(String, String)> = a
+            .cookies_set()
+            .into_iter()
+            .filter(|(n, _)| n.starts_with("oidc_authz_session"))
+            .collect();
+        assert!(
+            !set.is_empty(),
+            "every answer carries the new cookie: {a:?}"
+        );
+        new_cookies.insert(format!("{set:?}"));
+    }
+    assert_eq!(new_cookies.len(), 1, "all answer with the same new cookie");
+    // a late request still carrying the old cookie gets the refreshed session too, with no new grant
+    let late = ask(&server, with_cookie("/app", &old)).await;
+    assert_eq!(late.status, 200, "{late:?}");
+    assert!(!late.cookies_set().is_empty(), "{late:?}");
+    assert_eq!(idp.token_hits(), hits + 1);
+    // and the new cookie works
+    b.absorb(&answers[0]);
+    let a = ask(&server, b.req("/app", "login")).await;
+    assert_eq!(
+        (a.status, a.header("x-user")),
+        (200, Some("alice")),
+        "{a:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_huge_return_url_makes_one_small_login_cookie() {
+    let (idp, server) = world().await;
+    let huge = format!("/app/get?q={}", "x".repeat(20_000));
+    let a = ask(&server, Browser::new().req(&huge, "login")).await;
+    assert_eq!(a.status, 302, "{a:?}");
+    let set: Vec<&(String, String, i32)> = a
+        .headers
+        .iter()
+        .filter(|(k, _, _)| k == "set-cookie")
+        .collect();
+    assert_eq!(set.len(), 1, "one login cookie, never chunks: {set:?}");
+    assert!(set[0].1.starts_with("oidc_authz_login="), "{set:?}");
+    assert!(set[0].1.len() < 4096, "{} bytes", set[0].1.len());
+    // after the login, the path alone
+    let mut b = Browser::new();
+    let cb = login(&server, &idp, &mut b, &huge, "login", "alice").await;
+    assert_eq!(cb.header("location"), Some("/app/get"));
+    // a long path: `/`
+    let mut b = Browser::new();
+    let long_path = format!("/app/{}", "p".repeat(3000));
+    let cb = login(&server, &idp, &mut b, &long_path, "login", "alice").await;
+    assert_eq!(cb.header("location"), Some("/"));
+    // a query under the cap comes back whole
+    let mut b = Browser::new();
+    let ok = format!("/app/get?q={}", "y".repeat(1500));
+    let cb = login(&server, &idp, &mut b, &ok, "login", "alice").await;
+    assert_eq!(cb.header("location"), Some(ok.as_str()));
+}
+
+#[tokio::test]
+async fn login_uri_comes_from_the_redirect_uri_not_the_host_header() {
+    let (_idp, server) = world().await;
+    for host in ["evil.com", "app.example.com:8443", ""] {
+        let a = ask(
+            &server,
+            req("/app/get?x=1")
+                .host(host)
+                .policy("login")
+                .header("accept", "application/json")
+                .header("x-forwarded-host", "evil.com"),
+        )
+        .await;
+        a.assert_deny(401, "invalid_token");
+        let w = a.header("www-authenticate").unwrap();
+        assert!(
+            w.contains("login_uri=\"https://app.example.com/app/get?x=1\""),
+            "Host {host:?}: {w}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn logout_needs_post_or_delete_by_default() {
+    let (idp, server) = world().await;
+    let mut b = Browser::new();
+    login(&server, &idp, &mut b, "/app", "login", "alice").await;
+    // a GET (any cross-site link or image) is refused and logs nobody out
+    for site in [None, Some("cross-site"), Some("same-origin")] {
+        let mut r = b.req("/oauth2/logout", "login");
+        if let Some(s) = site {
+            r = r.header("sec-fetch-site", s);
+        }
+        let a = ask(&server, r).await;
+        a.assert_deny(403, "access_denied");
+        assert!(a.cookies_cleared().is_empty(), "{a:?}");
+    }
+    // a cross-site POST or DELETE is refused too
+    for (m, h, v) in [
+        ("POST", "origin", "https://evil.example.com"),
+        ("POST", "sec-fetch-site", "cross-site"),
+        ("DELETE", "sec-fetch-site", "same-site"),
+        ("POST", "origin", "null"),
+    ] {
+        let a = ask(
+            &server,
+            b.req("/oauth2/logout", "login").method(m).header(h, v),
+        )
+        .await;
+        a.assert_deny(403, "access_denied");
+    }
+    assert_eq!(ask(&server, b.req("/app", "login")).await.status, 200);
+    assert!(idp.state.revocations.lock().unwrap().is_empty());
+    // a same-origin POST and a DELETE log out
+    let a = ask(
+        &server,
+        b.req("/oauth2/logout", "login")
+            .method("POST")
+            .header("origin", "https://app.example.com")
+            .header("sec-fetch-site", "same-origin"),
+    )
+    .await;
+    assert_eq!(a.status, 302, "{a:?}");
+    let mut b = Browser::new();
+    login(&server, &idp, &mut b, "/app", "login", "alice").await;
+    let a = ask(&server, b.req("/oauth2/logout", "login").method("DELETE")).await;
+    assert_eq!(a.status, 302, "{a:?}");
+}
+
+#[tokio::test]
+async fn get_logout_when_listed_is_same_origin_only() {
+    let idp = MockIdp::start().await;
+    let extra = r#"
+[policies.getout]
+provider = "okta"
+auth_methods = ["authorization_code", "session"]
+redirect_uri = "https://app.example.com/oauth2/callback"
+session_secret = "fJfkZusK6AM6PHtnD6Ew4TnBmJQNhuiVxOTv7w0voXg="
+logout_path = "/oauth2/logout"
+logout_methods = ["GET", "POST"]
+"#;
+    let server = TestServer::start_ready(&config_toml(&idp, extra)).await;
+    let mut b = Browser::new();
+    login(&server, &idp, &mut b, "/app", "login", "alice").await;
+    for site in [None, Some("cross-site"), Some("same-site")] {
+        let mut r = b.req("/oauth2/logout", "getout");
+        if let Some(s) = site {
+            r = r.header("sec-fetch-site", s);
+        }
+        ask(&server, r).await.assert_deny(403, "access_denied");
+    }
+    ask(&server, b.req("/oauth2/logout", "getout").method("DELETE"))
+        .await
+        .assert_deny(403, "access_denied");
+    assert_eq!(ask(&server, b.req("/app", "login")).await.status, 200);
+    for site in ["same-origin", "none"] {
+        let a = ask(
+            &server,
+            b.req("/oauth2/logout", "getout")
+                .header("sec-fetch-site", site),
+        )
+        .await;
+        assert_eq!(a.status, 302, "{site}: {a:?}");
+    }
+    b.absorb(
+        &ask(
+            &server,
+            b.req("/oauth2/logout", "getout")
+                .header("sec-fetch-site", "same-origin"),
+        )
+        .await,
+    );
+    assert_eq!(ask(&server, b.req("/app", "login")).await.status, 302);
+}
+
+#[tokio::test]
+async fn logout_revokes_the_tokens_and_kills_copies_of_the_cookie() {
+    let (idp, server) = world().await;
+    let mut b = Browser::new();
+    login(&server, &idp, &mut b, "/app", "login", "alice").await;
+    let copy = session_cookie(&b);
+    let rt: Vec<String> = idp
+        .state
+        .refresh_tokens
+        .lock()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(rt.len(), 1);
+    assert_eq!(ask(&server, with_cookie("/app", &copy)).await.status, 200);
+    let a = ask(&server, b.req("/oauth2/logout", "login").method("POST")).await;
+    assert_eq!(a.status, 302, "{a:?}");
+    b.absorb(&a);
+    // the refresh token, then the access token, revoked at the provider
+    let revoked = idp.state.revocations.lock().unwrap().clone();
+    let hints: Vec<&str> = revoked.iter().map(|(_, h)| h.as_str()).collect();
+    assert_eq!(hints, ["refresh_token", "access_token"], "{revoked:?}");
+    assert_eq!(revoked[0].0, rt[0]);
+    assert!(idp.state.refresh_tokens.lock().unwrap().is_empty());
+    // the copy made before the logout is no session: browser -> login, cookie cleared; API -> 401
+    let a = ask(&server, with_cookie("/app", &copy)).await;
+    assert_eq!(a.status, 302, "{a:?}");
+    assert!(
+        a.cookies_cleared()
+            .contains(&"oidc_authz_session".to_string())
+    );
+    ask(
+        &server,
+        with_cookie("/app", &copy).header("x-requested-with", "XMLHttpRequest"),
+    )
+    .await
+    .assert_deny(401, "invalid_token");
+    // another session of the same user is not affected
+    let mut other = Browser::new();
+    login(&server, &idp, &mut other, "/app", "login", "alice").await;
+    assert_eq!(ask(&server, other.req("/app", "login")).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_failed_revocation_does_not_block_logout_and_logout_revoke_false_skips_it() {
+    let idp = MockIdp::start().await;
+    let extra = r#"
+[policies.norevoke]
+provider = "okta"
+auth_methods = ["authorization_code", "session"]
+redirect_uri = "https://app.example.com/oauth2/callback"
+session_secret = "fJfkZusK6AM6PHtnD6Ew4TnBmJQNhuiVxOTv7w0voXg="
+logout_path = "/oauth2/logout"
+logout_revoke = false
+"#;
+    let server = TestServer::start_ready(&config_toml(&idp, extra)).await;
+    idp.state
+        .revoke_status
+        .store(503, std::sync::atomic::Ordering::SeqCst);
+    let mut b = Browser::new();
+    login(&server, &idp, &mut b, "/app", "login", "alice").await;
+    let copy = session_cookie(&b);
+    let a = ask(&server, b.req("/oauth2/logout", "login").method("POST")).await;
+    assert_eq!(a.status, 302, "{a:?}");
+    assert_eq!(ask(&server, with_cookie("/app", &copy)).await.status, 302);
+
+    idp.state
+        .revoke_status
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    let mut b = Browser::new();
+    login(&server, &idp, &mut b, "/app", "login", "alice").await;
+    let copy = session_cookie(&b);
+    let a = ask(&server, b.req("/oauth2/logout", "norevoke").method("POST")).await;
+    assert_eq!(a.status, 302, "{a:?}");
+    assert!(idp.state.revocations.lock().unwrap().is_empty());
+    assert_eq!(
+        ask(&server, with_cookie("/app", &copy)).await.status,
+        302,
+        "ended without revocation too"
+    );
+}
+
+/// A session cookie sealed with the `login` policy's real secret around `at` / `it`.
+fn forged_session(at: &str, it: Option<&str>) -> String {
+    use oidc_authz::config::Secret;
+    use oidc_authz::flow::session::CookieCodec;
+    let codec =
+        CookieCodec::new(&[Secret::new("fJfkZusK6AM6PHtnD6Ew4TnBmJQNhuiVxOTv7w0voXg=")]).unwrap();
+    let now = now();
+    let data = json!({
+        "sid": "forged", "provider": "okta", "at": at, "it": it, "rt": null,
+        "at_exp": now + 3600, "created": now, "seen": now,
+    });
+    let sealed = codec.seal("oidc_authz_session", data.to_string().as_bytes());
+    format!("oidc_authz_session={sealed}")
+}
+
+fn unsigned(claims: &serde_json::Value) -> String {
+    use base64::Engine;
+    let e = |v: &serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    format!(
+        "{}.{}.",
+        e(&json!({"alg": "none", "typ": "JWT"})),
+        e(claims)
+    )
+}
+
+#[tokio::test]
+async fn a_forged_session_with_unsigned_tokens_is_refused() {
+    let (idp, server) = world().await;
+    let admin = json!({
+        "iss": idp.issuer, "aud": "api://default", "sub": "mallory", "groups": ["admins", "kong_group"],
+        "scp": ["api:read"], "iat": now(), "exp": now() + 3600,
+    });
+    let mut id = admin.clone();
+    id["aud"] = json!("oidc-authz");
+    let other_key = SigningKey::rsa2();
+    let cases = [
+        (
+            "alg:none access token",
+            forged_session(&unsigned(&admin), None),
+        ),
+        (
+            "alg:none access and ID tokens",
+            forged_session(&unsigned(&admin), Some(&unsigned(&id))),
+        ),
+        (
+            "opaque access token alone",
+            forged_session("opaque-xyz", None),
+        ),
+        (
+            "genuine access token, alg:none ID token",
+            forged_session(&idp.mint(json!({})), Some(&unsigned(&id))),
+        ),
+        (
+            "signed by a key the provider does not publish",
+            forged_session(&other_key.sign(&admin), None),
+        ),
+        (
+            "ID token of another client",
+            forged_session("opaque-xyz", Some(&idp.mint(json!({"aud": "other-app"})))),
+        ),
+    ];
+    for (what, cookie) in cases {
+        for policy in ["login", "group"] {
+            let a = ask(
+                &server,
+                req("/app")
+                    .host(APP)
+                    .policy(policy)
+                    .header("accept", "text/html")
+                    .header("cookie", &cookie),
+            )
+            .await;
+            assert_eq!(a.status, 302, "{what} on {policy}: {a:?}");
+            assert!(
+                a.cookies_cleared()
+                    .contains(&"oidc_authz_session".to_string()),
+                "{what}: {a:?}"
+            );
+        }
+    }
+    // the same shape with genuine tokens is a session
+    let mut id = idp.claims(json!({"aud": "oidc-authz", "sub": "alice"}));
+    id["email"] = json!("alice@example.com");
+    let genuine = forged_session(
+        &idp.mint(json!({"sub": "alice"})),
+        Some(&idp.signing_key().sign(&id)),
+    );
+    let a = ask(
+        &server,
+        req("/app")
+            .host(APP)
+            .policy("login")
+            .header("accept", "text/html")
+            .header("cookie", &genuine),
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.header("x-user")),
+        (200, Some("alice")),
+        "{a:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_access_token_in_a_session_is_refreshed_not_trusted() {
+    let idp = MockIdp::start().await;
+    let clock = Arc::new(ManualClock::new(now() + 2));
+    let server = TestServer::start_with_clock(&config_toml(&idp, ""), clock.clone()).await;
+    server.wait_ready().await;
+    // at_exp in the cookie says "valid" but the signed token expired: a refresh is needed; with no refresh token,
+    // the session is over
+    let expired = idp.mint(json!({"sub": "alice", "exp": now() - 10}));
+    let cookie = forged_session(&expired, None);
+    let a = ask(&server, with_cookie("/app", &cookie)).await;
+    assert_eq!(a.status, 302, "{a:?}");
 }

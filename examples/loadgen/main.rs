@@ -406,6 +406,21 @@ impl Issuer {
     fn token(&self, n: u64) -> String {
         sign(&self.issuer, &self.key, n, &format!("user-{n}@example.com"))
     }
+
+    /// An ID token for the benchmark's client (sessions verify its audience).
+    fn id_token(&self, n: u64) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let mut h = Header::new(Algorithm::RS256);
+        h.kid = Some("bench".into());
+        let claims = json!({
+            "iss": self.issuer, "aud": "oidc-authz", "sub": format!("user-{n}@example.com"),
+            "email": format!("user-{n}@example.com"), "iat": now, "exp": now + 3600,
+        });
+        jsonwebtoken::encode(&h, &claims, &self.key).unwrap()
+    }
 }
 
 fn free_addr() -> SocketAddr {
@@ -551,9 +566,10 @@ fn session_request(issuer: &Issuer) -> CheckRequest {
         .unwrap()
         .as_secs();
     let data = SessionData {
+        sid: "bench-session".into(),
         provider: "okta".into(),
         at: issuer.token(7),
-        it: Some(issuer.token(8)),
+        it: Some(issuer.id_token(8)),
         rt: Some("rt-bench".into()),
         at_exp: now + 3600,
         created: now,

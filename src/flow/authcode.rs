@@ -16,9 +16,10 @@ use subtle::ConstantTimeEq;
 use crate::clock::Clock;
 use crate::config::{ClaimsSource, LoginSettings, Policy};
 use crate::decision::Redirect;
-use crate::flow::bearer::{BearerError, verify_signature};
+use crate::flow::bearer::{BearerError, BearerVerifier, verify_signature};
 use crate::flow::session::{
-    CookieAttrs, CookieCodec, RequestCookies, clear_cookie_headers, set_cookie_headers,
+    CHUNK_SIZE, CookieAttrs, CookieCodec, RequestCookies, clear_cookie_headers, set_cookie_header,
+    set_cookie_headers,
 };
 use crate::provider::{IdpError, Provider};
 use crate::request::CheckView;
@@ -29,6 +30,36 @@ pub const LOGIN_COOKIE: &str = "oidc_authz_login";
 const LOGIN_TTL: u64 = 300;
 /// A session's last-seen time is rewritten at most this often (seconds), so most requests set no cookie.
 const SEEN_GRANULARITY: u64 = 60;
+/// Longest return path (path and query) kept in the login cookie; a longer one keeps the path alone, or `/`.
+pub const MAX_RETURN_PATH: usize = 2048;
+/// How long a refresh's result answers requests still carrying the cookie from before it (seconds).
+pub const REFRESH_REUSE_SECS: u64 = 60;
+
+/// Refreshes in flight or just done, by a hash of the refresh token they used: one refresh per session at a time,
+/// and requests that still carry the pre-refresh cookie get the refreshed session (and its cookie) too.
+pub type RefreshCache = moka::future::Cache<[u8; 32], Arc<Refreshed>>;
+
+/// A refreshed session and the `Set-Cookie` values storing it (shared by every request that waited for it).
+pub struct Refreshed {
+    /// The session after the refresh.
+    pub session: Arc<OpenedSession>,
+    /// `Set-Cookie` values of the refreshed session.
+    pub set_cookies: Vec<String>,
+}
+
+impl std::fmt::Debug for Refreshed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Refreshed").finish_non_exhaustive()
+    }
+}
+
+/// A refresh cache with the reuse window.
+pub fn refresh_cache() -> RefreshCache {
+    moka::future::Cache::builder()
+        .max_capacity(100_000)
+        .time_to_live(std::time::Duration::from_secs(REFRESH_REUSE_SECS))
+        .build()
+}
 
 /// What the login cookie holds between the redirect and the callback.
 #[derive(Serialize, Deserialize)]
@@ -46,6 +77,9 @@ struct LoginState {
 /// What the session cookie holds. `Debug` shows no token.
 #[derive(Serialize, Deserialize, Clone)]
 pub struct SessionData {
+    /// Random session id, kept across refreshes; logout remembers a hash of it so copies of the cookie die too.
+    /// Required: a cookie without one cannot be ended, so it is no session.
+    pub sid: String,
     /// The provider that issued the tokens.
     pub provider: String,
     /// Access token.
@@ -94,7 +128,7 @@ pub enum CallbackError {
 }
 
 /// Why a session could not be used.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum SessionError {
     /// No cookie, garbage, wrong provider, idle or absolute timeout: start over.
     Gone,
@@ -112,12 +146,18 @@ pub struct ActiveSession {
     pub set_cookies: Vec<String>,
 }
 
-/// A session cookie opened: its data and the claims of its tokens (cached per cookie value by the caller).
+/// A session cookie opened and its tokens verified: its data and the verified claims (cached per cookie value by
+/// the caller).
 pub struct OpenedSession {
     /// What the cookie holds.
     pub data: SessionData,
-    /// Merged claims for access control and headers.
+    /// Merged claims of the verified tokens, for access control and headers.
     pub claims: Map<String, Value>,
+    /// The claims hold until then (the earliest of the access token's expiry and the verified tokens' `exp`): past
+    /// it, the session is refreshed before it is used.
+    pub valid_until: u64,
+    /// The key of this session in the ended-session set (a hash of `data.sid`).
+    pub ended_key: [u8; 32],
 }
 
 impl std::fmt::Debug for OpenedSession {
@@ -163,21 +203,48 @@ pub fn return_path(view: &CheckView<'_>) -> String {
     if !safe {
         return "/".into();
     }
-    if view.query.is_empty() {
+    // Capped, so a long link cannot blow up the login cookie: path and query, else the path alone, else `/`.
+    if !view.query.is_empty() && p.len() + 1 + view.query.len() <= MAX_RETURN_PATH {
+        format!("{p}?{}", view.query)
+    } else if p.len() <= MAX_RETURN_PATH {
         p.to_string()
     } else {
-        format!("{p}?{}", view.query)
+        "/".into()
     }
 }
 
-/// The absolute URL of the request (for `login_uri` in a 401).
+/// The absolute URL of the request (for `login_uri` in a 401), on the origin of the configured `redirect_uri`:
+/// never the client's `Host` or scheme.
 pub fn request_url(view: &CheckView<'_>, login: &LoginSettings) -> String {
-    let scheme = if view.scheme.is_empty() {
-        login.redirect_uri.scheme()
-    } else {
-        view.scheme
-    };
-    format!("{scheme}://{}{}", view.host, return_path(view))
+    format!(
+        "{}{}",
+        login.redirect_uri.origin().ascii_serialization(),
+        return_path(view)
+    )
+}
+
+/// The key of a session id in the ended-session set.
+pub fn ended_key(sid: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"oidc-authz ended session\0");
+    h.update(sid.as_bytes());
+    h.finalize().into()
+}
+
+/// Why a session's tokens did not verify.
+enum TokenCheck {
+    /// Forged, tampered or from another issuer or client: no session.
+    Invalid(&'static str),
+    /// The keys could not be loaded.
+    Idp(IdpError),
+}
+
+/// `exp` of verified claims, when it is a non-negative number.
+fn exp_of(claims: &Map<String, Value>) -> Option<u64> {
+    claims.get("exp").and_then(|v| {
+        v.as_u64()
+            .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+    })
 }
 
 fn json_payload(jwt: &str) -> Option<Map<String, Value>> {
@@ -266,12 +333,24 @@ impl Login<'_> {
             provider: self.provider.name().to_string(),
             exp: self.clock.now() + LOGIN_TTL,
         };
-        let sealed = self.codec.seal(
+        let mut sealed = self.codec.seal(
             LOGIN_COOKIE,
             &serde_json::to_vec(&login).unwrap_or_default(),
         );
-        let set_cookies = set_cookie_headers(LOGIN_COOKIE, &sealed, &self.attrs(Some(LOGIN_TTL)))
-            .unwrap_or_default();
+        // Never chunked: one cookie, else the same login returning to `/`.
+        if sealed.len() > CHUNK_SIZE {
+            let login = LoginState {
+                return_to: "/".into(),
+                ..login
+            };
+            sealed = self.codec.seal(
+                LOGIN_COOKIE,
+                &serde_json::to_vec(&login).unwrap_or_default(),
+            );
+        }
+        let set_cookies = set_cookie_header(LOGIN_COOKIE, &sealed, &self.attrs(Some(LOGIN_TTL)))
+            .into_iter()
+            .collect();
         Ok(Redirect {
             location: url.to_string(),
             set_cookies,
@@ -297,8 +376,8 @@ impl Login<'_> {
             return Err(CallbackError::Provider(clean));
         }
         let login: LoginState = cookies
-            .read_chunked(LOGIN_COOKIE)
-            .and_then(|v| self.codec.open(LOGIN_COOKIE, &v))
+            .get(LOGIN_COOKIE)
+            .and_then(|v| self.codec.open(LOGIN_COOKIE, v))
             .and_then(|b| serde_json::from_slice(&b).ok())
             .ok_or(CallbackError::NoLogin)?;
         if login.exp < self.clock.now() || login.provider != self.provider.name() {
@@ -332,6 +411,7 @@ impl Login<'_> {
         self.verify_id_token(&id_token, &login.nonce).await?;
         let now = self.clock.now();
         let data = SessionData {
+            sid: random_b64(16),
             provider: self.provider.name().to_string(),
             at_exp: now.saturating_add(expires_in(&tokens.expires_in)),
             at: tokens.access_token,
@@ -471,30 +551,114 @@ impl Login<'_> {
         Some(cookies.read_chunked(name))
     }
 
-    /// Opens a sealed session value (`None`: it does not authenticate or parse).
-    pub fn open_session(&self, value: &str) -> Option<OpenedSession> {
+    /// Unseals a session value (`None`: it does not authenticate or parse). Nothing in it is trusted yet.
+    pub fn unseal(&self, value: &str) -> Option<SessionData> {
         let name = self.settings.cookie_name.as_str();
-        let data = self
-            .codec
+        self.codec
             .open(name, value)
-            .and_then(|b| serde_json::from_slice::<SessionData>(&b).ok())?;
-        let claims = self.claims(&data);
-        Some(OpenedSession { data, claims })
+            .and_then(|b| serde_json::from_slice::<SessionData>(&b).ok())
+            .filter(|d| !d.sid.is_empty())
     }
 
-    /// Reads and opens the session cookie, if any (`None`: no cookie at all).
+    /// Opens a sealed session value and verifies its tokens: the claims of a session come only from tokens
+    /// whose signature, issuer (and for the ID token, audience) verify. `Gone` for a value that does not open or
+    /// whose tokens do not verify.
+    pub async fn open_session(&self, value: &str) -> Result<OpenedSession, SessionError> {
+        let data = self.unseal(value).ok_or(SessionError::Gone)?;
+        self.verified(data).await.map_err(|e| match e {
+            TokenCheck::Idp(e) => SessionError::Idp(e),
+            TokenCheck::Invalid(why) => {
+                tracing::info!(provider = %self.provider.name(), reason = why, "session tokens refused");
+                SessionError::Gone
+            }
+        })
+    }
+
+    /// Verifies the session's tokens and merges their claims by the policy's precedence (first source wins per
+    /// claim). A JWT access token is verified like a bearer token (signature and issuer; its `exp` bounds
+    /// `valid_until`, so an expired one is refreshed, never trusted); the ID token is verified as at login
+    /// (signature, issuer, audience). An opaque access token contributes no claims: then the ID token is required.
+    async fn verified(&self, data: SessionData) -> Result<OpenedSession, TokenCheck> {
+        let mut valid_until = data.at_exp;
+        let at_claims = if BearerVerifier::is_jwt(&data.at) {
+            let claims = self.verify_token(&data.at).await?;
+            valid_until = valid_until.min(exp_of(&claims).ok_or(TokenCheck::Invalid("expiry"))?);
+            Some(claims)
+        } else {
+            None
+        };
+        let it_claims = match &data.it {
+            Some(it) => {
+                let claims = self.verify_token(it).await?;
+                let client_id = self
+                    .provider
+                    .config
+                    .client_id
+                    .as_deref()
+                    .unwrap_or_default();
+                let auds: Vec<&str> = match claims.get("aud") {
+                    Some(Value::String(a)) => vec![a.as_str()],
+                    Some(Value::Array(v)) => v.iter().filter_map(Value::as_str).collect(),
+                    _ => vec![],
+                };
+                if !auds.contains(&client_id)
+                    || (auds.len() > 1
+                        && claims.get("azp").and_then(Value::as_str) != Some(client_id))
+                {
+                    return Err(TokenCheck::Invalid("ID token audience"));
+                }
+                valid_until =
+                    valid_until.min(exp_of(&claims).ok_or(TokenCheck::Invalid("expiry"))?);
+                Some(claims)
+            }
+            None => None,
+        };
+        if at_claims.is_none() && it_claims.is_none() {
+            return Err(TokenCheck::Invalid("no verifiable token"));
+        }
+        let mut claims = Map::new();
+        for src in &self.settings.claims_source {
+            let part = match src {
+                ClaimsSource::AccessToken => at_claims.as_ref(),
+                ClaimsSource::IdToken => it_claims.as_ref(),
+            };
+            for (k, v) in part.into_iter().flatten() {
+                claims.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        Ok(OpenedSession {
+            ended_key: ended_key(&data.sid),
+            data,
+            claims,
+            valid_until,
+        })
+    }
+
+    /// Signature (the provider's keys) and issuer of one of the session's tokens.
+    async fn verify_token(&self, token: &str) -> Result<Map<String, Value>, TokenCheck> {
+        let claims = verify_signature(self.provider, token)
+            .await
+            .map_err(|e| match e {
+                BearerError::Idp(e) => TokenCheck::Idp(e),
+                _ => TokenCheck::Invalid("signature"),
+            })?;
+        if claims.get("iss").and_then(Value::as_str) != Some(self.provider.config.issuer.as_str()) {
+            return Err(TokenCheck::Invalid("issuer"));
+        }
+        Ok(claims)
+    }
+
+    /// Reads and opens the session cookie without verifying its tokens (logout: to revoke and end it).
     pub fn read_session(&self, cookies: &RequestCookies<'_>) -> Option<Option<SessionData>> {
-        Some(
-            self.session_value(cookies)?
-                .and_then(|v| self.open_session(&v))
-                .map(|o| o.data),
-        )
+        Some(self.session_value(cookies)?.and_then(|v| self.unseal(&v)))
     }
 
-    /// Validates a session, refreshing its access token when needed.
+    /// Validates a session, refreshing its tokens when needed. Concurrent refreshes of one session share one
+    /// refresh grant (`refreshes`, keyed by a hash of the refresh token), and all answer with its cookie.
     pub async fn use_session(
         &self,
         opened: Arc<OpenedSession>,
+        refreshes: &RefreshCache,
     ) -> Result<ActiveSession, SessionError> {
         let now = self.clock.now();
         let s = self.settings;
@@ -505,64 +669,118 @@ impl Login<'_> {
         {
             return Err(SessionError::Gone);
         }
-        let needs_refresh = now.saturating_add(s.refresh_leeway) >= data.at_exp;
+        let needs_refresh = now.saturating_add(s.refresh_leeway) >= opened.valid_until;
         let needs_seen = now.saturating_sub(data.seen) >= SEEN_GRANULARITY;
-        if !needs_refresh && !needs_seen {
+        if needs_refresh {
+            let Some(rt) = data.rt.as_deref() else {
+                return Err(SessionError::RefreshFailed);
+            };
+            let mut h = Sha256::new();
+            h.update(self.provider.name().as_bytes());
+            h.update([0u8]);
+            h.update(rt.as_bytes());
+            let key: [u8; 32] = h.finalize().into();
+            let refreshed = refreshes
+                .try_get_with(key, self.refresh(&opened))
+                .await
+                .map_err(|e| (*e).clone())?;
+            return Ok(ActiveSession {
+                session: refreshed.session.clone(),
+                set_cookies: refreshed.set_cookies.clone(),
+            });
+        }
+        if !needs_seen {
             return Ok(ActiveSession {
                 session: opened,
                 set_cookies: Vec::new(),
             });
         }
         let mut data = data.clone();
-        if needs_refresh {
-            let Some(rt) = data.rt.clone() else {
-                return Err(SessionError::RefreshFailed);
-            };
-            let form = [
-                ("grant_type", "refresh_token"),
-                ("refresh_token", rt.as_str()),
-            ];
-            match self.token_request(&form).await {
-                Ok(t) => {
-                    data.at_exp = now.saturating_add(expires_in(&t.expires_in));
-                    data.at = t.access_token;
-                    if t.refresh_token.is_some() {
-                        data.rt = t.refresh_token;
-                    }
-                    if t.id_token.is_some() {
-                        data.it = t.id_token;
-                    }
-                }
-                Err(TokenCallError::Refused) => return Err(SessionError::RefreshFailed),
-                Err(TokenCallError::Idp(e)) => return Err(SessionError::Idp(e)),
-            }
-        }
         data.seen = now;
         let set_cookies = self.session_cookies(&data);
-        let claims = if needs_refresh {
-            self.claims(&data)
-        } else {
-            opened.claims.clone()
-        };
         Ok(ActiveSession {
-            session: Arc::new(OpenedSession { data, claims }),
+            session: Arc::new(OpenedSession {
+                data,
+                claims: opened.claims.clone(),
+                valid_until: opened.valid_until,
+                ended_key: opened.ended_key,
+            }),
             set_cookies,
         })
     }
 
-    /// Claims from the session's tokens, by the policy's precedence (first source wins per claim).
-    fn claims(&self, data: &SessionData) -> Map<String, Value> {
-        let mut out = Map::new();
-        for src in &self.settings.claims_source {
-            let part = match src {
-                ClaimsSource::AccessToken => json_payload(&data.at),
-                ClaimsSource::IdToken => data.it.as_deref().and_then(json_payload),
-            };
-            for (k, v) in part.unwrap_or_default() {
-                out.entry(k).or_insert(v);
+    /// One refresh grant, then the new tokens verified like the ones of a new session.
+    async fn refresh(&self, opened: &OpenedSession) -> Result<Arc<Refreshed>, SessionError> {
+        let now = self.clock.now();
+        let mut data = opened.data.clone();
+        let rt = data.rt.clone().ok_or(SessionError::RefreshFailed)?;
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", rt.as_str()),
+        ];
+        let t = match self.token_request(&form).await {
+            Ok(t) => t,
+            Err(TokenCallError::Refused) => return Err(SessionError::RefreshFailed),
+            Err(TokenCallError::Idp(e)) => return Err(SessionError::Idp(e)),
+        };
+        data.at_exp = now.saturating_add(expires_in(&t.expires_in));
+        data.at = t.access_token;
+        if t.refresh_token.is_some() {
+            data.rt = t.refresh_token;
+        }
+        match t.id_token {
+            Some(it) => data.it = Some(it),
+            // An ID token the provider did not renew is dropped once expired: its claims no longer count.
+            None => {
+                if data
+                    .it
+                    .as_deref()
+                    .and_then(json_payload)
+                    .and_then(|c| exp_of(&c))
+                    .is_none_or(|exp| exp <= now)
+                {
+                    data.it = None;
+                }
             }
         }
-        out
+        data.seen = now;
+        let session = self.verified(data).await.map_err(|e| match e {
+            TokenCheck::Idp(e) => SessionError::Idp(e),
+            TokenCheck::Invalid(why) => {
+                tracing::warn!(provider = %self.provider.name(), reason = why, "refreshed tokens refused");
+                SessionError::RefreshFailed
+            }
+        })?;
+        if session.valid_until <= now {
+            return Err(SessionError::RefreshFailed);
+        }
+        let set_cookies = self.session_cookies(&session.data);
+        Ok(Arc::new(Refreshed {
+            session: Arc::new(session),
+            set_cookies,
+        }))
+    }
+
+    /// Whether this request may log out: its method is one of `logout_methods`, and a browser request comes from
+    /// this site (`Origin`, `Sec-Fetch-Site`); a GET only as a same-origin navigation (or one the user typed).
+    pub fn logout_allowed(&self, view: &CheckView<'_>) -> Result<(), &'static str> {
+        let method = view.method.to_ascii_uppercase();
+        if !self.settings.logout_methods.contains(&method) {
+            return Err("logout is not accepted with this request method");
+        }
+        let ours = self.settings.redirect_uri.origin().ascii_serialization();
+        if view.header("origin").is_some_and(|o| o.trim() != ours) {
+            return Err("logout from another site is refused");
+        }
+        let site = view
+            .header("sec-fetch-site")
+            .map(|s| s.trim().to_ascii_lowercase());
+        let same = |s: &str| s == "same-origin" || s == "none";
+        match (method.as_str(), site.as_deref()) {
+            (_, Some(s)) if !same(s) => Err("logout from another site is refused"),
+            ("GET", None) => Err("a GET logout must be a same-origin browser navigation"),
+            _ => Ok(()),
+        }
     }
 
     /// Logout: clear the session and go to the provider's end-session endpoint (or the post-logout URI).
@@ -601,6 +819,50 @@ impl Login<'_> {
 enum TokenCallError {
     Refused,
     Idp(IdpError),
+}
+
+/// RFC 7009: revokes the session's refresh token, then its access token, at the provider's `revocation_endpoint`
+/// with the client authentication of the token endpoint. Failures are logged (never a token) and end nothing:
+/// logout goes on. Returns how many tokens the provider confirmed revoked.
+pub async fn revoke(provider: &Provider, session: &SessionData) -> usize {
+    let meta = match provider.metadata().await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(provider = %provider.name(), error = %e, "logout: tokens not revoked");
+            return 0;
+        }
+    };
+    let Some(url) = meta.revocation_endpoint.clone() else {
+        tracing::debug!(provider = %provider.name(), "logout: the provider has no revocation_endpoint");
+        return 0;
+    };
+    let (Some(id), Some(secret)) = (&provider.config.client_id, &provider.config.client_secret)
+    else {
+        return 0;
+    };
+    let auth = provider.token_auth(&meta);
+    let mut revoked = 0;
+    let tokens = [
+        (session.rt.as_deref(), "refresh_token"),
+        (Some(session.at.as_str()), "access_token"),
+    ];
+    for (token, hint) in tokens {
+        let Some(token) = token else { continue };
+        let form = [("token", token), ("token_type_hint", hint)];
+        match provider
+            .post_form("revocation", &url, &form, (id.as_str(), secret), auth)
+            .await
+        {
+            Ok((200, _)) => revoked += 1,
+            Ok((status, _)) => {
+                tracing::warn!(provider = %provider.name(), token_type = hint, status, "logout: the provider refused to revoke a token");
+            }
+            Err(e) => {
+                tracing::warn!(provider = %provider.name(), token_type = hint, error = %e, "logout: token revocation failed");
+            }
+        }
+    }
+    revoked
 }
 
 /// A small HTML page for a failed login.

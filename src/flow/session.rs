@@ -1,6 +1,8 @@
-//! Browser-session cookie mechanics: AES-256-GCM sealing, chunking, request parsing and `Set-Cookie` building.
+//! Browser-session cookie mechanics: AES-256-GCM sealing, chunking, request parsing and `Set-Cookie` building;
+//! and the set of ended (logged-out) sessions.
 
 use std::fmt;
+use std::sync::Arc;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -9,6 +11,9 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use cookie::{Cookie, SameSite};
 use rand::RngCore as _;
 
+use futures::future::BoxFuture;
+
+use crate::clock::Clock;
 use crate::config::Secret;
 
 /// Length of the random AES-GCM nonce that starts every sealed value.
@@ -146,6 +151,11 @@ pub fn set_cookie_headers(name: &str, value: &str, attrs: &CookieAttrs) -> Optio
     };
     headers.extend((written..MAX_CHUNKS).map(|i| clear_cookie(chunk_name(name, i), attrs)));
     Some(headers)
+}
+
+/// One `Set-Cookie` value storing `value` under `name`, never chunked: None when `value` is over CHUNK_SIZE.
+pub fn set_cookie_header(name: &str, value: &str, attrs: &CookieAttrs) -> Option<String> {
+    (value.len() <= CHUNK_SIZE).then(|| set_cookie(name.to_owned(), value, attrs))
 }
 
 /// `Set-Cookie` values that delete `name` and all its chunk names (Max-Age=0, same Path/Secure/HttpOnly/SameSite).
@@ -306,6 +316,76 @@ fn is_name_or_chunk(candidate: &str, name: &str) -> bool {
             .strip_prefix('_')
             .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())),
         None => false,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ended sessions
+// ---------------------------------------------------------------------------------------------
+
+/// Sessions ended by a logout, by a hash of their session id, remembered until the session would have expired
+/// anyway, so a copy of the cookie made before the logout is no session after it. A seam: this process keeps
+/// them in memory ([`MemoryEndedSessions`]); a shared store can implement the same trait.
+pub trait EndedSessions: Send + Sync + fmt::Debug {
+    /// Remembers `key` as ended until `until` (seconds since the epoch).
+    fn end(&self, key: [u8; 32], until: u64) -> BoxFuture<'_, ()>;
+    /// Whether `key` was ended.
+    fn is_ended(&self, key: [u8; 32]) -> BoxFuture<'_, bool>;
+}
+
+/// Ended sessions in this process's memory. Never evicted for size (an evicted entry would bring a copied cookie
+/// back): each entry is a logout of a real login and lives until that session's absolute expiry.
+pub struct MemoryEndedSessions {
+    /// Key -> the session's absolute expiry.
+    ended: moka::sync::Cache<[u8; 32], u64>,
+    clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for MemoryEndedSessions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryEndedSessions")
+            .field("ended", &self.ended.entry_count())
+            .finish()
+    }
+}
+
+/// Expires an ended-session entry at the session's absolute expiry.
+struct UntilExpiry(Arc<dyn Clock>);
+
+impl moka::Expiry<[u8; 32], u64> for UntilExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        until: &u64,
+        _now: std::time::Instant,
+    ) -> Option<std::time::Duration> {
+        let secs = until.saturating_sub(self.0.now()).saturating_add(1);
+        Some(std::time::Duration::from_secs(secs))
+    }
+}
+
+impl MemoryEndedSessions {
+    /// An empty set on `clock`.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        MemoryEndedSessions {
+            ended: moka::sync::Cache::builder()
+                .expire_after(UntilExpiry(clock.clone()))
+                .build(),
+            clock,
+        }
+    }
+}
+
+impl EndedSessions for MemoryEndedSessions {
+    fn end(&self, key: [u8; 32], until: u64) -> BoxFuture<'_, ()> {
+        self.ended.insert(key, until);
+        Box::pin(std::future::ready(()))
+    }
+
+    fn is_ended(&self, key: [u8; 32]) -> BoxFuture<'_, bool> {
+        let now = self.clock.now();
+        let ended = self.ended.get(&key).is_some_and(|until| until >= now);
+        Box::pin(std::future::ready(ended))
     }
 }
 
@@ -517,6 +597,30 @@ mod tests {
         let jar = browser_jar(&headers);
         let cookies = RequestCookies::parse(&[&jar]);
         assert_eq!(cookies.read_chunked("s").as_deref(), Some(value.as_str()));
+    }
+
+    #[test]
+    fn single_cookie_is_never_chunked() {
+        let fits = "x".repeat(CHUNK_SIZE);
+        let header = set_cookie_header("login", &fits, &attrs(true, Some(300))).expect("fits");
+        assert!(header.starts_with("login=x"), "{header}");
+        assert_attributes(&header, true);
+        assert!(set_cookie_header("login", &format!("{fits}x"), &attrs(true, None)).is_none());
+    }
+
+    #[tokio::test]
+    async fn ended_sessions_stay_ended_until_their_expiry() {
+        let clock = Arc::new(crate::clock::ManualClock::new(1_000));
+        let ended = MemoryEndedSessions::new(clock.clone());
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        assert!(!ended.is_ended(a).await);
+        ended.end(a, 1_100).await;
+        assert!(ended.is_ended(a).await);
+        assert!(!ended.is_ended(b).await, "only the ended session");
+        clock.set(1_100);
+        assert!(ended.is_ended(a).await, "up to its absolute expiry");
+        clock.set(1_101);
+        assert!(!ended.is_ended(a).await, "the session is expired anyway");
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub struct Metadata {
     pub authorization_endpoint: Option<Url>,
     /// RP-initiated logout endpoint.
     pub end_session_endpoint: Option<Url>,
+    /// RFC 7009 token revocation endpoint (discovery only).
+    pub revocation_endpoint: Option<Url>,
     /// Client authentication methods the token endpoint accepts.
     pub token_endpoint_auth_methods: Vec<String>,
 }
@@ -70,6 +72,7 @@ struct RawMetadata {
     introspection_endpoint: Option<String>,
     authorization_endpoint: Option<String>,
     end_session_endpoint: Option<String>,
+    revocation_endpoint: Option<String>,
     #[serde(default)]
     token_endpoint_auth_methods_supported: Vec<String>,
 }
@@ -341,6 +344,7 @@ impl Provider {
                 .end_session_endpoint
                 .clone()
                 .or_else(|| parse(raw.end_session_endpoint)),
+            revocation_endpoint: parse(raw.revocation_endpoint),
             token_endpoint_auth_methods: raw.token_endpoint_auth_methods_supported,
         };
         Ok((m, true))
@@ -355,6 +359,7 @@ impl Provider {
             introspection_endpoint: c.introspection_endpoint.clone(),
             authorization_endpoint: c.authorization_endpoint.clone(),
             end_session_endpoint: c.end_session_endpoint.clone(),
+            revocation_endpoint: None,
             token_endpoint_auth_methods: Vec::new(),
         }
     }

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import base64
 import http.client
+import json
 import re
+import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urljoin, urlsplit
 
 import pytest
@@ -152,8 +155,8 @@ def test_login_lands_on_original_url_with_session(authz: World):
 
 
 def test_long_original_url_survives_login(authz: World):
-    """The original URL rides in the login cookie: a long query must come back whole, in cookies a browser keeps."""
-    start = "/login/anything/long?q=" + "x" * 3000 + "&end=1"  # httpbin (gunicorn) refuses request lines > 4094
+    """The original URL rides in the login cookie: a query up to the 2 KB cap comes back whole, in one cookie."""
+    start = "/login/anything/long?q=" + "x" * 1900 + "&end=1"
     b = Browser()
     r = start_login(authz, b, start)
     for c in set_cookies(r):
@@ -162,6 +165,19 @@ def test_long_original_url_survives_login(authz: World):
     r = finish_login(authz, b, b.authorize_url, "alice")
     assert b.callback.headers["Location"] == start, f"came back to {b.callback.headers['Location'][:100]!r}..."
     assert r.status_code == 200 and r.json()["args"]["end"] == "1", show(r)
+
+
+def test_huge_link_is_no_cookie_bomb(authz: World):
+    """A link to /login/get?q=<20 KB>: one small login cookie (never chunks); after the login, the path alone."""
+    start = "/login/get?q=" + "x" * 20_000
+    b = Browser()
+    r = start_login(authz, b, start)
+    lines = set_cookies(r)
+    assert [c.name for c in lines] == [LOGIN], f"one login cookie expected: {[c.line[:80] for c in lines]}"
+    assert len(lines[0].line) < 4096, f"login cookie is {len(lines[0].line)} bytes"
+    r = finish_login(authz, b, b.authorize_url, "alice")
+    assert b.callback.headers["Location"] == "/login/get", b.callback.headers["Location"][:100]
+    assert r.status_code == 200 and echoed(r).get("X-User") == "alice", show(r)
 
 
 def test_session_cookie_is_opaque(authz: World):
@@ -359,6 +375,15 @@ def test_api_without_session_is_401_with_login_uri(authz: World, headers: dict):
     assert "Location" not in r.headers
 
 
+def test_login_uri_ignores_a_spoofed_host(authz: World):
+    """`Host: evil.com` (and X-Forwarded-Host) do not leak into login_uri: it is on the redirect_uri's origin."""
+    path = "/login/headers?x=1"
+    r = requests.get(authz.url(path), headers={**XHR_JSON, "Host": "evil.com", "X-Forwarded-Host": "evil.com"},
+                     allow_redirects=False, timeout=HTTP_TIMEOUT)
+    assert r.status_code == 401, show(r)
+    assert www_params(r.headers.get("www-authenticate", "")).get("login_uri") == authz.url(path), show(r)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 5. a bearer token wins over a session
 # ---------------------------------------------------------------------------------------------------------------
@@ -430,22 +455,33 @@ def test_expiring_session_is_refreshed_for_xhr(authz: World):
     assert session_set_cookies(r), show(r)
 
 
+def idp_calls(world: World, endpoint: str, outcome: str = "ok") -> float:
+    text = requests.get(f"http://127.0.0.1:{world.authz_admin_port}/metrics", timeout=HTTP_TIMEOUT).text
+    m = re.search(rf'^oidc_authz_idp_requests_total\{{provider="okta",endpoint="{endpoint}",outcome="{outcome}"\}} (\S+)$',
+                  text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
 def test_concurrent_requests_needing_refresh_all_succeed(authz: World):
-    """A page firing several requests at once with an expiring session: every one is allowed."""
-    from concurrent.futures import ThreadPoolExecutor
+    """A page firing 30 requests at once with an expiring session: one refresh grant, every one allowed, all
+    answering with the same new session cookie."""
     b, _ = login_ok(authz, "alice", REFRESH_PATH)
     hdr = {**XHR_JSON, "Cookie": cookie_header(b.session_cookies())}
     time.sleep(1.5)
+    before = idp_calls(authz, "token")
 
     def one(i):
         return requests.get(authz.url(f"{REFRESH_PATH}?i={i}"), headers=hdr, allow_redirects=False,
                             timeout=HTTP_TIMEOUT)
 
-    with ThreadPoolExecutor(6) as ex:
-        rs = list(ex.map(one, range(6)))
+    with ThreadPoolExecutor(30) as ex:
+        rs = list(ex.map(one, range(30)))
     bad = [show(r, 200) for r in rs if r.status_code != 200]
     assert not bad, "\n".join(bad)
     assert all(echoed(r).get("X-User") == "alice" for r in rs)
+    assert idp_calls(authz, "token") - before == 1, "30 requests on one session must make one refresh grant"
+    cookies = {tuple(sorted((c.name, c.value) for c in session_set_cookies(r) if not c.clears)) for r in rs}
+    assert len(cookies) == 1 and next(iter(cookies)), f"answers carry {len(cookies)} different session cookies"
 
 
 def test_failed_refresh_ends_the_session(authz: World):
@@ -486,7 +522,7 @@ def _failed_refresh_ends_the_session(authz: World):
 def test_logout_ends_session_and_idp_session(authz: World):
     b, r = login_ok(authz)
     had = set(b.session_cookies())
-    r = b.go(authz.url("/oauth2/logout"))
+    r = b.post(authz.url("/oauth2/logout"))
     if r.status_code != 302:
         fail(b, "logout with a session", r)
     loc = r.headers["Location"]
@@ -533,7 +569,7 @@ def test_logout_ends_session_and_idp_session(authz: World):
 
 def test_logout_without_session_goes_to_post_logout_uri(authz: World):
     b = Browser()
-    r = b.go(authz.url("/oauth2/logout"))
+    r = b.post(authz.url("/oauth2/logout"))
     assert r.status_code == 302, show(r)
     assert r.headers["Location"] == authz.url("/public/get"), show(r)
 
@@ -541,10 +577,95 @@ def test_logout_without_session_goes_to_post_logout_uri(authz: World):
 def test_logout_clears_cookies_even_for_xhr(authz: World):
     b, _ = login_ok(authz)
     had = set(b.session_cookies())
-    r = b.go(authz.url("/oauth2/logout"), headers=XHR_JSON)
+    r = b.delete(authz.url("/oauth2/logout"), headers=XHR_JSON)
     assert r.status_code in (200, 204, 302, 401), show(r)
     cleared = {c.name for c in session_set_cookies(r) if c.clears}
     assert had <= cleared, f"{sorted(had)} not cleared by an XHR logout: {show(r)}"
+
+
+SESSION_SECRET = "UePTBxfdBegqNEpqNNov35u26T1aGX35JU71DtqTevA="  # tests/e2e/oidc-authz.template.toml
+OPEN_COOKIE_JS = r"""
+const crypto = require('crypto');
+const [secret, name, value] = process.argv.slice(1);
+const raw = Buffer.from(value, 'base64url');
+const d = crypto.createDecipheriv('aes-256-gcm', Buffer.from(secret, 'base64'), raw.subarray(0, 12));
+d.setAAD(Buffer.from(name));
+d.setAuthTag(raw.subarray(raw.length - 16));
+process.stdout.write(Buffer.concat([d.update(raw.subarray(12, raw.length - 16)), d.final()]));
+"""
+
+
+def open_session(b: Browser) -> dict:
+    """The session cookie's content, opened with the e2e session secret (node's AES-256-GCM)."""
+    cookies = b.session_cookies()
+    value = cookies.get(SESSION) or "".join(cookies[f"{SESSION}_{i}"] for i in range(len(cookies)))
+    p = subprocess.run(["node", "-e", OPEN_COOKIE_JS, SESSION_SECRET, SESSION, value], capture_output=True,
+                       text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def introspect_at_idp(world: World, token: str) -> dict:
+    r = requests.post(world.discovery()["introspection_endpoint"], data={"token": token},
+                      auth=(CLIENT_ID, CLIENT_SECRET), timeout=HTTP_TIMEOUT)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+@pytest.mark.parametrize("headers", [{}, {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-origin"}],
+                         ids=["plain", "cross-site", "same-origin"])
+def test_get_logout_is_refused_by_default(authz: World, headers: dict):
+    """`login` takes the default logout_methods (POST, DELETE): a GET (any link, image or iframe) logs nobody out."""
+    b, _ = login_ok(authz)
+    r = b.go(authz.url("/oauth2/logout"), headers=headers)
+    assert r.status_code == 403, show(r)
+    assert r.json().get("error") == "access_denied", show(r)
+    assert not [c for c in session_set_cookies(r) if c.clears], show(r)
+    assert b.go(authz.url("/login/headers")).status_code == 200, "the session survives a refused logout"
+
+
+def test_cross_site_post_logout_is_refused(authz: World):
+    b, _ = login_ok(authz)
+    for hdr in ({"Origin": "http://evil.example.com"}, {"Sec-Fetch-Site": "cross-site"}):
+        r = b.post(authz.url("/oauth2/logout"), headers=hdr)
+        assert r.status_code == 403, f"{hdr}: {show(r)}"
+    assert b.go(authz.url("/login/headers")).status_code == 200
+
+
+def test_logout_revokes_refresh_token_and_kills_copied_cookie(authz: World):
+    b, _ = login_ok(authz)
+    copy = dict(b.session_cookies())
+    rt = open_session(b)["rt"]
+    assert rt and introspect_at_idp(authz, rt).get("active") is True, "the session's refresh token is live"
+    r = b.post(authz.url("/oauth2/logout"), headers={"Origin": authz.url("/").rstrip("/"),
+                                                     "Sec-Fetch-Site": "same-origin"})
+    assert r.status_code == 302, show(r)
+    assert introspect_at_idp(authz, rt).get("active") is False, "logout must revoke the refresh token at the IdP"
+    # the cookie copied before the logout is dead: browser -> login (cookie cleared), API -> 401
+    hdr = {"Cookie": cookie_header(copy)}
+    r = requests.get(authz.url("/login/headers"), headers={**BROWSER, **hdr}, allow_redirects=False,
+                     timeout=HTTP_TIMEOUT)
+    assert r.status_code == 302 and r.headers["Location"].startswith(f"{authz.issuer}/v1/authorize?"), show(r)
+    assert {c.name for c in session_set_cookies(r) if c.clears} >= set(copy), show(r)
+    r = requests.get(authz.url("/login/headers"), headers={**XHR_JSON, **hdr}, allow_redirects=False,
+                     timeout=HTTP_TIMEOUT)
+    assert r.status_code == 401, show(r)
+
+
+def test_get_logout_when_listed_is_same_origin_only(authz: World):
+    """`login_getout` lists GET: a same-origin navigation logs out, a cross-site one (or one without
+    Sec-Fetch-Site) is refused."""
+    b, _ = login_ok(authz, "alice", "/anything/getout/x")
+    for hdr in ({"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"}, {}):
+        r = b.go(authz.url("/anything/getout/logout"), headers=hdr)
+        assert r.status_code == 403, f"{hdr}: {show(r)}"
+    assert b.go(authz.url("/anything/getout/x")).status_code == 200
+    r = b.go(authz.url("/anything/getout/logout"), headers={"Sec-Fetch-Site": "same-origin"})
+    assert r.status_code == 302 and r.headers["Location"].startswith(authz.discovery()["end_session_endpoint"]), \
+        show(r)
+    assert not b.session_cookies()
+    r = b.go(authz.url("/anything/getout/x"))
+    assert r.status_code == 302 and r.headers["Location"].startswith(f"{authz.issuer}/v1/authorize?"), show(r)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -149,6 +149,14 @@ pub struct IdpState {
     pub refresh_tokens: Mutex<HashMap<String, String>>,
     /// Extra claims put into user access tokens (e.g. a huge one to force cookie chunking).
     pub user_extra: Mutex<Value>,
+    /// Refresh-token rotation: a refresh token works once (Okta's default for SPAs).
+    pub rotate_refresh_tokens: std::sync::atomic::AtomicBool,
+    /// RFC 7009 revocation calls, and the tokens revoked (with their hint).
+    pub revocations: Mutex<Vec<(String, String)>>,
+    /// Answer the revocation endpoint with this HTTP status instead (0: normal).
+    pub revoke_status: std::sync::atomic::AtomicU16,
+    /// Seconds added to the real time in the user tokens it issues (to follow a test's ManualClock).
+    pub clock_offset: std::sync::atomic::AtomicU64,
 }
 
 /// What an authorization code stands for.
@@ -220,6 +228,7 @@ async fn discovery(State(s): State<Arc<IdpState>>) -> Response {
         "introspection_endpoint": format!("{issuer}/v1/introspect"),
         "authorization_endpoint": format!("{issuer}/v1/authorize"),
         "end_session_endpoint": format!("{issuer}/v1/logout"),
+        "revocation_endpoint": format!("{issuer}/v1/revoke"),
         "token_endpoint_auth_methods_supported": s.token_auth_methods.lock().unwrap().clone(),
     }))
     .into_response()
@@ -325,7 +334,7 @@ async fn token(
 }
 
 fn user_tokens(s: &IdpState, client: &str, sub: &str, nonce: Option<&str>) -> Response {
-    let now = now();
+    let now = now() + s.clock_offset.load(Ordering::SeqCst);
     let issuer = s.issuer.lock().unwrap().clone();
     let key = s.keys.lock().unwrap()[0].clone();
     let expires_in = s.expires_in.load(Ordering::SeqCst);
@@ -391,7 +400,11 @@ fn code_grant(s: &IdpState, client: &str, form: &HashMap<String, String>) -> Res
 
 fn refresh_grant(s: &IdpState, client: &str, form: &HashMap<String, String>) -> Response {
     let rt = form.get("refresh_token").cloned().unwrap_or_default();
-    let sub = s.refresh_tokens.lock().unwrap().get(&rt).cloned();
+    let sub = if s.rotate_refresh_tokens.load(Ordering::SeqCst) {
+        s.refresh_tokens.lock().unwrap().remove(&rt)
+    } else {
+        s.refresh_tokens.lock().unwrap().get(&rt).cloned()
+    };
     match sub {
         Some(sub) => user_tokens(s, client, &sub, None),
         None => oauth_error(StatusCode::BAD_REQUEST, "invalid_grant"),
@@ -428,6 +441,31 @@ fn client_auth(
         Some((want, _)) if *want == secret => Ok(id),
         _ => Err(oauth_error(StatusCode::UNAUTHORIZED, "invalid_client")),
     }
+}
+
+/// RFC 7009 revocation (client authentication as at the token endpoint): the token no longer refreshes or
+/// introspects.
+async fn revoke(
+    State(s): State<Arc<IdpState>>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Form(form): axum::extract::Form<HashMap<String, String>>,
+) -> Response {
+    if let Some(r) = gate(&s).await {
+        return r;
+    }
+    if let Err(r) = client_auth(&s, &headers, &form) {
+        return r;
+    }
+    let forced = s.revoke_status.load(Ordering::SeqCst);
+    if forced != 0 {
+        return oauth_error(StatusCode::from_u16(forced).unwrap(), "server_error");
+    }
+    let token = form.get("token").cloned().unwrap_or_default();
+    let hint = form.get("token_type_hint").cloned().unwrap_or_default();
+    s.refresh_tokens.lock().unwrap().remove(&token);
+    s.introspectable.lock().unwrap().remove(&token);
+    s.revocations.lock().unwrap().push((token, hint));
+    StatusCode::OK.into_response()
 }
 
 /// RFC 7662 introspection of tokens in `introspectable` (only the `oidc-authz` client may ask).
@@ -506,6 +544,10 @@ impl MockIdp {
             codes: Mutex::new(HashMap::new()),
             refresh_tokens: Mutex::new(HashMap::new()),
             user_extra: Mutex::new(json!({})),
+            rotate_refresh_tokens: std::sync::atomic::AtomicBool::new(false),
+            revocations: Mutex::new(Vec::new()),
+            revoke_status: std::sync::atomic::AtomicU16::new(0),
+            clock_offset: std::sync::atomic::AtomicU64::new(0),
         });
         let app = Router::new()
             .route(
@@ -522,6 +564,7 @@ impl MockIdp {
                 "/oauth2/default/v1/introspect",
                 axum::routing::post(introspect),
             )
+            .route("/oauth2/default/v1/revoke", axum::routing::post(revoke))
             .with_state(state.clone());
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -602,6 +645,11 @@ impl MockIdp {
             },
         );
         format!("code={code}&state={}", q["state"])
+    }
+
+    /// Moves the time of the user tokens it issues forward (with the server's ManualClock).
+    pub fn advance(&self, secs: u64) {
+        self.state.clock_offset.fetch_add(secs, Ordering::SeqCst);
     }
 
     /// Forgets every refresh token (a refresh now fails).
