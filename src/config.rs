@@ -1326,7 +1326,10 @@ policy = "api"
                 "auth_methods = [\"bearer\"]",
                 &format!("auth_methods = [\"{method}\"]"),
             );
-            assert_eq!(Config::from_toml(&t).unwrap_err().0[0].kind(), "no_audiences");
+            assert_eq!(
+                Config::from_toml(&t).unwrap_err().0[0].kind(),
+                "no_audiences"
+            );
         }
         let any = no_aud.replace(
             "auth_methods = [\"bearer\"]",
@@ -1344,7 +1347,10 @@ policy = "api"
             "auth_methods = [\"bearer\"]",
             "auth_methods = [\"bearer\"]\nallow_any_audience = true",
         );
-        assert_eq!(Config::from_toml(&both).unwrap_err().0[0].kind(), "conflict");
+        assert_eq!(
+            Config::from_toml(&both).unwrap_err().0[0].kind(),
+            "conflict"
+        );
     }
 
     #[test]

@@ -525,7 +525,10 @@ allow_any_audience = {any}
     fn exp_nbf_iat_out_of_range_are_refused() {
         use serde_json::json;
         let p = provider(r#"["api://default"]"#);
-        assert_eq!(check_claims(&claims(json!({})), &p, NOW).unwrap(), NOW + 3600);
+        assert_eq!(
+            check_claims(&claims(json!({})), &p, NOW).unwrap(),
+            NOW + 3600
+        );
         for (extra, want) in [
             (json!({"exp": 1e300}), "NoExpiry"),
             (json!({"exp": -5}), "NoExpiry"),
@@ -545,7 +548,13 @@ allow_any_audience = {any}
 
     #[test]
     fn only_access_token_headers_pass() {
-        for ok in [None, Some("JWT"), Some("jwt"), Some("at+jwt"), Some("application/at+JWT")] {
+        for ok in [
+            None,
+            Some("JWT"),
+            Some("jwt"),
+            Some("at+jwt"),
+            Some("application/at+JWT"),
+        ] {
             assert!(check_access_typ(ok).is_ok(), "{ok:?}");
         }
         for bad in [
@@ -557,7 +566,10 @@ allow_any_audience = {any}
             "",
         ] {
             assert!(
-                matches!(check_access_typ(Some(bad)), Err(BearerError::NotAccessToken)),
+                matches!(
+                    check_access_typ(Some(bad)),
+                    Err(BearerError::NotAccessToken)
+                ),
                 "{bad}"
             );
         }
@@ -614,7 +626,8 @@ allow_any_audience = {any}
     #[test]
     fn unverified_pre_filter_only_refuses() {
         let p = provider(r#"["api://default"]"#);
-        let enc = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        let enc =
+            |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
         let jwt = |h: Value, c: Value| format!("{}.{}.c2ln", enc(&h), enc(&c));
         let at = jwt(
             serde_json::json!({"alg": "RS256", "typ": "at+jwt"}),

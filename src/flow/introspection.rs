@@ -356,7 +356,14 @@ mod tests {
         let no_aud = answer(json!({"token_type": "Bearer"}));
         assert_eq!(refusal(&no_aud, &p, NOW), Err("audience"));
         assert!(refusal(&no_aud, &any, NOW).is_ok(), "allow_any_audience");
-        assert!(refusal(&answer(json!({"aud": "api://default", "token_type": "DPoP"})), &p, NOW).is_ok());
+        assert!(
+            refusal(
+                &answer(json!({"aud": "api://default", "token_type": "DPoP"})),
+                &p,
+                NOW
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -366,7 +373,11 @@ mod tests {
         assert!(refusal(&answer(ok.clone()), &p, NOW).is_ok());
         let mut no_exp = ok.clone();
         no_exp["exp"] = Value::Null;
-        assert_eq!(refusal(&answer(no_exp), &p, NOW), Ok(None), "exp is optional in RFC 7662");
+        assert_eq!(
+            refusal(&answer(no_exp), &p, NOW),
+            Ok(None),
+            "exp is optional in RFC 7662"
+        );
         for (k, v) in [
             ("exp", json!(-1)),
             ("exp", json!("1800003600")),

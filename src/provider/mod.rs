@@ -539,7 +539,8 @@ impl Provider {
             }
             // Keys in hand or not, the token names a key we cannot get: fail closed with 503.
             Err(e) => {
-                let retry = backoff(gate.failures.saturating_add(1)).max(self.config.jwks_min_refetch);
+                let retry =
+                    backoff(gate.failures.saturating_add(1)).max(self.config.jwks_min_refetch);
                 tracing::warn!(provider = %self.name(), error = %e, retry_in_ms = retry.as_millis() as u64, "signing key fetch failed");
                 gate.failed(now, Some(e.clone()), self.config.jwks_min_refetch);
                 Err(KeyError::Idp(e))
@@ -635,7 +636,10 @@ mod tests {
         };
         g.failed(t0, Some(down.clone()), Duration::ZERO);
         assert!(g.closed(t0 + ms(999)));
-        assert!(matches!(g.error(), Some(IdpError::Status { status: 503, .. })));
+        assert!(matches!(
+            g.error(),
+            Some(IdpError::Status { status: 503, .. })
+        ));
         assert!(!g.closed(t0 + ms(1000)));
         let t1 = t0 + ms(1000);
         g.failed(t1, Some(down.clone()), Duration::ZERO);
@@ -650,6 +654,9 @@ mod tests {
         g.succeeded(t1, Duration::from_secs(5));
         assert!(g.closed(t1 + ms(4999)) && g.error().is_none());
         g.failed(t1, None, Duration::ZERO);
-        assert!(g.closed(t1 + ms(999)) && !g.closed(t1 + ms(1000)), "counted from zero again");
+        assert!(
+            g.closed(t1 + ms(999)) && !g.closed(t1 + ms(1000)),
+            "counted from zero again"
+        );
     }
 }
