@@ -157,13 +157,8 @@ impl Authorizer {
             .iter()
             .map(|p| Arc::new(Provider::new(p.clone(), http.clone(), metrics.clone())))
             .collect();
-        for p in config.policies.iter() {
-            let provider = &config.providers[p.provider];
-            let token_methods = p.allows(AuthMethod::Bearer) || p.allows(AuthMethod::Introspection);
-            if token_methods && provider.audiences.is_empty() && p.access.is_empty() {
-                tracing::warn!(policy.name = %p.name, provider = %provider.name, "provider has no `audiences` and the policy no requirements: any token of this issuer passes, including tokens meant for other applications");
-            }
-        }
+        // A token policy on a provider without `audiences` is a config error unless it says
+        // `allow_any_audience = true` (config.rs), so no warning is needed here.
         Authorizer {
             bearer: BearerVerifier::new(
                 config.server.token_cache_entries,

@@ -123,6 +123,11 @@ pub enum ConfigError {
     /// Two settings that cannot both be given, or a value out of range.
     #[error("{section}: {message}")]
     Conflict { section: String, message: String },
+    /// A token policy on a provider without `audiences`: it would accept every token of the issuer.
+    #[error(
+        "{section}: provider `{provider}` has no `audiences`, so this policy would accept any token of the issuer, including tokens meant for other applications; list the accepted `aud` values in providers.{provider}.audiences, or set allow_any_audience = true on the policy"
+    )]
+    NoAudiences { section: String, provider: String },
 }
 
 impl ConfigError {
@@ -143,6 +148,7 @@ impl ConfigError {
             ConfigError::BadAddr { .. } => "bad_addr",
             ConfigError::SecretFile { .. } => "secret_file",
             ConfigError::Conflict { .. } => "conflict",
+            ConfigError::NoAudiences { .. } => "no_audiences",
         }
     }
 }
@@ -222,6 +228,8 @@ struct RawPolicy {
     upstream_headers_names: Vec<String>,
     #[serde(default)]
     introspect_jwt_tokens: bool,
+    #[serde(default)]
+    allow_any_audience: bool,
     cache_introspection_secs: Option<u64>,
     cache_ttl_neg_secs: Option<u64>,
     #[serde(default)]
@@ -412,6 +420,9 @@ pub struct Policy {
     pub upstream_headers: Vec<UpstreamHeader>,
     /// Send JWTs to introspection too (otherwise verified locally).
     pub introspect_jwt_tokens: bool,
+    /// The policy accepts tokens for any audience: its provider may have no `audiences` (otherwise a config
+    /// error for a policy allowing `bearer` or `introspection`).
+    pub allow_any_audience: bool,
     /// Positive introspection cache lifetime (0 = ask every time).
     pub cache_introspection_secs: u64,
     /// Negative introspection cache lifetime.
@@ -664,6 +675,9 @@ impl Validator {
         }
         policies.sort_by(|a, b| a.name.cmp(&b.name));
         self.shared_callbacks(&policies);
+        for p in &policies {
+            self.audiences(p, &providers);
+        }
 
         let mut routes = Vec::new();
         if let Some(r) = root.get("routes") {
@@ -873,6 +887,31 @@ impl Validator {
             client_credentials_rate,
             client_credentials_burst,
         })
+    }
+
+    /// A policy taking tokens (`bearer`, `introspection`) needs a provider with `audiences`, or says
+    /// `allow_any_audience = true`; saying it while the provider has audiences (which are still checked) is a
+    /// contradiction.
+    fn audiences(&mut self, p: &Policy, providers: &[ProviderConfig]) {
+        let Some(provider) = providers.get(p.provider) else {
+            return;
+        };
+        let section = format!("policies.{}", p.name);
+        let takes_tokens = p.allows(AuthMethod::Bearer) || p.allows(AuthMethod::Introspection);
+        if takes_tokens && provider.audiences.is_empty() && !p.allow_any_audience {
+            self.err(ConfigError::NoAudiences {
+                section,
+                provider: provider.name.clone(),
+            });
+        } else if p.allow_any_audience && !provider.audiences.is_empty() {
+            self.err(ConfigError::Conflict {
+                section,
+                message: format!(
+                    "allow_any_audience = true, but provider `{}` lists `audiences`, which are checked for every policy: remove one of the two",
+                    provider.name
+                ),
+            });
+        }
     }
 
     fn requirement(
@@ -1261,6 +1300,7 @@ impl Validator {
             access: AccessRules::new(reqs),
             upstream_headers,
             introspect_jwt_tokens: raw.introspect_jwt_tokens,
+            allow_any_audience: raw.allow_any_audience,
             cache_introspection_secs: raw.cache_introspection_secs.unwrap_or(300),
             cache_ttl_neg_secs: raw.cache_ttl_neg_secs.unwrap_or(10),
             scopes: raw.scopes,
@@ -1588,6 +1628,45 @@ policy = "api"
             "x-issuer"
         );
         assert_eq!(cfg.providers[0].leeway_secs, 30);
+    }
+
+    #[test]
+    fn token_policies_need_audiences_or_allow_any_audience() {
+        let no_aud = GOOD.replace("audiences = [\"api://default\"]\n", "");
+        let err = Config::from_toml(&no_aud).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert_eq!(err.0[0].kind(), "no_audiences");
+        assert!(err.to_string().contains("policies.api"), "{err}");
+        for method in ["introspection", "bearer"] {
+            let t = no_aud.replace(
+                "auth_methods = [\"bearer\"]",
+                &format!("auth_methods = [\"{method}\"]"),
+            );
+            assert_eq!(
+                Config::from_toml(&t).unwrap_err().0[0].kind(),
+                "no_audiences"
+            );
+        }
+        let any = no_aud.replace(
+            "auth_methods = [\"bearer\"]",
+            "auth_methods = [\"bearer\"]\nallow_any_audience = true",
+        );
+        assert!(Config::from_toml(&any).unwrap().policies[0].allow_any_audience);
+        // client credentials alone verify only tokens this service obtained itself: no audiences needed
+        let cc = no_aud.replace(
+            "auth_methods = [\"bearer\"]",
+            "auth_methods = [\"client_credentials\"]",
+        );
+        assert!(Config::from_toml(&cc).is_ok());
+        // allow_any_audience next to audiences (which would still be checked) is a contradiction
+        let both = GOOD.replace(
+            "auth_methods = [\"bearer\"]",
+            "auth_methods = [\"bearer\"]\nallow_any_audience = true",
+        );
+        assert_eq!(
+            Config::from_toml(&both).unwrap_err().0[0].kind(),
+            "conflict"
+        );
     }
 
     #[test]

@@ -226,7 +226,7 @@ fn yaml_config_by_extension() {
     let cfg = dir.path().join("c.yaml");
     std::fs::write(
         &cfg,
-        "providers:\n  okta:\n    issuer: https://idp.example.com\npolicies:\n  api:\n    provider: okta\n    auth_methods: [bearer]\n    scopes_required: [\"a b\", c]\nroutes:\n  - path_prefix: /api\n    policy: api\n",
+        "providers:\n  okta:\n    issuer: https://idp.example.com\n    audiences: [\"api://default\"]\npolicies:\n  api:\n    provider: okta\n    auth_methods: [bearer]\n    scopes_required: [\"a b\", c]\nroutes:\n  - path_prefix: /api\n    policy: api\n",
     )
     .unwrap();
     let out = bin()

@@ -311,3 +311,163 @@ async fn a_slow_idp_is_answered_503_within_the_check_deadline() {
         started.elapsed()
     );
 }
+
+/// A second provider for the same issuer without `audiences`, and a token policy that opts out of them.
+const ANY_AUDIENCE: &str = r#"
+[providers.any]
+issuer = "ISSUER"
+client_id = "oidc-authz"
+client_secret = "oidc-authz-secret"
+leeway_secs = 0
+http_timeout_ms = 500
+
+[policies.any_audience]
+provider = "any"
+auth_methods = ["bearer", "introspection"]
+allow_any_audience = true
+cache_introspection_secs = 0
+cache_ttl_neg_secs = 0
+"#;
+
+async fn world_with_any_audience() -> (MockIdp, TestServer) {
+    let idp = MockIdp::start().await;
+    let extra = ANY_AUDIENCE.replace("ISSUER", &idp.issuer);
+    let server = TestServer::start_ready(&config_toml(&idp, &extra)).await;
+    (idp, server)
+}
+
+/// What oidc-provider answers for an active refresh token: no `aud`, no `token_type`, a `scope`.
+fn refresh_answer(idp: &MockIdp, token: &str) {
+    let n = now();
+    idp.register(
+        token,
+        json!({"iss": idp.issuer, "sub": "alice", "client_id": "oidc-authz", "scope": "openid offline_access api:read",
+               "scp": ["api:read"], "iat": n, "exp": n + 86400, "jti": "rt-1"}),
+    );
+}
+
+// issue 10 item 2: a refresh token presented as a bearer token used to pass introspection.
+#[tokio::test]
+async fn a_refresh_token_is_not_an_access_token() {
+    let (idp, server) = world_with_any_audience().await;
+    refresh_answer(&idp, "rt-opaque-1");
+    for policy in ["intro", "intro_nocache", "any_audience"] {
+        let a = ask(&server, req("/x").policy(policy).bearer("rt-opaque-1")).await;
+        a.assert_deny(401, "invalid_token");
+        a.assert_not_echoing("rt-opaque-1");
+    }
+    // an answer naming the type is refused whatever its audience
+    let mut c = idp.claims(json!({}));
+    c["token_type"] = json!("refresh_token");
+    idp.register("rt-opaque-2", c);
+    for policy in ["intro", "any_audience"] {
+        ask(&server, req("/x").policy(policy).bearer("rt-opaque-2"))
+            .await
+            .assert_deny(401, "invalid_token");
+    }
+    // the access tokens of that provider pass, on both kinds of policy
+    let at = idp.opaque(json!({}));
+    for policy in ["intro", "any_audience"] {
+        let a = ask(&server, req("/x").policy(policy).bearer(&at)).await;
+        assert_eq!(a.status, 200, "{policy}: {a:?}");
+    }
+    // allow_any_audience: an access token of another API passes there, not on the audience-checking policy
+    let other = idp.opaque(json!({"aud": "api://other"}));
+    assert_eq!(
+        ask(&server, req("/x").policy("any_audience").bearer(&other))
+            .await
+            .status,
+        200
+    );
+    ask(&server, req("/x").policy("intro").bearer(&other))
+        .await
+        .assert_deny(401, "invalid_token");
+}
+
+#[tokio::test]
+async fn an_introspection_answer_without_aud_is_refused_when_audiences_are_configured() {
+    let (idp, server) = world().await;
+    let t = idp.opaque(json!({"aud": null}));
+    ask(&server, req("/x").policy("intro").bearer(&t))
+        .await
+        .assert_deny(401, "invalid_token");
+}
+
+/// An ID token of this service's own login, as the mock IdP issues it (aud = our client_id, a nonce).
+fn id_token(idp: &MockIdp) -> String {
+    idp.mint(json!({"aud": "oidc-authz", "nonce": "n-123", "email": "alice@example.com", "scp": ["api:read"]}))
+}
+
+#[tokio::test]
+async fn an_id_token_never_passes_as_an_access_token() {
+    let (idp, server) = world_with_any_audience().await;
+    let id = id_token(&idp);
+    // introspected policies refuse it before asking the IdP (some would call it active)
+    idp.register(
+        &id,
+        idp.claims(json!({"aud": "oidc-authz", "nonce": "n-123"})),
+    );
+    for policy in ["api", "intro", "intro_jwt", "any_audience"] {
+        let a = ask(&server, req("/x").policy(policy).bearer(&id)).await;
+        a.assert_deny(401, "invalid_token");
+        a.assert_not_echoing(&id);
+    }
+    assert_eq!(idp.introspect_hits(), 0);
+    // without nonce, and with audiences open: still our client's ID token (aud = client_id)
+    let bare = idp.mint(json!({"aud": "oidc-authz"}));
+    ask(&server, req("/x").policy("any_audience").bearer(&bare))
+        .await
+        .assert_deny(401, "invalid_token");
+    // other JWTs of the issuer that are not access tokens: a logout token, an ID token of another client
+    let key = idp.signing_key();
+    let mut h = jsonwebtoken::Header::new(key.alg);
+    h.kid = Some(key.kid.clone());
+    h.typ = Some("logout+jwt".into());
+    let logout = key.sign_with_header(&h, &idp.claims(json!({"aud": "api://default"})));
+    let other_client = idp.mint(json!({"aud": "another-app", "at_hash": "x0Yb"}));
+    for t in [&logout, &other_client] {
+        for policy in ["api", "any_audience"] {
+            ask(&server, req("/x").policy(policy).bearer(t))
+                .await
+                .assert_deny(401, "invalid_token");
+        }
+    }
+    // an RFC 9068 access token passes
+    h.typ = Some("at+jwt".into());
+    let at = key.sign_with_header(&h, &idp.claims(json!({})));
+    for policy in ["api", "any_audience"] {
+        assert_eq!(
+            ask(&server, req("/x").policy(policy).bearer(&at))
+                .await
+                .status,
+            200
+        );
+    }
+}
+
+// issue 10 item 9: a malformed or negative `exp` in an introspection answer is not "no exp".
+#[tokio::test]
+async fn introspection_answers_with_malformed_times_are_refused() {
+    let (idp, server) = world().await;
+    for (claim, value) in [
+        ("exp", json!(-1)),
+        ("exp", json!("4102444800")),
+        ("exp", json!(1e300)),
+        ("exp", json!({"at": 1})),
+        ("nbf", json!(now() + 600)),
+        ("iat", json!("now")),
+    ] {
+        let t = idp.opaque(json!({ claim: value.clone() }));
+        ask(&server, req("/x").policy("intro").bearer(&t))
+            .await
+            .assert_deny(401, "invalid_token");
+    }
+    // no exp at all is still allowed (RFC 7662 makes it optional)
+    let t = idp.opaque(json!({"exp": null}));
+    assert_eq!(
+        ask(&server, req("/x").policy("intro").bearer(&t))
+            .await
+            .status,
+        200
+    );
+}

@@ -266,3 +266,139 @@ async fn leeway_applies_to_exp_and_nbf() {
         .await
         .assert_deny(401, "invalid_token");
 }
+
+/// Bearer Checks against a provider that has no keys: `n` at once, then `n` one after the other; every answer is
+/// 503; returns the discovery + JWKS calls the IdP saw meanwhile.
+async fn storm(idp: &MockIdp, server: &TestServer, n: usize) -> usize {
+    use std::sync::atomic::Ordering::SeqCst;
+    let calls = || idp.state.discovery_hits.load(SeqCst) + idp.jwks_hits();
+    let before = calls();
+    let token = idp.mint(json!({}));
+    let r = req("/x").policy("api").bearer(&token).build();
+    let statuses = server.concurrent(n, r).await;
+    assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
+    for _ in 0..n {
+        let a = ask(server, req("/x").policy("api").bearer(&token)).await;
+        a.assert_deny(503, "temporarily_unavailable");
+    }
+    let n_calls = calls() - before;
+    eprintln!("storm: {} Checks, {n_calls} IdP calls", 2 * n);
+    n_calls
+}
+
+// issue 10 item 4: 1937 requests used to make 1937 IdP calls in 5 s.
+#[tokio::test]
+async fn no_refetch_storm_while_no_keys_are_in_hand() {
+    // the IdP erroring from the start
+    let idp = MockIdp::start().await;
+    idp.set_mode(Mode::Down);
+    let server = TestServer::start(&config_toml(&idp, "")).await;
+    let calls = storm(&idp, &server, 200).await;
+    // background start-up retries (250 ms doubling) plus at most one request-driven call per backoff window
+    // (1 s doubling): a handful, whatever the machine's speed, instead of one per request
+    assert!(calls <= 20, "400 Checks made {calls} IdP calls");
+    drop(server);
+
+    // discovery naming another issuer
+    let idp = MockIdp::start().await;
+    *idp.state.claimed_issuer.lock().unwrap() = Some("https://evil.example.com".into());
+    let server = TestServer::start(&config_toml(&idp, "")).await;
+    let calls = storm(&idp, &server, 200).await;
+    assert!(calls <= 20, "400 Checks made {calls} IdP calls");
+    drop(server);
+
+    // a JWKS with only encryption keys
+    let mut enc = SigningKey::rsa1();
+    enc.jwk["use"] = json!("enc");
+    let idp = MockIdp::start_with_keys(vec![enc]).await;
+    let server = TestServer::start(&config_toml(&idp, "")).await;
+    let calls = storm(&idp, &server, 200).await;
+    assert!(calls <= 20, "400 Checks made {calls} IdP calls");
+}
+
+#[tokio::test]
+async fn keys_load_once_the_idp_recovers_from_a_storm() {
+    let idp = MockIdp::start().await;
+    idp.set_mode(Mode::Down);
+    let server = TestServer::start(&config_toml(&idp, "")).await;
+    storm(&idp, &server, 50).await;
+    idp.set_mode(Mode::Up);
+    // the start-up loop is not held back by the backoff of request-driven calls
+    server.wait_ready().await;
+    assert_eq!(
+        ask(
+            &server,
+            req("/x").policy("api").bearer(&idp.mint(json!({})))
+        )
+        .await
+        .status,
+        200
+    );
+}
+
+// issue 11 item 5: configured endpoints keep working while discovery fails, without a discovery call per request.
+#[tokio::test]
+async fn configured_endpoints_serve_while_discovery_fails_without_asking_each_time() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let idp = MockIdp::start().await;
+    idp.state.no_discovery.store(true, SeqCst);
+    let toml = config_toml(&idp, "").replace(
+        "\nleeway_secs = 0",
+        &format!(
+            "\nleeway_secs = 0\njwks_uri = \"{i}/v1/keys\"\nintrospection_endpoint = \"{i}/v1/introspect\"",
+            i = idp.issuer
+        ),
+    );
+    let server = TestServer::start_ready(&toml).await;
+    let before = idp.state.discovery_hits.load(SeqCst);
+    for _ in 0..40 {
+        // a new opaque token each time: each one is introspected, so each needs the endpoints
+        let t = idp.opaque(json!({}));
+        let a = ask(&server, req("/x").policy("intro").bearer(&t)).await;
+        assert_eq!(a.status, 200, "{a:?}");
+    }
+    assert_eq!(idp.introspect_hits(), 40);
+    let discovery = idp.state.discovery_hits.load(SeqCst) - before;
+    eprintln!("fallback: 40 introspections, {discovery} discovery calls");
+    assert!(
+        discovery <= 10,
+        "40 introspections made {discovery} discovery calls"
+    );
+}
+
+// issue 10 item 9: RFC 7515 `crit`, and NumericDates that are numbers in a sane range.
+#[tokio::test]
+async fn crit_headers_and_insane_dates_are_refused() {
+    let (idp, server) = world().await;
+    let key = idp.signing_key();
+    let mut h = jsonwebtoken::Header::new(key.alg);
+    h.kid = Some(key.kid.clone());
+    h.crit = Some(vec!["exp".into()]);
+    let crit = key.sign_with_header(&h, &idp.claims(json!({})));
+    let a = ask(&server, req("/x").policy("api").bearer(&crit)).await;
+    a.assert_deny(401, "invalid_token");
+    assert!(a.body.contains("header extensions"), "{a:?}");
+    for extra in [
+        json!({"exp": 1e300}),
+        json!({"exp": 253_402_300_800u64}),
+        json!({"exp": -1}),
+        json!({"exp": "4102444800"}),
+        json!({"nbf": -1}),
+        json!({"nbf": 1e300}),
+        json!({"iat": "yesterday"}),
+        json!({"iat": 1e300}),
+    ] {
+        let t = idp.mint(extra.clone());
+        let a = ask(&server, req("/x").policy("api").bearer(&t)).await;
+        a.assert_deny(401, "invalid_token");
+        a.assert_not_echoing(&t);
+    }
+    // a fractional exp in range is fine
+    let t = idp.mint(json!({"exp": (now() + 600) as f64 + 0.5}));
+    assert_eq!(
+        ask(&server, req("/x").policy("api").bearer(&t))
+            .await
+            .status,
+        200
+    );
+}

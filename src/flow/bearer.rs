@@ -62,6 +62,12 @@ pub enum BearerError {
     /// `iat` is in the future (beyond leeway).
     #[error("the token was issued in the future")]
     IssuedInFuture,
+    /// The JWS header has `crit` (RFC 7515 4.1.11): extensions this service does not understand.
+    #[error("the token requires header extensions this service does not support")]
+    Critical,
+    /// An ID token, a logout token or another JWT of the issuer that is not an access token.
+    #[error("the token is not an access token")]
+    NotAccessToken,
     /// The keys could not be loaded.
     #[error("the identity provider is unavailable")]
     Idp(#[source] IdpError),
@@ -182,7 +188,8 @@ impl BearerVerifier {
         provider: &Provider,
         token: &str,
     ) -> Result<Verified, BearerError> {
-        let claims = verify_signature(provider, token).await?;
+        let (header, claims) = verify_jws(provider, token).await?;
+        check_access_typ(header.typ.as_deref())?;
         let exp = check_claims(&claims, provider, self.clock.now())?;
         Ok(Verified { claims, exp })
     }
@@ -194,6 +201,14 @@ pub async fn verify_signature(
     provider: &Provider,
     token: &str,
 ) -> Result<Map<String, Value>, BearerError> {
+    verify_jws(provider, token).await.map(|(_, claims)| claims)
+}
+
+/// [`verify_signature`], also returning the JWS header (for checks of the token's kind).
+pub async fn verify_jws(
+    provider: &Provider,
+    token: &str,
+) -> Result<(jsonwebtoken::Header, Map<String, Value>), BearerError> {
     {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(BearerError::TooLarge);
@@ -202,6 +217,11 @@ pub async fn verify_signature(
             return Err(BearerError::Malformed);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| BearerError::Malformed)?;
+        // RFC 7515 4.1.11: a recipient must refuse a JWS whose `crit` names an extension it does not understand;
+        // we understand none (and an empty `crit` is itself invalid).
+        if header.crit.is_some() {
+            return Err(BearerError::Critical);
+        }
         let alg = header.alg;
         if !ALLOWED_ALGS.contains(&alg) {
             return Err(BearerError::Algorithm);
@@ -240,7 +260,7 @@ pub async fn verify_signature(
             .map_err(|_| BearerError::Malformed)?;
         let claims: Map<String, Value> =
             serde_json::from_slice(&payload).map_err(|_| BearerError::Malformed)?;
-        Ok(claims)
+        Ok((header, claims))
     }
 }
 
@@ -252,18 +272,112 @@ fn cache_key(provider: &str, token: &str) -> [u8; 32] {
     h.finalize().into()
 }
 
-fn num(claims: &Map<String, Value>, name: &str) -> Option<Option<u64>> {
-    match claims.get(name) {
-        None => Some(None),
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
-            .map(Some),
-        Some(_) => None,
+/// The largest accepted NumericDate (`exp`, `nbf`, `iat`): 9999-12-31T23:59:59Z. Beyond it a value is not a date
+/// any issuer means (`exp = 1e300` would never expire), so the token is refused.
+pub const MAX_NUMERIC_DATE: u64 = 253_402_300_799;
+
+/// Why a NumericDate claim is unusable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadDate;
+
+/// A NumericDate claim (RFC 7519 2): absent is `Ok(None)`; a JSON number in `0..=MAX_NUMERIC_DATE` (fractions
+/// allowed) is its whole seconds, rounded towards the safe side (`round_up` for `nbf`/`iat`, down for `exp`);
+/// anything else (a string, a negative or too large number) is an error.
+pub fn numeric_date(v: Option<&Value>, round_up: bool) -> Result<Option<u64>, BadDate> {
+    let Some(v) = v else { return Ok(None) };
+    let Value::Number(n) = v else {
+        return Err(BadDate);
+    };
+    let secs = match n.as_u64() {
+        Some(u) => u,
+        None => {
+            let f = n.as_f64().ok_or(BadDate)?;
+            if !f.is_finite() || f < 0.0 || f > MAX_NUMERIC_DATE as f64 {
+                return Err(BadDate);
+            }
+            (if round_up { f.ceil() } else { f.floor() }) as u64
+        }
+    };
+    if secs > MAX_NUMERIC_DATE {
+        return Err(BadDate);
+    }
+    Ok(Some(secs))
+}
+
+/// JWS header `typ` values of access tokens: none, `JWT` (Okta and most issuers) or RFC 9068's `at+jwt`. Anything
+/// else (`logout+jwt`, `token-introspection+jwt`, `secevent+jwt`, `dpop+jwt`, ...) is another kind of JWT.
+pub fn check_access_typ(typ: Option<&str>) -> Result<(), BearerError> {
+    match typ {
+        None => Ok(()),
+        Some(t)
+            if ["JWT", "at+jwt", "application/at+jwt"]
+                .iter()
+                .any(|ok| t.eq_ignore_ascii_case(ok)) =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(BearerError::NotAccessToken),
     }
 }
 
-/// Checks iss, aud, exp, nbf and iat; returns `exp`.
+fn str_or_list(v: Option<&Value>) -> Vec<&str> {
+    match v {
+        Some(Value::String(s)) => vec![s.as_str()],
+        Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Whether claims (of a JWT, or of an introspection answer) are those of an ID token, a refresh token or another
+/// token that is not an access token:
+/// - `at_hash`, `c_hash`, `s_hash`: ID-token-only claims (OpenID Connect Core 3.1.3.6, 3.3.2.11);
+/// - `nonce`: an ID token's, unless Keycloak's `typ: Bearer` says access token (Keycloak before 25 copied the
+///   nonce into access tokens);
+/// - `typ` (Keycloak) `ID`, `Refresh`, `Offline` or `Logout`; `token_use` (Cognito) other than `access`;
+/// - `aud` naming this service's own `client_id` while `audiences` does not list it: an ID token of our login.
+pub fn not_access_token(claims: &Map<String, Value>, provider: &Provider) -> bool {
+    let s = |k: &str| claims.get(k).and_then(Value::as_str);
+    if ["at_hash", "c_hash", "s_hash"]
+        .iter()
+        .any(|k| claims.contains_key(*k))
+    {
+        return true;
+    }
+    let typ = s("typ");
+    if claims.contains_key("nonce") && !typ.is_some_and(|t| t.eq_ignore_ascii_case("bearer")) {
+        return true;
+    }
+    if typ.is_some_and(|t| {
+        ["id", "refresh", "offline", "logout"]
+            .iter()
+            .any(|x| t.eq_ignore_ascii_case(x))
+    }) {
+        return true;
+    }
+    if s("token_use").is_some_and(|u| !u.eq_ignore_ascii_case("access"))
+        || claims.get("token_use").is_some_and(|u| !u.is_string())
+    {
+        return true;
+    }
+    let audiences = &provider.config.audiences;
+    if let Some(client_id) = provider.config.client_id.as_deref()
+        && !audiences.iter().any(|a| a == client_id)
+        && str_or_list(claims.get("aud")).contains(&client_id)
+    {
+        return true;
+    }
+    false
+}
+
+/// Whether `aud` (a string or a list) names one of the provider's accepted audiences.
+pub fn audience_ok(aud: Option<&Value>, provider: &Provider) -> bool {
+    let audiences = &provider.config.audiences;
+    str_or_list(aud)
+        .iter()
+        .any(|a| audiences.iter().any(|x| x == a))
+}
+
+/// Checks an access token's claims: iss, aud, that it is an access token, exp, nbf and iat; returns `exp`.
 pub fn check_claims(
     claims: &Map<String, Value>,
     provider: &Provider,
@@ -273,39 +387,54 @@ pub fn check_claims(
     if claims.get("iss").and_then(Value::as_str) != Some(provider.config.issuer.as_str()) {
         return Err(BearerError::Issuer);
     }
-    let audiences = &provider.config.audiences;
-    if !audiences.is_empty() {
-        let ok = match claims.get("aud") {
-            Some(Value::String(a)) => audiences.iter().any(|x| x == a),
-            Some(Value::Array(list)) => list
-                .iter()
-                .filter_map(Value::as_str)
-                .any(|a| audiences.iter().any(|x| x == a)),
-            _ => false,
-        };
-        if !ok {
-            return Err(BearerError::Audience);
-        }
+    if !provider.config.audiences.is_empty() && !audience_ok(claims.get("aud"), provider) {
+        return Err(BearerError::Audience);
     }
-    let exp = num(claims, "exp").flatten().ok_or(BearerError::NoExpiry)?;
+    if not_access_token(claims, provider) {
+        return Err(BearerError::NotAccessToken);
+    }
+    let exp = numeric_date(claims.get("exp"), false)
+        .ok()
+        .flatten()
+        .ok_or(BearerError::NoExpiry)?;
     if now > exp.saturating_add(leeway) {
         return Err(BearerError::Expired);
     }
-    match num(claims, "nbf") {
-        None => return Err(BearerError::Malformed),
-        Some(Some(nbf)) if nbf > now.saturating_add(leeway) => {
+    match numeric_date(claims.get("nbf"), true) {
+        Err(BadDate) => return Err(BearerError::Malformed),
+        Ok(Some(nbf)) if nbf > now.saturating_add(leeway) => {
             return Err(BearerError::NotYetValid);
         }
-        _ => {}
+        Ok(_) => {}
     }
-    match num(claims, "iat") {
-        None => return Err(BearerError::Malformed),
-        Some(Some(iat)) if iat > now.saturating_add(leeway) => {
+    match numeric_date(claims.get("iat"), true) {
+        Err(BadDate) => return Err(BearerError::Malformed),
+        Ok(Some(iat)) if iat > now.saturating_add(leeway) => {
             return Err(BearerError::IssuedInFuture);
         }
-        _ => {}
+        Ok(_) => {}
     }
     Ok(exp)
+}
+
+/// A pre-filter for tokens about to be sent elsewhere (introspection): a JWT whose header or claims, read without
+/// any signature check, say it is not an access token. Only ever used to refuse, never to accept.
+pub fn unverified_not_access_token(token: &str, provider: &Provider) -> bool {
+    if token.len() > MAX_TOKEN_BYTES || !looks_like_jws(token) {
+        return false;
+    }
+    let Ok(header) = jsonwebtoken::decode_header(token) else {
+        return false;
+    };
+    if check_access_typ(header.typ.as_deref()).is_err() {
+        return true;
+    }
+    let claims = token
+        .split('.')
+        .nth(1)
+        .and_then(|p| B64URL.decode(p).ok())
+        .and_then(|b| serde_json::from_slice::<Map<String, Value>>(&b).ok());
+    claims.is_some_and(|c| not_access_token(&c, provider))
 }
 
 /// Algorithms named for documentation and tests.
@@ -314,7 +443,7 @@ pub fn allowed_algorithms() -> &'static [Algorithm] {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -326,6 +455,196 @@ mod tests {
         assert!(!looks_like_jws("a.b.c d"));
         assert!(!looks_like_jws(".b.c"));
         assert!(!BearerVerifier::is_jwt(&"a".repeat(MAX_TOKEN_BYTES + 1)));
+    }
+
+    pub(crate) fn provider(audiences: &str) -> Provider {
+        let toml = format!(
+            r#"
+[providers.okta]
+issuer = "https://idp.example.com/oauth2/default"
+client_id = "oidc-authz"
+audiences = {audiences}
+[policies.api]
+provider = "okta"
+auth_methods = ["bearer"]
+allow_any_audience = {any}
+"#,
+            any = audiences == "[]"
+        );
+        let cfg = crate::config::Config::from_toml(&toml).unwrap();
+        Provider::new(
+            cfg.providers[0].clone(),
+            crate::provider::http_client(),
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn claims(extra: Value) -> Map<String, Value> {
+        let mut c = serde_json::json!({
+            "iss": "https://idp.example.com/oauth2/default", "aud": "api://default", "sub": "alice",
+            "iat": NOW, "exp": NOW + 3600, "scp": ["api:read"],
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            if v.is_null() {
+                c.as_object_mut().unwrap().remove(k);
+            } else {
+                c[k] = v.clone();
+            }
+        }
+        c.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn numeric_dates_are_numbers_in_range() {
+        use serde_json::json;
+        let d = |v: Value| numeric_date(Some(&v), false);
+        assert_eq!(d(json!(1_800_000_000)), Ok(Some(1_800_000_000)));
+        assert_eq!(d(json!(1_800_000_000.9)), Ok(Some(1_800_000_000)));
+        assert_eq!(numeric_date(Some(&json!(1.2)), true), Ok(Some(2)));
+        assert_eq!(d(json!(0)), Ok(Some(0)));
+        assert_eq!(d(json!(MAX_NUMERIC_DATE)), Ok(Some(MAX_NUMERIC_DATE)));
+        assert_eq!(numeric_date(None, false), Ok(None));
+        for bad in [
+            json!(1e300),
+            json!(MAX_NUMERIC_DATE + 1),
+            json!(u64::MAX),
+            json!(-1),
+            json!(-0.5),
+            json!("1800000000"),
+            json!(null),
+            json!(true),
+            json!([1]),
+        ] {
+            assert_eq!(d(bad.clone()), Err(BadDate), "{bad}");
+        }
+    }
+
+    #[test]
+    fn exp_nbf_iat_out_of_range_are_refused() {
+        use serde_json::json;
+        let p = provider(r#"["api://default"]"#);
+        assert_eq!(
+            check_claims(&claims(json!({})), &p, NOW).unwrap(),
+            NOW + 3600
+        );
+        for (extra, want) in [
+            (json!({"exp": 1e300}), "NoExpiry"),
+            (json!({"exp": -5}), "NoExpiry"),
+            (json!({"exp": "9999999999"}), "NoExpiry"),
+            (json!({"exp": null}), "NoExpiry"),
+            (json!({"nbf": 1e300}), "Malformed"),
+            (json!({"nbf": -1}), "Malformed"),
+            (json!({"nbf": "0"}), "Malformed"),
+            (json!({"iat": 1e300}), "Malformed"),
+            (json!({"iat": -1}), "Malformed"),
+            (json!({"iat": "now"}), "Malformed"),
+        ] {
+            let e = check_claims(&claims(extra.clone()), &p, NOW).unwrap_err();
+            assert_eq!(format!("{e:?}"), want, "{extra}");
+        }
+    }
+
+    #[test]
+    fn only_access_token_headers_pass() {
+        for ok in [
+            None,
+            Some("JWT"),
+            Some("jwt"),
+            Some("at+jwt"),
+            Some("application/at+JWT"),
+        ] {
+            assert!(check_access_typ(ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            "logout+jwt",
+            "token-introspection+jwt",
+            "secevent+jwt",
+            "dpop+jwt",
+            "id_token+jwt",
+            "",
+        ] {
+            assert!(
+                matches!(
+                    check_access_typ(Some(bad)),
+                    Err(BearerError::NotAccessToken)
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn id_and_refresh_token_claims_are_not_access_tokens() {
+        use serde_json::json;
+        let p = provider(r#"["api://default"]"#);
+        let any = provider("[]");
+        for extra in [
+            json!({"nonce": "n-0S6_WzA2Mj"}),
+            json!({"at_hash": "77QmUPtjPfzWtF2AnpK9RQ"}),
+            json!({"c_hash": "LDktKdoQak3Pk0cnXxCltA"}),
+            json!({"s_hash": "x"}),
+            json!({"typ": "ID"}),
+            json!({"typ": "Refresh"}),
+            json!({"typ": "Offline"}),
+            json!({"token_use": "id"}),
+            json!({"token_use": 1}),
+            json!({"aud": ["api://default", "oidc-authz"]}),
+        ] {
+            for prov in [&p, &any] {
+                let e = check_claims(&claims(extra.clone()), prov, NOW).unwrap_err();
+                assert!(matches!(e, BearerError::NotAccessToken), "{extra}: {e:?}");
+            }
+        }
+        // with no audiences configured, an ID token of our own login (aud = our client_id) still does not pass
+        let id_token = claims(json!({"aud": "oidc-authz", "email": "alice@example.com"}));
+        assert!(matches!(
+            check_claims(&id_token, &any, NOW),
+            Err(BearerError::NotAccessToken)
+        ));
+        // real access tokens pass: Okta's (ver, cid, uid, scp, auth_time), oidc-provider's (client_id, scope),
+        // Keycloak's before 25 (nonce next to typ Bearer), Cognito's (token_use access)
+        for extra in [
+            json!({"ver": 1, "cid": "0oa1", "uid": "00u1", "auth_time": NOW - 10, "jti": "AT.x"}),
+            json!({"client_id": "cc-app", "scope": "api:read", "jti": "x"}),
+            json!({"typ": "Bearer", "nonce": "abc", "azp": "web", "session_state": "s"}),
+            json!({"token_use": "access"}),
+        ] {
+            for prov in [&p, &any] {
+                assert!(
+                    check_claims(&claims(extra.clone()), prov, NOW).is_ok(),
+                    "{extra}"
+                );
+            }
+        }
+        // our client_id is an audience when the config says so
+        let own = provider(r#"["api://default", "oidc-authz"]"#);
+        assert!(check_claims(&claims(json!({"aud": "oidc-authz"})), &own, NOW).is_ok());
+    }
+
+    #[test]
+    fn unverified_pre_filter_only_refuses() {
+        let p = provider(r#"["api://default"]"#);
+        let enc =
+            |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        let jwt = |h: Value, c: Value| format!("{}.{}.c2ln", enc(&h), enc(&c));
+        let at = jwt(
+            serde_json::json!({"alg": "RS256", "typ": "at+jwt"}),
+            Value::Object(claims(serde_json::json!({}))),
+        );
+        assert!(!unverified_not_access_token(&at, &p));
+        let id = jwt(
+            serde_json::json!({"alg": "RS256"}),
+            Value::Object(claims(serde_json::json!({"nonce": "n"}))),
+        );
+        assert!(unverified_not_access_token(&id, &p));
+        let logout = jwt(
+            serde_json::json!({"alg": "RS256", "typ": "logout+jwt"}),
+            Value::Object(claims(serde_json::json!({}))),
+        );
+        assert!(unverified_not_access_token(&logout, &p));
+        assert!(!unverified_not_access_token("opaque-token", &p));
     }
 
     #[test]

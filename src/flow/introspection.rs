@@ -13,7 +13,9 @@ use sha2::{Digest, Sha256};
 
 use crate::clock::Clock;
 use crate::config::{MAX_TOKEN_BYTES, Policy};
-use crate::flow::bearer::Verified;
+use crate::flow::bearer::{
+    BadDate, Verified, audience_ok, not_access_token, numeric_date, unverified_not_access_token,
+};
 use crate::provider::{IdpError, Provider};
 use crate::telemetry::Metrics;
 
@@ -26,8 +28,9 @@ pub enum IntrospectionError {
     /// The provider says `active: false`.
     #[error("the token is not active")]
     Inactive,
-    /// Active, but issued by another issuer or already expired.
-    #[error("the token is not valid for this provider")]
+    /// Active, but not an access token this provider config accepts (another issuer or audience, a refresh or
+    /// ID token, a malformed or past `exp`).
+    #[error("the token is not an access token valid for this provider")]
     Invalid,
     /// The provider could not answer.
     #[error("the identity provider is unavailable")]
@@ -43,6 +46,10 @@ enum Answer {
     Inactive {
         ttl: Duration,
     },
+    /// Active, but not an access token this configuration accepts.
+    Refused {
+        ttl: Duration,
+    },
 }
 
 struct AnswerExpiry;
@@ -55,7 +62,7 @@ impl Expiry<[u8; 32], Arc<Answer>> for AnswerExpiry {
         _now: Instant,
     ) -> Option<Duration> {
         Some(match v.as_ref() {
-            Answer::Active { ttl, .. } | Answer::Inactive { ttl } => *ttl,
+            Answer::Active { ttl, .. } | Answer::Inactive { ttl } | Answer::Refused { ttl } => *ttl,
         })
     }
 }
@@ -82,15 +89,6 @@ fn key(provider: &Provider, policy: &Policy, token: &str) -> [u8; 32] {
         h.update(part.as_bytes());
     }
     h.finalize().into()
-}
-
-fn num(v: Option<&Value>) -> Option<u64> {
-    match v? {
-        Value::Number(n) => n
-            .as_u64()
-            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
-        _ => None,
-    }
 }
 
 impl Introspector {
@@ -120,6 +118,11 @@ impl Introspector {
         {
             return Err(IntrospectionError::Malformed);
         }
+        // An ID token (or another JWT that says it is no access token) is never sent to be introspected: some
+        // providers would call it active.
+        if unverified_not_access_token(token, provider) {
+            return Err(IntrospectionError::Invalid);
+        }
         let caching = policy.cache_introspection_secs > 0 || policy.cache_ttl_neg_secs > 0;
         let answer = if !caching {
             self.ask(provider, policy, token)
@@ -140,7 +143,7 @@ impl Introspector {
                         .await
                         .map_err(|e: Arc<IdpError>| IntrospectionError::Idp((*e).clone()))?;
                     // A zero TTL means "do not keep": drop what try_get_with stored for the waiters.
-                    if matches!(answer.as_ref(), Answer::Active { ttl, .. } | Answer::Inactive { ttl } if ttl.is_zero())
+                    if matches!(answer.as_ref(), Answer::Active { ttl, .. } | Answer::Inactive { ttl } | Answer::Refused { ttl } if ttl.is_zero())
                     {
                         self.cache.invalidate(&k).await;
                     }
@@ -150,6 +153,7 @@ impl Introspector {
         };
         match answer.as_ref() {
             Answer::Inactive { .. } => Err(IntrospectionError::Inactive),
+            Answer::Refused { .. } => Err(IntrospectionError::Invalid),
             Answer::Active { verified, .. } => {
                 // The cache may keep an entry a moment past `exp`; the clock decides.
                 if verified.exp != u64::MAX
@@ -216,36 +220,13 @@ impl Introspector {
             return Ok(Arc::new(Answer::Inactive { ttl: neg }));
         }
         let now = self.clock.now();
-        let exp = num(claims.get("exp"));
-        let expired = exp.is_some_and(|e| now > e.saturating_add(provider.config.leeway_secs));
-        let wrong_issuer = claims
-            .get("iss")
-            .and_then(Value::as_str)
-            .is_some_and(|i| i != provider.config.issuer);
-        // An access token for another API of the same issuer, or a refresh/ID token, is not a credential here.
-        let audiences = &provider.config.audiences;
-        let wrong_audience = !audiences.is_empty()
-            && match claims.get("aud") {
-                None => false,
-                Some(Value::String(a)) => !audiences.iter().any(|x| x == a),
-                Some(Value::Array(v)) => !v
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .any(|a| audiences.iter().any(|x| x == a)),
-                Some(_) => true,
-            };
-        let wrong_type = claims
-            .get("token_type")
-            .and_then(Value::as_str)
-            .is_some_and(|t| {
-                !(t.eq_ignore_ascii_case("bearer")
-                    || t.eq_ignore_ascii_case("access_token")
-                    || t.eq_ignore_ascii_case("dpop"))
-            });
-        if expired || wrong_issuer || wrong_audience || wrong_type {
-            tracing::warn!(provider = %provider.name(), expired, wrong_issuer, wrong_audience, wrong_type, "introspection said active for a token this provider config does not accept; refusing");
-            return Ok(Arc::new(Answer::Inactive { ttl: neg }));
-        }
+        let exp = match refusal(&claims, provider, now) {
+            Ok(exp) => exp,
+            Err(why) => {
+                tracing::warn!(provider = %provider.name(), reason = why, "introspection said active for a token this provider config does not accept; refusing");
+                return Ok(Arc::new(Answer::Refused { ttl: neg }));
+            }
+        };
         let mut ttl = policy.cache_introspection_secs;
         if let Some(e) = exp {
             ttl = ttl.min(e.saturating_sub(now));
@@ -258,5 +239,158 @@ impl Introspector {
             verified,
             ttl: Duration::from_secs(ttl),
         }))
+    }
+}
+
+/// Whether an access token's `token_type` (RFC 7662 2.2) names an access token: `Bearer`, `DPoP`, `access_token`
+/// or RFC 8693's access-token URN.
+fn access_token_type(t: &str) -> bool {
+    [
+        "bearer",
+        "dpop",
+        "access_token",
+        "urn:ietf:params:oauth:token-type:access_token",
+    ]
+    .iter()
+    .any(|ok| t.eq_ignore_ascii_case(ok))
+}
+
+/// Checks an `active: true` answer: `Ok(exp)` when it is an access token this provider accepts, else why not.
+/// - `iss`, when given, is the provider's issuer;
+/// - `exp`, `nbf` and `iat`, when given, are valid NumericDates (a malformed or negative `exp` is refused, not
+///   read as "no expiry"); `exp` is not past and `nbf` not in the future (with leeway);
+/// - `token_type`, when given, is an access-token type, and the claims do not mark an ID or refresh token;
+/// - with `audiences`, `aud` is present and names one of them; without (`allow_any_audience`), the answer must
+///   still show an access token by a `token_type` or an `aud` (oidc-provider answers a refresh token with neither).
+fn refusal(
+    claims: &Map<String, Value>,
+    provider: &Provider,
+    now: u64,
+) -> Result<Option<u64>, &'static str> {
+    let leeway = provider.config.leeway_secs;
+    if claims
+        .get("iss")
+        .is_some_and(|i| i.as_str() != Some(provider.config.issuer.as_str()))
+    {
+        return Err("issuer");
+    }
+    let exp = numeric_date(claims.get("exp"), false).map_err(|BadDate| "malformed exp")?;
+    if exp.is_some_and(|e| now > e.saturating_add(leeway)) {
+        return Err("expired");
+    }
+    match numeric_date(claims.get("nbf"), true) {
+        Err(BadDate) => return Err("malformed nbf"),
+        Ok(Some(nbf)) if nbf > now.saturating_add(leeway) => return Err("not valid yet"),
+        Ok(_) => {}
+    }
+    numeric_date(claims.get("iat"), true).map_err(|BadDate| "malformed iat")?;
+    let token_type = match claims.get("token_type") {
+        None => None,
+        Some(Value::String(t)) if access_token_type(t) => Some(t.as_str()),
+        Some(_) => return Err("not an access token (token_type)"),
+    };
+    if not_access_token(claims, provider) {
+        return Err("not an access token");
+    }
+    let audiences = &provider.config.audiences;
+    if !audiences.is_empty() {
+        if !audience_ok(claims.get("aud"), provider) {
+            return Err("audience");
+        }
+    } else if token_type.is_none() && claims.get("aud").is_none() {
+        return Err("neither token_type nor aud: cannot tell an access token");
+    }
+    Ok(exp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::bearer::tests::provider;
+    use serde_json::json;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn answer(extra: Value) -> Map<String, Value> {
+        let mut c = json!({
+            "active": true, "iss": "https://idp.example.com/oauth2/default", "sub": "alice", "client_id": "cc-app",
+            "scope": "api:read", "iat": NOW, "exp": NOW + 3600,
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            if v.is_null() {
+                c.as_object_mut().unwrap().remove(k);
+            } else {
+                c[k] = v.clone();
+            }
+        }
+        c.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn refresh_and_id_token_answers_are_refused() {
+        let p = provider(r#"["api://default"]"#);
+        let any = provider("[]");
+        // oidc-provider's answer for a refresh token: no aud, no token_type
+        let refresh = answer(json!({}));
+        assert_eq!(refusal(&refresh, &p, NOW), Err("audience"));
+        assert!(refusal(&refresh, &any, NOW).is_err());
+        for extra in [
+            json!({"aud": "api://default", "token_type": "refresh_token"}),
+            json!({"aud": "api://default", "token_type": "urn:ietf:params:oauth:token-type:id_token"}),
+            json!({"aud": "api://default", "token_type": 7}),
+            json!({"aud": "api://default", "typ": "Refresh"}),
+            json!({"aud": "oidc-authz", "nonce": "n", "token_type": "Bearer"}),
+            json!({"aud": ["api://default"], "at_hash": "x", "token_type": "Bearer"}),
+        ] {
+            for prov in [&p, &any] {
+                assert!(
+                    refusal(&answer(extra.clone()), prov, NOW).is_err(),
+                    "{extra}"
+                );
+            }
+        }
+        // access tokens: Okta's and oidc-provider's answers
+        let okta = answer(json!({"aud": "api://default", "token_type": "Bearer", "uid": "00u1"}));
+        assert_eq!(refusal(&okta, &p, NOW), Ok(Some(NOW + 3600)));
+        assert_eq!(refusal(&okta, &any, NOW), Ok(Some(NOW + 3600)));
+        let no_aud = answer(json!({"token_type": "Bearer"}));
+        assert_eq!(refusal(&no_aud, &p, NOW), Err("audience"));
+        assert!(refusal(&no_aud, &any, NOW).is_ok(), "allow_any_audience");
+        assert!(
+            refusal(
+                &answer(json!({"aud": "api://default", "token_type": "DPoP"})),
+                &p,
+                NOW
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn malformed_times_are_refused_not_ignored() {
+        let p = provider(r#"["api://default"]"#);
+        let ok = json!({"aud": "api://default", "token_type": "Bearer"});
+        assert!(refusal(&answer(ok.clone()), &p, NOW).is_ok());
+        let mut no_exp = ok.clone();
+        no_exp["exp"] = Value::Null;
+        assert_eq!(
+            refusal(&answer(no_exp), &p, NOW),
+            Ok(None),
+            "exp is optional in RFC 7662"
+        );
+        for (k, v) in [
+            ("exp", json!(-1)),
+            ("exp", json!("1800003600")),
+            ("exp", json!(1e300)),
+            ("exp", json!(NOW - 100)),
+            ("nbf", json!(-1)),
+            ("nbf", json!(NOW + 100)),
+            ("iat", json!("yesterday")),
+            ("iat", json!(1e300)),
+        ] {
+            let mut a = ok.clone();
+            a[k] = v.clone();
+            assert!(refusal(&answer(a), &p, NOW).is_err(), "{k} = {v}");
+        }
     }
 }

@@ -1,5 +1,7 @@
 //! One OpenID provider at run time: discovery, the JWKS cache (refetch on unknown `kid`, coalesced and
 //! rate-limited; old keys keep serving while the IdP is down; periodic refresh), over one shared HTTP client.
+//! A failed discovery or JWKS fetch closes a [`Gate`] for a bounded exponential backoff: until it reopens, callers
+//! get the remembered failure (or, for discovery, the configured endpoints) without calling the IdP.
 
 pub mod jwks;
 
@@ -97,12 +99,76 @@ pub struct Provider {
     metrics: Arc<Metrics>,
     metadata: RwLock<Option<Arc<Metadata>>>,
     keys: RwLock<Option<Arc<KeySet>>>,
-    /// When an unknown `kid` last caused a JWKS fetch; the lock also serialises every fetch, so concurrent
-    /// misses make one call. Startup and periodic loads do not count against the rate limit.
-    fetch: tokio::sync::Mutex<Option<Instant>>,
-    /// Serialises discovery.
-    discovering: tokio::sync::Mutex<()>,
+    /// When a request may next cause a JWKS fetch (after `jwks_min_refetch`, or a backoff after failures); the
+    /// lock also serialises every fetch, so concurrent misses make one call. Startup and periodic loads are not
+    /// held back by it, but their failures close it.
+    fetch: tokio::sync::Mutex<Gate>,
+    /// Serialises discovery and remembers a failed one for its backoff.
+    discovering: tokio::sync::Mutex<DiscoveryState>,
     ready: AtomicBool,
+}
+
+/// First wait after a failed IdP call; it doubles with every failure in a row, up to [`BACKOFF_MAX`].
+pub const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait between two request-driven calls to an IdP that keeps failing.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// The backoff after `failures` failures in a row: 1 s, 2 s, 4 s, ... at most [`BACKOFF_MAX`].
+pub fn backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    BACKOFF_FIRST
+        .saturating_mul(1u32 << doublings)
+        .min(BACKOFF_MAX)
+}
+
+/// Rate limit of the calls requests cause: closed until `retry_at`; remembers the last failure to answer with.
+#[derive(Debug, Default)]
+pub struct Gate {
+    /// No request-driven call before this instant.
+    retry_at: Option<Instant>,
+    /// Failures in a row.
+    failures: u32,
+    /// The last failure (answered while closed); `None` after a success.
+    error: Option<IdpError>,
+}
+
+impl Gate {
+    /// Whether a request must not call the IdP at `now`.
+    pub fn closed(&self, now: Instant) -> bool {
+        self.retry_at.is_some_and(|t| now < t)
+    }
+
+    /// The failure to answer with while closed (`None`: the last call worked).
+    pub fn error(&self) -> Option<&IdpError> {
+        self.error.as_ref()
+    }
+
+    /// A call at `now` worked: the next one may come after `min_interval`.
+    pub fn succeeded(&mut self, now: Instant, min_interval: Duration) {
+        self.failures = 0;
+        self.error = None;
+        self.retry_at = (!min_interval.is_zero()).then(|| now + min_interval);
+    }
+
+    /// A call at `now` failed: closed for the backoff (never less than `min_interval`).
+    pub fn failed(&mut self, now: Instant, error: Option<IdpError>, min_interval: Duration) {
+        self.failures = self.failures.saturating_add(1);
+        self.error = error;
+        self.retry_at = Some(now + backoff(self.failures).max(min_interval));
+    }
+
+    /// Startup or a periodic load worked: open.
+    fn reset(&mut self) {
+        *self = Gate::default();
+    }
+}
+
+/// Discovery's gate, and the endpoints from configuration alone while discovery is failing.
+#[derive(Debug, Default)]
+pub struct DiscoveryState {
+    gate: Gate,
+    /// Configured endpoints, served while the gate is closed (discovery failed but `jwks_uri` is configured).
+    fallback: Option<Arc<Metadata>>,
 }
 
 /// The process's one HTTP client for identity providers: no redirects, bounded connect time.
@@ -126,8 +192,8 @@ impl Provider {
             metrics,
             metadata: RwLock::new(None),
             keys: RwLock::new(None),
-            fetch: tokio::sync::Mutex::new(None),
-            discovering: tokio::sync::Mutex::new(()),
+            fetch: tokio::sync::Mutex::new(Gate::default()),
+            discovering: tokio::sync::Mutex::new(DiscoveryState::default()),
             ready: AtomicBool::new(false),
         }
     }
@@ -262,32 +328,58 @@ impl Provider {
         urls
     }
 
-    /// The provider's endpoints, discovering them on first use (concurrent callers share one discovery).
+    /// The provider's endpoints, discovering them on first use (concurrent callers share one discovery). After a
+    /// failed discovery, callers get the same failure (or the configured endpoints) until the backoff has passed.
     pub async fn metadata(&self) -> Result<Arc<Metadata>, IdpError> {
-        if let Some(m) = self
-            .metadata
+        self.metadata_with(false).await
+    }
+
+    fn lasting_metadata(&self) -> Option<Arc<Metadata>> {
+        self.metadata
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-        {
+    }
+
+    /// `force`: discover even while the gate is closed (startup and periodic loads, which have their own pace).
+    async fn metadata_with(&self, force: bool) -> Result<Arc<Metadata>, IdpError> {
+        if let Some(m) = self.lasting_metadata() {
             return Ok(m);
         }
-        let _guard = self.discovering.lock().await;
-        if let Some(m) = self
-            .metadata
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        {
+        let mut state = self.discovering.lock().await;
+        if let Some(m) = self.lasting_metadata() {
             return Ok(m);
         }
-        let (m, lasting) = self.discover().await?;
-        let m = Arc::new(m);
-        // Endpoints from configuration alone (discovery failed) are used, not kept: the next call tries again.
-        if lasting {
-            *self.metadata.write().unwrap_or_else(|e| e.into_inner()) = Some(m.clone());
+        let now = Instant::now();
+        if !force && state.gate.closed(now) {
+            if let Some(m) = &state.fallback {
+                return Ok(m.clone());
+            }
+            if let Some(e) = state.gate.error() {
+                return Err(e.clone());
+            }
         }
-        Ok(m)
+        match self.discover().await {
+            Ok((m, true)) => {
+                let m = Arc::new(m);
+                *self.metadata.write().unwrap_or_else(|e| e.into_inner()) = Some(m.clone());
+                *state = DiscoveryState::default();
+                Ok(m)
+            }
+            // Endpoints from configuration alone (discovery failed): used until the backoff passes, then
+            // discovery is tried again.
+            Ok((m, false)) => {
+                let m = Arc::new(m);
+                state.gate.failed(now, None, Duration::ZERO);
+                state.fallback = Some(m.clone());
+                Ok(m)
+            }
+            Err(e) => {
+                state.gate.failed(now, Some(e.clone()), Duration::ZERO);
+                state.fallback = None;
+                Err(e)
+            }
+        }
     }
 
     async fn discover(&self) -> Result<(Metadata, bool), IdpError> {
@@ -369,8 +461,8 @@ impl Provider {
     }
 
     /// Fetches the JWKS now and swaps it in; old keys stay if the fetch fails.
-    async fn fetch_keys(&self) -> Result<Arc<KeySet>, IdpError> {
-        let meta = self.metadata().await?;
+    async fn fetch_keys(&self, force: bool) -> Result<Arc<KeySet>, IdpError> {
+        let meta = self.metadata_with(force).await?;
         let url = meta
             .jwks_uri
             .clone()
@@ -392,10 +484,19 @@ impl Provider {
         Ok(set)
     }
 
-    /// Loads discovery and keys (startup and periodic refresh).
+    /// Loads discovery and keys (startup and periodic refresh), whatever the gates say; the outcome sets them.
     pub async fn refresh(&self) -> Result<(), IdpError> {
-        let _serialised = self.fetch.lock().await;
-        self.fetch_keys().await.map(|_| ())
+        let mut gate = self.fetch.lock().await;
+        let res = self.fetch_keys(true).await;
+        match &res {
+            Ok(_) => gate.reset(),
+            Err(e) => gate.failed(
+                Instant::now(),
+                Some(e.clone()),
+                self.config.jwks_min_refetch,
+            ),
+        }
+        res.map(|_| ())
     }
 
     /// Keys that may verify a token with this `kid` and `alg`. An unknown `kid` causes one JWKS refetch: concurrent
@@ -413,7 +514,7 @@ impl Provider {
             return Ok(set.candidates(kid, alg));
         }
         self.metrics.cache_lookup("jwks", false);
-        let mut last = self.fetch.lock().await;
+        let mut gate = self.fetch.lock().await;
         // Someone else may have fetched while we waited.
         let current = self.current_keys();
         if let Some(set) = &current
@@ -421,19 +522,32 @@ impl Provider {
         {
             return Ok(set.candidates(kid, alg));
         }
-        if let (Some(at), Some(_)) = (*last, &current)
-            && at.elapsed() < self.config.jwks_min_refetch
-        {
-            return Err(KeyError::Unknown);
+        let now = Instant::now();
+        if gate.closed(now) {
+            // Within `jwks_min_refetch` of a fetch, or the backoff after a failed one: no call. Without keys, or
+            // after a failure, we cannot tell: 503; after a fetch that worked, the kid is unknown: 401.
+            return Err(match (gate.error(), &current) {
+                (Some(e), _) => KeyError::Idp(e.clone()),
+                (None, Some(_)) => KeyError::Unknown,
+                (None, None) => KeyError::Idp(IdpError::NoEndpoint("signing keys")),
+            });
         }
-        let res = self.fetch_keys().await;
-        *last = Some(Instant::now());
+        let res = self.fetch_keys(false).await;
         match res {
-            Ok(set) if known(&set) => Ok(set.candidates(kid, alg)),
-            Ok(_) => Err(KeyError::Unknown),
+            Ok(set) => {
+                gate.succeeded(now, self.config.jwks_min_refetch);
+                if known(&set) {
+                    Ok(set.candidates(kid, alg))
+                } else {
+                    Err(KeyError::Unknown)
+                }
+            }
             // Keys in hand or not, the token names a key we cannot get: fail closed with 503.
             Err(e) => {
-                tracing::warn!(provider = %self.name(), error = %e, "signing key refetch failed");
+                let retry =
+                    backoff(gate.failures.saturating_add(1)).max(self.config.jwks_min_refetch);
+                tracing::warn!(provider = %self.name(), error = %e, retry_in_ms = retry.as_millis() as u64, "signing key fetch failed");
+                gate.failed(now, Some(e.clone()), self.config.jwks_min_refetch);
                 Err(KeyError::Idp(e))
             }
         }
@@ -500,5 +614,54 @@ fn transport_reason(e: &reqwest::Error) -> String {
         "bad response body".into()
     } else {
         "request failed".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_one_second_and_is_bounded() {
+        let secs: Vec<u64> = (1..=8).map(|f| backoff(f).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
+        assert_eq!(backoff(0), BACKOFF_FIRST);
+    }
+
+    #[test]
+    fn gate_closes_after_failures_and_remembers_the_error() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut g = Gate::default();
+        assert!(!g.closed(t0), "a fresh gate is open");
+        let down = IdpError::Status {
+            endpoint: "discovery",
+            status: 503,
+        };
+        g.failed(t0, Some(down.clone()), Duration::ZERO);
+        assert!(g.closed(t0 + ms(999)));
+        assert!(matches!(
+            g.error(),
+            Some(IdpError::Status { status: 503, .. })
+        ));
+        assert!(!g.closed(t0 + ms(1000)));
+        let t1 = t0 + ms(1000);
+        g.failed(t1, Some(down.clone()), Duration::ZERO);
+        assert!(g.closed(t1 + ms(1999)) && !g.closed(t1 + ms(2000)));
+        // the minimum refetch interval wins over a shorter backoff
+        let mut slow = Gate::default();
+        slow.failed(t0, Some(down), Duration::from_secs(5));
+        assert!(slow.closed(t0 + ms(4999)) && !slow.closed(t0 + ms(5000)));
+        // a success forgets the failures: open again, or closed for the minimum interval only, without an error
+        g.succeeded(t1, Duration::ZERO);
+        assert!(!g.closed(t1) && g.error().is_none());
+        g.succeeded(t1, Duration::from_secs(5));
+        assert!(g.closed(t1 + ms(4999)) && g.error().is_none());
+        g.failed(t1, None, Duration::ZERO);
+        assert!(
+            g.closed(t1 + ms(999)) && !g.closed(t1 + ms(1000)),
+            "counted from zero again"
+        );
     }
 }

@@ -271,3 +271,36 @@ def login_ok(world: World, user: str = "alice", start_path: str = "/login/header
     if r.status_code != 200:
         raise LoginFailed(b, f"after logging in as {user}, {start_path} did not answer 200", r)
     return b, r
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a user's own tokens, straight from the IdP
+# ---------------------------------------------------------------------------------------------------------------
+def idp_user_tokens(world: World, user: str = "alice",
+                    scope: str = "openid email profile groups offline_access api:read") -> dict:
+    """An authorization-code login at the IdP as oidc-authz's own client (PKCE S256), without Envoy: the token
+    endpoint's JSON answer (`access_token` for api://default, `id_token`, `refresh_token`). What a user, or an
+    upstream that received the ID token, holds and could present as a bearer token."""
+    import base64
+    import hashlib
+    import secrets
+    from urllib.parse import urlencode
+
+    disc = world.discovery()
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    redirect_uri = world.url("/oauth2/callback")
+    authorize_url = disc["authorization_endpoint"] + "?" + urlencode({
+        "response_type": "code", "client_id": "oidc-authz", "redirect_uri": redirect_uri, "scope": scope,
+        "state": secrets.token_urlsafe(16), "nonce": secrets.token_urlsafe(16),
+        "code_challenge": challenge, "code_challenge_method": "S256",
+    })
+    b = Browser()
+    callback = idp_login(world, b, authorize_url, user)
+    code = qs1(callback)["code"]
+    r = requests.post(disc["token_endpoint"], auth=("oidc-authz", "oidc-authz-secret"), timeout=HTTP_TIMEOUT, data={
+        "grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri, "code_verifier": verifier,
+    })
+    if r.status_code != 200:
+        raise LoginFailed(b, f"code exchange at the IdP failed: {r.status_code} {r.text[:300]}", r)
+    return r.json()

@@ -17,6 +17,7 @@ import pytest
 import requests
 from requests.structures import CaseInsensitiveDict
 
+from browserflow import idp_user_tokens
 from conftest import ROOT, VENV_BIN, Component, World, free_ports, jwt_claims
 
 CC_APP = ("cc-app", "cc-app-secret")
@@ -211,3 +212,14 @@ def test_oidc_authz_strips_underscore_spellings_behind_a_permissive_envoy(authz:
         assert h.get("X-Unrelated") == "kept", h
     finally:
         envoy.stop()
+
+
+def test_an_id_token_is_not_an_access_token(authz: World):
+    """issue 10 item 2: a user's ID token (aud = oidc-authz's client_id, a nonce) never passes as a bearer token,
+    with audiences configured (/api/) or not (allow_any_audience); the same login's access token does."""
+    tokens = idp_user_tokens(authz, "alice")
+    it, at = tokens["id_token"], tokens["access_token"]
+    assert jwt_claims(it)["aud"] == "oidc-authz" and "nonce" in jwt_claims(it), jwt_claims(it)
+    for path in ("/api/headers", "/anything/any-audience/headers"):
+        assert_deny(authz.get(path, token=it), 401, error="invalid_token", token=it)
+        assert echoed(authz.get(path, token=at)).get("X-User") == "alice"

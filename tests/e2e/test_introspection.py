@@ -11,6 +11,7 @@ import time
 import requests
 from requests.structures import CaseInsensitiveDict
 
+from browserflow import idp_user_tokens
 from conftest import World
 
 CC_APP = ("cc-app", "cc-app-secret")
@@ -77,3 +78,44 @@ def test_unknown_opaque_token_is_401(authz: World):
     r = authz.get("/introspect/get", token="not-a-token-the-idp-issued")
     assert r.status_code == 401, r.text
     assert "no-store" in r.headers.get("cache-control", "")
+
+
+def idp_introspect(world: World, token: str) -> dict:
+    """What the IdP itself answers oidc-authz's client for a token."""
+    r = requests.post(world.discovery()["introspection_endpoint"], data={"token": token},
+                      auth=("oidc-authz", "oidc-authz-secret"), timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def assert_refused(resp, token: str):
+    assert resp.status_code == 401, f"expected 401, got {resp.status_code}: {resp.text[:300]}"
+    assert json.loads(resp.text)["error"] == "invalid_token"
+    assert token not in resp.text and token not in resp.headers.get("www-authenticate", "")
+
+
+def test_a_refresh_token_is_not_an_access_token(authz: World):
+    """issue 10 item 2: the IdP calls a refresh token active (no aud, no token_type, a scope); it used to pass."""
+    rt = idp_user_tokens(authz, "alice")["refresh_token"]
+    answer = idp_introspect(authz, rt)
+    assert answer.get("active") is True and "aud" not in answer and "token_type" not in answer, answer
+    # audiences configured (no aud in the answer) and allow_any_audience (neither aud nor token_type)
+    for path in ("/introspect/get", "/anything/any-audience/get"):
+        assert_refused(authz.get(path, token=rt), rt)
+
+
+def test_an_id_token_is_refused_on_introspection_routes(authz: World):
+    tokens = idp_user_tokens(authz, "alice")
+    it = tokens["id_token"]
+    for path in ("/introspect/get", "/anything/introspect-cached/x", "/anything/any-audience/get"):
+        assert_refused(authz.get(path, token=it), it)
+
+
+def test_allow_any_audience_takes_access_tokens_of_any_api(authz: World):
+    """The control for the refusals above: access tokens of other APIs pass where the policy allows any audience."""
+    opaque = opaque_token(authz)
+    other_jwt = authz.idp_token(*CC_APP, scope="api:read", resource="api://other")
+    for t in (opaque, other_jwt):
+        h = echoed(authz.get("/anything/any-audience/headers", token=t))
+        assert h.get("X-User") == "cc-app", dict(h)
+    assert authz.get("/introspect/get", token=other_jwt).status_code != 200, "api://other is not an audience there"

@@ -315,8 +315,8 @@ async fn token(
         let now = now();
         s.introspectable.lock().unwrap().insert(
             t.clone(),
-            json!({"iss": issuer, "sub": id, "client_id": id, "cid": id, "scp": granted, "scope": granted.join(" "),
-                   "token_type": "Bearer", "iat": now, "exp": now + expires_in}),
+            json!({"iss": issuer, "aud": "api://default", "sub": id, "client_id": id, "cid": id, "scp": granted,
+                   "scope": granted.join(" "), "token_type": "Bearer", "iat": now, "exp": now + expires_in}),
         );
         t
     } else {
