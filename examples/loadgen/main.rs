@@ -374,7 +374,7 @@ impl Issuer {
                 .unwrap()
                 .as_secs();
             let body = json!({
-                "active": true, "iss": iss2, "sub": "bench-client", "client_id": "0oabench", "cid": "0oabench",
+                "active": true, "iss": iss2, "aud": "api://default", "sub": "bench-client", "client_id": "0oabench", "cid": "0oabench",
                 "scp": ["api:read"], "scope": "api:read", "token_type": "Bearer", "iat": now, "exp": now + 3600,
             })
             .to_string();
