@@ -804,22 +804,25 @@ fn allow(policy: &Policy, method: AuthMethod, claims: &Map<String, Value>) -> Al
     out
 }
 
-/// Removes every client-sent header spelled like one the policy controls (any case, `_` for `-`) but not exactly
-/// as it: WSGI/CGI/Rack/PHP upstreams read `X_User` as `X-User`, so a client's `x_user: mallory` must not reach
-/// them next to (or instead of) the `x-user` we set. Exact names are already set (overwriting) or removed.
+/// Removes every client-sent header spelled like one the policy controls (any case, `_` for `-`, or exactly),
+/// unless it is one this answer sets (which overwrites it): WSGI/CGI/Rack/PHP upstreams read `X_User` as `X-User`,
+/// so a client's `x_user: mallory` must not reach them next to (or instead of) the `x-user` we set, and a header
+/// we set only sometimes (the ID-token header of a session without an ID token) must never come from the client.
+/// The one exception is the client's own `Authorization` on a token request: it is the credential that was just
+/// verified, and goes upstream as it is.
 fn remove_spellings(allowed: &mut Allow, policy: &Policy, view: &CheckView<'_>) {
     if policy.controlled_headers.is_empty() {
         return;
     }
     for sent in view.header_names() {
-        if sent.starts_with(':') {
+        if sent.starts_with(':') || sent.eq_ignore_ascii_case("authorization") {
             continue;
         }
-        let spoof = policy
+        let ours = policy
             .controlled_headers
             .iter()
-            .any(|ours| ours.as_str() != sent && spelled_alike(sent, ours.as_str()));
-        if spoof
+            .any(|ours| spelled_alike(sent, ours.as_str()));
+        if ours
             && let Ok(name) = HeaderName::from_bytes(sent.to_ascii_lowercase().as_bytes())
             && !allowed.remove_headers.contains(&name)
             && !allowed.set_headers.iter().any(|(k, _)| *k == name)
@@ -858,4 +861,77 @@ fn dedup_headers(a: &mut Allow) {
     });
     a.remove_headers.retain(|k| !seen.contains(k));
     a.remove_headers.dedup();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+
+    fn request(headers: &[(&str, &str)]) -> CheckRequest {
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(Request {
+                    http: Some(HttpRequest {
+                        method: "GET".into(),
+                        path: "/x".into(),
+                        headers: headers
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn login_policy() -> Policy {
+        let cfg = Config::from_toml(
+            r#"
+[providers.p]
+issuer = "https://idp.example.com"
+client_id = "app"
+audiences = ["api"]
+[policies.web]
+provider = "p"
+auth_methods = ["authorization_code", "session"]
+redirect_uri = "https://app.example.com/cb"
+session_secret = "fJfkZusK6AM6PHtnD6Ew4TnBmJQNhuiVxOTv7w0voXg="
+upstream_id_token_header = "x-id-token"
+upstream_headers_claims = ["sub"]
+upstream_headers_names = ["x-user"]
+"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        cfg.policies[0].clone()
+    }
+
+    /// A header we set only sometimes (the ID token of a session that has none) never comes from the client, in
+    /// any spelling; a header we do set is overwritten, not removed; the client's Authorization is not ours.
+    #[test]
+    fn controlled_headers_not_set_are_removed_in_every_spelling() {
+        let policy = login_policy();
+        let req = request(&[
+            ("x-id-token", "someone-elses-id-token"),
+            ("x_id_token", "x"),
+            ("x-user", "mallory"),
+            ("x_user", "mallory"),
+            ("authorization", "Bearer t"),
+            ("x-other", "kept"),
+        ]);
+        let view = CheckView::new(&req);
+        let mut allowed = Allow::default();
+        allowed
+            .set_headers
+            .push((HeaderName::from_static("x-user"), "alice".into()));
+        remove_spellings(&mut allowed, &policy, &view);
+        let mut removed: Vec<&str> = allowed.remove_headers.iter().map(|h| h.as_str()).collect();
+        removed.sort();
+        assert_eq!(removed, vec!["x-id-token", "x_id_token", "x_user"]);
+        assert_eq!(allowed.set_headers.len(), 1);
+    }
 }

@@ -863,6 +863,17 @@ impl Validator {
                 });
             }
         }
+        // durations that become deadlines (`now + d`) and cache lifetimes: a day is far beyond any sane value, and
+        // keeps the arithmetic from overflowing (a panic in a Check would hand the answer to Envoy's failure mode)
+        for (key, value) in [
+            ("client_lockout_secs", Some(client_lockout_secs)),
+            ("jwks_min_refetch_secs", raw.jwks_min_refetch_secs),
+            ("jwks_refresh_secs", raw.jwks_refresh_secs),
+            ("leeway_secs", raw.leeway_secs),
+            ("http_timeout_ms", raw.http_timeout_ms.map(|ms| ms / 1000)),
+        ] {
+            self.at_most_a_day(section, key, value);
+        }
         if self.errors.len() != before {
             return None;
         }
@@ -1249,6 +1260,13 @@ impl Validator {
             }),
             _ => None,
         };
+        for (key, value) in [
+            ("cache_introspection_secs", raw.cache_introspection_secs),
+            ("cache_ttl_neg_secs", raw.cache_ttl_neg_secs),
+            ("refresh_leeway_secs", raw.refresh_leeway_secs),
+        ] {
+            self.at_most_a_day(section, key, value);
+        }
         let mut controlled_headers: Vec<HeaderName> =
             upstream_headers.iter().map(|h| h.name.clone()).collect();
         for (what, h) in upstream_headers
@@ -1313,6 +1331,16 @@ impl Validator {
         })
     }
 
+    /// A duration setting in seconds must not exceed a day.
+    fn at_most_a_day(&mut self, section: &str, key: &str, secs: Option<u64>) {
+        if secs.is_some_and(|v| v > 86_400) {
+            self.err(ConfigError::Conflict {
+                section: section.into(),
+                message: format!("{key} must be at most a day (86400 s)"),
+            });
+        }
+    }
+
     /// Warns about plain `http://` on a host that is not loopback (tokens and codes in clear on the network).
     fn warn_plain_http(&mut self, section: &str, field: &str, u: &Url) {
         if u.scheme() != "http" {
@@ -1331,10 +1359,11 @@ impl Validator {
         }
     }
 
-    /// Two login policies that answer the same callback (origin and path) with the same session cookie name must
-    /// each open what the other seals (its first secret is in the other's list): otherwise the login cookie one
-    /// policy sealed cannot be opened by the other, whose callback then refuses every login and clears the first
-    /// one's session.
+    /// Two login policies that answer the same callback (origin and path) must be interchangeable there: the
+    /// login cookie (one name for all policies) is sealed by the policy that starts the login and opened by the one
+    /// Envoy routes the callback to, which then sets its own session cookie. So they need the same provider, the
+    /// same session cookie name, and each must open what the other seals (its first secret in the other's list);
+    /// otherwise the callback refuses every login through one of them, or sets a cookie the other never reads.
     fn shared_callbacks(&mut self, policies: &[Policy]) {
         for (i, a) in policies.iter().enumerate() {
             let Some(la) = &a.login else { continue };
@@ -1342,22 +1371,29 @@ impl Validator {
                 let Some(lb) = &b.login else { continue };
                 let same_callback = la.redirect_uri.origin() == lb.redirect_uri.origin()
                     && la.redirect_uri.path() == lb.redirect_uri.path();
-                // each must open what the other seals: its first (sealing) secret is in the other's list
+                if !same_callback {
+                    continue;
+                }
                 let opens = |x: &Policy, y: &Policy| {
                     y.session_secrets
                         .first()
                         .is_some_and(|k| x.session_secrets.contains(k))
                 };
-                if same_callback
-                    && la.cookie_name == lb.cookie_name
-                    && !(opens(a, b) && opens(b, a))
-                {
+                let why = if a.provider != b.provider {
+                    Some("a different provider")
+                } else if la.cookie_name != lb.cookie_name {
+                    Some("a different session_cookie_name")
+                } else if !(opens(a, b) && opens(b, a)) {
+                    Some("session secrets that cannot open each other's cookies")
+                } else {
+                    None
+                };
+                if let Some(why) = why {
                     self.err(ConfigError::Conflict {
                         section: format!("policies.{}", b.name),
                         message: format!(
-                            "shares its callback {} and session cookie `{}` with policies.{}, but one cannot open what the other seals: logins through one would fail at the other's callback; give both the same session_secret list (or different cookie names)",
+                            "shares its callback {} with policies.{} but has {why}: logins through one would fail at the other's callback; give policies that share a callback the same provider, session cookie and session_secret list (or their own redirect_uri)",
                             lb.redirect_uri.path(),
-                            lb.cookie_name,
                             a.name
                         ),
                     });

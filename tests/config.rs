@@ -376,3 +376,19 @@ upstream_headers_names = ["X_User"]
     assert_eq!(code, Some(0), "{all}");
     assert!(!all.contains("warning"), "{all}");
 }
+
+#[test]
+fn policies_sharing_a_callback_must_be_interchangeable_there() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/invalid/login-hardening.toml");
+    let err = Config::load_with_env(&path, []).unwrap_err().to_string();
+    // secrets that cannot open each other's cookies, and the same secrets under another session cookie name
+    assert!(
+        err.contains("policies.two: shares its callback /oauth2/callback with policies.one but has session secrets"),
+        "{err}"
+    );
+    assert!(
+        err.contains("policies.three: shares its callback /oauth2/callback with policies.four but has a different session_cookie_name"),
+        "{err}"
+    );
+}

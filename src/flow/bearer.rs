@@ -334,7 +334,8 @@ fn str_or_list(v: Option<&Value>) -> Vec<&str> {
 /// - `nonce`: an ID token's, unless Keycloak's `typ: Bearer` says access token (Keycloak before 25 copied the
 ///   nonce into access tokens);
 /// - `typ` (Keycloak) `ID`, `Refresh`, `Offline` or `Logout`; `token_use` (Cognito) other than `access`;
-/// - `aud` naming this service's own `client_id` while `audiences` does not list it: an ID token of our login.
+/// - `aud` that is exactly this service's own `client_id` (and nothing else) while `audiences` does not list it,
+///   and no `typ: Bearer` / `token_use: access` says otherwise: an ID token of our login.
 pub fn not_access_token(claims: &Map<String, Value>, provider: &Provider) -> bool {
     let s = |k: &str| claims.get(k).and_then(Value::as_str);
     if ["at_hash", "c_hash", "s_hash"]
@@ -359,10 +360,15 @@ pub fn not_access_token(claims: &Map<String, Value>, provider: &Provider) -> boo
     {
         return true;
     }
+    // Only `aud` = exactly our client_id: Keycloak adds our client_id to real access tokens' `aud` next to the
+    // API's when the user has roles on our client, and a token that says it is an access token is taken at its word.
     let audiences = &provider.config.audiences;
+    let says_access = typ.is_some_and(|t| t.eq_ignore_ascii_case("bearer"))
+        || s("token_use").is_some_and(|u| u.eq_ignore_ascii_case("access"));
     if let Some(client_id) = provider.config.client_id.as_deref()
+        && !says_access
         && !audiences.iter().any(|a| a == client_id)
-        && str_or_list(claims.get("aud")).contains(&client_id)
+        && str_or_list(claims.get("aud")) == [client_id]
     {
         return true;
     }
@@ -590,7 +596,6 @@ allow_any_audience = {any}
             json!({"typ": "Offline"}),
             json!({"token_use": "id"}),
             json!({"token_use": 1}),
-            json!({"aud": ["api://default", "oidc-authz"]}),
         ] {
             for prov in [&p, &any] {
                 let e = check_claims(&claims(extra.clone()), prov, NOW).unwrap_err();
@@ -616,6 +621,16 @@ allow_any_audience = {any}
                     check_claims(&claims(extra.clone()), prov, NOW).is_ok(),
                     "{extra}"
                 );
+            }
+        }
+        // Keycloak adds our client_id to a real access token's aud next to the API's when the user has roles on our
+        // client: that is an access token, not an ID token
+        for kc in [
+            json!({"aud": ["api://default", "oidc-authz", "account"], "typ": "Bearer", "azp": "web"}),
+            json!({"aud": ["api://default", "oidc-authz"]}),
+        ] {
+            for prov in [&p, &any] {
+                assert!(check_claims(&claims(kc.clone()), prov, NOW).is_ok(), "{kc}");
             }
         }
         // our client_id is an audience when the config says so
