@@ -1072,11 +1072,7 @@ async fn replayed_logout_with_one_cookie_revokes_once() {
     login(&server, &idp, &mut b, "/app", "login", "alice").await;
     let copy = session_cookie(&b);
     for i in 0..10 {
-        let a = ask(
-            &server,
-            with_cookie("/oauth2/logout", &copy).method("POST"),
-        )
-        .await;
+        let a = ask(&server, with_cookie("/oauth2/logout", &copy).method("POST")).await;
         // every logout answers as usual: redirect, session cookie cleared
         assert_eq!(a.status, 302, "logout {i}: {a:?}");
         assert!(
@@ -1122,7 +1118,13 @@ async fn a_held_provider_gets_at_most_sixteen_logout_revocations_at_once() {
             now,
         );
         let server = &server;
-        async move { ask(server, with_cookie("/oauth2/logout", &cookie).method("POST")).await }
+        async move {
+            ask(
+                server,
+                with_cookie("/oauth2/logout", &cookie).method("POST"),
+            )
+            .await
+        }
     });
     for a in futures::future::join_all(logouts).await {
         assert_eq!(a.status, 302, "{a:?}");
@@ -1148,15 +1150,15 @@ async fn a_held_provider_gets_at_most_sixteen_logout_revocations_at_once() {
 async fn a_session_whose_expired_tokens_were_signed_by_a_rotated_out_key_is_refreshed() {
     let idp = MockIdp::start().await;
     let old = idp.signing_key();
+    // the provider rotated its key: the session's (expired) tokens were signed by a key it no longer publishes
+    idp.rotate(vec![SigningKey::rsa2()]);
+    assert_ne!(idp.signing_key().kid, old.kid);
     let server = TestServer::start_ready(&config_toml(&idp, "")).await;
     let now = now();
     let mut at = idp.claims(json!({"sub": "alice", "exp": now - 10}));
     at["iat"] = json!(now - 3610);
     let mut id = idp.claims(json!({"aud": "oidc-authz", "sub": "alice", "exp": now - 10}));
     id["iat"] = json!(now - 3610);
-    // the provider rotated its key: the session's (expired) tokens were signed by a key it no longer publishes
-    idp.rotate(vec![SigningKey::rsa2()]);
-    assert_ne!(idp.signing_key().kid, old.kid);
     idp.state
         .refresh_tokens
         .lock()
