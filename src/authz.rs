@@ -28,6 +28,9 @@ use crate::provider::{IdpError, Provider, http_client};
 use crate::request::CheckView;
 use crate::telemetry::{DecisionCounters, Metrics};
 
+/// Logout revocations that may run at once per provider.
+const MAX_REVOCATIONS_PER_PROVIDER: usize = 16;
+
 /// Answers Checks for one configuration.
 #[derive(Debug)]
 pub struct Authorizer {
@@ -46,6 +49,9 @@ pub struct Authorizer {
     refreshes: RefreshCache,
     /// Sessions ended by a logout.
     ended: Arc<dyn EndedSessions>,
+    /// Logout revocations in flight per provider (aligned with `providers`), at most
+    /// `MAX_REVOCATIONS_PER_PROVIDER` each: a slow provider cannot pile up revocation tasks.
+    revocations: Vec<Arc<tokio::sync::Semaphore>>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
 }
@@ -183,6 +189,10 @@ impl Authorizer {
                 .build(),
             refreshes: refresh_cache(),
             ended: Arc::new(MemoryEndedSessions::new(clock.clone())),
+            revocations: providers
+                .iter()
+                .map(|_| Arc::new(tokio::sync::Semaphore::new(MAX_REVOCATIONS_PER_PROVIDER)))
+                .collect(),
             clock,
             config: Arc::new(config),
             providers,
@@ -552,21 +562,38 @@ impl Authorizer {
 
     /// Logout of a session: remembered as ended until its absolute expiry, and its tokens revoked at the
     /// provider (`logout_revoke`). Revocation runs on its own task and is awaited for at most half the Check
-    /// deadline, so a slow provider never holds the logout up; its failures are logged only.
+    /// deadline, so a slow provider never holds the logout up; its failures are logged only. A session that
+    /// already ended is not revoked again (a replayed logout costs the provider nothing), and at most
+    /// `MAX_REVOCATIONS_PER_PROVIDER` revocations run per provider: beyond that, revocation is skipped (logged).
     async fn end_session(
         &self,
         policy: &Policy,
         settings: &LoginSettings,
         session: &crate::flow::authcode::SessionData,
     ) {
+        let key = ended_key(&session.sid);
+        if self.ended.is_ended(key).await {
+            return;
+        }
         let until = session.created.saturating_add(settings.absolute_timeout);
-        self.ended.end(ended_key(&session.sid), until).await;
+        self.ended.end(key, until).await;
         if !settings.logout_revoke {
             return;
         }
+        let Some(permit) = self
+            .revocations
+            .get(policy.provider)
+            .and_then(|s| s.clone().try_acquire_owned().ok())
+        else {
+            tracing::warn!(policy.name = %policy.name, "logout: too many token revocations in flight; not revoking");
+            return;
+        };
         let provider = self.providers[policy.provider].clone();
         let session = session.clone();
-        let task = tokio::spawn(async move { revoke(&provider, &session).await });
+        let task = tokio::spawn(async move {
+            revoke(&provider, &session).await;
+            drop(permit);
+        });
         let budget = self.config.server.check_timeout / 2;
         if tokio::time::timeout(budget, task).await.is_err() {
             tracing::warn!(policy.name = %policy.name, "logout: token revocation still running; not waiting for it");

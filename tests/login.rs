@@ -1049,3 +1049,152 @@ async fn an_expired_access_token_in_a_session_is_refreshed_not_trusted() {
     let a = ask(&server, with_cookie("/app", &cookie)).await;
     assert_eq!(a.status, 302, "{a:?}");
 }
+
+/// A session cookie sealed with the `login` policy's real secret: session `sid`, tokens `at` / `it`, refresh
+/// token `rt`, created and last seen at `now`.
+fn sealed_session(sid: &str, at: &str, it: Option<&str>, rt: Option<&str>, now: u64) -> String {
+    use oidc_authz::config::Secret;
+    use oidc_authz::flow::session::CookieCodec;
+    let codec =
+        CookieCodec::new(&[Secret::new("fJfkZusK6AM6PHtnD6Ew4TnBmJQNhuiVxOTv7w0voXg=")]).unwrap();
+    let data = json!({
+        "sid": sid, "provider": "okta", "at": at, "it": it, "rt": rt,
+        "at_exp": now + 3600, "created": now, "seen": now,
+    });
+    let sealed = codec.seal("oidc_authz_session", data.to_string().as_bytes());
+    format!("oidc_authz_session={sealed}")
+}
+
+#[tokio::test]
+async fn replayed_logout_with_one_cookie_revokes_once() {
+    let (idp, server) = world().await;
+    let mut b = Browser::new();
+    login(&server, &idp, &mut b, "/app", "login", "alice").await;
+    let copy = session_cookie(&b);
+    for i in 0..10 {
+        let a = ask(&server, with_cookie("/oauth2/logout", &copy).method("POST")).await;
+        // every logout answers as usual: redirect, session cookie cleared
+        assert_eq!(a.status, 302, "logout {i}: {a:?}");
+        assert!(
+            a.cookies_cleared()
+                .contains(&"oidc_authz_session".to_string()),
+            "logout {i}: {a:?}"
+        );
+    }
+    let hints: Vec<String> = idp
+        .state
+        .revocations
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, h)| h.clone())
+        .collect();
+    assert_eq!(hints, ["refresh_token", "access_token"], "revoked once");
+    assert_eq!(
+        idp.state
+            .revoke_hits
+            .load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_held_provider_gets_at_most_sixteen_logout_revocations_at_once() {
+    let idp = MockIdp::start().await;
+    // logout waits for its revocation at most half the Check deadline (1 s here)
+    let toml = config_toml(&idp, "").replace("check_timeout_ms = 60000", "check_timeout_ms = 2000");
+    let server = TestServer::start_ready(&toml).await;
+    // the provider's metadata is known before it is held (a login)
+    let mut b = Browser::new();
+    login(&server, &idp, &mut b, "/app", "login", "alice").await;
+    idp.set_mode(Mode::Held);
+    let now = now();
+    let logouts = (0..20).map(|i| {
+        let cookie = sealed_session(
+            &format!("sid-{i}"),
+            "at-opaque",
+            None,
+            Some(&format!("rt-{i}")),
+            now,
+        );
+        let server = &server;
+        async move {
+            ask(
+                server,
+                with_cookie("/oauth2/logout", &cookie).method("POST"),
+            )
+            .await
+        }
+    });
+    for a in futures::future::join_all(logouts).await {
+        assert_eq!(a.status, 302, "{a:?}");
+    }
+    // every logout answered; 16 revocations reached the held provider, the other 4 were skipped
+    let hits = || {
+        idp.state
+            .revoke_hits
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    for _ in 0..3000 {
+        if hits() >= 16 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(hits(), 16);
+    idp.set_mode(Mode::Up);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_session_whose_expired_tokens_were_signed_by_a_rotated_out_key_is_refreshed() {
+    let idp = MockIdp::start().await;
+    let old = idp.signing_key();
+    // the provider rotated its key: the session's (expired) tokens were signed by a key it no longer publishes
+    idp.rotate(vec![SigningKey::rsa2()]);
+    assert_ne!(idp.signing_key().kid, old.kid);
+    let server = TestServer::start_ready(&config_toml(&idp, "")).await;
+    let now = now();
+    let mut at = idp.claims(json!({"sub": "alice", "exp": now - 10}));
+    at["iat"] = json!(now - 3610);
+    let mut id = idp.claims(json!({"aud": "oidc-authz", "sub": "alice", "exp": now - 10}));
+    id["iat"] = json!(now - 3610);
+    idp.state
+        .refresh_tokens
+        .lock()
+        .unwrap()
+        .insert("rt-rotated".into(), "alice".into());
+    let cookie = sealed_session(
+        "rotated",
+        &old.sign(&at),
+        Some(&old.sign(&id)),
+        Some("rt-rotated"),
+        now,
+    );
+    let hits = idp.token_hits();
+    let a = ask(&server, with_cookie("/app", &cookie)).await;
+    assert_eq!(
+        (a.status, a.header("x-user")),
+        (200, Some("alice")),
+        "refreshed, not logged out: {a:?}"
+    );
+    assert_eq!(idp.token_hits(), hits + 1, "one refresh grant");
+    assert!(
+        a.response_headers
+            .iter()
+            .any(|(k, v, _)| k == "set-cookie" && v.starts_with("oidc_authz_session")),
+        "{a:?}"
+    );
+    // an unexpired token signed by the rotated-out key is still refused (no refresh)
+    let fresh = sealed_session(
+        "rotated-fresh",
+        &old.sign(&idp.claims(json!({"sub": "alice"}))),
+        None,
+        Some("rt-rotated-2"),
+        now,
+    );
+    let hits = idp.token_hits();
+    let a = ask(&server, with_cookie("/app", &fresh)).await;
+    assert_eq!(a.status, 302, "{a:?}");
+    assert_eq!(idp.token_hits(), hits, "no refresh for an invalid token");
+}

@@ -578,17 +578,38 @@ impl Login<'_> {
     /// claim). A JWT access token is verified like a bearer token (signature and issuer; its `exp` bounds
     /// `valid_until`, so an expired one is refreshed, never trusted); the ID token is verified as at login
     /// (signature, issuer, audience). An opaque access token contributes no claims: then the ID token is required.
+    ///
+    /// A token whose `exp` has passed (read from the sealed cookie, unverified) is neither verified nor a source
+    /// of claims: it only bounds `valid_until`, so the session goes straight to refresh (a key the provider has
+    /// since rotated out does not log the user out). Such a session carries no claims and is never used as is.
     async fn verified(&self, data: SessionData) -> Result<OpenedSession, TokenCheck> {
+        let now = self.clock.now();
+        let expired = |token: &str| {
+            json_payload(token)
+                .and_then(|c| exp_of(&c))
+                .filter(|exp| *exp <= now)
+        };
         let mut valid_until = data.at_exp;
-        let at_claims = if BearerVerifier::is_jwt(&data.at) {
+        let at_expired = BearerVerifier::is_jwt(&data.at)
+            .then(|| expired(&data.at))
+            .flatten();
+        let at_claims = if let Some(exp) = at_expired {
+            valid_until = valid_until.min(exp);
+            None
+        } else if BearerVerifier::is_jwt(&data.at) {
             let claims = self.verify_token(&data.at).await?;
             valid_until = valid_until.min(exp_of(&claims).ok_or(TokenCheck::Invalid("expiry"))?);
             Some(claims)
         } else {
             None
         };
-        let it_claims = match &data.it {
-            Some(it) => {
+        let it_expired = data.it.as_deref().and_then(expired);
+        let it_claims = match (&data.it, it_expired) {
+            (Some(_), Some(exp)) => {
+                valid_until = valid_until.min(exp);
+                None
+            }
+            (Some(it), None) => {
                 let claims = self.verify_token(it).await?;
                 let client_id = self
                     .provider
@@ -611,9 +632,9 @@ impl Login<'_> {
                     valid_until.min(exp_of(&claims).ok_or(TokenCheck::Invalid("expiry"))?);
                 Some(claims)
             }
-            None => None,
+            (None, _) => None,
         };
-        if at_claims.is_none() && it_claims.is_none() {
+        if at_claims.is_none() && it_claims.is_none() && valid_until > now {
             return Err(TokenCheck::Invalid("no verifiable token"));
         }
         let mut claims = Map::new();

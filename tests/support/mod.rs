@@ -153,6 +153,8 @@ pub struct IdpState {
     pub rotate_refresh_tokens: std::sync::atomic::AtomicBool,
     /// RFC 7009 revocation calls, and the tokens revoked (with their hint).
     pub revocations: Mutex<Vec<(String, String)>>,
+    /// Requests to the revocation endpoint, counted on arrival (also while `Mode::Held`).
+    pub revoke_hits: AtomicUsize,
     /// Answer the revocation endpoint with this HTTP status instead (0: normal).
     pub revoke_status: std::sync::atomic::AtomicU16,
     /// Seconds added to the real time in the user tokens it issues (to follow a test's ManualClock).
@@ -450,6 +452,7 @@ async fn revoke(
     headers: axum::http::HeaderMap,
     axum::extract::Form(form): axum::extract::Form<HashMap<String, String>>,
 ) -> Response {
+    s.revoke_hits.fetch_add(1, Ordering::SeqCst);
     if let Some(r) = gate(&s).await {
         return r;
     }
@@ -546,6 +549,7 @@ impl MockIdp {
             user_extra: Mutex::new(json!({})),
             rotate_refresh_tokens: std::sync::atomic::AtomicBool::new(false),
             revocations: Mutex::new(Vec::new()),
+            revoke_hits: AtomicUsize::new(0),
             revoke_status: std::sync::atomic::AtomicU16::new(0),
             clock_offset: std::sync::atomic::AtomicU64::new(0),
         });
