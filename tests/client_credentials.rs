@@ -524,15 +524,53 @@ async fn a_cached_token_keeps_working_while_its_client_id_is_locked_out() {
     .await;
     assert_eq!(again.status, 200, "{again:?}");
     assert_eq!(auth_header(&again), auth_header(&first));
-    // a new grant for the same client id (the cc_only policy asks other scopes) waits for the cool-down
+    // a new grant with the known-good secret (the cc_only policy asks other scopes, as after the token expires)
+    // is not locked out: the secret that last got a token skips the lock-out
     let a = ask(
         &server,
         req("/x").policy("cc_only").basic("cc-app", "cc-app-secret"),
     )
     .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(idp.token_hits(), 7);
+    // a guess is still locked out
+    let a = ask(&server, req("/x").policy("cc").basic("cc-app", "guess-9")).await;
     a.assert_deny(401, "invalid_client");
     assert_eq!(a.header("retry-after"), Some("60"));
-    assert_eq!(idp.token_hits(), 6);
+    assert_eq!(idp.token_hits(), 7);
+}
+
+#[tokio::test]
+async fn the_known_good_secret_skips_an_empty_grant_bucket() {
+    let (idp, server, _clock) =
+        world_with_clock("client_credentials_rate = 1\nclient_credentials_burst = 2").await;
+    let a = ask(
+        &server,
+        req("/x").policy("cc").basic("cc-app", "cc-app-secret"),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    // a flood of random client ids empties the bucket
+    let flood = (0..20)
+        .map(|i| req("/x").policy("cc").basic(&format!("rnd-{i}"), "x"))
+        .collect();
+    let answers = all_at_once(&server, flood).await;
+    assert!(
+        answers.iter().any(|a| a.status == 503),
+        "the bucket is spent"
+    );
+    assert_eq!(idp.token_hits(), 2);
+    // the legitimate client's next grant (other scopes: not cached) still passes
+    let a = ask(
+        &server,
+        req("/x").policy("cc_only").basic("cc-app", "cc-app-secret"),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(idp.token_hits(), 3);
+    // a fresh client id does not
+    let a = ask(&server, req("/x").policy("cc").basic("cc-readonly", "nope")).await;
+    assert_eq!(a.status, 503, "{a:?}");
 }
 
 #[tokio::test]

@@ -168,7 +168,32 @@ struct ClientAttempts {
     gate: tokio::sync::Mutex<RefusalWindow>,
     /// End of the lock-out (seconds since the epoch; 0 or past: not locked). Read without the gate.
     locked_until: AtomicU64,
+    /// SHA-256 of the last secret that got a token for this client id: that secret is known good, so it skips the
+    /// lock-out, the gate and the grant bucket (guessing cannot produce it; a refusal of it forgets it).
+    good: Mutex<Option<[u8; 32]>>,
 }
+
+impl ClientAttempts {
+    fn secret_hash(secret: &str) -> [u8; 32] {
+        Sha256::digest(secret.as_bytes()).into()
+    }
+
+    /// Whether `secret` is the last secret that got a token (constant-time compare of the hashes).
+    fn is_good(&self, secret: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        let h = Self::secret_hash(secret);
+        let good = self.good.lock().unwrap_or_else(|e| e.into_inner());
+        good.as_ref().is_some_and(|g| bool::from(g.ct_eq(&h)))
+    }
+
+    fn set_good(&self, secret: Option<&str>) {
+        *self.good.lock().unwrap_or_else(|e| e.into_inner()) = secret.map(Self::secret_hash);
+    }
+}
+
+/// Longest wait for a client id's gate (another grant of the same id in flight); past it the request is answered
+/// 503 `Throttled` without asking the IdP, so a flood of guesses cannot queue a request until the check timeout.
+const GATE_WAIT: Duration = Duration::from_secs(2);
 
 /// `invalid_client` refusals counted since `since`.
 #[derive(Debug, Default)]
@@ -191,7 +216,9 @@ struct ProviderGuard {
     lockout_secs: u64,
     rate: u64,
     burst: u64,
-    /// Refusal counts by a SHA-256 of the client id (attacker-chosen, up to 1 KB: only its hash is kept).
+    /// Refusal counts by a SHA-256 of the client id (attacker-chosen, up to 1 KB: only its hash is kept). The lock
+    /// check looks up without inserting; a grant attempt still makes an entry (residual: a flood of random ids can
+    /// evict entries, not yet fixed).
     clients: moka::sync::Cache<[u8; 32], Arc<ClientAttempts>>,
     bucket: Mutex<Bucket>,
     lockouts: Counter,
@@ -229,6 +256,12 @@ impl ProviderGuard {
     fn client(&self, client_id: &str) -> Arc<ClientAttempts> {
         let key: [u8; 32] = Sha256::digest(client_id.as_bytes()).into();
         self.clients.get_with(key, Default::default)
+    }
+
+    /// The entry of a client id, if one exists (never inserts).
+    fn existing(&self, client_id: &str) -> Option<Arc<ClientAttempts>> {
+        let key: [u8; 32] = Sha256::digest(client_id.as_bytes()).into();
+        self.clients.get(&key)
     }
 
     /// Seconds left of the client's lock-out, if it is locked out now.
@@ -401,8 +434,14 @@ impl ClientCredentials {
             .guards
             .get(policy.provider)
             .ok_or(CcError::Idp(IdpError::NoEndpoint("token_endpoint")))?;
-        let client = guard.client(&creds.client_id);
-        if let Some(retry_after) = ProviderGuard::locked(&client, now) {
+        let client = guard.existing(&creds.client_id);
+        let good = client
+            .as_ref()
+            .is_some_and(|c| c.is_good(creds.secret.expose()));
+        if !good
+            && let Some(c) = &client
+            && let Some(retry_after) = ProviderGuard::locked(c, now)
+        {
             return Err(CcError::LockedOut { retry_after });
         }
         let grant = match cached {
@@ -419,7 +458,7 @@ impl ClientCredentials {
                 self.cache
                     .try_get_with(
                         key,
-                        self.guarded_grant(provider, creds, &scopes, neg_ttl, guard, &client),
+                        self.guarded_grant(provider, creds, &scopes, neg_ttl, guard, good),
                     )
                     .await
                     .map_err(|e: Arc<GrantError>| CcError::from(e.as_ref()))?
@@ -440,11 +479,37 @@ impl ClientCredentials {
         scopes: &str,
         neg_ttl: Duration,
         guard: &ProviderGuard,
-        client: &ClientAttempts,
+        good: bool,
     ) -> Result<Arc<Grant>, GrantError> {
-        let mut window = client.gate.lock().await;
+        if good {
+            // The known-good secret: no gate, no lock-out, no bucket (guesses cannot make it wait or spend it).
+            let grant = self.grant(provider, creds, scopes, neg_ttl).await?;
+            let client = guard.client(&creds.client_id);
+            match grant.as_ref() {
+                Grant::Token { .. } => client.set_good(Some(creds.secret.expose())),
+                Grant::Refused {
+                    reason: Refusal::InvalidClient,
+                    ..
+                } => {
+                    // rotated or revoked: no longer known good, and counted like any refusal
+                    client.set_good(None);
+                    if let Ok(mut window) =
+                        tokio::time::timeout(GATE_WAIT, client.gate.lock()).await
+                        && guard.refused(&client, &mut window, self.clock.now())
+                    {
+                        tracing::warn!(provider = %provider.name(), client_id = %creds.client_id, threshold = guard.threshold, lockout_secs = guard.lockout_secs, "client id locked out after repeated refused client credentials");
+                    }
+                }
+                Grant::Refused { .. } => {}
+            }
+            return Ok(grant);
+        }
+        let client = guard.client(&creds.client_id);
+        let Ok(mut window) = tokio::time::timeout(GATE_WAIT, client.gate.lock()).await else {
+            return Err(GrantError::Throttled(1));
+        };
         let now = self.clock.now();
-        if let Some(retry_after) = ProviderGuard::locked(client, now) {
+        if let Some(retry_after) = ProviderGuard::locked(&client, now) {
             return Err(GrantError::LockedOut(retry_after));
         }
         if let Err(retry_after) = guard.take(now) {
@@ -453,12 +518,15 @@ impl ClientCredentials {
         }
         let grant = self.grant(provider, creds, scopes, neg_ttl).await?;
         match grant.as_ref() {
-            Grant::Token { .. } => *window = RefusalWindow::default(),
+            Grant::Token { .. } => {
+                *window = RefusalWindow::default();
+                client.set_good(Some(creds.secret.expose()));
+            }
             Grant::Refused {
                 reason: Refusal::InvalidClient,
                 ..
             } => {
-                if guard.refused(client, &mut window, self.clock.now()) {
+                if guard.refused(&client, &mut window, self.clock.now()) {
                     tracing::warn!(provider = %provider.name(), client_id = %creds.client_id, threshold = guard.threshold, lockout_secs = guard.lockout_secs, "client id locked out after repeated refused client credentials");
                 }
             }
