@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use http::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
 use crate::clock::Clock;
 use crate::config::{AuthMethod, Config, LoginSettings, Policy};
@@ -544,11 +543,7 @@ impl Authorizer {
         login: &Login<'_>,
         value: &str,
     ) -> Result<Arc<OpenedSession>, SessionError> {
-        let mut h = Sha256::new();
-        h.update(policy.name.as_bytes());
-        h.update([0u8]);
-        h.update(value.as_bytes());
-        let key: [u8; 32] = h.finalize().into();
+        let key = crate::cache::key(&[policy.name.as_str(), value]);
         if let Some(hit) = self.sessions.get(&key).await {
             self.metrics.cache_lookup("session", true);
             return Ok(hit);

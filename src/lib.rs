@@ -19,6 +19,7 @@
 //! the time seam for tests.
 
 pub mod authz;
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod decision;

@@ -13,14 +13,17 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::cache;
 use crate::clock::Clock;
 use crate::config::{ClaimsSource, LoginSettings, Policy};
 use crate::decision::Redirect;
 use crate::flow::bearer::{BearerError, BearerVerifier, verify_signature};
+use crate::flow::claims::{self, NotForUs, TimeError};
 use crate::flow::session::{
     CHUNK_SIZE, CookieAttrs, CookieCodec, RequestCookies, clear_cookie_headers, set_cookie_header,
     set_cookie_headers,
 };
+use crate::provider::token::{TokenAnswer, TokenResponse};
 use crate::provider::{IdpError, Provider};
 use crate::request::CheckView;
 
@@ -37,7 +40,7 @@ pub const REFRESH_REUSE_SECS: u64 = 60;
 
 /// Refreshes in flight or just done, by a hash of the refresh token they used: one refresh per session at a time,
 /// and requests that still carry the pre-refresh cookie get the refreshed session (and its cookie) too.
-pub type RefreshCache = moka::future::Cache<[u8; 32], Arc<Refreshed>>;
+pub type RefreshCache = moka::future::Cache<cache::Key, Arc<Refreshed>>;
 
 /// A refreshed session and the `Set-Cookie` values storing it (shared by every request that waited for it).
 pub struct Refreshed {
@@ -157,7 +160,7 @@ pub struct OpenedSession {
     /// it, the session is refreshed before it is used.
     pub valid_until: u64,
     /// The key of this session in the ended-session set (a hash of `data.sid`).
-    pub ended_key: [u8; 32],
+    pub ended_key: cache::Key,
 }
 
 impl std::fmt::Debug for OpenedSession {
@@ -166,17 +169,6 @@ impl std::fmt::Debug for OpenedSession {
             .field("provider", &self.data.provider)
             .finish_non_exhaustive()
     }
-}
-
-#[derive(Deserialize)]
-struct TokenResponse {
-    access_token: String,
-    #[serde(default)]
-    id_token: Option<String>,
-    #[serde(default)]
-    refresh_token: Option<String>,
-    #[serde(default)]
-    expires_in: Option<Value>,
 }
 
 fn random_b64(n: usize) -> String {
@@ -224,11 +216,8 @@ pub fn request_url(view: &CheckView<'_>, login: &LoginSettings) -> String {
 }
 
 /// The key of a session id in the ended-session set.
-pub fn ended_key(sid: &str) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(b"oidc-authz ended session\0");
-    h.update(sid.as_bytes());
-    h.finalize().into()
+pub fn ended_key(sid: &str) -> cache::Key {
+    cache::key(&["oidc-authz ended session", sid])
 }
 
 /// Why a session's tokens did not verify.
@@ -251,14 +240,6 @@ fn json_payload(jwt: &str) -> Option<Map<String, Value>> {
     let payload = jwt.split('.').nth(1)?;
     let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
     serde_json::from_slice(&bytes).ok()
-}
-
-fn expires_in(v: &Option<Value>) -> u64 {
-    match v {
-        Some(Value::Number(n)) => n.as_u64().unwrap_or(300),
-        Some(Value::String(s)) => s.parse().unwrap_or(300),
-        _ => 300,
-    }
 }
 
 /// The login flow for one policy.
@@ -413,7 +394,7 @@ impl Login<'_> {
         let data = SessionData {
             sid: random_b64(16),
             provider: self.provider.name().to_string(),
-            at_exp: now.saturating_add(expires_in(&tokens.expires_in)),
+            at_exp: now.saturating_add(tokens.expires_in()),
             at: tokens.access_token,
             it: Some(id_token),
             rt: tokens.refresh_token,
@@ -434,48 +415,25 @@ impl Login<'_> {
     }
 
     async fn verify_id_token(&self, id_token: &str, nonce: &str) -> Result<(), CallbackError> {
-        let claims = verify_signature(self.provider, id_token)
-            .await
-            .map_err(|e| match e {
-                BearerError::Idp(e) => CallbackError::Idp(e),
-                _ => CallbackError::IdToken("signature"),
-            })?;
-        let client_id = self
-            .provider
-            .config
-            .client_id
-            .as_deref()
-            .unwrap_or_default();
-        let leeway = self.provider.config.leeway_secs;
+        let claims = self.verify_token(id_token).await.map_err(|e| match e {
+            TokenCheck::Idp(e) => CallbackError::Idp(e),
+            TokenCheck::Invalid(why) => CallbackError::IdToken(why),
+        })?;
+        let config = &self.provider.config;
+        let client_id = config.client_id.as_deref().unwrap_or_default();
+        claims::id_token_audience(&claims, client_id).map_err(|e| {
+            CallbackError::IdToken(match e {
+                NotForUs::Audience => "audience",
+                NotForUs::AuthorizedParty => "authorized party",
+            })
+        })?;
         let now = self.clock.now();
-        if claims.get("iss").and_then(Value::as_str) != Some(self.provider.config.issuer.as_str()) {
-            return Err(CallbackError::IdToken("issuer"));
-        }
-        let auds: Vec<&str> = match claims.get("aud") {
-            Some(Value::String(a)) => vec![a.as_str()],
-            Some(Value::Array(v)) => v.iter().filter_map(Value::as_str).collect(),
-            _ => vec![],
-        };
-        if !auds.contains(&client_id) {
-            return Err(CallbackError::IdToken("audience"));
-        }
-        if auds.len() > 1 && claims.get("azp").and_then(Value::as_str) != Some(client_id) {
-            return Err(CallbackError::IdToken("authorized party"));
-        }
-        let exp = claims
-            .get("exp")
-            .and_then(Value::as_u64)
-            .ok_or(CallbackError::IdToken("expiry"))?;
-        if now > exp.saturating_add(leeway) {
-            return Err(CallbackError::IdToken("expired"));
-        }
-        if claims
-            .get("iat")
-            .and_then(Value::as_u64)
-            .is_some_and(|iat| iat > now.saturating_add(leeway))
-        {
-            return Err(CallbackError::IdToken("issued in the future"));
-        }
+        claims::check_times(&claims, now, config.leeway_secs, claims::ID_TOKEN).map_err(|e| {
+            CallbackError::IdToken(match e {
+                TimeError::MalformedExp | TimeError::NoExpiry => "expiry",
+                other => other.reason(),
+            })
+        })?;
         let got = claims
             .get("nonce")
             .and_then(Value::as_str)
@@ -486,42 +444,16 @@ impl Login<'_> {
         Ok(())
     }
 
+    /// One grant at the token endpoint with this service's own client.
     async fn token_request(&self, form: &[(&str, &str)]) -> Result<TokenResponse, TokenCallError> {
-        let meta = self
+        match self
             .provider
-            .metadata()
+            .token_grant(form, self.provider.own_client())
             .await
-            .map_err(TokenCallError::Idp)?;
-        let url = meta
-            .token_endpoint
-            .clone()
-            .ok_or(TokenCallError::Idp(IdpError::NoEndpoint("token_endpoint")))?;
-        let (Some(id), Some(secret)) = (
-            &self.provider.config.client_id,
-            &self.provider.config.client_secret,
-        ) else {
-            return Err(TokenCallError::Idp(IdpError::NoEndpoint(
-                "client_id and client_secret",
-            )));
-        };
-        let auth = self.provider.token_auth(&meta);
-        let (status, body) = self
-            .provider
-            .post_form("token", &url, form, (id.as_str(), secret), auth)
-            .await
-            .map_err(TokenCallError::Idp)?;
-        match status {
-            200 => serde_json::from_slice(&body).map_err(|e| {
-                TokenCallError::Idp(IdpError::Garbage {
-                    endpoint: "token",
-                    reason: e.to_string(),
-                })
-            }),
-            s if s >= 500 || s == 429 || s == 408 => Err(TokenCallError::Idp(IdpError::Status {
-                endpoint: "token",
-                status: s,
-            })),
-            _ => Err(TokenCallError::Refused),
+        {
+            Ok(TokenAnswer::Tokens(t)) => Ok(t),
+            Ok(TokenAnswer::Refused { .. }) => Err(TokenCallError::Refused),
+            Err(e) => Err(TokenCallError::Idp(e)),
         }
     }
 
@@ -617,17 +549,8 @@ impl Login<'_> {
                     .client_id
                     .as_deref()
                     .unwrap_or_default();
-                let auds: Vec<&str> = match claims.get("aud") {
-                    Some(Value::String(a)) => vec![a.as_str()],
-                    Some(Value::Array(v)) => v.iter().filter_map(Value::as_str).collect(),
-                    _ => vec![],
-                };
-                if !auds.contains(&client_id)
-                    || (auds.len() > 1
-                        && claims.get("azp").and_then(Value::as_str) != Some(client_id))
-                {
-                    return Err(TokenCheck::Invalid("ID token audience"));
-                }
+                claims::id_token_audience(&claims, client_id)
+                    .map_err(|_| TokenCheck::Invalid("ID token audience"))?;
                 valid_until =
                     valid_until.min(exp_of(&claims).ok_or(TokenCheck::Invalid("expiry"))?);
                 Some(claims)
@@ -663,7 +586,7 @@ impl Login<'_> {
                 BearerError::Idp(e) => TokenCheck::Idp(e),
                 _ => TokenCheck::Invalid("signature"),
             })?;
-        if claims.get("iss").and_then(Value::as_str) != Some(self.provider.config.issuer.as_str()) {
+        if !claims::issuer_is(&claims, &self.provider.config.issuer) {
             return Err(TokenCheck::Invalid("issuer"));
         }
         Ok(claims)
@@ -696,11 +619,7 @@ impl Login<'_> {
             let Some(rt) = data.rt.as_deref() else {
                 return Err(SessionError::RefreshFailed);
             };
-            let mut h = Sha256::new();
-            h.update(self.provider.name().as_bytes());
-            h.update([0u8]);
-            h.update(rt.as_bytes());
-            let key: [u8; 32] = h.finalize().into();
+            let key = cache::key(&[self.provider.name(), rt]);
             let refreshed = refreshes
                 .try_get_with(key, self.refresh(&opened))
                 .await
@@ -744,7 +663,7 @@ impl Login<'_> {
             Err(TokenCallError::Refused) => return Err(SessionError::RefreshFailed),
             Err(TokenCallError::Idp(e)) => return Err(SessionError::Idp(e)),
         };
-        data.at_exp = now.saturating_add(expires_in(&t.expires_in));
+        data.at_exp = now.saturating_add(t.expires_in());
         data.at = t.access_token;
         if t.refresh_token.is_some() {
             data.rt = t.refresh_token;
@@ -857,8 +776,7 @@ pub async fn revoke(provider: &Provider, session: &SessionData) -> usize {
         tracing::debug!(provider = %provider.name(), "logout: the provider has no revocation_endpoint");
         return 0;
     };
-    let (Some(id), Some(secret)) = (&provider.config.client_id, &provider.config.client_secret)
-    else {
+    let Some(client) = provider.own_client() else {
         return 0;
     };
     let auth = provider.token_auth(&meta);
@@ -871,7 +789,7 @@ pub async fn revoke(provider: &Provider, session: &SessionData) -> usize {
         let Some(token) = token else { continue };
         let form = [("token", token), ("token_type_hint", hint)];
         match provider
-            .post_form("revocation", &url, &form, (id.as_str(), secret), auth)
+            .post_form("revocation", &url, &form, client, auth)
             .await
         {
             Ok((200, _)) => revoked += 1,

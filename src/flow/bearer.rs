@@ -2,17 +2,16 @@
 //! (keyed by a hash of the token, living until `exp`) so a repeated token costs no signature check.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use jsonwebtoken::Algorithm;
-use moka::Expiry;
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
+use crate::cache::{self, Expires};
 use crate::clock::Clock;
 use crate::config::MAX_TOKEN_BYTES;
+use crate::flow::claims::{self, TimeError, str_or_list};
 use crate::provider::jwks::ALLOWED_ALGS;
 use crate::provider::{IdpError, KeyError, Provider};
 use crate::telemetry::Metrics;
@@ -79,25 +78,16 @@ const B64URL: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
-struct UntilExp;
-
-impl Expiry<[u8; 32], Arc<Verified>> for UntilExp {
-    fn expire_after_create(
-        &self,
-        _key: &[u8; 32],
-        value: &Arc<Verified>,
-        _now: Instant,
-    ) -> Option<Duration> {
-        let now = crate::clock::SystemClock.now();
-        Some(Duration::from_secs(
-            value.exp.saturating_sub(now).clamp(1, 24 * 3600),
-        ))
+/// In the token cache a verified token lives until its `exp` (at least a second, at most a day).
+impl Expires for Verified {
+    fn ttl(&self, now: u64) -> Duration {
+        Duration::from_secs(self.exp.saturating_sub(now).clamp(1, 24 * 3600))
     }
 }
 
 /// Verifies bearer JWTs and remembers the verified ones.
 pub struct BearerVerifier {
-    cache: Option<moka::future::Cache<[u8; 32], Arc<Verified>>>,
+    cache: Option<moka::future::Cache<cache::Key, Arc<Verified>>>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
 }
@@ -134,12 +124,7 @@ fn looks_like_jws(token: &str) -> bool {
 impl BearerVerifier {
     /// A verifier with a cache of at most `max_entries` tokens (0: no cache).
     pub fn new(max_entries: u64, clock: Arc<dyn Clock>, metrics: Arc<Metrics>) -> Self {
-        let cache = (max_entries > 0).then(|| {
-            moka::future::Cache::builder()
-                .max_capacity(max_entries)
-                .expire_after(UntilExp)
-                .build()
-        });
+        let cache = (max_entries > 0).then(|| cache::until_deadline(max_entries, clock.clone()));
         BearerVerifier {
             cache,
             clock,
@@ -165,7 +150,7 @@ impl BearerVerifier {
         let Some(cache) = &self.cache else {
             return Ok(Arc::new(self.verify_uncached(provider, token).await?));
         };
-        let key = cache_key(provider.name(), token);
+        let key = cache::key(&[provider.name(), token]);
         {
             if let Some(v) = cache.get(&key).await {
                 self.metrics.cache_lookup("token", true);
@@ -264,46 +249,6 @@ pub async fn verify_jws(
     }
 }
 
-fn cache_key(provider: &str, token: &str) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(provider.as_bytes());
-    h.update([0u8]);
-    h.update(token.as_bytes());
-    h.finalize().into()
-}
-
-/// The largest accepted NumericDate (`exp`, `nbf`, `iat`): 9999-12-31T23:59:59Z. Beyond it a value is not a date
-/// any issuer means (`exp = 1e300` would never expire), so the token is refused.
-pub const MAX_NUMERIC_DATE: u64 = 253_402_300_799;
-
-/// Why a NumericDate claim is unusable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BadDate;
-
-/// A NumericDate claim (RFC 7519 2): absent is `Ok(None)`; a JSON number in `0..=MAX_NUMERIC_DATE` (fractions
-/// allowed) is its whole seconds, rounded towards the safe side (`round_up` for `nbf`/`iat`, down for `exp`);
-/// anything else (a string, a negative or too large number) is an error.
-pub fn numeric_date(v: Option<&Value>, round_up: bool) -> Result<Option<u64>, BadDate> {
-    let Some(v) = v else { return Ok(None) };
-    let Value::Number(n) = v else {
-        return Err(BadDate);
-    };
-    let secs = match n.as_u64() {
-        Some(u) => u,
-        None => {
-            let f = n.as_f64().ok_or(BadDate)?;
-            if !f.is_finite() || f < 0.0 || f > MAX_NUMERIC_DATE as f64 {
-                return Err(BadDate);
-            }
-            (if round_up { f.ceil() } else { f.floor() }) as u64
-        }
-    };
-    if secs > MAX_NUMERIC_DATE {
-        return Err(BadDate);
-    }
-    Ok(Some(secs))
-}
-
 /// JWS header `typ` values of access tokens: none, `JWT` (Okta and most issuers) or RFC 9068's `at+jwt`. Anything
 /// else (`logout+jwt`, `token-introspection+jwt`, `secevent+jwt`, `dpop+jwt`, ...) is another kind of JWT.
 pub fn check_access_typ(typ: Option<&str>) -> Result<(), BearerError> {
@@ -317,14 +262,6 @@ pub fn check_access_typ(typ: Option<&str>) -> Result<(), BearerError> {
             Ok(())
         }
         Some(_) => Err(BearerError::NotAccessToken),
-    }
-}
-
-fn str_or_list(v: Option<&Value>) -> Vec<&str> {
-    match v {
-        Some(Value::String(s)) => vec![s.as_str()],
-        Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).collect(),
-        _ => Vec::new(),
     }
 }
 
@@ -375,52 +312,32 @@ pub fn not_access_token(claims: &Map<String, Value>, provider: &Provider) -> boo
     false
 }
 
-/// Whether `aud` (a string or a list) names one of the provider's accepted audiences.
-pub fn audience_ok(aud: Option<&Value>, provider: &Provider) -> bool {
-    let audiences = &provider.config.audiences;
-    str_or_list(aud)
-        .iter()
-        .any(|a| audiences.iter().any(|x| x == a))
-}
-
 /// Checks an access token's claims: iss, aud, that it is an access token, exp, nbf and iat; returns `exp`.
 pub fn check_claims(
     claims: &Map<String, Value>,
     provider: &Provider,
     now: u64,
 ) -> Result<u64, BearerError> {
-    let leeway = provider.config.leeway_secs;
-    if claims.get("iss").and_then(Value::as_str) != Some(provider.config.issuer.as_str()) {
+    let config = &provider.config;
+    if !claims::issuer_is(claims, &config.issuer) {
         return Err(BearerError::Issuer);
     }
-    if !provider.config.audiences.is_empty() && !audience_ok(claims.get("aud"), provider) {
+    if !config.audiences.is_empty() && !claims::audience_in(claims.get("aud"), &config.audiences) {
         return Err(BearerError::Audience);
     }
     if not_access_token(claims, provider) {
         return Err(BearerError::NotAccessToken);
     }
-    let exp = numeric_date(claims.get("exp"), false)
-        .ok()
-        .flatten()
-        .ok_or(BearerError::NoExpiry)?;
-    if now > exp.saturating_add(leeway) {
-        return Err(BearerError::Expired);
-    }
-    match numeric_date(claims.get("nbf"), true) {
-        Err(BadDate) => return Err(BearerError::Malformed),
-        Ok(Some(nbf)) if nbf > now.saturating_add(leeway) => {
-            return Err(BearerError::NotYetValid);
-        }
-        Ok(_) => {}
-    }
-    match numeric_date(claims.get("iat"), true) {
-        Err(BadDate) => return Err(BearerError::Malformed),
-        Ok(Some(iat)) if iat > now.saturating_add(leeway) => {
-            return Err(BearerError::IssuedInFuture);
-        }
-        Ok(_) => {}
-    }
-    Ok(exp)
+    let exp = claims::check_times(claims, now, config.leeway_secs, claims::ACCESS_TOKEN).map_err(
+        |e| match e {
+            TimeError::MalformedExp | TimeError::NoExpiry => BearerError::NoExpiry,
+            TimeError::Expired => BearerError::Expired,
+            TimeError::MalformedNbf | TimeError::MalformedIat => BearerError::Malformed,
+            TimeError::NotYetValid => BearerError::NotYetValid,
+            TimeError::IssuedInFuture => BearerError::IssuedInFuture,
+        },
+    )?;
+    exp.ok_or(BearerError::NoExpiry)
 }
 
 /// A pre-filter for tokens about to be sent elsewhere (introspection): a JWT whose header or claims, read without
@@ -441,11 +358,6 @@ pub fn unverified_not_access_token(token: &str, provider: &Provider) -> bool {
         .and_then(|p| B64URL.decode(p).ok())
         .and_then(|b| serde_json::from_slice::<Map<String, Value>>(&b).ok());
     claims.is_some_and(|c| not_access_token(&c, provider))
-}
-
-/// Algorithms named for documentation and tests.
-pub fn allowed_algorithms() -> &'static [Algorithm] {
-    ALLOWED_ALGS
 }
 
 #[cfg(test)]
@@ -488,43 +400,11 @@ allow_any_audience = {any}
     const NOW: u64 = 1_800_000_000;
 
     fn claims(extra: Value) -> Map<String, Value> {
-        let mut c = serde_json::json!({
+        let base = serde_json::json!({
             "iss": "https://idp.example.com/oauth2/default", "aud": "api://default", "sub": "alice",
             "iat": NOW, "exp": NOW + 3600, "scp": ["api:read"],
         });
-        for (k, v) in extra.as_object().unwrap() {
-            if v.is_null() {
-                c.as_object_mut().unwrap().remove(k);
-            } else {
-                c[k] = v.clone();
-            }
-        }
-        c.as_object().unwrap().clone()
-    }
-
-    #[test]
-    fn numeric_dates_are_numbers_in_range() {
-        use serde_json::json;
-        let d = |v: Value| numeric_date(Some(&v), false);
-        assert_eq!(d(json!(1_800_000_000)), Ok(Some(1_800_000_000)));
-        assert_eq!(d(json!(1_800_000_000.9)), Ok(Some(1_800_000_000)));
-        assert_eq!(numeric_date(Some(&json!(1.2)), true), Ok(Some(2)));
-        assert_eq!(d(json!(0)), Ok(Some(0)));
-        assert_eq!(d(json!(MAX_NUMERIC_DATE)), Ok(Some(MAX_NUMERIC_DATE)));
-        assert_eq!(numeric_date(None, false), Ok(None));
-        for bad in [
-            json!(1e300),
-            json!(MAX_NUMERIC_DATE + 1),
-            json!(u64::MAX),
-            json!(-1),
-            json!(-0.5),
-            json!("1800000000"),
-            json!(null),
-            json!(true),
-            json!([1]),
-        ] {
-            assert_eq!(d(bad.clone()), Err(BadDate), "{bad}");
-        }
+        crate::flow::claims::tests::with(base, extra)
     }
 
     #[test]
@@ -660,11 +540,5 @@ allow_any_audience = {any}
         );
         assert!(unverified_not_access_token(&logout, &p));
         assert!(!unverified_not_access_token("opaque-token", &p));
-    }
-
-    #[test]
-    fn cache_key_depends_on_provider() {
-        assert_ne!(cache_key("a", "t"), cache_key("b", "t"));
-        assert_ne!(cache_key("a", "t1"), cache_key("a", "t2"));
     }
 }

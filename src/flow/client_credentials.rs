@@ -8,17 +8,16 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
-use moka::Expiry;
-use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use prometheus_client::metrics::counter::Counter;
 
+use crate::cache::{self, Expires};
 use crate::clock::Clock;
 use crate::config::{Policy, ProviderConfig, Secret};
+use crate::provider::token::TokenAnswer;
 use crate::provider::{IdpError, Provider};
 use crate::request::CheckView;
 use crate::telemetry::{Metrics, ProviderLabels};
@@ -102,6 +101,15 @@ enum Grant {
     Refused { reason: Refusal, ttl: Duration },
 }
 
+/// A grant is kept for the TTL it was given when it was made.
+impl Expires for Grant {
+    fn ttl(&self, _now: u64) -> Duration {
+        match self {
+            Grant::Token { ttl, .. } | Grant::Refused { ttl, .. } => *ttl,
+        }
+    }
+}
+
 /// Why the IdP refused a grant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -170,12 +178,12 @@ struct ClientAttempts {
     locked_until: AtomicU64,
     /// SHA-256 of the last secret that got a token for this client id: that secret is known good, so it skips the
     /// lock-out, the gate and the grant bucket (guessing cannot produce it; a refusal of it forgets it).
-    good: Mutex<Option<[u8; 32]>>,
+    good: Mutex<Option<cache::Key>>,
 }
 
 impl ClientAttempts {
-    fn secret_hash(secret: &str) -> [u8; 32] {
-        Sha256::digest(secret.as_bytes()).into()
+    fn secret_hash(secret: &str) -> cache::Key {
+        cache::key(&[secret])
     }
 
     /// Whether `secret` is the last secret that got a token (constant-time compare of the hashes).
@@ -219,7 +227,7 @@ struct ProviderGuard {
     /// Refusal counts by a SHA-256 of the client id (attacker-chosen, up to 1 KB: only its hash is kept). The lock
     /// check looks up without inserting; a grant attempt still makes an entry (residual: a flood of random ids can
     /// evict entries, not yet fixed).
-    clients: moka::sync::Cache<[u8; 32], Arc<ClientAttempts>>,
+    clients: moka::sync::Cache<cache::Key, Arc<ClientAttempts>>,
     bucket: Mutex<Bucket>,
     lockouts: Counter,
     throttled: Counter,
@@ -254,14 +262,13 @@ impl ProviderGuard {
     }
 
     fn client(&self, client_id: &str) -> Arc<ClientAttempts> {
-        let key: [u8; 32] = Sha256::digest(client_id.as_bytes()).into();
-        self.clients.get_with(key, Default::default)
+        self.clients
+            .get_with(cache::key(&[client_id]), Default::default)
     }
 
     /// The entry of a client id, if one exists (never inserts).
     fn existing(&self, client_id: &str) -> Option<Arc<ClientAttempts>> {
-        let key: [u8; 32] = Sha256::digest(client_id.as_bytes()).into();
-        self.clients.get(&key)
+        self.clients.get(&cache::key(&[client_id]))
     }
 
     /// Seconds left of the client's lock-out, if it is locked out now.
@@ -316,36 +323,9 @@ impl ProviderGuard {
     }
 }
 
-struct GrantExpiry;
-
-impl Expiry<[u8; 32], Arc<Grant>> for GrantExpiry {
-    fn expire_after_create(
-        &self,
-        _k: &[u8; 32],
-        v: &Arc<Grant>,
-        _now: Instant,
-    ) -> Option<Duration> {
-        Some(match v.as_ref() {
-            Grant::Token { ttl, .. } | Grant::Refused { ttl, .. } => *ttl,
-        })
-    }
-}
-
-#[derive(Deserialize)]
-struct TokenResponse {
-    access_token: String,
-    #[serde(default)]
-    expires_in: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-struct ErrorResponse {
-    error: String,
-}
-
 /// The token cache and the grant.
 pub struct ClientCredentials {
-    cache: moka::future::Cache<[u8; 32], Arc<Grant>>,
+    cache: moka::future::Cache<cache::Key, Arc<Grant>>,
     /// One per provider, in config order (a policy's `provider` index).
     guards: Vec<ProviderGuard>,
     clock: Arc<dyn Clock>,
@@ -373,10 +353,7 @@ impl ClientCredentials {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let cache = moka::future::Cache::builder()
-            .max_capacity(max_entries.max(1))
-            .expire_after(GrantExpiry)
-            .build();
+        let cache = cache::until_deadline(max_entries.max(1), clock.clone());
         ClientCredentials {
             cache,
             guards: providers
@@ -386,20 +363,6 @@ impl ClientCredentials {
             clock,
             metrics,
         }
-    }
-
-    fn key(provider: &Provider, creds: &ClientCreds, scopes: &str) -> [u8; 32] {
-        let mut h = Sha256::new();
-        for part in [
-            provider.name(),
-            creds.client_id.as_str(),
-            creds.secret.expose(),
-            scopes,
-        ] {
-            h.update((part.len() as u64).to_be_bytes());
-            h.update(part.as_bytes());
-        }
-        h.finalize().into()
     }
 
     /// An access token for these credentials: from the cache, or one grant shared by every concurrent caller.
@@ -416,7 +379,12 @@ impl ClientCredentials {
         creds: &ClientCreds,
     ) -> Result<Arc<str>, CcError> {
         let scopes = policy.scopes.join(" ");
-        let key = Self::key(provider, creds, &scopes);
+        let key = cache::key(&[
+            provider.name(),
+            &creds.client_id,
+            creds.secret.expose(),
+            &scopes,
+        ]);
         let now = self.clock.now();
         let cached = self.cache.get(&key).await;
         if let Some(g) = &cached
@@ -542,59 +510,29 @@ impl ClientCredentials {
         scopes: &str,
         neg_ttl: Duration,
     ) -> Result<Arc<Grant>, IdpError> {
-        let meta = provider.metadata().await?;
-        let url = meta
-            .token_endpoint
-            .clone()
-            .ok_or(IdpError::NoEndpoint("token_endpoint"))?;
         let mut form = vec![("grant_type", "client_credentials")];
         if !scopes.is_empty() {
             form.push(("scope", scopes));
         }
-        let auth = provider.token_auth(&meta);
-        let (status, body) = provider
-            .post_form(
-                "token",
-                &url,
-                &form,
-                (&creds.client_id, &creds.secret),
-                auth,
-            )
-            .await?;
-        if status == 200 {
-            let t: TokenResponse =
-                serde_json::from_slice(&body).map_err(|e| IdpError::Garbage {
-                    endpoint: "token",
-                    reason: e.to_string(),
-                })?;
-            if t.access_token.is_empty() {
-                return Err(IdpError::Garbage {
-                    endpoint: "token",
-                    reason: "empty access_token".into(),
-                });
+        let client = (creds.client_id.as_str(), &creds.secret);
+        let (status, error) = match provider.token_grant(&form, Some(client)).await? {
+            TokenAnswer::Tokens(t) => {
+                if t.access_token.is_empty() {
+                    return Err(IdpError::Garbage {
+                        endpoint: "token",
+                        reason: "empty access_token".into(),
+                    });
+                }
+                let expires_in = t.expires_in();
+                let life = expires_in.saturating_sub(margin(expires_in)).max(1);
+                return Ok(Arc::new(Grant::Token {
+                    access_token: t.access_token.into(),
+                    expires_at: self.clock.now().saturating_add(life),
+                    ttl: Duration::from_secs(life),
+                }));
             }
-            let expires_in = match t.expires_in {
-                Some(serde_json::Value::Number(n)) => n.as_u64().unwrap_or(300),
-                Some(serde_json::Value::String(s)) => s.parse().unwrap_or(300),
-                _ => 300,
-            };
-            let life = expires_in.saturating_sub(margin(expires_in)).max(1);
-            return Ok(Arc::new(Grant::Token {
-                access_token: t.access_token.into(),
-                expires_at: self.clock.now().saturating_add(life),
-                ttl: Duration::from_secs(life),
-            }));
-        }
-        // Server trouble, rate limiting and timeouts are the IdP's state, not a verdict on the credentials.
-        if status >= 500 || status == 429 || status == 408 {
-            return Err(IdpError::Status {
-                endpoint: "token",
-                status,
-            });
-        }
-        let error = serde_json::from_slice::<ErrorResponse>(&body)
-            .map(|e| e.error)
-            .unwrap_or_default();
+            TokenAnswer::Refused { status, error } => (status, error),
+        };
         let reason = match (status, error.as_str()) {
             (_, "invalid_client" | "unauthorized_client") | (401, _) => Refusal::InvalidClient,
             (_, "invalid_scope") => Refusal::InvalidScope,

@@ -5,17 +5,15 @@
 //! call; IdP errors are never cached.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use moka::Expiry;
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
+use crate::cache::{self, Expires};
 use crate::clock::Clock;
 use crate::config::{MAX_TOKEN_BYTES, Policy};
-use crate::flow::bearer::{
-    BadDate, Verified, audience_ok, not_access_token, numeric_date, unverified_not_access_token,
-};
+use crate::flow::bearer::{Verified, not_access_token, unverified_not_access_token};
+use crate::flow::claims::{self, TimeError};
 use crate::provider::{IdpError, Provider};
 use crate::telemetry::Metrics;
 
@@ -52,24 +50,24 @@ enum Answer {
     },
 }
 
-struct AnswerExpiry;
-
-impl Expiry<[u8; 32], Arc<Answer>> for AnswerExpiry {
-    fn expire_after_create(
-        &self,
-        _k: &[u8; 32],
-        v: &Arc<Answer>,
-        _now: Instant,
-    ) -> Option<Duration> {
-        Some(match v.as_ref() {
+impl Answer {
+    /// How long the answer is kept, set when it came (zero: not kept).
+    fn kept_for(&self) -> Duration {
+        match self {
             Answer::Active { ttl, .. } | Answer::Inactive { ttl } | Answer::Refused { ttl } => *ttl,
-        })
+        }
+    }
+}
+
+impl Expires for Answer {
+    fn ttl(&self, _now: u64) -> Duration {
+        self.kept_for()
     }
 }
 
 /// The introspection client and its answer cache.
 pub struct Introspector {
-    cache: moka::future::Cache<[u8; 32], Arc<Answer>>,
+    cache: moka::future::Cache<cache::Key, Arc<Answer>>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
 }
@@ -82,22 +80,10 @@ impl std::fmt::Debug for Introspector {
     }
 }
 
-fn key(provider: &Provider, policy: &Policy, token: &str) -> [u8; 32] {
-    let mut h = Sha256::new();
-    for part in [provider.name(), policy.name.as_str(), token] {
-        h.update((part.len() as u64).to_be_bytes());
-        h.update(part.as_bytes());
-    }
-    h.finalize().into()
-}
-
 impl Introspector {
     /// A cache bounded to `max_entries` answers.
     pub fn new(max_entries: u64, clock: Arc<dyn Clock>, metrics: Arc<Metrics>) -> Self {
-        let cache = moka::future::Cache::builder()
-            .max_capacity(max_entries.max(1))
-            .expire_after(AnswerExpiry)
-            .build();
+        let cache = cache::until_deadline(max_entries.max(1), clock.clone());
         Introspector {
             cache,
             clock,
@@ -129,7 +115,7 @@ impl Introspector {
                 .await
                 .map_err(IntrospectionError::Idp)?
         } else {
-            let k = key(provider, policy, token);
+            let k = cache::key(&[provider.name(), policy.name.as_str(), token]);
             match self.cache.get(&k).await {
                 Some(a) => {
                     self.metrics.cache_lookup("introspection", true);
@@ -143,8 +129,7 @@ impl Introspector {
                         .await
                         .map_err(|e: Arc<IdpError>| IntrospectionError::Idp((*e).clone()))?;
                     // A zero TTL means "do not keep": drop what try_get_with stored for the waiters.
-                    if matches!(answer.as_ref(), Answer::Active { ttl, .. } | Answer::Inactive { ttl } | Answer::Refused { ttl } if ttl.is_zero())
-                    {
+                    if answer.kept_for().is_zero() {
                         self.cache.invalidate(&k).await;
                     }
                     answer
@@ -267,23 +252,12 @@ fn refusal(
     provider: &Provider,
     now: u64,
 ) -> Result<Option<u64>, &'static str> {
-    let leeway = provider.config.leeway_secs;
-    if claims
-        .get("iss")
-        .is_some_and(|i| i.as_str() != Some(provider.config.issuer.as_str()))
-    {
+    let config = &provider.config;
+    if claims.contains_key("iss") && !claims::issuer_is(claims, &config.issuer) {
         return Err("issuer");
     }
-    let exp = numeric_date(claims.get("exp"), false).map_err(|BadDate| "malformed exp")?;
-    if exp.is_some_and(|e| now > e.saturating_add(leeway)) {
-        return Err("expired");
-    }
-    match numeric_date(claims.get("nbf"), true) {
-        Err(BadDate) => return Err("malformed nbf"),
-        Ok(Some(nbf)) if nbf > now.saturating_add(leeway) => return Err("not valid yet"),
-        Ok(_) => {}
-    }
-    numeric_date(claims.get("iat"), true).map_err(|BadDate| "malformed iat")?;
+    let exp = claims::check_times(claims, now, config.leeway_secs, claims::INTROSPECTION)
+        .map_err(TimeError::reason)?;
     let token_type = match claims.get("token_type") {
         None => None,
         Some(Value::String(t)) if access_token_type(t) => Some(t.as_str()),
@@ -292,9 +266,9 @@ fn refusal(
     if not_access_token(claims, provider) {
         return Err("not an access token");
     }
-    let audiences = &provider.config.audiences;
+    let audiences = &config.audiences;
     if !audiences.is_empty() {
-        if !audience_ok(claims.get("aud"), provider) {
+        if !claims::audience_in(claims.get("aud"), audiences) {
             return Err("audience");
         }
     } else if token_type.is_none() && claims.get("aud").is_none() {
@@ -312,18 +286,11 @@ mod tests {
     const NOW: u64 = 1_800_000_000;
 
     fn answer(extra: Value) -> Map<String, Value> {
-        let mut c = json!({
+        let base = json!({
             "active": true, "iss": "https://idp.example.com/oauth2/default", "sub": "alice", "client_id": "cc-app",
             "scope": "api:read", "iat": NOW, "exp": NOW + 3600,
         });
-        for (k, v) in extra.as_object().unwrap() {
-            if v.is_null() {
-                c.as_object_mut().unwrap().remove(k);
-            } else {
-                c[k] = v.clone();
-            }
-        }
-        c.as_object().unwrap().clone()
+        crate::flow::claims::tests::with(base, extra)
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod authcode;
 pub mod bearer;
+pub mod claims;
 pub mod client_credentials;
 pub mod introspection;
 pub mod session;

@@ -13,6 +13,7 @@ use rand::RngCore as _;
 
 use futures::future::BoxFuture;
 
+use crate::cache::{self, Expires, Lifetime};
 use crate::clock::Clock;
 use crate::config::Secret;
 
@@ -337,7 +338,7 @@ pub trait EndedSessions: Send + Sync + fmt::Debug {
 /// back): each entry is a logout of a real login and lives until that session's absolute expiry.
 pub struct MemoryEndedSessions {
     /// Key -> the session's absolute expiry.
-    ended: moka::sync::Cache<[u8; 32], u64>,
+    ended: moka::sync::Cache<cache::Key, Until>,
     clock: Arc<dyn Clock>,
 }
 
@@ -349,18 +350,13 @@ impl fmt::Debug for MemoryEndedSessions {
     }
 }
 
-/// Expires an ended-session entry at the session's absolute expiry.
-struct UntilExpiry(Arc<dyn Clock>);
+/// An ended session's absolute expiry (seconds since the epoch): its entry stays a second past it.
+#[derive(Debug, Clone, Copy)]
+struct Until(u64);
 
-impl moka::Expiry<[u8; 32], u64> for UntilExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &[u8; 32],
-        until: &u64,
-        _now: std::time::Instant,
-    ) -> Option<std::time::Duration> {
-        let secs = until.saturating_sub(self.0.now()).saturating_add(1);
-        Some(std::time::Duration::from_secs(secs))
+impl Expires for Until {
+    fn ttl(&self, now: u64) -> std::time::Duration {
+        std::time::Duration::from_secs(self.0.saturating_sub(now).saturating_add(1))
     }
 }
 
@@ -369,7 +365,7 @@ impl MemoryEndedSessions {
     pub fn new(clock: Arc<dyn Clock>) -> Self {
         MemoryEndedSessions {
             ended: moka::sync::Cache::builder()
-                .expire_after(UntilExpiry(clock.clone()))
+                .expire_after(Lifetime(clock.clone()))
                 .build(),
             clock,
         }
@@ -378,13 +374,13 @@ impl MemoryEndedSessions {
 
 impl EndedSessions for MemoryEndedSessions {
     fn end(&self, key: [u8; 32], until: u64) -> BoxFuture<'_, ()> {
-        self.ended.insert(key, until);
+        self.ended.insert(key, Until(until));
         Box::pin(std::future::ready(()))
     }
 
     fn is_ended(&self, key: [u8; 32]) -> BoxFuture<'_, bool> {
         let now = self.clock.now();
-        let ended = self.ended.get(&key).is_some_and(|until| until >= now);
+        let ended = self.ended.get(&key).is_some_and(|until| until.0 >= now);
         Box::pin(std::future::ready(ended))
     }
 }

@@ -4,6 +4,7 @@
 //! get the remembered failure (or, for discovery, the configured endpoints) without calling the IdP.
 
 pub mod jwks;
+pub mod token;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -48,8 +49,6 @@ pub enum IdpError {
 /// The provider's endpoints: configured overrides win over discovery.
 #[derive(Debug, Clone)]
 pub struct Metadata {
-    /// Issuer as the provider states it.
-    pub issuer: String,
     /// Where the signing keys are.
     pub jwks_uri: Option<Url>,
     /// Token endpoint (client credentials, code exchange, refresh).
@@ -299,7 +298,7 @@ impl Provider {
             }
         }
         let res = self.send(endpoint, req.form(&fields)).await;
-        let ok = matches!(&res, Ok((s, _)) if *s < 500 && *s != 429 && *s != 408);
+        let ok = matches!(&res, Ok((s, _)) if !token::idp_unwell(*s));
         self.metrics
             .idp_call(self.name(), endpoint, ok, start.elapsed());
         res
@@ -418,7 +417,6 @@ impl Provider {
         }
         let parse = |s: Option<String>| s.and_then(|s| Url::parse(&s).ok());
         let m = Metadata {
-            issuer,
             jwks_uri: c.jwks_uri.clone().or_else(|| parse(raw.jwks_uri)),
             token_endpoint: c
                 .token_endpoint
@@ -445,7 +443,6 @@ impl Provider {
     fn overrides_only(&self) -> Metadata {
         let c = &self.config;
         Metadata {
-            issuer: c.issuer.clone(),
             jwks_uri: c.jwks_uri.clone(),
             token_endpoint: c.token_endpoint.clone(),
             introspection_endpoint: c.introspection_endpoint.clone(),
