@@ -19,8 +19,7 @@ use crate::flow::bearer::{BearerError, BearerVerifier, Verified};
 use crate::flow::client_credentials::{self, CcError, ClientCredentials, Refusal};
 use crate::flow::introspection::{IntrospectionError, Introspector};
 use crate::flow::session::{
-    CookieAttrs, CookieCodec, EndedSessions, MemoryEndedSessions, RequestCookies,
-    clear_cookie_headers,
+    CookieAttrs, EndedSessions, MemoryEndedSessions, RequestCookies, clear_cookie_headers,
 };
 use crate::flow::{Credential, authorization};
 use crate::policy::access::{claim_header_value, claim_value};
@@ -39,8 +38,6 @@ pub struct Authorizer {
     bearer: BearerVerifier,
     cc: ClientCredentials,
     introspector: Introspector,
-    /// Session cookie codecs, aligned with `config.policies` (None: no login on that policy).
-    codecs: Vec<Option<CookieCodec>>,
     /// Decision counters per policy, resolved at start.
     decisions: DecisionCounters,
     /// Opened and verified session cookies by a hash of (policy, cookie value).
@@ -174,15 +171,6 @@ impl Authorizer {
             cc: ClientCredentials::new(10_000, &config.providers, clock.clone(), metrics.clone()),
             introspector: Introspector::new(100_000, clock.clone(), metrics.clone()),
             decisions: metrics.decision_counters(config.policies.iter().map(|p| p.name.as_str())),
-            codecs: config
-                .policies
-                .iter()
-                .map(|p| {
-                    p.login
-                        .as_ref()
-                        .and_then(|_| CookieCodec::new(&p.session_secrets).ok())
-                })
-                .collect(),
             sessions: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(std::time::Duration::from_secs(120))
@@ -370,15 +358,6 @@ impl Authorizer {
         }
     }
 
-    fn codec(&self, policy: &Policy) -> Option<&CookieCodec> {
-        let i = self
-            .config
-            .policies
-            .iter()
-            .position(|p| std::ptr::eq(p, policy))?;
-        self.codecs.get(i)?.as_ref()
-    }
-
     /// The browser part of a login policy: callback, logout, session, or the redirect to log in. `None` when the
     /// request is not for it (a bearer token, client credentials), so the token methods decide.
     async fn check_login(
@@ -388,11 +367,10 @@ impl Authorizer {
         view: &CheckView<'_>,
     ) -> Option<Outcome> {
         let settings = policy.login.as_ref()?;
-        let codec = self.codec(policy)?;
         let login = Login {
             policy,
             settings,
-            codec,
+            codec: &settings.codec,
             provider,
             clock: &self.clock,
         };
