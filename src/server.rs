@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status};
 use crate::authz::Authorizer;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::envoy::check_response;
 use crate::request::CheckView;
 use crate::telemetry::Metrics;
 
@@ -46,7 +47,7 @@ impl Authorization for CheckService {
         let req = request.into_inner();
         let view = CheckView::new(&req);
         let decision = self.authorizer.check(&view).await;
-        Ok(Response::new(decision.into_response()))
+        Ok(Response::new(check_response(decision)))
     }
 }
 
