@@ -15,8 +15,8 @@
 //! 4. builds the upstream headers (and strips every client-sent spelling of them), then returns a
 //!    [`decision::Decision`], which the [`envoy`] adapter alone turns into a `CheckResponse`.
 //!
-//! [`config`] turns figment input into validated types once; [`telemetry`] holds logs and metrics; [`clock`] is
-//! the time seam for tests.
+//! [`config`] turns figment input into validated types once; [`telemetry`] holds logs and metrics; [`clock`] and
+//! [`rng`] are the time and randomness seams for tests.
 
 pub mod authz;
 pub mod clock;
@@ -27,5 +27,6 @@ pub mod flow;
 pub mod policy;
 pub mod provider;
 pub mod request;
+pub mod rng;
 pub mod server;
 pub mod telemetry;

@@ -23,6 +23,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::envoy::check_response;
 use crate::request::CheckView;
+use crate::rng::SystemRng;
 use crate::telemetry::Metrics;
 
 /// The ext_authz gRPC service: a thin adapter over [`Authorizer`].
@@ -106,7 +107,12 @@ impl Server {
                 source,
             })?;
         let metrics = Arc::new(Metrics::new());
-        let authorizer = Arc::new(Authorizer::new(config, metrics.clone(), clock));
+        let authorizer = Arc::new(Authorizer::new(
+            config,
+            metrics.clone(),
+            clock,
+            Arc::new(SystemRng),
+        ));
         Ok(Server {
             grpc,
             admin,
