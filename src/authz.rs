@@ -25,6 +25,7 @@ use crate::flow::{Credential, authorization};
 use crate::policy::access::{claim_header_value, claim_value};
 use crate::provider::{IdpError, Provider, http_client};
 use crate::request::CheckView;
+use crate::rng::Rng;
 use crate::telemetry::{DecisionCounters, Metrics};
 
 /// Logout revocations that may run at once per provider.
@@ -50,6 +51,8 @@ pub struct Authorizer {
     /// `MAX_REVOCATIONS_PER_PROVIDER` each: a slow provider cannot pile up revocation tasks.
     revocations: Vec<Arc<tokio::sync::Semaphore>>,
     clock: Arc<dyn Clock>,
+    /// The login's state, nonce, PKCE verifier and session ids.
+    rng: Arc<dyn Rng>,
     metrics: Arc<Metrics>,
 }
 
@@ -153,7 +156,13 @@ impl Outcome {
 
 impl Authorizer {
     /// Builds the authorizer: one HTTP client and one provider object per configured provider (nothing fetched yet).
-    pub fn new(config: Config, metrics: Arc<Metrics>, clock: Arc<dyn Clock>) -> Self {
+    /// Token and session times are checked against `clock`; the login's random values come from `rng`.
+    pub fn new(
+        config: Config,
+        metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
+        rng: Arc<dyn Rng>,
+    ) -> Self {
         let http = http_client();
         let providers: Arc<[Arc<Provider>]> = config
             .providers
@@ -182,6 +191,7 @@ impl Authorizer {
                 .map(|_| Arc::new(tokio::sync::Semaphore::new(MAX_REVOCATIONS_PER_PROVIDER)))
                 .collect(),
             clock,
+            rng,
             config: Arc::new(config),
             providers,
             metrics,
@@ -373,6 +383,7 @@ impl Authorizer {
             codec: &settings.codec,
             provider,
             clock: &self.clock,
+            rng: self.rng.as_ref(),
         };
         let cookie_headers: Vec<&str> =
             view.header_values("cookie").into_iter().flatten().collect();
@@ -938,5 +949,78 @@ upstream_headers_names = ["x-user"]
         removed.sort();
         assert_eq!(removed, vec!["x-id-token", "x_id_token", "x_user"]);
         assert_eq!(allowed.set_headers.len(), 1);
+    }
+
+    /// With a predictable `Rng`, a browser without a session is sent to the provider carrying exactly the state,
+    /// nonce and S256 challenge drawn from its bytes (32 each: state, nonce, verifier), and the login cookie keeps
+    /// that verifier for the callback. No network: the provider has its endpoints configured and an issuer that
+    /// is no URL, so there is no discovery document to fetch.
+    #[tokio::test]
+    async fn login_redirect_carries_the_values_of_the_rng() {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+        use crate::clock::ManualClock;
+        use crate::rng::SequenceRng;
+
+        let mut cfg = Config::from_toml(
+            r#"
+[providers.p]
+issuer = "https://idp.example.com"
+client_id = "app"
+client_secret = "app-secret"
+jwks_uri = "https://idp.example.com/keys"
+authorization_endpoint = "https://idp.example.com/authorize"
+[policies.web]
+provider = "p"
+auth_methods = ["authorization_code", "session"]
+redirect_uri = "https://app.example.com/cb"
+session_secret = "fJfkZusK6AM6PHtnD6Ew4TnBmJQNhuiVxOTv7w0voXg="
+[[routes]]
+path_prefix = "/"
+policy = "web"
+"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut provider = cfg.providers[0].clone();
+        provider.issuer = "offline".into();
+        cfg.providers = Arc::from(vec![provider]);
+        let codec = CookieCodec::new(&cfg.policies[0].session_secrets).unwrap();
+        let authz = Authorizer::new(
+            cfg,
+            Arc::new(Metrics::new()),
+            Arc::new(ManualClock::new(1_700_000_000)),
+            Arc::new(SequenceRng::new(7)),
+        );
+        let req = request(&[("accept", "text/html")]);
+        let Decision::Redirect(r) = authz.check(&CheckView::new(&req)).await else {
+            panic!("not a redirect")
+        };
+
+        let bytes: Vec<u8> = (0..96u8).map(|i| 7u8.wrapping_add(i)).collect();
+        let state = URL_SAFE_NO_PAD.encode(&bytes[..32]);
+        let nonce = URL_SAFE_NO_PAD.encode(&bytes[32..64]);
+        let verifier = URL_SAFE_NO_PAD.encode(&bytes[64..]);
+        let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+        let location = url::Url::parse(&r.location).unwrap();
+        assert_eq!(location.path(), "/authorize");
+        let q: std::collections::HashMap<String, String> =
+            location.query_pairs().into_owned().collect();
+        assert_eq!(q["state"], state);
+        assert_eq!(q["nonce"], nonce);
+        assert_eq!(q["code_challenge"], challenge);
+        assert_eq!(q["code_challenge_method"], "S256");
+
+        let sealed = r
+            .set_cookies
+            .iter()
+            .find_map(|c| c.strip_prefix(&format!("{LOGIN_COOKIE}=")))
+            .and_then(|c| c.split(';').next())
+            .unwrap();
+        let login: Value =
+            serde_json::from_slice(&codec.open(LOGIN_COOKIE, sealed).unwrap()).unwrap();
+        assert_eq!(login["state"], state.as_str());
+        assert_eq!(login["nonce"], nonce.as_str());
+        assert_eq!(login["verifier"], verifier.as_str());
     }
 }
