@@ -985,7 +985,11 @@ policy = "web"
         let mut provider = cfg.providers[0].clone();
         provider.issuer = "offline".into();
         cfg.providers = Arc::from(vec![provider]);
-        let codec = CookieCodec::new(&cfg.policies[0].session_secrets).unwrap();
+        let codec = cfg.policies[0]
+            .login
+            .as_ref()
+            .map(|l| l.codec.clone())
+            .expect("a login policy");
         let authz = Authorizer::new(
             cfg,
             Arc::new(Metrics::new()),
