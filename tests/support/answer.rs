@@ -5,11 +5,14 @@ use std::collections::HashMap;
 use envoy_types::ext_authz::v3::pb::{CheckResponse, HttpResponse};
 use serde_json::Value;
 
-/// A CheckResponse read back as plain values.
+/// A CheckResponse read back as plain values, the way Envoy reads it: an allow is gRPC OK with an `OkResponse`, a
+/// deny (or redirect) is a non-OK gRPC code with a `DeniedResponse` naming its HTTP status. [`Answer::from`] panics
+/// on anything else, so no test can mistake an inconsistent answer for the one it expects.
 #[derive(Debug)]
 pub struct Answer {
+    /// The gRPC status code (0: OK).
     pub grpc_code: i32,
-    /// HTTP status of a deny; 200 for an allow.
+    /// HTTP status of a deny; 200 for an allow (and only for an allow).
     pub status: u16,
     pub headers: Vec<(String, String, i32)>,
     pub remove: Vec<String>,
@@ -20,8 +23,11 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// Reads `r` back; panics unless it is a consistent allow (gRPC OK + `OkResponse`) or a consistent deny
+    /// (non-OK gRPC code + `DeniedResponse` with a non-2xx HTTP status).
     pub fn from(r: CheckResponse) -> Answer {
-        let grpc_code = r.status.as_ref().map(|s| s.code).unwrap_or(-1);
+        // Envoy reads a missing status as the proto3 default, code 0: OK.
+        let grpc_code = r.status.as_ref().map_or(0, |s| s.code);
         let metadata = r
             .dynamic_metadata
             .map(|m| {
@@ -44,34 +50,48 @@ impl Answer {
                 })
                 .collect()
         };
+        let ok = grpc_code == tonic::Code::Ok as i32;
         match r.http_response {
-            Some(HttpResponse::OkResponse(ok)) => Answer {
+            Some(HttpResponse::OkResponse(allow)) if ok => Answer {
                 grpc_code,
                 status: 200,
-                headers: hv(&ok.headers),
-                remove: ok.headers_to_remove,
+                headers: hv(&allow.headers),
+                remove: allow.headers_to_remove,
                 body: String::new(),
                 metadata,
-                response_headers: hv(&ok.response_headers_to_add),
+                response_headers: hv(&allow.response_headers_to_add),
             },
-            Some(HttpResponse::DeniedResponse(d)) => Answer {
-                grpc_code,
-                status: d.status.map(|s| s.code as u16).unwrap_or(0),
-                headers: hv(&d.headers),
-                remove: Vec::new(),
-                body: d.body,
-                metadata,
-                response_headers: Vec::new(),
-            },
-            _ => Answer {
-                grpc_code,
-                status: 0,
-                headers: vec![],
-                remove: vec![],
-                body: String::new(),
-                metadata,
-                response_headers: Vec::new(),
-            },
+            Some(HttpResponse::DeniedResponse(d)) if !ok => {
+                let status = d
+                    .status
+                    .as_ref()
+                    .and_then(|s| u16::try_from(s.code).ok())
+                    .filter(|s| *s >= 300)
+                    .unwrap_or_else(|| {
+                        panic!("a deny must name a non-2xx HTTP status: {:?}", d.status)
+                    });
+                Answer {
+                    grpc_code,
+                    status,
+                    headers: hv(&d.headers),
+                    remove: Vec::new(),
+                    body: d.body,
+                    metadata,
+                    response_headers: Vec::new(),
+                }
+            }
+            Some(HttpResponse::OkResponse(allow)) => panic!(
+                "an OkResponse with gRPC code {grpc_code}: Envoy would deny it (allow = gRPC OK + OkResponse): {allow:?}"
+            ),
+            Some(HttpResponse::DeniedResponse(d)) => panic!(
+                "a DeniedResponse with gRPC OK: Envoy would let the request through (deny = non-OK code): {d:?}"
+            ),
+            Some(HttpResponse::ErrorResponse(e)) => {
+                panic!("an ErrorResponse: neither an allow nor a deny: {e:?}")
+            }
+            None => panic!(
+                "an answer with gRPC code {grpc_code} and no http_response: neither an allow nor a deny"
+            ),
         }
     }
 
