@@ -6,7 +6,6 @@
 //! - [`harness`]: oidc-authz under test (standard config, server on port 0, metrics).
 //! - [`request`]: Check requests built the way Envoy sends them.
 //! - [`answer`]: Check answers read back the way Envoy reads them.
-#![allow(dead_code, unused_imports)] // each test binary uses a part of the support code
 
 mod answer;
 mod harness;

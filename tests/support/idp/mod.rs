@@ -4,7 +4,6 @@
 mod endpoints;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -100,7 +99,6 @@ pub struct CodeGrant {
 // ------------------------------------------------------------------------------------------------
 
 pub struct MockIdp {
-    pub addr: SocketAddr,
     pub issuer: String,
     pub state: Arc<IdpState>,
     stop: Option<oneshot::Sender<()>>,
@@ -172,7 +170,6 @@ impl MockIdp {
                 .await;
         });
         MockIdp {
-            addr,
             issuer,
             state,
             stop: Some(tx),

@@ -2,13 +2,12 @@
 //! callback (state, replay, PKCE, ID token), session cookies (tampering, chunking, rotation, idle and absolute
 //! expiry), refresh, API vs browser answers, logout, open redirects.
 
-mod support;
-
 use std::sync::Arc;
 
 use oidc_authz::clock::ManualClock;
 use serde_json::json;
-use support::*;
+
+use crate::support::*;
 
 const APP: &str = "app.example.com";
 
