@@ -159,3 +159,84 @@ impl Answer {
         assert!(!all.contains(secret), "answer echoes a secret: {all}");
     }
 }
+
+/// [`Answer::from`] reads an answer as Envoy would, and refuses every answer Envoy would read otherwise than a test.
+mod consistency {
+    use envoy_types::ext_authz::v3::pb::{
+        CheckResponse, DeniedHttpResponse, HttpResponse, HttpStatus, OkHttpResponse,
+    };
+    use envoy_types::pb::google::rpc;
+
+    use super::Answer;
+
+    fn response(code: Option<i32>, http: Option<HttpResponse>) -> CheckResponse {
+        CheckResponse {
+            status: code.map(|code| rpc::Status {
+                code,
+                ..Default::default()
+            }),
+            http_response: http,
+            ..Default::default()
+        }
+    }
+
+    fn ok() -> Option<HttpResponse> {
+        Some(HttpResponse::OkResponse(OkHttpResponse::default()))
+    }
+
+    fn denied(status: Option<i32>) -> Option<HttpResponse> {
+        Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+            status: status.map(|code| HttpStatus { code }),
+            ..Default::default()
+        }))
+    }
+
+    #[test]
+    fn an_allow_is_grpc_ok_and_an_ok_response() {
+        assert_eq!(Answer::from(response(Some(0), ok())).status, 200);
+        // Envoy reads a missing status as OK
+        assert_eq!(Answer::from(response(None, ok())).status, 200);
+    }
+
+    #[test]
+    fn a_deny_is_a_non_ok_code_and_a_denied_response() {
+        let a = Answer::from(response(Some(16), denied(Some(302))));
+        assert_eq!((a.grpc_code, a.status), (16, 302));
+    }
+
+    #[test]
+    #[should_panic(expected = "an OkResponse with gRPC code 7")]
+    fn an_ok_response_with_a_non_ok_code_is_refused() {
+        Answer::from(response(Some(7), ok()));
+    }
+
+    #[test]
+    #[should_panic(expected = "a DeniedResponse with gRPC OK")]
+    fn a_denied_response_with_grpc_ok_is_refused() {
+        Answer::from(response(Some(0), denied(Some(401))));
+    }
+
+    #[test]
+    #[should_panic(expected = "a DeniedResponse with gRPC OK")]
+    fn a_denied_response_without_a_status_is_refused() {
+        Answer::from(response(None, denied(Some(403))));
+    }
+
+    #[test]
+    #[should_panic(expected = "a deny must name a non-2xx HTTP status")]
+    fn a_deny_with_a_2xx_status_is_refused() {
+        Answer::from(response(Some(7), denied(Some(200))));
+    }
+
+    #[test]
+    #[should_panic(expected = "a deny must name a non-2xx HTTP status")]
+    fn a_deny_without_an_http_status_is_refused() {
+        Answer::from(response(Some(7), denied(None)));
+    }
+
+    #[test]
+    #[should_panic(expected = "no http_response")]
+    fn an_answer_without_an_http_response_is_refused() {
+        Answer::from(response(Some(0), None));
+    }
+}

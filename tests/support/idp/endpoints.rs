@@ -122,7 +122,7 @@ fn pct_decode(s: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The token endpoint: client credentials only, Okta-style answers.
+/// The token endpoint: client credentials, authorization code (with PKCE) and refresh grants, Okta-style answers.
 async fn token(
     State(s): State<Arc<IdpState>>,
     headers: axum::http::HeaderMap,
