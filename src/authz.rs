@@ -18,13 +18,13 @@ use crate::flow::bearer::{BearerError, BearerVerifier, Verified};
 use crate::flow::client_credentials::{self, CcError, ClientCredentials, Refusal};
 use crate::flow::introspection::{IntrospectionError, Introspector};
 use crate::flow::session::{
-    CookieAttrs, CookieCodec, EndedSessions, MemoryEndedSessions, RequestCookies,
-    clear_cookie_headers,
+    CookieAttrs, EndedSessions, MemoryEndedSessions, RequestCookies, clear_cookie_headers,
 };
 use crate::flow::{Credential, authorization};
 use crate::policy::access::{claim_header_value, claim_value};
 use crate::provider::{IdpError, Provider, http_client};
 use crate::request::CheckView;
+use crate::rng::Rng;
 use crate::telemetry::{DecisionCounters, Metrics};
 
 /// Logout revocations that may run at once per provider.
@@ -38,8 +38,6 @@ pub struct Authorizer {
     bearer: BearerVerifier,
     cc: ClientCredentials,
     introspector: Introspector,
-    /// Session cookie codecs, aligned with `config.policies` (None: no login on that policy).
-    codecs: Vec<Option<CookieCodec>>,
     /// Decision counters per policy, resolved at start.
     decisions: DecisionCounters,
     /// Opened and verified session cookies by a hash of (policy, cookie value).
@@ -52,6 +50,8 @@ pub struct Authorizer {
     /// `MAX_REVOCATIONS_PER_PROVIDER` each: a slow provider cannot pile up revocation tasks.
     revocations: Vec<Arc<tokio::sync::Semaphore>>,
     clock: Arc<dyn Clock>,
+    /// The login's state, nonce, PKCE verifier and session ids.
+    rng: Arc<dyn Rng>,
     metrics: Arc<Metrics>,
 }
 
@@ -155,7 +155,13 @@ impl Outcome {
 
 impl Authorizer {
     /// Builds the authorizer: one HTTP client and one provider object per configured provider (nothing fetched yet).
-    pub fn new(config: Config, metrics: Arc<Metrics>, clock: Arc<dyn Clock>) -> Self {
+    /// Token and session times are checked against `clock`; the login's random values come from `rng`.
+    pub fn new(
+        config: Config,
+        metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
+        rng: Arc<dyn Rng>,
+    ) -> Self {
         let http = http_client();
         let providers: Arc<[Arc<Provider>]> = config
             .providers
@@ -173,15 +179,6 @@ impl Authorizer {
             cc: ClientCredentials::new(10_000, &config.providers, clock.clone(), metrics.clone()),
             introspector: Introspector::new(100_000, clock.clone(), metrics.clone()),
             decisions: metrics.decision_counters(config.policies.iter().map(|p| p.name.as_str())),
-            codecs: config
-                .policies
-                .iter()
-                .map(|p| {
-                    p.login
-                        .as_ref()
-                        .and_then(|_| CookieCodec::new(&p.session_secrets).ok())
-                })
-                .collect(),
             sessions: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(std::time::Duration::from_secs(120))
@@ -193,6 +190,7 @@ impl Authorizer {
                 .map(|_| Arc::new(tokio::sync::Semaphore::new(MAX_REVOCATIONS_PER_PROVIDER)))
                 .collect(),
             clock,
+            rng,
             config: Arc::new(config),
             providers,
             metrics,
@@ -369,15 +367,6 @@ impl Authorizer {
         }
     }
 
-    fn codec(&self, policy: &Policy) -> Option<&CookieCodec> {
-        let i = self
-            .config
-            .policies
-            .iter()
-            .position(|p| std::ptr::eq(p, policy))?;
-        self.codecs.get(i)?.as_ref()
-    }
-
     /// The browser part of a login policy: callback, logout, session, or the redirect to log in. `None` when the
     /// request is not for it (a bearer token, client credentials), so the token methods decide.
     async fn check_login(
@@ -387,13 +376,13 @@ impl Authorizer {
         view: &CheckView<'_>,
     ) -> Option<Outcome> {
         let settings = policy.login.as_ref()?;
-        let codec = self.codec(policy)?;
         let login = Login {
             policy,
             settings,
-            codec,
+            codec: &settings.codec,
             provider,
             clock: &self.clock,
+            rng: self.rng.as_ref(),
         };
         let cookie_headers: Vec<&str> =
             view.header_values("cookie").into_iter().flatten().collect();
@@ -890,6 +879,7 @@ mod tests {
     use super::*;
     use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
     use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+    use sha2::{Digest, Sha256};
 
     fn request(headers: &[(&str, &str)]) -> CheckRequest {
         CheckRequest {
@@ -955,5 +945,82 @@ upstream_headers_names = ["x-user"]
         removed.sort();
         assert_eq!(removed, vec!["x-id-token", "x_id_token", "x_user"]);
         assert_eq!(allowed.set_headers.len(), 1);
+    }
+
+    /// With a predictable `Rng`, a browser without a session is sent to the provider carrying exactly the state,
+    /// nonce and S256 challenge drawn from its bytes (32 each: state, nonce, verifier), and the login cookie keeps
+    /// that verifier for the callback. No network: the provider has its endpoints configured and an issuer that
+    /// is no URL, so there is no discovery document to fetch.
+    #[tokio::test]
+    async fn login_redirect_carries_the_values_of_the_rng() {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+        use crate::clock::ManualClock;
+        use crate::rng::SequenceRng;
+
+        let mut cfg = Config::from_toml(
+            r#"
+[providers.p]
+issuer = "https://idp.example.com"
+client_id = "app"
+client_secret = "app-secret"
+jwks_uri = "https://idp.example.com/keys"
+authorization_endpoint = "https://idp.example.com/authorize"
+[policies.web]
+provider = "p"
+auth_methods = ["authorization_code", "session"]
+redirect_uri = "https://app.example.com/cb"
+session_secret = "fJfkZusK6AM6PHtnD6Ew4TnBmJQNhuiVxOTv7w0voXg="
+[[routes]]
+path_prefix = "/"
+policy = "web"
+"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut provider = cfg.providers[0].clone();
+        provider.issuer = "offline".into();
+        cfg.providers = Arc::from(vec![provider]);
+        let codec = cfg.policies[0]
+            .login
+            .as_ref()
+            .map(|l| l.codec.clone())
+            .expect("a login policy");
+        let authz = Authorizer::new(
+            cfg,
+            Arc::new(Metrics::new()),
+            Arc::new(ManualClock::new(1_700_000_000)),
+            Arc::new(SequenceRng::new(7)),
+        );
+        let req = request(&[("accept", "text/html")]);
+        let Decision::Redirect(r) = authz.check(&CheckView::new(&req)).await else {
+            panic!("not a redirect")
+        };
+
+        let bytes: Vec<u8> = (0..96u8).map(|i| 7u8.wrapping_add(i)).collect();
+        let state = URL_SAFE_NO_PAD.encode(&bytes[..32]);
+        let nonce = URL_SAFE_NO_PAD.encode(&bytes[32..64]);
+        let verifier = URL_SAFE_NO_PAD.encode(&bytes[64..]);
+        let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+        let location = url::Url::parse(&r.location).unwrap();
+        assert_eq!(location.path(), "/authorize");
+        let q: std::collections::HashMap<String, String> =
+            location.query_pairs().into_owned().collect();
+        assert_eq!(q["state"], state);
+        assert_eq!(q["nonce"], nonce);
+        assert_eq!(q["code_challenge"], challenge);
+        assert_eq!(q["code_challenge_method"], "S256");
+
+        let sealed = r
+            .set_cookies
+            .iter()
+            .find_map(|c| c.strip_prefix(&format!("{LOGIN_COOKIE}=")))
+            .and_then(|c| c.split(';').next())
+            .unwrap();
+        let login: Value =
+            serde_json::from_slice(&codec.open(LOGIN_COOKIE, sealed).unwrap()).unwrap();
+        assert_eq!(login["state"], state.as_str());
+        assert_eq!(login["nonce"], nonce.as_str());
+        assert_eq!(login["verifier"], verifier.as_str());
     }
 }

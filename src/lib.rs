@@ -13,19 +13,21 @@
 //!    [`flow::authcode`] with its encrypted cookies in [`flow::session`];
 //! 3. applies [`policy::access`] (scopes, groups, roles, audience, Kong semantics);
 //! 4. builds the upstream headers (and strips every client-sent spelling of them), then returns a
-//!    [`decision::Decision`], which [`decision`] alone turns into a `CheckResponse`.
+//!    [`decision::Decision`], which the [`envoy`] adapter alone turns into a `CheckResponse`.
 //!
-//! [`config`] turns figment input into validated types once; [`telemetry`] holds logs and metrics; [`clock`] is
-//! the time seam for tests.
+//! [`config`] turns figment input into validated types once; [`telemetry`] holds logs and metrics; [`clock`] and
+//! [`rng`] are the time and randomness seams for tests.
 
 pub mod authz;
 pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod decision;
+pub mod envoy;
 pub mod flow;
 pub mod policy;
 pub mod provider;
 pub mod request;
+pub mod rng;
 pub mod server;
 pub mod telemetry;

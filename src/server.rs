@@ -21,7 +21,9 @@ use tonic::{Request, Response, Status};
 use crate::authz::Authorizer;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::envoy::check_response;
 use crate::request::CheckView;
+use crate::rng::SystemRng;
 use crate::telemetry::Metrics;
 
 /// The ext_authz gRPC service: a thin adapter over [`Authorizer`].
@@ -46,7 +48,7 @@ impl Authorization for CheckService {
         let req = request.into_inner();
         let view = CheckView::new(&req);
         let decision = self.authorizer.check(&view).await;
-        Ok(Response::new(decision.into_response()))
+        Ok(Response::new(check_response(decision)))
     }
 }
 
@@ -105,7 +107,12 @@ impl Server {
                 source,
             })?;
         let metrics = Arc::new(Metrics::new());
-        let authorizer = Arc::new(Authorizer::new(config, metrics.clone(), clock));
+        let authorizer = Arc::new(Authorizer::new(
+            config,
+            metrics.clone(),
+            clock,
+            Arc::new(SystemRng),
+        ));
         Ok(Server {
             grpc,
             admin,

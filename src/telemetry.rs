@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::config::LogFormat;
+use crate::config::{AuthMethod, LogFormat};
 
 /// Installs the global tracing subscriber (`RUST_LOG` filters; default `info`). Safe to call twice.
 pub fn init_logging(format: LogFormat) {
@@ -39,15 +39,16 @@ pub struct DecisionLabels {
     pub result: &'static str,
 }
 
-/// The `method` label values, `-` first (no method reached).
-const METHODS: [&str; 6] = [
-    "-",
-    "bearer",
-    "introspection",
-    "client_credentials",
-    "authorization_code",
-    "session",
-];
+/// The `method` label values: `-` first (no method reached), then the names of [`AuthMethod::ALL`].
+const METHODS: [&str; 1 + AuthMethod::ALL.len()] = {
+    let mut out = ["-"; 1 + AuthMethod::ALL.len()];
+    let mut i = 0;
+    while i < AuthMethod::ALL.len() {
+        out[i + 1] = AuthMethod::ALL[i].1;
+        i += 1;
+    }
+    out
+};
 /// The `result` label values.
 const RESULTS: [&str; 6] = [
     "allow",

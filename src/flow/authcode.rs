@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -26,6 +25,7 @@ use crate::flow::session::{
 use crate::provider::token::{TokenAnswer, TokenResponse};
 use crate::provider::{IdpError, Provider};
 use crate::request::CheckView;
+use crate::rng::Rng;
 
 /// Name of the short-lived login cookie.
 pub const LOGIN_COOKIE: &str = "oidc_authz_login";
@@ -171,9 +171,9 @@ impl std::fmt::Debug for OpenedSession {
     }
 }
 
-fn random_b64(n: usize) -> String {
+fn random_b64(rng: &dyn Rng, n: usize) -> String {
     let mut b = vec![0u8; n];
-    rand::rng().fill_bytes(&mut b);
+    rng.fill(&mut b);
     URL_SAFE_NO_PAD.encode(b)
 }
 
@@ -254,6 +254,8 @@ pub struct Login<'a> {
     pub provider: &'a Provider,
     /// The clock.
     pub clock: &'a Arc<dyn Clock>,
+    /// Where the state, nonce, PKCE verifier and session id come from.
+    pub rng: &'a dyn Rng,
 }
 
 impl Login<'_> {
@@ -287,9 +289,9 @@ impl Login<'_> {
             .client_id
             .clone()
             .ok_or(IdpError::NoEndpoint("client_id"))?;
-        let state = random_b64(32);
-        let nonce = random_b64(32);
-        let verifier = random_b64(32);
+        let state = random_b64(self.rng, 32);
+        let nonce = random_b64(self.rng, 32);
+        let verifier = random_b64(self.rng, 32);
         let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
         let mut scopes = self.policy.scopes.clone();
         if !scopes.iter().any(|s| s == "openid") {
@@ -392,7 +394,7 @@ impl Login<'_> {
         self.verify_id_token(&id_token, &login.nonce).await?;
         let now = self.clock.now();
         let data = SessionData {
-            sid: random_b64(16),
+            sid: random_b64(self.rng, 16),
             provider: self.provider.name().to_string(),
             at_exp: now.saturating_add(tokens.expires_in()),
             at: tokens.access_token,

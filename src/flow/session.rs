@@ -9,13 +9,13 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use cookie::{Cookie, SameSite};
-use rand::RngCore as _;
 
 use futures::future::BoxFuture;
 
 use crate::cache::{self, Expires, Lifetime};
 use crate::clock::Clock;
 use crate::config::Secret;
+use crate::rng::{Rng as _, SystemRng};
 
 /// Length of the random AES-GCM nonce that starts every sealed value.
 const NONCE_LEN: usize = 12;
@@ -71,8 +71,9 @@ impl CookieCodec {
     /// base64url-no-pad( 12-byte random nonce || ciphertext+tag ), with the cookie `name` as AAD (a value moved to
     /// another cookie name does not open).
     pub fn seal(&self, name: &str, plaintext: &[u8]) -> String {
+        // Always the system's CSPRNG, never an injected `Rng`: a nonce repeated under one key breaks AES-GCM.
         let mut nonce = [0u8; NONCE_LEN];
-        rand::rng().fill_bytes(&mut nonce);
+        SystemRng.fill(&mut nonce);
         let payload = Payload {
             msg: plaintext,
             aad: name.as_bytes(),

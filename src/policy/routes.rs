@@ -94,8 +94,6 @@ pub struct Route {
     pub methods: Vec<Method>,
     /// Index of the policy in [`crate::config::Config::policies`].
     pub policy: usize,
-    /// The policy's name, for logs.
-    pub policy_name: String,
 }
 
 type Rank = ((u8, usize), (u8, usize), u8);
@@ -187,7 +185,6 @@ mod tests {
                 .map(|m| Method::from_bytes(m.as_bytes()).unwrap())
                 .collect(),
             policy,
-            policy_name: format!("p{policy}"),
         }
     }
 

@@ -2,15 +2,13 @@
 //! negative cache), the answers (401 with Basic challenge, invalid_client, 403, 503) and what goes upstream; the
 //! lock-out of a client id after repeated refusals and the grant bucket per provider.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use oidc_authz::clock::ManualClock;
 
-use support::*;
+use crate::support::*;
 
 fn auth_header(a: &Answer) -> &str {
     a.header("authorization").unwrap_or_default()

@@ -1,14 +1,13 @@
 //! The identity provider failing in every way it can: down, slow, garbage, rotated keys, wrong issuer; and the
 //! JWKS cache coalescing and rate-limiting refetches. Never an allow by accident, never a gRPC error.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use oidc_authz::clock::ManualClock;
 use serde_json::json;
-use support::*;
+
+use crate::support::*;
 
 #[tokio::test]
 async fn idp_down_at_start_gives_503_then_recovers() {

@@ -1,566 +1,40 @@
-//! Configuration: figment (file + `OIDC_AUTHZ_` env) -> raw serde structs -> one validated, typed [`Config`].
-//!
-//! Everything that can be checked at load time is checked here (URLs parsed, regexes compiled, header names
-//! validated, names cross-referenced), and every problem is collected so that `check-config` lists them all.
+//! The rules from the raw serde shapes to the validated model: every value checked, names cross-referenced,
+//! regexes compiled and cookie codecs keyed once, and every problem collected with its key path.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use figment::Figment;
-use figment::providers::{Format, Toml, Yaml};
 use figment::value::Value;
 use http::HeaderName;
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use url::Url;
 
+use super::model::{
+    AuthMethod, ClaimsSource, Config, LogFormat, LoginSettings, Policy, ProviderConfig, Secret,
+    ServerConfig, TokenEndpointAuth, UpstreamHeader,
+};
+use super::raw::{RawPolicy, RawProvider, RawRoute, RawServer, SecretList};
+use super::{ConfigError, is_secret_key};
+use crate::flow::session::CookieCodec;
 use crate::policy::access::{AccessRules, Requirement};
 use crate::policy::routes::{HostMatch, PathMatch, Route, RouteTable};
 
-/// Environment variable that may name the config file.
-pub const CONFIG_ENV: &str = "OIDC_AUTHZ_CONFIG";
-/// Prefix of environment overrides (`OIDC_AUTHZ_PROVIDERS__OKTA__CLIENT_SECRET`).
-pub const ENV_PREFIX: &str = "OIDC_AUTHZ_";
-
-/// The largest accepted bearer token, in bytes; anything longer is refused unparsed.
-pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
-
-// ---------------------------------------------------------------------------------------------
-// Secrets
-// ---------------------------------------------------------------------------------------------
-
-/// A secret string: never printed by `Debug` or `Display`.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-    /// The secret in clear, for the one place that must send it.
-    pub fn expose(&self) -> &str {
-        &self.0
+/// Validates a whole configuration: the typed [`Config`], or every problem found.
+pub(super) fn config(value: &Value) -> Result<Config, Vec<ConfigError>> {
+    let mut v = Validator::default();
+    match v.config(value) {
+        Some(cfg) if v.errors.is_empty() => Ok(cfg),
+        _ => Err(v.errors),
     }
 }
 
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret([redacted])")
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Errors
-// ---------------------------------------------------------------------------------------------
-
-/// One problem found in the configuration. `kind()` names the class for tests and tooling.
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-pub enum ConfigError {
-    /// The file could not be read or parsed at all.
-    #[error("cannot load configuration: {0}")]
-    Load(String),
-    /// A key that no part of the configuration knows.
-    #[error("unknown key `{0}`")]
-    UnknownKey(String),
-    /// A value has the wrong type or a required field is absent.
-    #[error("{section}: {message}")]
-    Invalid { section: String, message: String },
-    /// A required field is missing.
-    #[error("{section}: missing `{field}`")]
-    Missing {
-        section: String,
-        field: &'static str,
-    },
-    /// A policy names a provider that is not configured.
-    #[error("{section}: unknown provider `{name}`")]
-    UnknownProvider { section: String, name: String },
-    /// A route or default names a policy that is not configured.
-    #[error("{section}: unknown policy `{name}`")]
-    UnknownPolicy { section: String, name: String },
-    /// An auth method that oidc-authz does not know.
-    #[error(
-        "{section}: unknown auth method `{name}` (known: bearer, introspection, client_credentials, authorization_code, session)"
-    )]
-    UnknownAuthMethod { section: String, name: String },
-    /// `upstream_headers_claims` and `upstream_headers_names` differ in length.
-    #[error(
-        "{section}: upstream_headers_claims has {claims} entries but upstream_headers_names has {names}"
-    )]
-    HeaderLengthMismatch {
-        section: String,
-        claims: usize,
-        names: usize,
-    },
-    /// Not a valid HTTP header name.
-    #[error("{section}: `{name}` is not a valid header name")]
-    BadHeaderName { section: String, name: String },
-    /// Not a valid URL (or not http/https).
-    #[error("{section}: `{field}` is not a valid http(s) URL: {reason}")]
-    BadUrl {
-        section: String,
-        field: &'static str,
-        reason: String,
-    },
-    /// A `path_regex` that does not compile.
-    #[error("{section}: bad path_regex: {reason}")]
-    BadRegex { section: String, reason: String },
-    /// A listen address that is not `ip:port`.
-    #[error("server: `{field}` is not an ip:port address: {value}")]
-    BadAddr { field: &'static str, value: String },
-    /// A secret file that cannot be read.
-    #[error("{section}: cannot read client_secret_file {path}: {reason}")]
-    SecretFile {
-        section: String,
-        path: String,
-        reason: String,
-    },
-    /// Two settings that cannot both be given, or a value out of range.
-    #[error("{section}: {message}")]
-    Conflict { section: String, message: String },
-    /// A token policy on a provider without `audiences`: it would accept every token of the issuer.
-    #[error(
-        "{section}: provider `{provider}` has no `audiences`, so this policy would accept any token of the issuer, including tokens meant for other applications; list the accepted `aud` values in providers.{provider}.audiences, or set allow_any_audience = true on the policy"
-    )]
-    NoAudiences { section: String, provider: String },
-}
-
-impl ConfigError {
-    /// A short stable name for the class of error.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ConfigError::Load(_) => "load",
-            ConfigError::UnknownKey(_) => "unknown_key",
-            ConfigError::Invalid { .. } => "invalid_value",
-            ConfigError::Missing { .. } => "missing_field",
-            ConfigError::UnknownProvider { .. } => "unknown_provider",
-            ConfigError::UnknownPolicy { .. } => "unknown_policy",
-            ConfigError::UnknownAuthMethod { .. } => "unknown_auth_method",
-            ConfigError::HeaderLengthMismatch { .. } => "header_length_mismatch",
-            ConfigError::BadHeaderName { .. } => "bad_header_name",
-            ConfigError::BadUrl { .. } => "bad_url",
-            ConfigError::BadRegex { .. } => "bad_regex",
-            ConfigError::BadAddr { .. } => "bad_addr",
-            ConfigError::SecretFile { .. } => "secret_file",
-            ConfigError::Conflict { .. } => "conflict",
-            ConfigError::NoAudiences { .. } => "no_audiences",
-        }
-    }
-}
-
-/// Every problem found in one configuration.
-#[derive(Debug, thiserror::Error)]
-pub struct InvalidConfig(pub Vec<ConfigError>);
-
-impl fmt::Display for InvalidConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "invalid configuration ({} error(s)):", self.0.len())?;
-        for e in &self.0 {
-            writeln!(f, "  - {e}")?;
-        }
-        Ok(())
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Raw (serde) shapes
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Deserialize, Default)]
-struct RawServer {
-    grpc_addr: Option<String>,
-    admin_addr: Option<String>,
-    log_format: Option<String>,
-    token_cache_entries: Option<u64>,
-    shutdown_grace_secs: Option<u64>,
-    check_timeout_ms: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct RawProvider {
-    issuer: Option<String>,
-    client_id: Option<String>,
-    client_secret: Option<Secret>,
-    client_secret_file: Option<PathBuf>,
-    #[serde(default)]
-    audiences: Vec<String>,
-    jwks_uri: Option<String>,
-    token_endpoint: Option<String>,
-    introspection_endpoint: Option<String>,
-    authorization_endpoint: Option<String>,
-    end_session_endpoint: Option<String>,
-    leeway_secs: Option<u64>,
-    http_timeout_ms: Option<u64>,
-    jwks_refresh_secs: Option<u64>,
-    jwks_min_refetch_secs: Option<u64>,
-    token_endpoint_auth_method: Option<String>,
-    client_lockout_threshold: Option<u32>,
-    client_lockout_secs: Option<u64>,
-    client_credentials_rate: Option<u32>,
-    client_credentials_burst: Option<u32>,
-}
-
-#[derive(Deserialize)]
-struct RawPolicy {
-    provider: Option<String>,
-    #[serde(default)]
-    auth_methods: Vec<String>,
-    scopes_claim: Option<Vec<String>>,
-    #[serde(default)]
-    scopes_required: Vec<String>,
-    groups_claim: Option<Vec<String>>,
-    #[serde(default)]
-    groups_required: Vec<String>,
-    roles_claim: Option<Vec<String>>,
-    #[serde(default)]
-    roles_required: Vec<String>,
-    audience_claim: Option<Vec<String>>,
-    #[serde(default)]
-    audience_required: Vec<String>,
-    #[serde(default)]
-    upstream_headers_claims: Vec<String>,
-    #[serde(default)]
-    upstream_headers_names: Vec<String>,
-    #[serde(default)]
-    introspect_jwt_tokens: bool,
-    #[serde(default)]
-    allow_any_audience: bool,
-    cache_introspection_secs: Option<u64>,
-    cache_ttl_neg_secs: Option<u64>,
-    #[serde(default)]
-    scopes: Vec<String>,
-    redirect_uri: Option<String>,
-    logout_path: Option<String>,
-    session_secret: Option<SecretList>,
-    #[serde(default)]
-    client_credentials_param_type: Vec<String>,
-    client_arg: Option<String>,
-    client_secret_arg: Option<String>,
-    session_cookie_name: Option<String>,
-    session_idle_timeout_secs: Option<u64>,
-    session_absolute_timeout_secs: Option<u64>,
-    refresh_leeway_secs: Option<u64>,
-    post_logout_redirect_uri: Option<String>,
-    session_claims_source: Option<Vec<String>>,
-    upstream_access_token: Option<bool>,
-    upstream_id_token_header: Option<String>,
-    logout_methods: Option<Vec<String>>,
-    logout_revoke: Option<bool>,
-}
-
-/// `session_secret` may be one secret or a list (newest first).
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum SecretList {
-    One(Secret),
-    Many(Vec<Secret>),
-}
-
-#[derive(Deserialize)]
-struct RawRoute {
-    #[serde(default)]
-    hosts: Vec<String>,
-    path_prefix: Option<String>,
-    path_exact: Option<String>,
-    path_regex: Option<String>,
-    #[serde(default)]
-    methods: Vec<String>,
-    policy: Option<String>,
-}
-
-// ---------------------------------------------------------------------------------------------
-// Validated shapes
-// ---------------------------------------------------------------------------------------------
-
-/// Output format of the log lines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// One JSON object per line (default; for log pipelines).
-    Json,
-    /// Human-friendly lines.
-    Pretty,
-}
-
-/// Listener and process settings.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// Where the ext_authz gRPC service and grpc.health.v1 listen.
-    pub grpc_addr: SocketAddr,
-    /// Where /healthz, /readyz and /metrics listen.
-    pub admin_addr: SocketAddr,
-    /// Log line format.
-    pub log_format: LogFormat,
-    /// Bound on verified tokens kept in memory (0 disables the cache: every request checks a signature).
-    pub token_cache_entries: u64,
-    /// How long in-flight Checks may take to finish after a shutdown signal.
-    pub shutdown_grace: Duration,
-    /// The longest one Check may take (IdP calls included) before it is answered 503; keep it below Envoy's
-    /// ext_authz timeout so the answer is always ours, never Envoy's failure mode.
-    pub check_timeout: Duration,
-}
-
-/// One OpenID provider, as configured (endpoints may still come from discovery).
-#[derive(Debug, Clone)]
-pub struct ProviderConfig {
-    /// The name under `[providers.NAME]`.
-    pub name: String,
-    /// The issuer URL exactly as tokens carry it in `iss`.
-    pub issuer: String,
-    /// This service's client at the provider (login, introspection).
-    pub client_id: Option<String>,
-    /// The secret of `client_id`, from the config, the env or `client_secret_file`.
-    pub client_secret: Option<Secret>,
-    /// Accepted `aud` values of access tokens (empty: any audience, `aud` not checked).
-    pub audiences: Vec<String>,
-    /// Endpoint overrides; each wins over discovery.
-    pub jwks_uri: Option<Url>,
-    /// Token endpoint override.
-    pub token_endpoint: Option<Url>,
-    /// Introspection endpoint override.
-    pub introspection_endpoint: Option<Url>,
-    /// Authorization endpoint override.
-    pub authorization_endpoint: Option<Url>,
-    /// End-session endpoint override.
-    pub end_session_endpoint: Option<Url>,
-    /// Clock skew allowed on exp/nbf/iat.
-    pub leeway_secs: u64,
-    /// Timeout of each HTTP call to the provider.
-    pub http_timeout: Duration,
-    /// Period of the background JWKS refresh.
-    pub jwks_refresh: Duration,
-    /// Least time between two JWKS fetches caused by an unknown `kid`.
-    pub jwks_min_refetch: Duration,
-    /// How to authenticate at the token endpoint; `None`: as discovery says (basic preferred).
-    pub token_endpoint_auth_method: Option<TokenEndpointAuth>,
-    /// This many client-credentials grants of one client id refused as `invalid_client` within `client_lockout`
-    /// lock that client id out for `client_lockout` (0: never).
-    pub client_lockout_threshold: u32,
-    /// The window in which refusals are counted, and how long a lock-out lasts.
-    pub client_lockout: Duration,
-    /// Client-credentials grants per second sent to the token endpoint, across every client.
-    pub client_credentials_rate: u32,
-    /// Grants that may be sent at once before `client_credentials_rate` applies.
-    pub client_credentials_burst: u32,
-}
-
-/// Client authentication at the token and introspection endpoints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenEndpointAuth {
-    /// `Authorization: Basic` (RFC 6749 2.3.1).
-    ClientSecretBasic,
-    /// `client_id` and `client_secret` in the form body.
-    ClientSecretPost,
-}
-
-/// The auth methods of Kong's `auth_methods`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum AuthMethod {
-    /// `Authorization: Bearer <JWT>` verified locally.
-    Bearer,
-    /// RFC 7662 token introspection.
-    Introspection,
-    /// Client credentials grant from `Authorization: Basic`.
-    ClientCredentials,
-    /// Browser login.
-    AuthorizationCode,
-    /// Session cookie.
-    Session,
-}
-
-impl AuthMethod {
-    /// The name used in config, metrics and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuthMethod::Bearer => "bearer",
-            AuthMethod::Introspection => "introspection",
-            AuthMethod::ClientCredentials => "client_credentials",
-            AuthMethod::AuthorizationCode => "authorization_code",
-            AuthMethod::Session => "session",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "bearer" => AuthMethod::Bearer,
-            "introspection" => AuthMethod::Introspection,
-            "client_credentials" => AuthMethod::ClientCredentials,
-            "authorization_code" => AuthMethod::AuthorizationCode,
-            "session" => AuthMethod::Session,
-            _ => return None,
-        })
-    }
-}
-
-/// One claim copied into one upstream header.
-#[derive(Debug, Clone)]
-pub struct UpstreamHeader {
-    /// Claim path (nested object keys).
-    pub claim: Vec<String>,
-    /// Header to set (lower-case).
-    pub name: HeaderName,
-}
-
-/// A named policy: how to authenticate, what to require, what to inject.
-#[derive(Debug, Clone)]
-pub struct Policy {
-    /// The name under `[policies.NAME]`.
-    pub name: String,
-    /// Index into [`Config::providers`].
-    pub provider: usize,
-    /// Accepted ways to authenticate, in config order.
-    pub auth_methods: Vec<AuthMethod>,
-    /// Claim requirements (scopes, groups, roles, audience).
-    pub access: AccessRules,
-    /// Claims to inject as upstream headers.
-    pub upstream_headers: Vec<UpstreamHeader>,
-    /// Send JWTs to introspection too (otherwise verified locally).
-    pub introspect_jwt_tokens: bool,
-    /// The policy accepts tokens for any audience: its provider may have no `audiences` (otherwise a config
-    /// error for a policy allowing `bearer` or `introspection`).
-    pub allow_any_audience: bool,
-    /// Positive introspection cache lifetime (0 = ask every time).
-    pub cache_introspection_secs: u64,
-    /// Negative introspection cache lifetime.
-    pub cache_ttl_neg_secs: u64,
-    /// Scopes requested at login and in client credentials.
-    pub scopes: Vec<String>,
-    /// Login callback URL.
-    pub redirect_uri: Option<Url>,
-    /// Path that logs the user out.
-    pub logout_path: Option<String>,
-    /// Session cookie keys, newest first.
-    pub session_secrets: Vec<Secret>,
-    /// Client credentials may also come from these request headers (Kong's `client_credentials_param_type =
-    /// ["header"]` with `client_arg` / `client_secret_arg`); `None`: only `Authorization: Basic`.
-    pub client_credential_headers: Option<(HeaderName, HeaderName)>,
-    /// Browser login and sessions (present when the policy allows `authorization_code` or `session`).
-    pub login: Option<LoginSettings>,
-    /// Every request header this policy sets or promises to control upstream (claim headers, `authorization`
-    /// when it sends one, the ID-token and client-credential headers), lower case: on an allow, a client-sent
-    /// header spelled like one of these (any case, `_` for `-`) never reaches the upstream.
-    pub controlled_headers: Vec<HeaderName>,
-}
-
-/// Where a session's claims come from, in order of precedence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClaimsSource {
-    /// The access token's claims (when it is a JWT).
-    AccessToken,
-    /// The ID token's claims.
-    IdToken,
-}
-
-/// Settings of the browser login and its session.
-#[derive(Debug, Clone)]
-pub struct LoginSettings {
-    /// The callback URL registered at the provider; its path is the callback path.
-    pub redirect_uri: Url,
-    /// Name of the session cookie (chunks get `_0`, `_1`, ...).
-    pub cookie_name: String,
-    /// A session unused this long ends.
-    pub idle_timeout: u64,
-    /// A session ends this long after login, whatever happens.
-    pub absolute_timeout: u64,
-    /// Refresh the access token when it has less than this many seconds left.
-    pub refresh_leeway: u64,
-    /// Where the provider sends the browser after logout.
-    pub post_logout_redirect_uri: Option<Url>,
-    /// Claims precedence for access control and headers.
-    pub claims_source: Vec<ClaimsSource>,
-    /// Send the session's access token upstream as `Authorization: Bearer`.
-    pub upstream_access_token: bool,
-    /// Send the session's ID token upstream in this header.
-    pub upstream_id_token_header: Option<HeaderName>,
-    /// Request methods that log out at `logout_path` (Kong's `logout_methods`; upper case). GET is honoured only
-    /// for a same-origin navigation.
-    pub logout_methods: Vec<String>,
-    /// Revoke the session's refresh and access tokens at the provider's `revocation_endpoint` at logout.
-    pub logout_revoke: bool,
-}
-
-impl Policy {
-    /// Whether the policy accepts a method.
-    pub fn allows(&self, m: AuthMethod) -> bool {
-        self.auth_methods.contains(&m)
-    }
-}
-
-/// The whole validated configuration.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Listeners and process settings.
-    pub server: ServerConfig,
-    /// Providers, ordered by name.
-    pub providers: Arc<[ProviderConfig]>,
-    /// Policies, ordered by name.
-    pub policies: Arc<[Policy]>,
-    /// Routes used when Envoy names no policy.
-    pub routes: RouteTable,
-    /// Things that are allowed but probably wrong (printed by `check-config`, logged at start).
-    pub warnings: Vec<String>,
-}
-
-impl Config {
-    /// The policy with this name.
-    pub fn policy_index(&self, name: &str) -> Option<usize> {
-        self.policies.iter().position(|p| p.name == name)
-    }
-
-    /// Loads a config file (TOML or YAML by extension) plus `OIDC_AUTHZ_` env overrides.
-    pub fn load(path: &Path) -> Result<Config, InvalidConfig> {
-        let vars = std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-        Self::load_with_env(path, vars)
-    }
-
-    /// Loads a config file plus overrides from these environment variables (`load` passes the process's).
-    pub fn load_with_env(
-        path: &Path,
-        vars: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Config, InvalidConfig> {
-        let mut figment = match path.extension().and_then(|e| e.to_str()) {
-            Some("yaml") | Some("yml") => Figment::from(Yaml::file_exact(path)),
-            _ => Figment::from(Toml::file_exact(path)),
-        };
-        for (key, value) in env_overrides(vars) {
-            figment = figment.merge(figment::providers::Serialized::default(&key, value));
-        }
-        Self::from_figment(figment)
-    }
-
-    /// Parses a TOML string (no env overrides); for tests and examples.
-    pub fn from_toml(text: &str) -> Result<Config, InvalidConfig> {
-        Self::from_figment(Figment::from(Toml::string(text)))
-    }
-
-    /// Extracts and validates, collecting every error.
-    pub fn from_figment(figment: Figment) -> Result<Config, InvalidConfig> {
-        let value: Value = figment.extract().map_err(|e| {
-            InvalidConfig(vec![ConfigError::Load(without_source_lines(
-                &e.to_string(),
-            ))])
-        })?;
-        let mut v = Validator::default();
-        let cfg = v.config(&value);
-        match cfg {
-            Some(cfg) if v.errors.is_empty() => Ok(cfg),
-            _ => Err(InvalidConfig(v.errors)),
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Validation
-// ---------------------------------------------------------------------------------------------
-
+/// Collects errors and warnings while it builds the model.
 #[derive(Default)]
 struct Validator {
+    /// Every problem found so far, in the order found.
     errors: Vec<ConfigError>,
+    /// Things allowed but probably wrong, for [`Config::warnings`].
     warnings: Vec<String>,
 }
 
@@ -606,6 +80,7 @@ impl Validator {
         }
     }
 
+    /// The whole configuration: each top-level section, then the checks across them.
     fn config(&mut self, value: &Value) -> Option<Config> {
         let Some(root) = value.as_dict() else {
             self.err(ConfigError::Load("the configuration is not a table".into()));
@@ -621,84 +96,10 @@ impl Validator {
             None => Some(RawServer::default()),
         };
         let server = server.and_then(|s| self.server(s));
-
-        let mut providers = Vec::new();
-        let mut declared_providers = BTreeSet::new();
-        if let Some(p) = root.get("providers") {
-            match p.as_dict() {
-                Some(map) => {
-                    for (name, v) in map {
-                        declared_providers.insert(name.clone());
-                        let section = format!("providers.{name}");
-                        if let Some(raw) = self.section::<RawProvider>(&section, v)
-                            && let Some(p) = self.provider(name, &section, raw)
-                        {
-                            providers.push(p);
-                        }
-                    }
-                }
-                None => self.err(ConfigError::Invalid {
-                    section: "providers".into(),
-                    message: "must be a table of named providers".into(),
-                }),
-            }
-        }
-        providers.sort_by(|a, b| a.name.cmp(&b.name));
-        let provider_names: Vec<String> = providers.iter().map(|p| p.name.clone()).collect();
-
-        let mut policies = Vec::new();
-        let mut policy_names = BTreeSet::new();
-        if let Some(p) = root.get("policies") {
-            match p.as_dict() {
-                Some(map) => {
-                    for (name, v) in map {
-                        policy_names.insert(name.clone());
-                        let section = format!("policies.{name}");
-                        if let Some(raw) = self.section::<RawPolicy>(&section, v)
-                            && let Some(p) = self.policy(
-                                name,
-                                &section,
-                                raw,
-                                &declared_providers,
-                                &provider_names,
-                            )
-                        {
-                            policies.push(p);
-                        }
-                    }
-                }
-                None => self.err(ConfigError::Invalid {
-                    section: "policies".into(),
-                    message: "must be a table of named policies".into(),
-                }),
-            }
-        }
-        policies.sort_by(|a, b| a.name.cmp(&b.name));
-        self.shared_callbacks(&policies);
-        for p in &policies {
-            self.audiences(p, &providers);
-        }
-
-        let mut routes = Vec::new();
-        if let Some(r) = root.get("routes") {
-            match r.as_array() {
-                Some(list) => {
-                    for (i, v) in list.iter().enumerate() {
-                        let section = format!("routes[{i}]");
-                        if let Some(raw) = self.section::<RawRoute>(&section, v)
-                            && let Some(route) = self.route(&section, raw, &policy_names, &policies)
-                        {
-                            routes.push(route);
-                        }
-                    }
-                }
-                None => self.err(ConfigError::Invalid {
-                    section: "routes".into(),
-                    message: "must be an array of tables ([[routes]])".into(),
-                }),
-            }
-        }
-
+        let (providers, declared_providers) = self.providers(root.get("providers"));
+        let (policies, policy_names) =
+            self.policies(root.get("policies"), &declared_providers, &providers);
+        let routes = self.routes(root.get("routes"), &policy_names, &policies);
         if !self.errors.is_empty() {
             return None;
         }
@@ -711,6 +112,106 @@ impl Validator {
         })
     }
 
+    /// The entries of a table of named sections (`[providers.NAME]`) with their key paths; an error when it is not
+    /// a table.
+    fn named<'v>(
+        &mut self,
+        key: &str,
+        value: Option<&'v Value>,
+    ) -> Vec<(&'v String, String, &'v Value)> {
+        let Some(value) = value else {
+            return Vec::new();
+        };
+        match value.as_dict() {
+            Some(map) => map
+                .iter()
+                .map(|(name, v)| (name, format!("{key}.{name}"), v))
+                .collect(),
+            None => {
+                self.err(ConfigError::Invalid {
+                    section: key.into(),
+                    message: format!("must be a table of named {key}"),
+                });
+                Vec::new()
+            }
+        }
+    }
+
+    /// `[providers.*]`: the valid ones sorted by name, and every declared name (valid or not).
+    fn providers(&mut self, value: Option<&Value>) -> (Vec<ProviderConfig>, BTreeSet<String>) {
+        let mut providers = Vec::new();
+        let mut declared = BTreeSet::new();
+        for (name, section, v) in self.named("providers", value) {
+            declared.insert(name.clone());
+            if let Some(raw) = self.section::<RawProvider>(&section, v)
+                && let Some(p) = self.provider(name, &section, raw)
+            {
+                providers.push(p);
+            }
+        }
+        providers.sort_by(|a, b| a.name.cmp(&b.name));
+        (providers, declared)
+    }
+
+    /// `[policies.*]`: the valid ones sorted by name (checked against each other and their providers), and every
+    /// declared name.
+    fn policies(
+        &mut self,
+        value: Option<&Value>,
+        declared_providers: &BTreeSet<String>,
+        providers: &[ProviderConfig],
+    ) -> (Vec<Policy>, BTreeSet<String>) {
+        let provider_names: Vec<String> = providers.iter().map(|p| p.name.clone()).collect();
+        let mut policies = Vec::new();
+        let mut declared = BTreeSet::new();
+        for (name, section, v) in self.named("policies", value) {
+            declared.insert(name.clone());
+            if let Some(raw) = self.section::<RawPolicy>(&section, v)
+                && let Some(p) =
+                    self.policy(name, &section, raw, declared_providers, &provider_names)
+            {
+                policies.push(p);
+            }
+        }
+        policies.sort_by(|a, b| a.name.cmp(&b.name));
+        self.shared_callbacks(&policies);
+        for p in &policies {
+            self.audiences(p, providers);
+        }
+        (policies, declared)
+    }
+
+    /// `[[routes]]`, in config order.
+    fn routes(
+        &mut self,
+        value: Option<&Value>,
+        policy_names: &BTreeSet<String>,
+        policies: &[Policy],
+    ) -> Vec<Route> {
+        let mut routes = Vec::new();
+        let Some(value) = value else {
+            return routes;
+        };
+        match value.as_array() {
+            Some(list) => {
+                for (i, v) in list.iter().enumerate() {
+                    let section = format!("routes[{i}]");
+                    if let Some(raw) = self.section::<RawRoute>(&section, v)
+                        && let Some(route) = self.route(&section, raw, policy_names, policies)
+                    {
+                        routes.push(route);
+                    }
+                }
+            }
+            None => self.err(ConfigError::Invalid {
+                section: "routes".into(),
+                message: "must be an array of tables ([[routes]])".into(),
+            }),
+        }
+        routes
+    }
+
+    /// `[server]`, with its defaults.
     fn server(&mut self, raw: RawServer) -> Option<ServerConfig> {
         let mut addr = |field: &'static str, v: Option<String>, default: &str| {
             let v = v.unwrap_or_else(|| default.to_string());
@@ -745,6 +246,7 @@ impl Validator {
         })
     }
 
+    /// An optional http(s) URL with a host.
     fn url(&mut self, section: &str, field: &'static str, v: Option<String>) -> Option<Url> {
         let v = v?;
         match Url::parse(&v) {
@@ -768,6 +270,7 @@ impl Validator {
         }
     }
 
+    /// One `[providers.NAME]`, with its defaults.
     fn provider(&mut self, name: &str, section: &str, raw: RawProvider) -> Option<ProviderConfig> {
         let before = self.errors.len();
         let issuer = match raw.issuer {
@@ -925,13 +428,14 @@ impl Validator {
         }
     }
 
+    /// One claim requirement (`{field}_claim`, `{field}_required`); `None` when nothing is required.
     fn requirement(
         &mut self,
         section: &str,
         field: &str,
         claim: Option<Vec<String>>,
         default_claim: &str,
-        required: Vec<String>,
+        required: &[String],
     ) -> Option<Requirement> {
         let claim = claim.unwrap_or_else(|| vec![default_claim.to_string()]);
         if claim.is_empty() || claim.iter().any(|k| k.is_empty()) {
@@ -954,9 +458,10 @@ impl Validator {
         if required.is_empty() {
             return None;
         }
-        Some(Requirement::new(field, claim, &required))
+        Some(Requirement::new(field, claim, required))
     }
 
+    /// One `[policies.NAME]`, section by section; `None` when any section has an error (each is listed).
     fn policy(
         &mut self,
         name: &str,
@@ -966,7 +471,87 @@ impl Validator {
         providers: &[String],
     ) -> Option<Policy> {
         let before = self.errors.len();
-        let provider = match &raw.provider {
+        let provider = self.policy_provider(section, raw.provider.as_deref(), declared, providers);
+        let auth_methods = self.auth_methods(section, &raw.auth_methods);
+        let access = self.access_rules(section, &raw);
+        let upstream_headers = self.upstream_headers(
+            section,
+            &raw.upstream_headers_claims,
+            &raw.upstream_headers_names,
+        );
+        let redirect_uri = self.redirect_uri(section, raw.redirect_uri.clone());
+        self.logout_path(section, raw.logout_path.as_deref());
+        let session_secrets = match &raw.session_secret {
+            None => Vec::new(),
+            Some(SecretList::One(s)) => vec![s.clone()],
+            Some(SecretList::Many(v)) => v.clone(),
+        };
+        let needs_login = auth_methods
+            .iter()
+            .any(|m| matches!(m, AuthMethod::AuthorizationCode | AuthMethod::Session));
+        if needs_login {
+            // An earlier error (a bad redirect_uri among them) says enough.
+            if redirect_uri.is_none() && self.errors.len() == before {
+                self.err(ConfigError::Missing {
+                    section: section.into(),
+                    field: "redirect_uri",
+                });
+            }
+            if session_secrets.is_empty() {
+                self.err(ConfigError::Missing {
+                    section: section.into(),
+                    field: "session_secret",
+                });
+            }
+        }
+        let codec = self.session_codec(section, &session_secrets);
+        let client_credential_headers = self.client_credential_headers(section, &raw);
+        let login = self.login_settings(section, &raw, redirect_uri, codec, needs_login);
+        for (key, value) in [
+            ("cache_introspection_secs", raw.cache_introspection_secs),
+            ("cache_ttl_neg_secs", raw.cache_ttl_neg_secs),
+            ("refresh_leeway_secs", raw.refresh_leeway_secs),
+        ] {
+            self.at_most_a_day(section, key, value);
+        }
+        let controlled_headers = self.controlled_headers(
+            section,
+            &upstream_headers,
+            login.as_ref(),
+            client_credential_headers.as_ref(),
+            &auth_methods,
+        );
+        if self.errors.len() != before {
+            return None;
+        }
+        Some(Policy {
+            name: name.to_string(),
+            provider: provider?,
+            auth_methods,
+            access,
+            upstream_headers,
+            introspect_jwt_tokens: raw.introspect_jwt_tokens,
+            allow_any_audience: raw.allow_any_audience,
+            cache_introspection_secs: raw.cache_introspection_secs.unwrap_or(300),
+            cache_ttl_neg_secs: raw.cache_ttl_neg_secs.unwrap_or(10),
+            scopes: raw.scopes,
+            logout_path: raw.logout_path,
+            session_secrets,
+            client_credential_headers,
+            login,
+            controlled_headers,
+        })
+    }
+
+    /// The policy's provider, as an index into the valid providers sorted by name.
+    fn policy_provider(
+        &mut self,
+        section: &str,
+        provider: Option<&str>,
+        declared: &BTreeSet<String>,
+        providers: &[String],
+    ) -> Option<usize> {
+        match provider {
             None => {
                 self.err(ConfigError::Missing {
                     section: section.into(),
@@ -977,15 +562,19 @@ impl Validator {
             Some(p) if !declared.contains(p) => {
                 self.err(ConfigError::UnknownProvider {
                     section: section.into(),
-                    name: p.clone(),
+                    name: p.to_string(),
                 });
                 None
             }
             // Declared but invalid: its own errors are already listed.
             Some(p) => providers.iter().position(|n| n == p),
-        };
+        }
+    }
+
+    /// `auth_methods`: known names, duplicates dropped, config order kept; at least one.
+    fn auth_methods(&mut self, section: &str, names: &[String]) -> Vec<AuthMethod> {
         let mut auth_methods = Vec::new();
-        for m in &raw.auth_methods {
+        for m in names {
             match AuthMethod::parse(m) {
                 Some(m) if !auth_methods.contains(&m) => auth_methods.push(m),
                 Some(_) => {}
@@ -995,56 +584,50 @@ impl Validator {
                 }),
             }
         }
-        if raw.auth_methods.is_empty() {
+        if names.is_empty() {
             self.err(ConfigError::Missing {
                 section: section.into(),
                 field: "auth_methods",
             });
         }
+        auth_methods
+    }
 
+    /// The claim requirements: scopes, groups, roles, audience.
+    fn access_rules(&mut self, section: &str, raw: &RawPolicy) -> AccessRules {
         let mut reqs = Vec::new();
-        reqs.extend(self.requirement(
-            section,
-            "scopes",
-            raw.scopes_claim,
-            "scope",
-            raw.scopes_required,
-        ));
-        reqs.extend(self.requirement(
-            section,
-            "groups",
-            raw.groups_claim,
-            "groups",
-            raw.groups_required,
-        ));
-        reqs.extend(self.requirement(
-            section,
-            "roles",
-            raw.roles_claim,
-            "roles",
-            raw.roles_required,
-        ));
-        reqs.extend(self.requirement(
-            section,
-            "audience",
-            raw.audience_claim,
-            "aud",
-            raw.audience_required,
-        ));
+        for (field, claim, default_claim, required) in [
+            ("scopes", &raw.scopes_claim, "scope", &raw.scopes_required),
+            ("groups", &raw.groups_claim, "groups", &raw.groups_required),
+            ("roles", &raw.roles_claim, "roles", &raw.roles_required),
+            (
+                "audience",
+                &raw.audience_claim,
+                "aud",
+                &raw.audience_required,
+            ),
+        ] {
+            reqs.extend(self.requirement(section, field, claim.clone(), default_claim, required));
+        }
+        AccessRules::new(reqs)
+    }
 
+    /// `upstream_headers_claims` paired with `upstream_headers_names`: claim paths and lower-case header names.
+    fn upstream_headers(
+        &mut self,
+        section: &str,
+        claims: &[String],
+        names: &[String],
+    ) -> Vec<UpstreamHeader> {
         let mut upstream_headers = Vec::new();
-        if raw.upstream_headers_claims.len() != raw.upstream_headers_names.len() {
+        if claims.len() != names.len() {
             self.err(ConfigError::HeaderLengthMismatch {
                 section: section.into(),
-                claims: raw.upstream_headers_claims.len(),
-                names: raw.upstream_headers_names.len(),
+                claims: claims.len(),
+                names: names.len(),
             });
         }
-        for (claim, hname) in raw
-            .upstream_headers_claims
-            .iter()
-            .zip(&raw.upstream_headers_names)
-        {
+        for (claim, hname) in claims.iter().zip(names) {
             // Kong writes the header name as given (e.g. `Issuer_Header`); HTTP/2 and Envoy want lower case.
             match HeaderName::from_bytes(hname.to_ascii_lowercase().as_bytes()) {
                 Ok(h) if !hname.starts_with(':') && !is_hop_or_reserved(h.as_str()) => {
@@ -1069,8 +652,12 @@ impl Validator {
                 }),
             }
         }
+        upstream_headers
+    }
 
-        let redirect_uri = self.url(section, "redirect_uri", raw.redirect_uri);
+    /// The login callback URL: http(s), no user information, no fragment.
+    fn redirect_uri(&mut self, section: &str, raw: Option<String>) -> Option<Url> {
+        let redirect_uri = self.url(section, "redirect_uri", raw);
         if let Some(u) = &redirect_uri {
             if !u.username().is_empty() || u.password().is_some() {
                 self.err(ConfigError::BadUrl {
@@ -1088,7 +675,12 @@ impl Validator {
             }
             self.warn_plain_http(section, "redirect_uri", u);
         }
-        if let Some(lp) = &raw.logout_path
+        redirect_uri
+    }
+
+    /// `logout_path` is a path.
+    fn logout_path(&mut self, section: &str, logout_path: Option<&str>) {
+        if let Some(lp) = logout_path
             && !lp.starts_with('/')
         {
             self.err(ConfigError::Invalid {
@@ -1096,31 +688,15 @@ impl Validator {
                 message: format!("logout_path must start with '/', got {lp:?}"),
             });
         }
-        let session_secrets = match raw.session_secret {
-            None => Vec::new(),
-            Some(SecretList::One(s)) => vec![s],
-            Some(SecretList::Many(v)) => v,
-        };
-        let needs_login = auth_methods
-            .iter()
-            .any(|m| matches!(m, AuthMethod::AuthorizationCode | AuthMethod::Session));
-        if needs_login {
-            if redirect_uri.is_none() && self.errors.len() == before {
-                self.err(ConfigError::Missing {
-                    section: section.into(),
-                    field: "redirect_uri",
-                });
-            }
-            if session_secrets.is_empty() {
-                self.err(ConfigError::Missing {
-                    section: section.into(),
-                    field: "session_secret",
-                });
-            }
-        }
-        for (i, s) in session_secrets.iter().enumerate() {
+    }
+
+    /// Checks each session secret (base64 of 32 random bytes; a published one is a warning) and keys the cookie
+    /// codec with them: `None` when there are none or any is bad (said here, or by the caller for a missing one).
+    fn session_codec(&mut self, section: &str, secrets: &[Secret]) -> Option<CookieCodec> {
+        let before = self.errors.len();
+        for (i, s) in secrets.iter().enumerate() {
             use base64::Engine;
-            let which = if session_secrets.len() > 1 {
+            let which = if secrets.len() > 1 {
                 format!("session_secret[{i}]")
             } else {
                 "session_secret".to_string()
@@ -1146,7 +722,30 @@ impl Validator {
                 }),
             }
         }
+        if secrets.is_empty() || self.errors.len() != before {
+            return None;
+        }
+        match CookieCodec::new(secrets) {
+            Ok(codec) => Some(codec),
+            // The checks above accept only what the codec takes; this keeps a disagreement an error, never a
+            // login policy without a codec.
+            Err(e) => {
+                self.err(ConfigError::Invalid {
+                    section: section.into(),
+                    message: e.to_string(),
+                });
+                None
+            }
+        }
+    }
 
+    /// `client_credentials_param_type`: with `header`, the client id and secret may also come from the headers
+    /// `client_arg` and `client_secret_arg`.
+    fn client_credential_headers(
+        &mut self,
+        section: &str,
+        raw: &RawPolicy,
+    ) -> Option<(HeaderName, HeaderName)> {
         let mut client_credential_headers = None;
         for t in &raw.client_credentials_param_type {
             match t.as_str() {
@@ -1172,16 +771,52 @@ impl Validator {
                 }),
             }
         }
+        client_credential_headers
+    }
+
+    /// The browser login and session settings, checked on every policy; `Some` for a policy that allows
+    /// `authorization_code` or `session` and has a redirect URI and a codec (otherwise an error is listed).
+    fn login_settings(
+        &mut self,
+        section: &str,
+        raw: &RawPolicy,
+        redirect_uri: Option<Url>,
+        codec: Option<CookieCodec>,
+        needs_login: bool,
+    ) -> Option<LoginSettings> {
         let post_logout_redirect_uri = self.url(
             section,
             "post_logout_redirect_uri",
-            raw.post_logout_redirect_uri,
+            raw.post_logout_redirect_uri.clone(),
         );
+        let claims_source = self.claims_source(section, raw.session_claims_source.clone());
+        let upstream_id_token_header =
+            self.upstream_id_token_header(section, raw.upstream_id_token_header.as_deref());
+        let cookie_name = self.cookie_name(section, raw.session_cookie_name.clone());
+        let logout_methods = self.logout_methods(section, raw.logout_methods.clone());
+        match (redirect_uri, needs_login, codec) {
+            (Some(redirect_uri), true, Some(codec)) => Some(LoginSettings {
+                redirect_uri,
+                cookie_name,
+                idle_timeout: raw.session_idle_timeout_secs.unwrap_or(900).max(1),
+                absolute_timeout: raw.session_absolute_timeout_secs.unwrap_or(86_400).max(1),
+                refresh_leeway: raw.refresh_leeway_secs.unwrap_or(30),
+                post_logout_redirect_uri,
+                claims_source,
+                upstream_access_token: raw.upstream_access_token.unwrap_or(true),
+                upstream_id_token_header,
+                logout_methods,
+                logout_revoke: raw.logout_revoke.unwrap_or(true),
+                codec,
+            }),
+            _ => None,
+        }
+    }
+
+    /// `session_claims_source`: where a session's claims come from, in order (default: access token, ID token).
+    fn claims_source(&mut self, section: &str, raw: Option<Vec<String>>) -> Vec<ClaimsSource> {
         let mut claims_source = Vec::new();
-        for src in raw
-            .session_claims_source
-            .unwrap_or_else(|| vec!["access_token".into(), "id_token".into()])
-        {
+        for src in raw.unwrap_or_else(|| vec!["access_token".into(), "id_token".into()]) {
             match src.as_str() {
                 "access_token" => claims_source.push(ClaimsSource::AccessToken),
                 "id_token" => claims_source.push(ClaimsSource::IdToken),
@@ -1191,22 +826,27 @@ impl Validator {
                 }),
             }
         }
-        let upstream_id_token_header = match raw.upstream_id_token_header.as_deref() {
-            None => None,
-            Some(h) => match HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
-                Ok(name) => Some(name),
-                Err(_) => {
-                    self.err(ConfigError::BadHeaderName {
-                        section: section.into(),
-                        name: h.to_string(),
-                    });
-                    None
-                }
-            },
-        };
-        let cookie_name = raw
-            .session_cookie_name
-            .unwrap_or_else(|| "oidc_authz_session".into());
+        claims_source
+    }
+
+    /// `upstream_id_token_header`, lower case.
+    fn upstream_id_token_header(&mut self, section: &str, raw: Option<&str>) -> Option<HeaderName> {
+        let h = raw?;
+        match HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
+            Ok(name) => Some(name),
+            Err(_) => {
+                self.err(ConfigError::BadHeaderName {
+                    section: section.into(),
+                    name: h.to_string(),
+                });
+                None
+            }
+        }
+    }
+
+    /// `session_cookie_name`: letters, digits, `_` or `-` (default `oidc_authz_session`).
+    fn cookie_name(&mut self, section: &str, raw: Option<String>) -> String {
+        let cookie_name = raw.unwrap_or_else(|| "oidc_authz_session".into());
         if cookie_name.is_empty()
             || !cookie_name
                 .bytes()
@@ -1219,11 +859,13 @@ impl Validator {
                 ),
             });
         }
+        cookie_name
+    }
+
+    /// `logout_methods`: GET, POST or DELETE, upper case, no duplicates, at least one (default POST, DELETE).
+    fn logout_methods(&mut self, section: &str, raw: Option<Vec<String>>) -> Vec<String> {
         let mut logout_methods = Vec::new();
-        for m in raw
-            .logout_methods
-            .unwrap_or_else(|| vec!["POST".into(), "DELETE".into()])
-        {
+        for m in raw.unwrap_or_else(|| vec!["POST".into(), "DELETE".into()]) {
             let upper = m.to_ascii_uppercase();
             if matches!(upper.as_str(), "GET" | "POST" | "DELETE") {
                 if !logout_methods.contains(&upper) {
@@ -1244,29 +886,18 @@ impl Validator {
                 message: "logout_methods must name at least one method".into(),
             });
         }
-        let login = match (&redirect_uri, needs_login) {
-            (Some(uri), true) => Some(LoginSettings {
-                redirect_uri: uri.clone(),
-                cookie_name,
-                idle_timeout: raw.session_idle_timeout_secs.unwrap_or(900).max(1),
-                absolute_timeout: raw.session_absolute_timeout_secs.unwrap_or(86_400).max(1),
-                refresh_leeway: raw.refresh_leeway_secs.unwrap_or(30),
-                post_logout_redirect_uri,
-                claims_source,
-                upstream_access_token: raw.upstream_access_token.unwrap_or(true),
-                upstream_id_token_header,
-                logout_methods,
-                logout_revoke: raw.logout_revoke.unwrap_or(true),
-            }),
-            _ => None,
-        };
-        for (key, value) in [
-            ("cache_introspection_secs", raw.cache_introspection_secs),
-            ("cache_ttl_neg_secs", raw.cache_ttl_neg_secs),
-            ("refresh_leeway_secs", raw.refresh_leeway_secs),
-        ] {
-            self.at_most_a_day(section, key, value);
-        }
+        logout_methods
+    }
+
+    /// Every request header the policy sets or promises to control upstream, sorted; warns about names with `_`.
+    fn controlled_headers(
+        &mut self,
+        section: &str,
+        upstream_headers: &[UpstreamHeader],
+        login: Option<&LoginSettings>,
+        client_credential_headers: Option<&(HeaderName, HeaderName)>,
+        auth_methods: &[AuthMethod],
+    ) -> Vec<HeaderName> {
         let mut controlled_headers: Vec<HeaderName> =
             upstream_headers.iter().map(|h| h.name.clone()).collect();
         for (what, h) in upstream_headers
@@ -1274,7 +905,6 @@ impl Validator {
             .map(|h| ("upstream_headers_names", &h.name))
             .chain(
                 login
-                    .as_ref()
                     .and_then(|l| l.upstream_id_token_header.as_ref())
                     .map(|h| ("upstream_id_token_header", h)),
             )
@@ -1285,7 +915,7 @@ impl Validator {
                 ));
             }
         }
-        if let Some((id_h, secret_h)) = &client_credential_headers {
+        if let Some((id_h, secret_h)) = client_credential_headers {
             for h in [id_h, secret_h] {
                 if h.as_str().contains('_') {
                     self.warn(format!(
@@ -1296,39 +926,16 @@ impl Validator {
             }
         }
         let sends_authorization = auth_methods.contains(&AuthMethod::ClientCredentials)
-            || login.as_ref().is_some_and(|l| l.upstream_access_token);
+            || login.is_some_and(|l| l.upstream_access_token);
         if sends_authorization {
             controlled_headers.push(http::header::AUTHORIZATION);
         }
-        if let Some(h) = login
-            .as_ref()
-            .and_then(|l| l.upstream_id_token_header.clone())
-        {
+        if let Some(h) = login.and_then(|l| l.upstream_id_token_header.clone()) {
             controlled_headers.push(h);
         }
         controlled_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         controlled_headers.dedup();
-        if self.errors.len() != before {
-            return None;
-        }
-        Some(Policy {
-            name: name.to_string(),
-            provider: provider?,
-            auth_methods,
-            access: AccessRules::new(reqs),
-            upstream_headers,
-            introspect_jwt_tokens: raw.introspect_jwt_tokens,
-            allow_any_audience: raw.allow_any_audience,
-            cache_introspection_secs: raw.cache_introspection_secs.unwrap_or(300),
-            cache_ttl_neg_secs: raw.cache_ttl_neg_secs.unwrap_or(10),
-            scopes: raw.scopes,
-            redirect_uri,
-            logout_path: raw.logout_path,
-            session_secrets,
-            client_credential_headers,
-            login,
-            controlled_headers,
-        })
+        controlled_headers
     }
 
     /// A duration setting in seconds must not exceed a day.
@@ -1402,6 +1009,7 @@ impl Validator {
         }
     }
 
+    /// One `[[routes]]` entry: one path matcher (a regex compiled here, anchored), hosts, methods, a policy.
     fn route(
         &mut self,
         section: &str,
@@ -1501,72 +1109,8 @@ impl Validator {
             path,
             methods,
             policy,
-            policy_name,
         })
     }
-}
-
-/// Headers that must never be set from a claim.
-/// The config overrides among environment variables: `OIDC_AUTHZ_PROVIDERS__OKTA__CLIENT_SECRET=x` sets
-/// `providers.okta.client_secret`. Only variables naming a config section and a key below it are overrides (not
-/// `OIDC_AUTHZ_CONFIG`, nor a script's `OIDC_AUTHZ_BIN`). Values read as TOML-like scalars (`true`, `42`,
-/// `[1, 2]`), except secrets: a secret is a string, verbatim (`0123` stays `0123`; `987654321` is not a number
-/// to refuse, and so never echoed in an error).
-fn env_overrides(vars: impl IntoIterator<Item = (String, String)>) -> Vec<(String, Value)> {
-    let mut out = Vec::new();
-    for (name, value) in vars {
-        let Some(rest) = name
-            .get(..ENV_PREFIX.len())
-            .filter(|p| p.eq_ignore_ascii_case(ENV_PREFIX))
-            .and_then(|_| name.get(ENV_PREFIX.len()..))
-        else {
-            continue;
-        };
-        let parts: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
-        let known = matches!(
-            parts[0].as_str(),
-            "server" | "providers" | "policies" | "routes"
-        );
-        if !known || parts.len() < 2 || parts.iter().any(String::is_empty) {
-            continue;
-        }
-        let key = parts.join(".");
-        let value = if is_secret_key(&key) {
-            Value::from(value)
-        } else {
-            value
-                .parse::<Value>()
-                .unwrap_or_else(|never| match never {})
-        };
-        out.push((key, value));
-    }
-    out
-}
-
-/// Whether a config key (its last dotted segment) holds a secret: never parsed as a number, never echoed.
-fn is_secret_key(key: &str) -> bool {
-    let last = key.rsplit('.').next().unwrap_or(key);
-    matches!(
-        last.to_ascii_lowercase().as_str(),
-        "client_secret" | "session_secret" | "secret" | "client_jwk"
-    )
-}
-
-/// A load error without the source lines a TOML parser quotes (`3 | client_secret = "...`): the line may hold a
-/// secret. Keeps the position ("at line 3, column 17") and the reason.
-fn without_source_lines(msg: &str) -> String {
-    msg.lines()
-        .filter(|l| {
-            let t = l.trim_start();
-            let t = t
-                .trim_start_matches(|c: char| c.is_ascii_digit())
-                .trim_start();
-            !t.starts_with('|')
-        })
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// Why 32 decoded secret bytes are not random, if they are not: too few distinct byte values (zeros, repeated
@@ -1598,6 +1142,7 @@ const PUBLISHED_SECRETS: &[&str] = &[
     "25335df24f58912c6068465893f703a6eb0a97b582161943812e4f1cfb45af20",
 ];
 
+/// Whether these secret bytes are one of [`PUBLISHED_SECRETS`].
 fn is_published_secret(bytes: &[u8]) -> bool {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(bytes);
@@ -1605,6 +1150,7 @@ fn is_published_secret(bytes: &[u8]) -> bool {
     PUBLISHED_SECRETS.contains(&hex.as_str())
 }
 
+/// Headers that must never be set from a claim.
 fn is_hop_or_reserved(name: &str) -> bool {
     matches!(
         name,
@@ -1618,17 +1164,10 @@ fn is_hop_or_reserved(name: &str) -> bool {
     )
 }
 
-/// Collects the validated config's policy names (for tests).
-pub fn policy_names(cfg: &Config) -> BTreeMap<String, usize> {
-    cfg.policies
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (p.name.clone(), i))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     const GOOD: &str = r#"

@@ -1,11 +1,10 @@
 //! gRPC conformance: the real server on port 0, driven by a tonic client, against the in-process mock IdP.
 //! Every answer of DESIGN.md is asserted field by field, with both header encodings.
 
-mod support;
-
 use jsonwebtoken::{Algorithm, Header};
 use serde_json::json;
-use support::*;
+
+use crate::support::*;
 
 #[tokio::test]
 async fn valid_token_is_allowed_with_headers_and_metadata_in_both_encodings() {

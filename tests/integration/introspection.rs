@@ -1,13 +1,12 @@
 //! `introspection` (RFC 7662) against the in-process mock IdP: answers, cache TTL, `exp` capping, negative
 //! cache, coalescing (1000 concurrent Checks with one new token -> one call), IdP failures, and JWTs.
 
-mod support;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::json;
-use support::*;
+
+use crate::support::*;
 
 #[tokio::test]
 async fn active_opaque_token_is_allowed_with_claims_as_headers() {

@@ -2,13 +2,12 @@
 //! callback (state, replay, PKCE, ID token), session cookies (tampering, chunking, rotation, idle and absolute
 //! expiry), refresh, API vs browser answers, logout, open redirects.
 
-mod support;
-
 use std::sync::Arc;
 
 use oidc_authz::clock::ManualClock;
 use serde_json::json;
-use support::*;
+
+use crate::support::*;
 
 const APP: &str = "app.example.com";
 
@@ -299,6 +298,11 @@ async fn wrong_pkce_verifier_fails_the_exchange() {
     }
     let a = ask(&server, b.req(&format!("/oauth2/callback?{q}"), "login")).await;
     assert_eq!(a.status, 401, "{a:?}");
+    assert!(
+        a.body
+            .contains("the identity provider refused the authorization code"),
+        "{a:?}"
+    );
 }
 
 #[tokio::test]
@@ -564,26 +568,59 @@ async fn a_login_cookie_without_a_pkce_verifier_cannot_complete() {
     use oidc_authz::config::Secret;
     use oidc_authz::flow::session::CookieCodec;
     let (idp, server) = world().await;
+    const EXCHANGE_REFUSED: &str = "the identity provider refused the authorization code";
+    const NO_LOGIN: &str = "the login expired or was started in another browser";
     let mut b = Browser::new();
     let start = ask(&server, b.req("/app", "login")).await;
-    let q = idp.login(start.header("location").unwrap(), "alice");
-    let state = q.split("state=").nth(1).unwrap().to_string();
-    // a login cookie sealed with the policy's real key (so only the content is wrong) but an empty verifier
+    b.absorb(&start);
+    let location = start.header("location").unwrap().to_string();
+    // the real login cookie, opened with the policy's real key: only its verifier is changed below, so the nonce,
+    // state and redirect_uri all match and nothing but PKCE can refuse the login
     let codec =
         CookieCodec::new(&[Secret::new("fJfkZusK6AM6PHtnD6Ew4TnBmJQNhuiVxOTv7w0voXg=")]).unwrap();
-    for verifier in [json!(""), serde_json::Value::Null] {
-        let mut login = json!({
-            "state": state, "nonce": "n", "return_to": "/app",
-            "redirect_uri": "https://app.example.com/oauth2/callback", "provider": "okta", "exp": now() + 300,
-        });
-        if !verifier.is_null() {
-            login["verifier"] = verifier;
-        }
+    let sealed = &b
+        .jar
+        .iter()
+        .find(|(n, _)| n == "oidc_authz_login")
+        .unwrap()
+        .1;
+    let real: serde_json::Value =
+        serde_json::from_slice(&codec.open("oidc_authz_login", sealed).unwrap()).unwrap();
+    assert!(
+        real["verifier"].as_str().is_some_and(|v| !v.is_empty()),
+        "{real}"
+    );
+    // each callback with a fresh code for the same login (the IdP binds it to the same challenge and nonce)
+    let callback = async |login: &serde_json::Value| {
+        let q = idp.login(&location, "alice");
+        let mut b = Browser::new();
         let sealed = codec.seal("oidc_authz_login", login.to_string().as_bytes());
         b.jar = vec![("oidc_authz_login".into(), sealed)];
+        let hits = idp.token_hits();
         let a = ask(&server, b.req(&format!("/oauth2/callback?{q}"), "login")).await;
+        (a, idp.token_hits() - hits)
+    };
+    // an empty or a wrong verifier goes to the IdP, whose PKCE check refuses the code
+    for verifier in [json!(""), json!("x".repeat(43))] {
+        let mut login = real.clone();
+        login["verifier"] = verifier;
+        let (a, exchanges) = callback(&login).await;
         assert_eq!(a.status, 401, "{a:?}");
+        assert!(a.body.contains(EXCHANGE_REFUSED), "{a:?}");
+        assert_eq!(exchanges, 1, "{a:?}");
     }
+    // no verifier at all: not a login state, so no exchange is even tried
+    let mut login = real.clone();
+    login.as_object_mut().unwrap().remove("verifier");
+    let (a, exchanges) = callback(&login).await;
+    assert_eq!(a.status, 401, "{a:?}");
+    assert!(a.body.contains(NO_LOGIN), "{a:?}");
+    assert_eq!(exchanges, 0, "{a:?}");
+    // the control: the same cookie with its real verifier completes the login
+    let (a, exchanges) = callback(&real).await;
+    assert_eq!(a.status, 302, "{a:?}");
+    assert_eq!(a.header("location"), Some("/app"), "{a:?}");
+    assert_eq!(exchanges, 1, "{a:?}");
 }
 
 #[tokio::test]

@@ -1,0 +1,328 @@
+//! The validated configuration every module reads: typed, cross-referenced, nothing left to parse.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+use serde::Deserialize;
+use url::Url;
+
+use crate::flow::session::CookieCodec;
+use crate::policy::access::AccessRules;
+use crate::policy::routes::RouteTable;
+
+/// A secret string: never printed by `Debug` or `Display`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The secret in clear, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// Output format of the log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line (default; for log pipelines).
+    Json,
+    /// Human-friendly lines.
+    Pretty,
+}
+
+/// Listener and process settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where the ext_authz gRPC service and grpc.health.v1 listen.
+    pub grpc_addr: SocketAddr,
+    /// Where /healthz, /readyz and /metrics listen.
+    pub admin_addr: SocketAddr,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Bound on verified tokens kept in memory (0 disables the cache: every request checks a signature).
+    pub token_cache_entries: u64,
+    /// How long in-flight Checks may take to finish after a shutdown signal.
+    pub shutdown_grace: Duration,
+    /// The longest one Check may take (IdP calls included) before it is answered 503; keep it below Envoy's
+    /// ext_authz timeout so the answer is always ours, never Envoy's failure mode.
+    pub check_timeout: Duration,
+}
+
+/// One OpenID provider, as configured (endpoints may still come from discovery).
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    /// The name under `[providers.NAME]`.
+    pub name: String,
+    /// The issuer URL exactly as tokens carry it in `iss`.
+    pub issuer: String,
+    /// This service's client at the provider (login, introspection).
+    pub client_id: Option<String>,
+    /// The secret of `client_id`, from the config, the env or `client_secret_file`.
+    pub client_secret: Option<Secret>,
+    /// Accepted `aud` values of access tokens (empty: any audience, `aud` not checked).
+    pub audiences: Vec<String>,
+    /// Endpoint overrides; each wins over discovery.
+    pub jwks_uri: Option<Url>,
+    /// Token endpoint override.
+    pub token_endpoint: Option<Url>,
+    /// Introspection endpoint override.
+    pub introspection_endpoint: Option<Url>,
+    /// Authorization endpoint override.
+    pub authorization_endpoint: Option<Url>,
+    /// End-session endpoint override.
+    pub end_session_endpoint: Option<Url>,
+    /// Clock skew allowed on exp/nbf/iat.
+    pub leeway_secs: u64,
+    /// Timeout of each HTTP call to the provider.
+    pub http_timeout: Duration,
+    /// Period of the background JWKS refresh.
+    pub jwks_refresh: Duration,
+    /// Least time between two JWKS fetches caused by an unknown `kid`.
+    pub jwks_min_refetch: Duration,
+    /// How to authenticate at the token endpoint; `None`: as discovery says (basic preferred).
+    pub token_endpoint_auth_method: Option<TokenEndpointAuth>,
+    /// This many client-credentials grants of one client id refused as `invalid_client` within `client_lockout`
+    /// lock that client id out for `client_lockout` (0: never).
+    pub client_lockout_threshold: u32,
+    /// The window in which refusals are counted, and how long a lock-out lasts.
+    pub client_lockout: Duration,
+    /// Client-credentials grants per second sent to the token endpoint, across every client.
+    pub client_credentials_rate: u32,
+    /// Grants that may be sent at once before `client_credentials_rate` applies.
+    pub client_credentials_burst: u32,
+}
+
+/// Client authentication at the token and introspection endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenEndpointAuth {
+    /// `Authorization: Basic` (RFC 6749 2.3.1).
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the form body.
+    ClientSecretPost,
+}
+
+/// The auth methods of Kong's `auth_methods`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AuthMethod {
+    /// `Authorization: Bearer <JWT>` verified locally.
+    Bearer,
+    /// RFC 7662 token introspection.
+    Introspection,
+    /// Client credentials grant from `Authorization: Basic`.
+    ClientCredentials,
+    /// Browser login.
+    AuthorizationCode,
+    /// Session cookie.
+    Session,
+}
+
+impl AuthMethod {
+    /// Every auth method with its name in config, metrics and logs, in declaration order: the one table of the
+    /// names, which [`AuthMethod::as_str`], [`AuthMethod::parse`], the config error and the metric labels read.
+    pub const ALL: [(AuthMethod, &'static str); 5] = [
+        (AuthMethod::Bearer, "bearer"),
+        (AuthMethod::Introspection, "introspection"),
+        (AuthMethod::ClientCredentials, "client_credentials"),
+        (AuthMethod::AuthorizationCode, "authorization_code"),
+        (AuthMethod::Session, "session"),
+    ];
+
+    /// The name used in config, metrics and logs.
+    pub const fn as_str(self) -> &'static str {
+        // `ALL` is in declaration order (checked at compile time below), so a method's entry is at its index; a
+        // method missing from `ALL` would read `-` (the test `every_auth_method_is_in_the_table` refuses that).
+        let i = self as usize;
+        if i < Self::ALL.len() {
+            Self::ALL[i].1
+        } else {
+            "-"
+        }
+    }
+
+    /// The method with this config name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL
+            .iter()
+            .find(|(_, name)| *name == s)
+            .map(|(m, _)| *m)
+    }
+
+    /// The names, comma-separated, for messages.
+    pub fn names() -> String {
+        Self::ALL.map(|(_, name)| name).join(", ")
+    }
+}
+
+// `AuthMethod::ALL` lists every method at the index of its discriminant.
+const _: () = {
+    let mut i = 0;
+    while i < AuthMethod::ALL.len() {
+        assert!(AuthMethod::ALL[i].0 as usize == i);
+        i += 1;
+    }
+};
+
+/// One claim copied into one upstream header.
+#[derive(Debug, Clone)]
+pub struct UpstreamHeader {
+    /// Claim path (nested object keys).
+    pub claim: Vec<String>,
+    /// Header to set (lower-case).
+    pub name: HeaderName,
+}
+
+/// A named policy: how to authenticate, what to require, what to inject.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The name under `[policies.NAME]`.
+    pub name: String,
+    /// Index into [`Config::providers`].
+    pub provider: usize,
+    /// Accepted ways to authenticate, in config order.
+    pub auth_methods: Vec<AuthMethod>,
+    /// Claim requirements (scopes, groups, roles, audience).
+    pub access: AccessRules,
+    /// Claims to inject as upstream headers.
+    pub upstream_headers: Vec<UpstreamHeader>,
+    /// Send JWTs to introspection too (otherwise verified locally).
+    pub introspect_jwt_tokens: bool,
+    /// The policy accepts tokens for any audience: its provider may have no `audiences` (otherwise a config
+    /// error for a policy allowing `bearer` or `introspection`).
+    pub allow_any_audience: bool,
+    /// Positive introspection cache lifetime (0 = ask every time).
+    pub cache_introspection_secs: u64,
+    /// Negative introspection cache lifetime.
+    pub cache_ttl_neg_secs: u64,
+    /// Scopes requested at login and in client credentials.
+    pub scopes: Vec<String>,
+    /// Path that logs the user out.
+    pub logout_path: Option<String>,
+    /// Session cookie keys, newest first.
+    pub session_secrets: Vec<Secret>,
+    /// Client credentials may also come from these request headers (Kong's `client_credentials_param_type =
+    /// ["header"]` with `client_arg` / `client_secret_arg`); `None`: only `Authorization: Basic`.
+    pub client_credential_headers: Option<(HeaderName, HeaderName)>,
+    /// Browser login and sessions (present when the policy allows `authorization_code` or `session`).
+    pub login: Option<LoginSettings>,
+    /// Every request header this policy sets or promises to control upstream (claim headers, `authorization`
+    /// when it sends one, the ID-token and client-credential headers), lower case: on an allow, a client-sent
+    /// header spelled like one of these (any case, `_` for `-`) never reaches the upstream.
+    pub controlled_headers: Vec<HeaderName>,
+}
+
+/// Where a session's claims come from, in order of precedence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimsSource {
+    /// The access token's claims (when it is a JWT).
+    AccessToken,
+    /// The ID token's claims.
+    IdToken,
+}
+
+/// Settings of the browser login and its session.
+#[derive(Debug, Clone)]
+pub struct LoginSettings {
+    /// The callback URL registered at the provider; its path is the callback path.
+    pub redirect_uri: Url,
+    /// Name of the session cookie (chunks get `_0`, `_1`, ...).
+    pub cookie_name: String,
+    /// A session unused this long ends.
+    pub idle_timeout: u64,
+    /// A session ends this long after login, whatever happens.
+    pub absolute_timeout: u64,
+    /// Refresh the access token when it has less than this many seconds left.
+    pub refresh_leeway: u64,
+    /// Where the provider sends the browser after logout.
+    pub post_logout_redirect_uri: Option<Url>,
+    /// Claims precedence for access control and headers.
+    pub claims_source: Vec<ClaimsSource>,
+    /// Send the session's access token upstream as `Authorization: Bearer`.
+    pub upstream_access_token: bool,
+    /// Send the session's ID token upstream in this header.
+    pub upstream_id_token_header: Option<HeaderName>,
+    /// Request methods that log out at `logout_path` (Kong's `logout_methods`; upper case). GET is honoured only
+    /// for a same-origin navigation.
+    pub logout_methods: Vec<String>,
+    /// Revoke the session's refresh and access tokens at the provider's `revocation_endpoint` at logout.
+    pub logout_revoke: bool,
+    /// Seals and opens the session and login cookies, keyed by the policy's `session_secrets`; built during
+    /// validation, so a login policy always has one.
+    pub codec: CookieCodec,
+}
+
+impl Policy {
+    /// Whether the policy accepts a method.
+    pub fn allows(&self, m: AuthMethod) -> bool {
+        self.auth_methods.contains(&m)
+    }
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listeners and process settings.
+    pub server: ServerConfig,
+    /// Providers, ordered by name.
+    pub providers: Arc<[ProviderConfig]>,
+    /// Policies, ordered by name.
+    pub policies: Arc<[Policy]>,
+    /// Routes used when Envoy names no policy.
+    pub routes: RouteTable,
+    /// Things that are allowed but probably wrong (printed by `check-config`, logged at start).
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// The policy with this name.
+    pub fn policy_index(&self, name: &str) -> Option<usize> {
+        self.policies.iter().position(|p| p.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_auth_method_is_in_the_table() {
+        // A method added to the enum stops this match from compiling until it is listed here and in `ALL`.
+        let all = [
+            AuthMethod::Bearer,
+            AuthMethod::Introspection,
+            AuthMethod::ClientCredentials,
+            AuthMethod::AuthorizationCode,
+            AuthMethod::Session,
+        ];
+        for m in all {
+            match m {
+                AuthMethod::Bearer
+                | AuthMethod::Introspection
+                | AuthMethod::ClientCredentials
+                | AuthMethod::AuthorizationCode
+                | AuthMethod::Session => {}
+            }
+            assert_ne!(m.as_str(), "-", "{m:?}");
+            assert_eq!(AuthMethod::parse(m.as_str()), Some(m));
+        }
+        assert_eq!(AuthMethod::ALL.len(), all.len());
+        assert_eq!(
+            AuthMethod::names(),
+            "bearer, introspection, client_credentials, authorization_code, session"
+        );
+        assert_eq!(AuthMethod::parse("magic"), None);
+    }
+}

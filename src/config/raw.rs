@@ -1,0 +1,114 @@
+//! The serde shapes of the configuration file, as written: every field optional or defaulted, nothing checked.
+//! [`super::validate`] turns them into the typed [`super::model`] values.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::model::Secret;
+
+/// `[server]`.
+#[derive(Deserialize, Default)]
+pub(super) struct RawServer {
+    pub(super) grpc_addr: Option<String>,
+    pub(super) admin_addr: Option<String>,
+    pub(super) log_format: Option<String>,
+    pub(super) token_cache_entries: Option<u64>,
+    pub(super) shutdown_grace_secs: Option<u64>,
+    pub(super) check_timeout_ms: Option<u64>,
+}
+
+/// One `[providers.NAME]`.
+#[derive(Deserialize)]
+pub(super) struct RawProvider {
+    pub(super) issuer: Option<String>,
+    pub(super) client_id: Option<String>,
+    pub(super) client_secret: Option<Secret>,
+    pub(super) client_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) audiences: Vec<String>,
+    pub(super) jwks_uri: Option<String>,
+    pub(super) token_endpoint: Option<String>,
+    pub(super) introspection_endpoint: Option<String>,
+    pub(super) authorization_endpoint: Option<String>,
+    pub(super) end_session_endpoint: Option<String>,
+    pub(super) leeway_secs: Option<u64>,
+    pub(super) http_timeout_ms: Option<u64>,
+    pub(super) jwks_refresh_secs: Option<u64>,
+    pub(super) jwks_min_refetch_secs: Option<u64>,
+    pub(super) token_endpoint_auth_method: Option<String>,
+    pub(super) client_lockout_threshold: Option<u32>,
+    pub(super) client_lockout_secs: Option<u64>,
+    pub(super) client_credentials_rate: Option<u32>,
+    pub(super) client_credentials_burst: Option<u32>,
+}
+
+/// One `[policies.NAME]`.
+#[derive(Deserialize)]
+pub(super) struct RawPolicy {
+    pub(super) provider: Option<String>,
+    #[serde(default)]
+    pub(super) auth_methods: Vec<String>,
+    pub(super) scopes_claim: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) scopes_required: Vec<String>,
+    pub(super) groups_claim: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) groups_required: Vec<String>,
+    pub(super) roles_claim: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) roles_required: Vec<String>,
+    pub(super) audience_claim: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) audience_required: Vec<String>,
+    #[serde(default)]
+    pub(super) upstream_headers_claims: Vec<String>,
+    #[serde(default)]
+    pub(super) upstream_headers_names: Vec<String>,
+    #[serde(default)]
+    pub(super) introspect_jwt_tokens: bool,
+    #[serde(default)]
+    pub(super) allow_any_audience: bool,
+    pub(super) cache_introspection_secs: Option<u64>,
+    pub(super) cache_ttl_neg_secs: Option<u64>,
+    #[serde(default)]
+    pub(super) scopes: Vec<String>,
+    pub(super) redirect_uri: Option<String>,
+    pub(super) logout_path: Option<String>,
+    pub(super) session_secret: Option<SecretList>,
+    #[serde(default)]
+    pub(super) client_credentials_param_type: Vec<String>,
+    pub(super) client_arg: Option<String>,
+    pub(super) client_secret_arg: Option<String>,
+    pub(super) session_cookie_name: Option<String>,
+    pub(super) session_idle_timeout_secs: Option<u64>,
+    pub(super) session_absolute_timeout_secs: Option<u64>,
+    pub(super) refresh_leeway_secs: Option<u64>,
+    pub(super) post_logout_redirect_uri: Option<String>,
+    pub(super) session_claims_source: Option<Vec<String>>,
+    pub(super) upstream_access_token: Option<bool>,
+    pub(super) upstream_id_token_header: Option<String>,
+    pub(super) logout_methods: Option<Vec<String>>,
+    pub(super) logout_revoke: Option<bool>,
+}
+
+/// `session_secret` may be one secret or a list (newest first).
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum SecretList {
+    One(Secret),
+    Many(Vec<Secret>),
+}
+
+/// One `[[routes]]` entry.
+#[derive(Deserialize)]
+pub(super) struct RawRoute {
+    #[serde(default)]
+    pub(super) hosts: Vec<String>,
+    pub(super) path_prefix: Option<String>,
+    pub(super) path_exact: Option<String>,
+    pub(super) path_regex: Option<String>,
+    #[serde(default)]
+    pub(super) methods: Vec<String>,
+    pub(super) policy: Option<String>,
+}
