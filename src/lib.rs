@@ -18,13 +18,16 @@
 //! [`config`] turns figment input into validated types once; [`telemetry`] holds logs and metrics; [`clock`] and
 //! [`rng`] are the time and randomness seams for tests.
 
+pub mod authn;
 pub mod authz;
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod credentials;
 pub mod decision;
 pub mod envoy;
 pub mod flow;
+pub mod login;
 pub mod policy;
 pub mod provider;
 pub mod request;

@@ -59,30 +59,24 @@ const RESULTS: [&str; 6] = [
     "cancelled",
 ];
 
-/// Decision counters resolved once per policy, so counting a Check takes no allocation and no lock.
-#[derive(Debug, Default)]
-pub struct DecisionCounters {
-    by_policy: std::collections::HashMap<String, Vec<Counter>>,
+/// One policy's decision counters (every method x result), resolved once when the policy is compiled, so counting
+/// a Check takes no allocation, no lock and no lookup by name.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyCounters {
+    counters: Vec<Counter>,
 }
 
-impl DecisionCounters {
-    /// Counts one decision.
-    pub fn inc(&self, metrics: &Metrics, policy: &str, method: &'static str, result: &'static str) {
+impl PolicyCounters {
+    /// Counts one decision (`method` from the method table, `result` one of the result labels).
+    pub fn inc(&self, method: &'static str, result: &'static str) {
         let slot = METHODS
             .iter()
             .position(|m| *m == method)
-            .zip(RESULTS.iter().position(|r| *r == result));
-        match (self.by_policy.get(policy), slot) {
-            (Some(counters), Some((m, r))) => counters[m * RESULTS.len() + r].inc(),
-            _ => metrics
-                .decisions
-                .get_or_create(&DecisionLabels {
-                    policy: policy.to_string(),
-                    method,
-                    result,
-                })
-                .inc(),
-        };
+            .zip(RESULTS.iter().position(|r| *r == result))
+            .and_then(|(m, r)| self.counters.get(m * RESULTS.len() + r));
+        if let Some(counter) = slot {
+            counter.inc();
+        }
     }
 }
 
@@ -241,27 +235,20 @@ impl Metrics {
         }
     }
 
-    /// Resolves the decision counters of these policies (and of `-`, no policy).
-    pub fn decision_counters<'a>(
-        &self,
-        policies: impl Iterator<Item = &'a str>,
-    ) -> DecisionCounters {
-        let mut by_policy = std::collections::HashMap::new();
-        for policy in std::iter::once("-").chain(policies) {
-            let mut counters = Vec::with_capacity(METHODS.len() * RESULTS.len());
-            for method in METHODS {
-                for result in RESULTS {
-                    let labels = DecisionLabels {
-                        policy: policy.to_string(),
-                        method,
-                        result,
-                    };
-                    counters.push(self.decisions.get_or_create(&labels).clone());
-                }
+    /// Resolves the decision counters of one policy (`-`: no policy selected).
+    pub fn policy_counters(&self, policy: &str) -> PolicyCounters {
+        let mut counters = Vec::with_capacity(METHODS.len() * RESULTS.len());
+        for method in METHODS {
+            for result in RESULTS {
+                let labels = DecisionLabels {
+                    policy: policy.to_string(),
+                    method,
+                    result,
+                };
+                counters.push(self.decisions.get_or_create(&labels).clone());
             }
-            by_policy.insert(policy.to_string(), counters);
         }
-        DecisionCounters { by_policy }
+        PolicyCounters { counters }
     }
 
     /// Records one IdP call.

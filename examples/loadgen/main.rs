@@ -559,8 +559,8 @@ const SESSION_SECRET: &str = "rFF/tGf4PbpRp0tBLQQMbnJ5NYYv2H+pNIhhq1prps4=";
 /// A Check from a browser holding a valid session cookie, sealed exactly as oidc-authz seals it at login.
 fn session_request(issuer: &Issuer) -> CheckRequest {
     use oidc_authz::config::Secret;
-    use oidc_authz::flow::authcode::SessionData;
-    use oidc_authz::flow::session::CookieCodec;
+    use oidc_authz::login::cookie::CookieCodec;
+    use oidc_authz::login::store::SessionData;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()

@@ -9,7 +9,7 @@ use http::HeaderName;
 use serde::Deserialize;
 use url::Url;
 
-use crate::flow::session::CookieCodec;
+use crate::login::cookie::CookieCodec;
 use crate::policy::access::AccessRules;
 use crate::policy::routes::RouteTable;
 

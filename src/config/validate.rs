@@ -16,7 +16,7 @@ use super::model::{
 };
 use super::raw::{RawPolicy, RawProvider, RawRoute, RawServer, SecretList};
 use super::{ConfigError, is_secret_key};
-use crate::flow::session::CookieCodec;
+use crate::login::cookie::CookieCodec;
 use crate::policy::access::{AccessRules, Requirement};
 use crate::policy::routes::{HostMatch, PathMatch, Route, RouteTable};
 

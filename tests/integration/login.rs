@@ -566,7 +566,7 @@ async fn opened_sessions_are_cached_per_cookie_value() {
 #[tokio::test]
 async fn a_login_cookie_without_a_pkce_verifier_cannot_complete() {
     use oidc_authz::config::Secret;
-    use oidc_authz::flow::session::CookieCodec;
+    use oidc_authz::login::cookie::CookieCodec;
     let (idp, server) = world().await;
     const EXCHANGE_REFUSED: &str = "the identity provider refused the authorization code";
     const NO_LOGIN: &str = "the login expired or was started in another browser";
@@ -971,7 +971,7 @@ logout_revoke = false
 /// A session cookie sealed with the `login` policy's real secret around `at` / `it`.
 fn forged_session(at: &str, it: Option<&str>) -> String {
     use oidc_authz::config::Secret;
-    use oidc_authz::flow::session::CookieCodec;
+    use oidc_authz::login::cookie::CookieCodec;
     let codec =
         CookieCodec::new(&[Secret::new("fJfkZusK6AM6PHtnD6Ew4TnBmJQNhuiVxOTv7w0voXg=")]).unwrap();
     let now = now();
@@ -1091,7 +1091,7 @@ async fn an_expired_access_token_in_a_session_is_refreshed_not_trusted() {
 /// token `rt`, created and last seen at `now`.
 fn sealed_session(sid: &str, at: &str, it: Option<&str>, rt: Option<&str>, now: u64) -> String {
     use oidc_authz::config::Secret;
-    use oidc_authz::flow::session::CookieCodec;
+    use oidc_authz::login::cookie::CookieCodec;
     let codec =
         CookieCodec::new(&[Secret::new("fJfkZusK6AM6PHtnD6Ew4TnBmJQNhuiVxOTv7w0voXg=")]).unwrap();
     let data = json!({

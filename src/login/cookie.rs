@@ -1,19 +1,13 @@
-//! Browser-session cookie mechanics: AES-256-GCM sealing, chunking, request parsing and `Set-Cookie` building;
-//! and the set of ended (logged-out) sessions.
+//! Cookie mechanics of the login: AES-256-GCM sealing, chunking, request parsing and `Set-Cookie` building.
 
 use std::fmt;
-use std::sync::Arc;
 
+use ::cookie::{Cookie, SameSite};
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use cookie::{Cookie, SameSite};
 
-use futures::future::BoxFuture;
-
-use crate::cache::{self, Expires, Lifetime};
-use crate::clock::Clock;
 use crate::config::Secret;
 use crate::rng::{Rng as _, SystemRng};
 
@@ -133,12 +127,61 @@ pub struct CookieAttrs {
     pub max_age_secs: Option<u64>,
 }
 
+/// One `Set-Cookie` header value, knowing which cookie it sets or deletes. It reads as its header text; `Debug`
+/// shows the name only (a value is a credential).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SetCookie {
+    name: String,
+    header: String,
+    deletes: bool,
+}
+
+impl SetCookie {
+    /// The header text.
+    pub fn into_header(self) -> String {
+        self.header
+    }
+}
+
+impl std::ops::Deref for SetCookie {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.header
+    }
+}
+
+impl PartialEq<&str> for SetCookie {
+    fn eq(&self, other: &&str) -> bool {
+        self.header == *other
+    }
+}
+
+impl fmt::Debug for SetCookie {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SetCookie")
+            .field("name", &self.name)
+            .field("deletes", &self.deletes)
+            .finish()
+    }
+}
+
+/// The header values to send for a request that carried `cookies`: deleting a cookie the browser does not have
+/// is noise (the helpers below clear every chunk name they might have written), so only deletions of cookies the
+/// request carried are kept.
+pub fn for_request(set_cookies: Vec<SetCookie>, cookies: &RequestCookies<'_>) -> Vec<String> {
+    set_cookies
+        .into_iter()
+        .filter(|c| !c.deletes || cookies.get(&c.name).is_some())
+        .map(SetCookie::into_header)
+        .collect()
+}
+
 /// `Set-Cookie` header values that store `value` under `name`: one cookie `name=value` when
 /// `value.len() <= CHUNK_SIZE`, else `name_0`, `name_1`, ... (each <= CHUNK_SIZE bytes) AND a clearing
 /// `name=; Max-Age=0` for the unchunked name; in both cases also clearing every chunk name that is not written, up
 /// to MAX_CHUNKS, so a shrinking session never leaves stale chunks. None if the value needs more than MAX_CHUNKS
 /// chunks.
-pub fn set_cookie_headers(name: &str, value: &str, attrs: &CookieAttrs) -> Option<Vec<String>> {
+pub fn set_cookie_headers(name: &str, value: &str, attrs: &CookieAttrs) -> Option<Vec<SetCookie>> {
     let mut headers = Vec::with_capacity(MAX_CHUNKS + 1);
     let written = if value.len() <= CHUNK_SIZE {
         headers.push(set_cookie(name.to_owned(), value, attrs));
@@ -156,12 +199,12 @@ pub fn set_cookie_headers(name: &str, value: &str, attrs: &CookieAttrs) -> Optio
 }
 
 /// One `Set-Cookie` value storing `value` under `name`, never chunked: None when `value` is over CHUNK_SIZE.
-pub fn set_cookie_header(name: &str, value: &str, attrs: &CookieAttrs) -> Option<String> {
+pub fn set_cookie_header(name: &str, value: &str, attrs: &CookieAttrs) -> Option<SetCookie> {
     (value.len() <= CHUNK_SIZE).then(|| set_cookie(name.to_owned(), value, attrs))
 }
 
 /// `Set-Cookie` values that delete `name` and all its chunk names (Max-Age=0, same Path/Secure/HttpOnly/SameSite).
-pub fn clear_cookie_headers(name: &str, attrs: &CookieAttrs) -> Vec<String> {
+pub fn clear_cookie_headers(name: &str, attrs: &CookieAttrs) -> Vec<SetCookie> {
     std::iter::once(clear_cookie(name.to_owned(), attrs))
         .chain((0..MAX_CHUNKS).map(|i| clear_cookie(chunk_name(name, i), attrs)))
         .collect()
@@ -192,24 +235,33 @@ fn split_chunks(value: &str) -> Option<Vec<&str>> {
 }
 
 /// One `Set-Cookie` value storing `value` under `name`.
-fn set_cookie(name: String, value: &str, attrs: &CookieAttrs) -> String {
-    let mut builder = base_cookie(name, value.to_owned(), attrs.secure);
+fn set_cookie(name: String, value: &str, attrs: &CookieAttrs) -> SetCookie {
+    let mut builder = base_cookie(name.clone(), value.to_owned(), attrs.secure);
     if let Some(secs) = attrs.max_age_secs {
         let secs = i64::try_from(secs).unwrap_or(i64::MAX);
-        builder = builder.max_age(cookie::time::Duration::seconds(secs));
+        builder = builder.max_age(::cookie::time::Duration::seconds(secs));
     }
-    builder.to_string()
+    SetCookie {
+        name,
+        header: builder.to_string(),
+        deletes: false,
+    }
 }
 
 /// One `Set-Cookie` value deleting `name`.
-fn clear_cookie(name: String, attrs: &CookieAttrs) -> String {
-    base_cookie(name, String::new(), attrs.secure)
-        .max_age(cookie::time::Duration::ZERO)
-        .to_string()
+fn clear_cookie(name: String, attrs: &CookieAttrs) -> SetCookie {
+    let header = base_cookie(name.clone(), String::new(), attrs.secure)
+        .max_age(::cookie::time::Duration::ZERO)
+        .to_string();
+    SetCookie {
+        name,
+        header,
+        deletes: true,
+    }
 }
 
 /// The attributes every cookie of ours carries.
-fn base_cookie(name: String, value: String, secure: bool) -> cookie::CookieBuilder<'static> {
+fn base_cookie(name: String, value: String, secure: bool) -> ::cookie::CookieBuilder<'static> {
     Cookie::build((name, value))
         .path("/")
         .http_only(true)
@@ -222,6 +274,7 @@ fn base_cookie(name: String, value: String, secure: bool) -> cookie::CookieBuild
 // ---------------------------------------------------------------------------------------------
 
 /// The cookies of a request, parsed from every `Cookie` header value (there may be several; `a=1; b=2` each).
+#[derive(Default)]
 pub struct RequestCookies<'a> {
     /// `(name, value)` in request order; the value is trimmed but keeps any surrounding quotes, so `without` can
     /// pass it on unchanged.
@@ -321,71 +374,6 @@ fn is_name_or_chunk(candidate: &str, name: &str) -> bool {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Ended sessions
-// ---------------------------------------------------------------------------------------------
-
-/// Sessions ended by a logout, by a hash of their session id, remembered until the session would have expired
-/// anyway, so a copy of the cookie made before the logout is no session after it. A seam: this process keeps
-/// them in memory ([`MemoryEndedSessions`]); a shared store can implement the same trait.
-pub trait EndedSessions: Send + Sync + fmt::Debug {
-    /// Remembers `key` as ended until `until` (seconds since the epoch).
-    fn end(&self, key: [u8; 32], until: u64) -> BoxFuture<'_, ()>;
-    /// Whether `key` was ended.
-    fn is_ended(&self, key: [u8; 32]) -> BoxFuture<'_, bool>;
-}
-
-/// Ended sessions in this process's memory. Never evicted for size (an evicted entry would bring a copied cookie
-/// back): each entry is a logout of a real login and lives until that session's absolute expiry.
-pub struct MemoryEndedSessions {
-    /// Key -> the session's absolute expiry.
-    ended: moka::sync::Cache<cache::Key, Until>,
-    clock: Arc<dyn Clock>,
-}
-
-impl fmt::Debug for MemoryEndedSessions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemoryEndedSessions")
-            .field("ended", &self.ended.entry_count())
-            .finish()
-    }
-}
-
-/// An ended session's absolute expiry (seconds since the epoch): its entry stays a second past it.
-#[derive(Debug, Clone, Copy)]
-struct Until(u64);
-
-impl Expires for Until {
-    fn ttl(&self, now: u64) -> std::time::Duration {
-        std::time::Duration::from_secs(self.0.saturating_sub(now).saturating_add(1))
-    }
-}
-
-impl MemoryEndedSessions {
-    /// An empty set on `clock`.
-    pub fn new(clock: Arc<dyn Clock>) -> Self {
-        MemoryEndedSessions {
-            ended: moka::sync::Cache::builder()
-                .expire_after(Lifetime(clock.clone()))
-                .build(),
-            clock,
-        }
-    }
-}
-
-impl EndedSessions for MemoryEndedSessions {
-    fn end(&self, key: [u8; 32], until: u64) -> BoxFuture<'_, ()> {
-        self.ended.insert(key, Until(until));
-        Box::pin(std::future::ready(()))
-    }
-
-    fn is_ended(&self, key: [u8; 32]) -> BoxFuture<'_, bool> {
-        let now = self.clock.now();
-        let ended = self.ended.get(&key).is_some_and(|until| until.0 >= now);
-        Box::pin(std::future::ready(ended))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,7 +395,7 @@ mod tests {
     }
 
     /// The `name=value` pairs a browser would keep from `Set-Cookie` values (clearing ones dropped).
-    fn browser_jar(headers: &[String]) -> String {
+    fn browser_jar(headers: &[SetCookie]) -> String {
         headers
             .iter()
             .filter(|h| !h.contains("Max-Age=0"))
@@ -523,8 +511,12 @@ mod tests {
         assert_eq!(headers.len(), 1 + MAX_CHUNKS);
         assert_eq!(headers[0], "name=v; HttpOnly; SameSite=Lax; Path=/");
         for (i, header) in headers[1..].iter().enumerate() {
-            assert!(header.starts_with(&format!("name_{i}=;")), "{header}");
-            assert!(header.contains("; Max-Age=0"), "{header}");
+            assert!(
+                header.starts_with(&format!("name_{i}=;")),
+                "{}",
+                &header[..]
+            );
+            assert!(header.contains("; Max-Age=0"), "{}", &header[..]);
         }
         for header in &headers {
             assert_attributes(header, false);
@@ -556,7 +548,7 @@ mod tests {
             ]
         );
         for header in &headers[..3] {
-            assert!(header.contains("; Max-Age=60"), "{header}");
+            assert!(header.contains("; Max-Age=60"), "{}", &header[..]);
             let value = header
                 .split(';')
                 .next()
@@ -566,7 +558,7 @@ mod tests {
             assert!(value.len() <= CHUNK_SIZE);
         }
         for header in &headers[3..] {
-            assert!(header.contains("; Max-Age=0"), "{header}");
+            assert!(header.contains("; Max-Age=0"), "{}", &header[..]);
         }
         for header in &headers {
             assert_attributes(header, true);
@@ -600,24 +592,9 @@ mod tests {
     fn single_cookie_is_never_chunked() {
         let fits = "x".repeat(CHUNK_SIZE);
         let header = set_cookie_header("login", &fits, &attrs(true, Some(300))).expect("fits");
-        assert!(header.starts_with("login=x"), "{header}");
+        assert!(header.starts_with("login=x"), "{}", &header[..]);
         assert_attributes(&header, true);
         assert!(set_cookie_header("login", &format!("{fits}x"), &attrs(true, None)).is_none());
-    }
-
-    #[tokio::test]
-    async fn ended_sessions_stay_ended_until_their_expiry() {
-        let clock = Arc::new(crate::clock::ManualClock::new(1_000));
-        let ended = MemoryEndedSessions::new(clock.clone());
-        let (a, b) = ([1u8; 32], [2u8; 32]);
-        assert!(!ended.is_ended(a).await);
-        ended.end(a, 1_100).await;
-        assert!(ended.is_ended(a).await);
-        assert!(!ended.is_ended(b).await, "only the ended session");
-        clock.set(1_100);
-        assert!(ended.is_ended(a).await, "up to its absolute expiry");
-        clock.set(1_101);
-        assert!(!ended.is_ended(a).await, "the session is expired anyway");
     }
 
     #[test]
@@ -626,11 +603,15 @@ mod tests {
         assert_eq!(headers.len(), 1 + MAX_CHUNKS);
         assert!(headers[0].starts_with("session=;"));
         for (i, header) in headers[1..].iter().enumerate() {
-            assert!(header.starts_with(&format!("session_{i}=;")), "{header}");
+            assert!(
+                header.starts_with(&format!("session_{i}=;")),
+                "{}",
+                &header[..]
+            );
         }
         for header in &headers {
-            assert!(header.contains("; Max-Age=0"), "{header}");
-            assert!(!header.contains("Max-Age=60"), "{header}");
+            assert!(header.contains("; Max-Age=0"), "{}", &header[..]);
+            assert!(!header.contains("Max-Age=60"), "{}", &header[..]);
             assert_attributes(header, true);
         }
     }

@@ -1,7 +1,7 @@
-//! `authorization_code` + `session`: the browser login done entirely through Check answers. No session: 302 to
-//! the provider (state, nonce, PKCE S256) with an encrypted login cookie; the callback: state checked, code
-//! exchanged, ID token verified, session cookie set, 302 back to the original path; later requests ride the
-//! session (refreshed when the access token is about to expire); logout clears it and goes to the provider.
+//! The steps of the browser login for one policy ([`Login`]): no session: 302 to the provider (state, nonce,
+//! PKCE S256) with an encrypted login cookie; the callback: state checked, code exchanged, ID token verified,
+//! session stored, 302 back to the original path; later requests ride the session (its tokens verified, refreshed
+//! when the access token is about to expire); logout forgets it and goes to the provider.
 
 use std::sync::Arc;
 
@@ -18,10 +18,11 @@ use crate::config::{ClaimsSource, LoginSettings, Policy};
 use crate::decision::Redirect;
 use crate::flow::bearer::{BearerError, BearerVerifier, verify_signature};
 use crate::flow::claims::{self, NotForUs, TimeError};
-use crate::flow::session::{
-    CHUNK_SIZE, CookieAttrs, CookieCodec, RequestCookies, clear_cookie_headers, set_cookie_header,
-    set_cookie_headers,
+use crate::login::cookie::{
+    CHUNK_SIZE, CookieAttrs, CookieCodec, RequestCookies, SetCookie, clear_cookie_headers,
+    for_request, set_cookie_header,
 };
+use crate::login::store::{SessionData, SessionStore};
 use crate::provider::token::{TokenAnswer, TokenResponse};
 use crate::provider::{IdpError, Provider};
 use crate::request::CheckView;
@@ -47,7 +48,7 @@ pub struct Refreshed {
     /// The session after the refresh.
     pub session: Arc<OpenedSession>,
     /// `Set-Cookie` values of the refreshed session.
-    pub set_cookies: Vec<String>,
+    pub set_cookies: Vec<SetCookie>,
 }
 
 impl std::fmt::Debug for Refreshed {
@@ -75,30 +76,6 @@ struct LoginState {
     redirect_uri: String,
     provider: String,
     exp: u64,
-}
-
-/// What the session cookie holds. `Debug` shows no token.
-#[derive(Serialize, Deserialize, Clone)]
-pub struct SessionData {
-    /// Random session id, kept across refreshes; logout remembers a hash of it so copies of the cookie die too.
-    /// Required: a cookie without one cannot be ended, so it is no session.
-    pub sid: String,
-    /// The provider that issued the tokens.
-    pub provider: String,
-    /// Access token.
-    pub at: String,
-    /// ID token.
-    #[serde(default)]
-    pub it: Option<String>,
-    /// Refresh token.
-    #[serde(default)]
-    pub rt: Option<String>,
-    /// When the access token expires (seconds since the epoch).
-    pub at_exp: u64,
-    /// When the user logged in.
-    pub created: u64,
-    /// When the session was last used (to [`SEEN_GRANULARITY`]).
-    pub seen: u64,
 }
 
 /// Why a callback failed (each is a 401 page, except `Idp` which is a 503).
@@ -146,7 +123,7 @@ pub struct ActiveSession {
     /// The session (possibly refreshed) and its claims.
     pub session: Arc<OpenedSession>,
     /// `Set-Cookie` values when the session cookie changed (refresh, last-seen update).
-    pub set_cookies: Vec<String>,
+    pub set_cookies: Vec<SetCookie>,
 }
 
 /// A session cookie opened and its tokens verified: its data and the verified claims (cached per cookie value by
@@ -242,14 +219,33 @@ fn json_payload(jwt: &str) -> Option<Map<String, Value>> {
     serde_json::from_slice(&bytes).ok()
 }
 
+/// A 302 of the login with its cookies, before they meet the request (see [`LoginRedirect::for_request`]).
+#[derive(Debug)]
+pub struct LoginRedirect {
+    /// Where the browser goes.
+    pub location: String,
+    /// The cookies it gets.
+    pub set_cookies: Vec<SetCookie>,
+}
+
+impl LoginRedirect {
+    /// The redirect answered to a request carrying `cookies` (deletions only of cookies it carried).
+    pub fn for_request(self, cookies: &RequestCookies<'_>) -> Redirect {
+        Redirect {
+            location: self.location,
+            set_cookies: for_request(self.set_cookies, cookies),
+        }
+    }
+}
+
 /// The login flow for one policy.
 pub struct Login<'a> {
-    /// The policy.
+    /// The policy (its scopes).
     pub policy: &'a Policy,
     /// Its login settings.
     pub settings: &'a LoginSettings,
-    /// Its cookie codec.
-    pub codec: &'a CookieCodec,
+    /// Where its sessions live.
+    pub store: &'a dyn SessionStore,
     /// Its provider.
     pub provider: &'a Provider,
     /// The clock.
@@ -266,18 +262,12 @@ impl Login<'_> {
         }
     }
 
-    /// Whether this request is the callback.
-    pub fn is_callback(&self, view: &CheckView<'_>) -> bool {
-        view.path == self.settings.redirect_uri.path()
-    }
-
-    /// Whether this request is the logout path.
-    pub fn is_logout(&self, view: &CheckView<'_>) -> bool {
-        self.policy.logout_path.as_deref() == Some(view.path)
+    fn codec(&self) -> &CookieCodec {
+        &self.settings.codec
     }
 
     /// The 302 to the provider's login, with the login cookie.
-    pub async fn start(&self, view: &CheckView<'_>) -> Result<Redirect, IdpError> {
+    pub async fn start(&self, view: &CheckView<'_>) -> Result<LoginRedirect, IdpError> {
         let meta = self.provider.metadata().await?;
         let endpoint = meta
             .authorization_endpoint
@@ -316,7 +306,7 @@ impl Login<'_> {
             provider: self.provider.name().to_string(),
             exp: self.clock.now() + LOGIN_TTL,
         };
-        let mut sealed = self.codec.seal(
+        let mut sealed = self.codec().seal(
             LOGIN_COOKIE,
             &serde_json::to_vec(&login).unwrap_or_default(),
         );
@@ -326,7 +316,7 @@ impl Login<'_> {
                 return_to: "/".into(),
                 ..login
             };
-            sealed = self.codec.seal(
+            sealed = self.codec().seal(
                 LOGIN_COOKIE,
                 &serde_json::to_vec(&login).unwrap_or_default(),
             );
@@ -334,7 +324,7 @@ impl Login<'_> {
         let set_cookies = set_cookie_header(LOGIN_COOKIE, &sealed, &self.attrs(Some(LOGIN_TTL)))
             .into_iter()
             .collect();
-        Ok(Redirect {
+        Ok(LoginRedirect {
             location: url.to_string(),
             set_cookies,
         })
@@ -345,7 +335,7 @@ impl Login<'_> {
         &self,
         view: &CheckView<'_>,
         cookies: &RequestCookies<'_>,
-    ) -> Result<Redirect, CallbackError> {
+    ) -> Result<LoginRedirect, CallbackError> {
         let params: Vec<(String, String)> = url::form_urlencoded::parse(view.query.as_bytes())
             .into_owned()
             .collect();
@@ -360,7 +350,7 @@ impl Login<'_> {
         }
         let login: LoginState = cookies
             .get(LOGIN_COOKIE)
-            .and_then(|v| self.codec.open(LOGIN_COOKIE, v))
+            .and_then(|v| self.codec().open(LOGIN_COOKIE, v))
             .and_then(|b| serde_json::from_slice(&b).ok())
             .ok_or(CallbackError::NoLogin)?;
         if login.exp < self.clock.now() || login.provider != self.provider.name() {
@@ -403,14 +393,14 @@ impl Login<'_> {
             created: now,
             seen: now,
         };
-        let mut set_cookies = self.session_cookies(&data);
-        set_cookies.extend(clear_cookie_headers(LOGIN_COOKIE, &self.attrs(None)));
+        let mut set_cookies = self.store.save(&data, now).await;
+        set_cookies.extend(self.forget_login());
         let location = if login.return_to.starts_with('/') && !login.return_to.starts_with("//") {
             login.return_to
         } else {
             "/".into()
         };
-        Ok(Redirect {
+        Ok(LoginRedirect {
             location,
             set_cookies,
         })
@@ -459,46 +449,16 @@ impl Login<'_> {
         }
     }
 
-    /// `Set-Cookie` values storing the session.
-    pub fn session_cookies(&self, data: &SessionData) -> Vec<String> {
-        let name = self.settings.cookie_name.as_str();
-        let sealed = self
-            .codec
-            .seal(name, &serde_json::to_vec(data).unwrap_or_default());
-        let remaining =
-            (data.created + self.settings.absolute_timeout).saturating_sub(self.clock.now());
-        set_cookie_headers(name, &sealed, &self.attrs(Some(remaining.max(1))))
-            .unwrap_or_else(|| clear_cookie_headers(name, &self.attrs(None)))
+    /// `Set-Cookie` values deleting the login cookie.
+    pub fn forget_login(&self) -> Vec<SetCookie> {
+        clear_cookie_headers(LOGIN_COOKIE, &self.attrs(None))
     }
 
-    /// `Set-Cookie` values deleting the session.
-    pub fn clear_session(&self) -> Vec<String> {
-        clear_cookie_headers(&self.settings.cookie_name, &self.attrs(None))
-    }
-
-    /// The sealed session cookie value, if any (`None`: no cookie at all; `Some(None)`: broken chunks).
-    pub fn session_value(&self, cookies: &RequestCookies<'_>) -> Option<Option<String>> {
-        let name = self.settings.cookie_name.as_str();
-        if !cookies.has(name) {
-            return None;
-        }
-        Some(cookies.read_chunked(name))
-    }
-
-    /// Unseals a session value (`None`: it does not authenticate or parse). Nothing in it is trusted yet.
-    pub fn unseal(&self, value: &str) -> Option<SessionData> {
-        let name = self.settings.cookie_name.as_str();
-        self.codec
-            .open(name, value)
-            .and_then(|b| serde_json::from_slice::<SessionData>(&b).ok())
-            .filter(|d| !d.sid.is_empty())
-    }
-
-    /// Opens a sealed session value and verifies its tokens: the claims of a session come only from tokens
-    /// whose signature, issuer (and for the ID token, audience) verify. `Gone` for a value that does not open or
-    /// whose tokens do not verify.
-    pub async fn open_session(&self, value: &str) -> Result<OpenedSession, SessionError> {
-        let data = self.unseal(value).ok_or(SessionError::Gone)?;
+    /// Loads a session by its reference and verifies its tokens: the claims of a session come only from tokens
+    /// whose signature, issuer (and for the ID token, audience) verify. `Gone` for a reference with no session
+    /// behind it or whose tokens do not verify.
+    pub async fn open_session(&self, reference: &str) -> Result<OpenedSession, SessionError> {
+        let data = self.store.load(reference).await.ok_or(SessionError::Gone)?;
         self.verified(data).await.map_err(|e| match e {
             TokenCheck::Idp(e) => SessionError::Idp(e),
             TokenCheck::Invalid(why) => {
@@ -594,9 +554,10 @@ impl Login<'_> {
         Ok(claims)
     }
 
-    /// Reads and opens the session cookie without verifying its tokens (logout: to revoke and end it).
-    pub fn read_session(&self, cookies: &RequestCookies<'_>) -> Option<Option<SessionData>> {
-        Some(self.session_value(cookies)?.and_then(|v| self.unseal(&v)))
+    /// Loads the request's session without verifying its tokens (logout: to revoke and end it).
+    pub async fn read_session(&self, cookies: &RequestCookies<'_>) -> Option<SessionData> {
+        let reference = self.store.find(cookies)??;
+        self.store.load(&reference).await
     }
 
     /// Validates a session, refreshing its tokens when needed. Concurrent refreshes of one session share one
@@ -639,7 +600,7 @@ impl Login<'_> {
         }
         let mut data = data.clone();
         data.seen = now;
-        let set_cookies = self.session_cookies(&data);
+        let set_cookies = self.store.save(&data, now).await;
         Ok(ActiveSession {
             session: Arc::new(OpenedSession {
                 data,
@@ -696,7 +657,7 @@ impl Login<'_> {
         if session.valid_until <= now {
             return Err(SessionError::RefreshFailed);
         }
-        let set_cookies = self.session_cookies(&session.data);
+        let set_cookies = self.store.save(&session.data, now).await;
         Ok(Arc::new(Refreshed {
             session: Arc::new(session),
             set_cookies,
@@ -726,9 +687,9 @@ impl Login<'_> {
     }
 
     /// Logout: clear the session and go to the provider's end-session endpoint (or the post-logout URI).
-    pub async fn logout(&self, session: Option<SessionData>) -> Redirect {
-        let mut set_cookies = self.clear_session();
-        set_cookies.extend(clear_cookie_headers(LOGIN_COOKIE, &self.attrs(None)));
+    pub async fn logout(&self, session: Option<SessionData>) -> LoginRedirect {
+        let mut set_cookies = self.store.forget();
+        set_cookies.extend(self.forget_login());
         let after = self
             .settings
             .post_logout_redirect_uri
@@ -751,7 +712,7 @@ impl Login<'_> {
             }
             _ => after.unwrap_or_else(|| "/".into()),
         };
-        Redirect {
+        LoginRedirect {
             location,
             set_cookies,
         }

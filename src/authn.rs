@@ -1,0 +1,221 @@
+//! What authenticating a request yields, whatever the method: an [`Identity`], a browser [`Redirect`], or a
+//! [`Refusal`]; and [`Refusal::deny`], the one mapping from a refusal to the [`Deny`] the client gets.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::config::{AuthMethod, Policy};
+use crate::decision::{Deny, Redirect};
+use crate::flow::bearer::Verified;
+use crate::login::OpenedSession;
+use crate::provider::IdpError;
+
+/// A request that authenticated: how, as whom, and what it carries upstream.
+#[derive(Debug)]
+pub struct Identity {
+    /// The method that authenticated it.
+    pub method: AuthMethod,
+    /// Where its verified claims live.
+    pub claims: Claims,
+    /// A token to send upstream as `Authorization: Bearer` (the client-credentials grant's token, a session's
+    /// access token with `upstream_access_token`).
+    pub upstream_token: Option<Arc<str>>,
+    /// A session's ID token, for the policy's `upstream_id_token_header`.
+    pub id_token: Option<String>,
+    /// `Set-Cookie` values for the client (a refreshed session, a last-seen update).
+    pub set_cookies: Vec<String>,
+}
+
+impl Identity {
+    /// The verified claims, for access control and headers.
+    pub fn claims(&self) -> &Map<String, Value> {
+        match &self.claims {
+            Claims::Token(v) => &v.claims,
+            Claims::Session(s) => &s.claims,
+        }
+    }
+
+    /// The `sub` claim, for the log line.
+    pub fn sub(&self) -> Option<String> {
+        self.claims()
+            .get("sub")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    }
+}
+
+/// Where an identity's claims come from (both cached and shared, never copied per request).
+#[derive(Debug)]
+pub enum Claims {
+    /// A verified or introspected token.
+    Token(Arc<Verified>),
+    /// An opened session.
+    Session(Arc<OpenedSession>),
+}
+
+/// What authenticating a request led to, when it is not a refusal.
+#[derive(Debug)]
+pub enum Authenticated {
+    /// The request goes on to access control.
+    Identity(Identity),
+    /// The browser goes elsewhere (to log in, back after the callback, to log out).
+    Redirect(Redirect),
+}
+
+/// Why a request is refused, with the public description the client reads (always one of our own texts, never
+/// client input, a token or a secret). Every auth method answers with one; [`Refusal::deny`] alone turns it into
+/// the `Deny`.
+#[derive(Debug)]
+pub struct Refusal {
+    /// The kind, which fixes the status and the challenge.
+    pub kind: RefusalKind,
+    /// The public reason.
+    pub description: String,
+    /// The method that refused (for the log line and the metrics), when one did.
+    pub method: Option<AuthMethod>,
+    /// Seconds for `retry-after`.
+    pub retry_after: Option<u64>,
+    /// `Set-Cookie` values for the client (clearing a dead session or login).
+    pub set_cookies: Vec<String>,
+}
+
+/// The kinds of refusal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// 401: no credentials, or credentials that do not authenticate; the OAuth error code (`invalid_token`,
+    /// `invalid_client`), with the challenges of the policy's methods.
+    Unauthenticated(&'static str),
+    /// 401 for a browser whose login failed at the callback: an HTML page, no challenge.
+    LoginFailed(&'static str),
+    /// 401 `invalid_token`: a login is needed; the URL to log in at joins the challenge when the policy can log in.
+    LoginRequired(Option<String>),
+    /// 403 `insufficient_scope`: authenticated, but the access rules (or the IdP, for a scope) refuse.
+    Insufficient,
+    /// 403 `access_denied`: no policy for the route, or an action this request may not take.
+    Forbidden,
+    /// 503: the identity provider is needed and is unavailable, too slow or busy.
+    Unavailable,
+}
+
+impl Refusal {
+    fn new(kind: RefusalKind, description: impl Into<String>) -> Self {
+        Refusal {
+            kind,
+            description: description.into(),
+            method: None,
+            retry_after: None,
+            set_cookies: Vec::new(),
+        }
+    }
+
+    /// 401 with `error` and the policy's challenges.
+    pub fn unauthenticated(error: &'static str, description: impl Into<String>) -> Self {
+        Self::new(RefusalKind::Unauthenticated(error), description)
+    }
+
+    /// 401: the login failed at the callback (`error`: `access_denied` or `invalid_request`).
+    pub fn login_failed(error: &'static str, description: impl Into<String>) -> Self {
+        Self::new(RefusalKind::LoginFailed(error), description)
+    }
+
+    /// 401: log in first (at `login_uri`, when the policy can log in).
+    pub fn login_required(login_uri: Option<String>) -> Self {
+        Self::new(RefusalKind::LoginRequired(login_uri), "login required")
+    }
+
+    /// 403 `insufficient_scope`.
+    pub fn insufficient(description: impl Into<String>) -> Self {
+        Self::new(RefusalKind::Insufficient, description)
+    }
+
+    /// 403 `access_denied`.
+    pub fn forbidden(description: impl Into<String>) -> Self {
+        Self::new(RefusalKind::Forbidden, description)
+    }
+
+    /// 503 with `description`.
+    pub fn unavailable(description: impl Into<String>) -> Self {
+        Self::new(RefusalKind::Unavailable, description)
+    }
+
+    /// 503 for an IdP outage, logged here (the provider and the error, never a token): never an allow, never a
+    /// gRPC error.
+    pub fn idp(provider: &str, e: &IdpError) -> Self {
+        tracing::warn!(provider = %provider, error = %e, "identity provider needed and unavailable");
+        Self::unavailable("the identity provider is unavailable")
+    }
+
+    /// The same refusal, attributed to `method`.
+    pub fn during(mut self, method: AuthMethod) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// The same refusal, telling the client to retry after `secs`.
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    /// The same refusal, with these `Set-Cookie` values.
+    pub fn with_cookies(mut self, set_cookies: Vec<String>) -> Self {
+        self.set_cookies = set_cookies;
+        self
+    }
+
+    /// The answer the client gets. The policy (when one was selected) names the realm and, for a 401, decides
+    /// the challenges: `Basic` when it accepts client credentials, `Bearer` when it accepts tokens or nothing else.
+    pub fn deny(self, policy: Option<&Policy>) -> Deny {
+        let realm = policy.map_or("oidc-authz", |p| p.name.as_str());
+        let mut deny = match self.kind {
+            RefusalKind::Unauthenticated(error) => {
+                with_challenges(Deny::unauthorized(realm, error, self.description), policy)
+            }
+            RefusalKind::LoginRequired(login_uri) => {
+                let mut deny = with_challenges(
+                    Deny::unauthorized(realm, "invalid_token", self.description),
+                    policy,
+                );
+                if let Some(url) = login_uri {
+                    let url: String = url.chars().filter(|c| *c != '"' && *c != '\\').collect();
+                    deny.www_authenticate = deny
+                        .www_authenticate
+                        .map(|w| format!("{w}, login_uri=\"{url}\""));
+                }
+                deny
+            }
+            RefusalKind::LoginFailed(error) => {
+                let page = crate::login::error_page(&self.description);
+                let mut deny = Deny::unauthorized(realm, error, self.description);
+                deny.www_authenticate = None;
+                deny.page = Some(page);
+                deny
+            }
+            RefusalKind::Insufficient => Deny::insufficient(realm, self.description),
+            RefusalKind::Forbidden => Deny::forbidden("access_denied", self.description),
+            RefusalKind::Unavailable => Deny::unavailable(self.description),
+        };
+        deny.retry_after = self
+            .retry_after
+            .map(|s| u16::try_from(s).unwrap_or(u16::MAX));
+        deny.set_cookies = self.set_cookies;
+        deny
+    }
+}
+
+/// A 401's challenges for the policy: `Basic` for client credentials, joined by the `Bearer` one when the policy
+/// also takes tokens.
+fn with_challenges(mut deny: Deny, policy: Option<&Policy>) -> Deny {
+    let Some(policy) = policy else { return deny };
+    if policy.allows(AuthMethod::ClientCredentials) {
+        let basic = format!("Basic realm=\"{}\"", policy.name);
+        let token_methods =
+            policy.allows(AuthMethod::Bearer) || policy.allows(AuthMethod::Introspection);
+        deny.www_authenticate = Some(match deny.www_authenticate.take() {
+            Some(bearer) if token_methods => format!("{basic}, {bearer}"),
+            _ => basic,
+        });
+    }
+    deny
+}

@@ -1,0 +1,100 @@
+//! The request's credentials, read once per Check into one value every auth method reads: the `Authorization`
+//! header, the policy's client-credential headers, the cookies, and what the request is for (the login's
+//! callback or logout path, or anything else).
+
+use crate::flow::client_credentials::{self, ClientCreds, CredsError};
+use crate::login::cookie::RequestCookies;
+use crate::policy::runtime::PolicyRuntime;
+use crate::request::CheckView;
+
+/// What the `Authorization` header carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authorization<'a> {
+    /// No `Authorization` header.
+    None,
+    /// `Bearer <token>`.
+    Bearer(&'a str),
+    /// `Basic <base64>`.
+    Basic(&'a str),
+    /// Present but unusable (repeated, not UTF-8, unknown scheme, empty).
+    Malformed(&'static str),
+}
+
+/// What the request is for, on a login policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    /// The login callback (`redirect_uri`'s path).
+    Callback,
+    /// The logout path.
+    Logout,
+    /// Anything else (the protected resource).
+    Resource,
+}
+
+/// Everything a Check's auth methods read from the request, parsed once.
+#[derive(Debug)]
+pub struct Credentials<'a> {
+    /// The `Authorization` header.
+    pub authorization: Authorization<'a>,
+    /// Client credentials from the policy's headers (`client_credentials_param_type = ["header"]`); `None` when
+    /// the client sent neither header (or the policy names none).
+    pub header_client: Option<Result<ClientCreds, CredsError>>,
+    /// The request's cookies.
+    pub cookies: RequestCookies<'a>,
+    /// What the request is for.
+    pub intent: Intent,
+}
+
+impl<'a> Credentials<'a> {
+    /// Reads the request for the policy `rt` (its cookies only when it has a login: nothing else reads them).
+    pub fn parse(view: &CheckView<'a>, rt: &PolicyRuntime) -> Self {
+        let policy = &rt.policy;
+        let intent = match &rt.login {
+            Some(flow) if view.path == flow.settings.redirect_uri.path() => Intent::Callback,
+            Some(_) if policy.logout_path.as_deref() == Some(view.path) => Intent::Logout,
+            _ => Intent::Resource,
+        };
+        let cookies = if rt.login.is_some() {
+            let headers: Vec<&str> = view.header_values("cookie").into_iter().flatten().collect();
+            RequestCookies::parse(&headers)
+        } else {
+            RequestCookies::default()
+        };
+        Credentials {
+            authorization: authorization(view),
+            header_client: client_credentials::from_headers(view, policy),
+            cookies,
+            intent,
+        }
+    }
+
+    /// Whether the request carries a token or client credentials (which win over a session).
+    pub fn has_token(&self) -> bool {
+        self.authorization != Authorization::None || self.header_client.is_some()
+    }
+}
+
+/// Reads the `Authorization` header.
+pub fn authorization<'a>(view: &CheckView<'a>) -> Authorization<'a> {
+    let values = view.header_values("authorization");
+    let value = match values.as_slice() {
+        [] => return Authorization::None,
+        [Some(v)] => *v,
+        [None] => return Authorization::Malformed("the Authorization header is not valid text"),
+        _ => return Authorization::Malformed("more than one Authorization header"),
+    };
+    // Envoy's merged map joins repeats with ','; a token never contains one.
+    let value = value.trim();
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    let rest = rest.trim();
+    if rest.is_empty() {
+        return Authorization::Malformed("the Authorization header has no credentials");
+    }
+    if scheme.eq_ignore_ascii_case("bearer") {
+        Authorization::Bearer(rest)
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        Authorization::Basic(rest)
+    } else {
+        Authorization::Malformed("unsupported Authorization scheme")
+    }
+}

@@ -1,0 +1,431 @@
+//! The browser login of `authorization_code` + `session`, all of it: the callback, the logout, riding a session
+//! (opened, verified, refreshed) and the redirect to log in, behind the [`store::SessionStore`] seam. [`Logins`]
+//! holds what every login policy shares (the opened-session and refresh caches, the ended sessions); a policy's
+//! own part is its [`LoginFlow`]; the steps themselves are in [`authcode`], the cookie mechanics in [`cookie`].
+
+pub mod authcode;
+pub mod cookie;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use authcode::{OpenedSession, error_page};
+
+use crate::authn::{Authenticated, Claims, Identity, Refusal};
+use crate::cache;
+use crate::clock::Clock;
+use crate::config::{AuthMethod, LoginSettings, Policy};
+use crate::credentials::{Credentials, Intent};
+use crate::login::authcode::{
+    ActiveSession, CallbackError, Login, RefreshCache, SessionError, ended_key, is_browser,
+    refresh_cache, request_url, revoke,
+};
+use crate::login::cookie::{RequestCookies, for_request};
+use crate::login::store::{
+    CookieStore, EndedSessions, MemoryEndedSessions, SessionData, SessionStore,
+};
+use crate::provider::Provider;
+use crate::request::CheckView;
+use crate::rng::Rng;
+use crate::telemetry::Metrics;
+
+/// Logout revocations that may run at once per provider.
+pub const MAX_REVOCATIONS_PER_PROVIDER: usize = 16;
+
+/// One policy's login: its settings (taken out of the config's policy, so a compiled policy has them in one
+/// place), where its sessions live, and its provider's revocation slots.
+#[derive(Debug)]
+pub struct LoginFlow {
+    /// The settings (with the cookie codec built at validation).
+    pub settings: LoginSettings,
+    /// Where its sessions live.
+    pub store: Box<dyn SessionStore>,
+    /// Logout revocations in flight for its provider (shared by the provider's policies), at most
+    /// [`MAX_REVOCATIONS_PER_PROVIDER`]: a slow provider cannot pile up revocation tasks.
+    pub revocations: Arc<tokio::sync::Semaphore>,
+}
+
+impl LoginFlow {
+    /// The login of a policy with `settings`, its sessions in the encrypted session cookie.
+    pub fn new(settings: LoginSettings, revocations: Arc<tokio::sync::Semaphore>) -> Self {
+        let store = CookieStore::new(
+            &settings.cookie_name,
+            settings.codec.clone(),
+            settings.redirect_uri.scheme() == "https",
+            settings.absolute_timeout,
+        );
+        LoginFlow {
+            settings,
+            store: Box::new(store),
+            revocations,
+        }
+    }
+}
+
+/// What every login policy shares.
+#[derive(Debug)]
+pub struct Logins {
+    /// Opened and verified sessions by a hash of (policy, session reference).
+    sessions: moka::future::Cache<cache::Key, Arc<OpenedSession>>,
+    /// Session refreshes in flight or just done (one refresh grant per session at a time).
+    refreshes: RefreshCache,
+    /// Sessions ended by a logout.
+    ended: Arc<dyn EndedSessions>,
+    /// How long a logout waits for its revocations.
+    revoke_budget: Duration,
+    clock: Arc<dyn Clock>,
+    /// The login's state, nonce, PKCE verifier and session ids.
+    rng: Arc<dyn Rng>,
+    metrics: Arc<Metrics>,
+}
+
+impl Logins {
+    /// Empty caches; a logout waits at most `revoke_budget` for its revocations.
+    pub fn new(
+        clock: Arc<dyn Clock>,
+        rng: Arc<dyn Rng>,
+        metrics: Arc<Metrics>,
+        revoke_budget: Duration,
+    ) -> Self {
+        Logins {
+            sessions: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(120))
+                .build(),
+            refreshes: refresh_cache(),
+            ended: Arc::new(MemoryEndedSessions::new(clock.clone())),
+            revoke_budget,
+            clock,
+            rng,
+            metrics,
+        }
+    }
+
+    /// The login's part of a Check: the callback, the logout, a session, or the redirect to log in. `None` when
+    /// the request is for the token methods (it carries a token or client credentials, which win over a session).
+    pub async fn step(
+        &self,
+        policy: &Policy,
+        flow: &LoginFlow,
+        provider: &Arc<Provider>,
+        view: &CheckView<'_>,
+        creds: &Credentials<'_>,
+    ) -> Option<Result<Authenticated, Refusal>> {
+        let login = Login {
+            policy,
+            settings: &flow.settings,
+            store: flow.store.as_ref(),
+            provider,
+            clock: &self.clock,
+            rng: self.rng.as_ref(),
+        };
+        let cookies = &creds.cookies;
+        let method = AuthMethod::AuthorizationCode;
+        let step = match creds.intent {
+            Intent::Callback => self.callback(&login, view, cookies).await,
+            Intent::Logout => self.logout(&login, flow, provider, view, cookies).await,
+            Intent::Resource if creds.has_token() => return None,
+            Intent::Resource => self.resource(&login, view, cookies).await,
+        };
+        Some(step.map_err(|r| match r.method {
+            Some(_) => r,
+            None if creds.intent != Intent::Resource => r.during(method),
+            None => r,
+        }))
+    }
+
+    async fn callback(
+        &self,
+        login: &Login<'_>,
+        view: &CheckView<'_>,
+        cookies: &RequestCookies<'_>,
+    ) -> Result<Authenticated, Refusal> {
+        match login.callback(view, cookies).await {
+            Ok(r) => Ok(Authenticated::Redirect(r.for_request(cookies))),
+            Err(CallbackError::Idp(e)) => Err(Refusal::idp(login.provider.name(), &e)),
+            Err(e) => {
+                tracing::info!(policy.name = %login.policy.name, reason = %e, "login callback refused");
+                let error = if matches!(e, CallbackError::Provider(_)) {
+                    "access_denied"
+                } else {
+                    "invalid_request"
+                };
+                let clear = for_request(login.forget_login(), cookies);
+                Err(Refusal::login_failed(error, e.to_string()).with_cookies(clear))
+            }
+        }
+    }
+
+    async fn logout(
+        &self,
+        login: &Login<'_>,
+        flow: &LoginFlow,
+        provider: &Arc<Provider>,
+        view: &CheckView<'_>,
+        cookies: &RequestCookies<'_>,
+    ) -> Result<Authenticated, Refusal> {
+        if let Err(why) = login.logout_allowed(view) {
+            tracing::info!(policy.name = %login.policy.name, request.method = view.method, reason = why, "logout refused");
+            return Err(Refusal::forbidden(why));
+        }
+        let session = login.read_session(cookies).await;
+        if let Some(s) = &session {
+            self.end_session(login, flow, provider, s).await;
+        }
+        Ok(Authenticated::Redirect(
+            login.logout(session).await.for_request(cookies),
+        ))
+    }
+
+    /// A request for the protected resource without a token: its session, else the redirect to log in (a
+    /// browser on a policy that allows `authorization_code`), else 401.
+    async fn resource(
+        &self,
+        login: &Login<'_>,
+        view: &CheckView<'_>,
+        cookies: &RequestCookies<'_>,
+    ) -> Result<Authenticated, Refusal> {
+        let mut clear = Vec::new();
+        if let Some(reference) = login.store.find(cookies) {
+            let active = match reference {
+                Some(r) => self.session(login, &r).await,
+                None => Err(SessionError::Gone),
+            };
+            match active {
+                Ok(active) => {
+                    return Ok(Authenticated::Identity(session_identity(
+                        login, active, cookies,
+                    )));
+                }
+                Err(SessionError::Idp(e)) => return Err(Refusal::idp(login.provider.name(), &e)),
+                Err(SessionError::Gone | SessionError::RefreshFailed) => {
+                    clear = for_request(login.store.forget(), cookies);
+                }
+            }
+        }
+        let can_login = login.policy.allows(AuthMethod::AuthorizationCode);
+        if can_login && is_browser(view) {
+            return match login.start(view).await {
+                Ok(r) => {
+                    let mut r = r.for_request(cookies);
+                    r.set_cookies.extend(clear);
+                    Ok(Authenticated::Redirect(r))
+                }
+                Err(e) => Err(Refusal::idp(login.provider.name(), &e)),
+            };
+        }
+        let login_uri = can_login.then(|| request_url(view, login.settings));
+        Err(Refusal::login_required(login_uri).with_cookies(clear))
+    }
+
+    /// Opens a session (tokens verified), refuses an ended one, refreshes it when needed.
+    async fn session(
+        &self,
+        login: &Login<'_>,
+        reference: &str,
+    ) -> Result<ActiveSession, SessionError> {
+        let opened = self.open_session(login, reference).await?;
+        if self.ended.is_ended(opened.ended_key).await {
+            return Err(SessionError::Gone);
+        }
+        login.use_session(opened, &self.refreshes).await
+    }
+
+    /// Opens a session and verifies its tokens, remembering the result by a SHA-256 of (policy, reference): a
+    /// browser sends the same cookie on every request, so the AES-GCM open, the JSON parsing and the signature
+    /// checks happen once per cookie (concurrent first uses share one).
+    async fn open_session(
+        &self,
+        login: &Login<'_>,
+        reference: &str,
+    ) -> Result<Arc<OpenedSession>, SessionError> {
+        let key = cache::key(&[login.policy.name.as_str(), reference]);
+        if let Some(hit) = self.sessions.get(&key).await {
+            self.metrics.cache_lookup("session", true);
+            return Ok(hit);
+        }
+        self.metrics.cache_lookup("session", false);
+        self.sessions
+            .try_get_with(key, async {
+                login.open_session(reference).await.map(Arc::new)
+            })
+            .await
+            .map_err(|e| (*e).clone())
+    }
+
+    /// Logout of a session: remembered as ended until its absolute expiry, and its tokens revoked at the
+    /// provider (`logout_revoke`). Revocation runs on its own task and is awaited for at most the revoke budget
+    /// (half the Check deadline), so a slow provider never holds the logout up; its failures are logged only. A
+    /// session that already ended is not revoked again (a replayed logout costs the provider nothing), and at most
+    /// [`MAX_REVOCATIONS_PER_PROVIDER`] revocations run per provider: beyond that, revocation is skipped (logged).
+    async fn end_session(
+        &self,
+        login: &Login<'_>,
+        flow: &LoginFlow,
+        provider: &Arc<Provider>,
+        session: &SessionData,
+    ) {
+        let key = ended_key(&session.sid);
+        if self.ended.is_ended(key).await {
+            return;
+        }
+        let until = session
+            .created
+            .saturating_add(flow.settings.absolute_timeout);
+        self.ended.end(key, until).await;
+        if !flow.settings.logout_revoke {
+            return;
+        }
+        let policy = &login.policy.name;
+        let Ok(permit) = flow.revocations.clone().try_acquire_owned() else {
+            tracing::warn!(policy.name = %policy, "logout: too many token revocations in flight; not revoking");
+            return;
+        };
+        let provider = provider.clone();
+        let session = session.clone();
+        let task = tokio::spawn(async move {
+            revoke(&provider, &session).await;
+            drop(permit);
+        });
+        if tokio::time::timeout(self.revoke_budget, task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(policy.name = %policy, "logout: token revocation still running; not waiting for it");
+        }
+    }
+}
+
+/// The identity of a usable session: its claims, the tokens the policy sends upstream, and its cookie updates.
+fn session_identity(
+    login: &Login<'_>,
+    active: ActiveSession,
+    cookies: &RequestCookies<'_>,
+) -> Identity {
+    let settings = login.settings;
+    let data = &active.session.data;
+    Identity {
+        method: AuthMethod::Session,
+        upstream_token: settings
+            .upstream_access_token
+            .then(|| Arc::from(data.at.as_str())),
+        id_token: data.it.clone(),
+        set_cookies: for_request(active.set_cookies, cookies),
+        claims: Claims::Session(active.session),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+    use serde_json::Value;
+    use sha2::{Digest, Sha256};
+
+    use crate::authz::Authorizer;
+    use crate::config::Config;
+    use crate::decision::Decision;
+    use crate::login::authcode::LOGIN_COOKIE;
+    use crate::request::CheckView;
+    use crate::telemetry::Metrics;
+
+    fn request(headers: &[(&str, &str)]) -> CheckRequest {
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(Request {
+                    http: Some(HttpRequest {
+                        method: "GET".into(),
+                        path: "/x".into(),
+                        headers: headers
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// With a predictable `Rng`, a browser without a session is sent to the provider carrying exactly the state,
+    /// nonce and S256 challenge drawn from its bytes (32 each: state, nonce, verifier), and the login cookie keeps
+    /// that verifier for the callback. No network: the provider has its endpoints configured and an issuer that
+    /// is no URL, so there is no discovery document to fetch.
+    #[tokio::test]
+    async fn login_redirect_carries_the_values_of_the_rng() {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+        use crate::clock::ManualClock;
+        use crate::rng::SequenceRng;
+
+        let mut cfg = Config::from_toml(
+            r#"
+[providers.p]
+issuer = "https://idp.example.com"
+client_id = "app"
+client_secret = "app-secret"
+jwks_uri = "https://idp.example.com/keys"
+authorization_endpoint = "https://idp.example.com/authorize"
+[policies.web]
+provider = "p"
+auth_methods = ["authorization_code", "session"]
+redirect_uri = "https://app.example.com/cb"
+session_secret = "fJfkZusK6AM6PHtnD6Ew4TnBmJQNhuiVxOTv7w0voXg="
+[[routes]]
+path_prefix = "/"
+policy = "web"
+"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut provider = cfg.providers[0].clone();
+        provider.issuer = "offline".into();
+        cfg.providers = Arc::from(vec![provider]);
+        let codec = cfg.policies[0]
+            .login
+            .as_ref()
+            .map(|l| l.codec.clone())
+            .expect("a login policy");
+        let authz = Authorizer::new(
+            cfg,
+            Arc::new(Metrics::new()),
+            Arc::new(ManualClock::new(1_700_000_000)),
+            Arc::new(SequenceRng::new(7)),
+        );
+        let req = request(&[("accept", "text/html")]);
+        let Decision::Redirect(r) = authz.check(&CheckView::new(&req)).await else {
+            panic!("not a redirect")
+        };
+
+        let bytes: Vec<u8> = (0..96u8).map(|i| 7u8.wrapping_add(i)).collect();
+        let state = URL_SAFE_NO_PAD.encode(&bytes[..32]);
+        let nonce = URL_SAFE_NO_PAD.encode(&bytes[32..64]);
+        let verifier = URL_SAFE_NO_PAD.encode(&bytes[64..]);
+        let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+        let location = url::Url::parse(&r.location).unwrap();
+        assert_eq!(location.path(), "/authorize");
+        let q: std::collections::HashMap<String, String> =
+            location.query_pairs().into_owned().collect();
+        assert_eq!(q["state"], state);
+        assert_eq!(q["nonce"], nonce);
+        assert_eq!(q["code_challenge"], challenge);
+        assert_eq!(q["code_challenge_method"], "S256");
+
+        let sealed = r
+            .set_cookies
+            .iter()
+            .find_map(|c| c.strip_prefix(&format!("{LOGIN_COOKIE}=")))
+            .and_then(|c| c.split(';').next())
+            .unwrap();
+        let login: Value =
+            serde_json::from_slice(&codec.open(LOGIN_COOKIE, sealed).unwrap()).unwrap();
+        assert_eq!(login["state"], state.as_str());
+        assert_eq!(login["nonce"], nonce.as_str());
+        assert_eq!(login["verifier"], verifier.as_str());
+    }
+}

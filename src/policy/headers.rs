@@ -1,0 +1,240 @@
+//! What goes upstream on an allow: the claim headers, the token or ID token the policy sends, the metadata for
+//! Envoy, the session cookies and client credentials stripped, and every client-sent spelling of a header the
+//! policy controls removed.
+
+use http::{HeaderName, HeaderValue};
+use serde_json::{Map, Value};
+
+use crate::authn::Identity;
+use crate::config::{AuthMethod, LoginSettings, Policy};
+use crate::credentials::Credentials;
+use crate::decision::Allow;
+use crate::login::authcode::LOGIN_COOKIE;
+use crate::login::cookie::RequestCookies;
+use crate::policy::access::{claim_header_value, claim_value};
+use crate::policy::runtime::PolicyRuntime;
+use crate::request::CheckView;
+
+/// The allow of a request that authenticated as `id` and passed the access rules.
+pub fn allow(
+    rt: &PolicyRuntime,
+    view: &CheckView<'_>,
+    creds: &Credentials<'_>,
+    id: Identity,
+) -> Allow {
+    let policy = &rt.policy;
+    let settings = rt.login.as_ref().map(|flow| &flow.settings);
+    let mut allowed = claim_headers(policy, id.method, id.claims());
+    if let Some(token) = &id.upstream_token {
+        allowed
+            .set_headers
+            .insert(0, (http::header::AUTHORIZATION, format!("Bearer {token}")));
+    }
+    let id_token_header = settings.and_then(|s| s.upstream_id_token_header.as_ref());
+    if id.method == AuthMethod::Session {
+        if let (Some(h), Some(it)) = (id_token_header, id.id_token) {
+            allowed.set_headers.push((h.clone(), it));
+        }
+    } else {
+        // The client credentials it sent in headers stay here.
+        if let Some((id_h, secret_h)) = &policy.client_credential_headers {
+            for h in [id_h, secret_h] {
+                if view.has_header(h.as_str()) && !allowed.remove_headers.contains(h) {
+                    allowed.remove_headers.push(h.clone());
+                }
+            }
+        }
+        // A token won over a session: the session's headers are not ours to trust.
+        if let Some(h) = id_token_header {
+            allowed.remove_headers.push(h.clone());
+        }
+    }
+    if let Some(settings) = settings {
+        strip_session_cookies(&mut allowed, settings, &creds.cookies);
+    }
+    allowed.response_headers = id
+        .set_cookies
+        .into_iter()
+        .map(|c| ("set-cookie", c))
+        .collect();
+    remove_spellings(&mut allowed, policy, view);
+    allowed
+}
+
+/// The session and login cookies never go upstream: rewrite the `Cookie` header without them (or drop it).
+fn strip_session_cookies(
+    allowed: &mut Allow,
+    settings: &LoginSettings,
+    cookies: &RequestCookies<'_>,
+) {
+    let ours = [settings.cookie_name.as_str(), LOGIN_COOKIE];
+    if !ours.iter().any(|n| cookies.has(n)) {
+        return;
+    }
+    match cookies.without(&ours) {
+        Some(rest) => allowed.set_headers.push((http::header::COOKIE, rest)),
+        None => allowed.remove_headers.push(http::header::COOKIE),
+    }
+}
+
+/// The claim headers and metadata of an allowed request.
+fn claim_headers(policy: &Policy, method: AuthMethod, claims: &Map<String, Value>) -> Allow {
+    let mut out = Allow::default();
+    for h in &policy.upstream_headers {
+        let value = claim_value(claims, &h.claim)
+            .and_then(claim_header_value)
+            .filter(|v| HeaderValue::from_str(v).is_ok() && !v.is_empty());
+        match value {
+            Some(v) => out.set_headers.push((h.name.clone(), v)),
+            None => out.remove_headers.push(h.name.clone()),
+        }
+    }
+    dedup_headers(&mut out);
+    let s = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_string);
+    if let Some(sub) = s("sub") {
+        out.metadata.push(("sub", sub));
+    }
+    if let Some(iss) = s("iss") {
+        out.metadata.push(("iss", iss));
+    }
+    if let Some(cid) = s("client_id").or_else(|| s("cid")).or_else(|| s("azp")) {
+        out.metadata.push(("client_id", cid));
+    }
+    out.metadata.push(("policy", policy.name.clone()));
+    out.metadata
+        .push(("auth_method", method.as_str().to_string()));
+    out
+}
+
+/// Removes every client-sent header spelled like one the policy controls (any case, `_` for `-`, or exactly),
+/// unless it is one this answer sets (which overwrites it): WSGI/CGI/Rack/PHP upstreams read `X_User` as `X-User`,
+/// so a client's `x_user: mallory` must not reach them next to (or instead of) the `x-user` we set, and a header
+/// we set only sometimes (the ID-token header of a session without an ID token) must never come from the client.
+/// The one exception is the client's own `Authorization` on a token request: it is the credential that was just
+/// verified, and goes upstream as it is.
+fn remove_spellings(allowed: &mut Allow, policy: &Policy, view: &CheckView<'_>) {
+    if policy.controlled_headers.is_empty() {
+        return;
+    }
+    for sent in view.header_names() {
+        if sent.starts_with(':') || sent.eq_ignore_ascii_case("authorization") {
+            continue;
+        }
+        let ours = policy
+            .controlled_headers
+            .iter()
+            .any(|ours| spelled_alike(sent, ours.as_str()));
+        if ours
+            && let Ok(name) = HeaderName::from_bytes(sent.to_ascii_lowercase().as_bytes())
+            && !allowed.remove_headers.contains(&name)
+            && !allowed.set_headers.iter().any(|(k, _)| *k == name)
+        {
+            allowed.remove_headers.push(name);
+        }
+    }
+}
+
+/// Whether a header name reads as `ours` (lower case) once lower-cased with `_` taken as `-`.
+fn spelled_alike(sent: &str, ours: &str) -> bool {
+    let norm = |b: u8| {
+        if b == b'_' {
+            b'-'
+        } else {
+            b.to_ascii_lowercase()
+        }
+    };
+    sent.len() == ours.len()
+        && sent
+            .bytes()
+            .zip(ours.bytes())
+            .all(|(a, b)| norm(a) == norm(b))
+}
+
+/// A header configured twice keeps its first value; a name never appears both set and removed.
+fn dedup_headers(a: &mut Allow) {
+    let mut seen: Vec<HeaderName> = Vec::new();
+    a.set_headers.retain(|(k, _)| {
+        if seen.contains(k) {
+            false
+        } else {
+            seen.push(k.clone());
+            true
+        }
+    });
+    a.remove_headers.retain(|k| !seen.contains(k));
+    a.remove_headers.dedup();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+
+    fn request(headers: &[(&str, &str)]) -> CheckRequest {
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(Request {
+                    http: Some(HttpRequest {
+                        method: "GET".into(),
+                        path: "/x".into(),
+                        headers: headers
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn login_policy() -> Policy {
+        let cfg = Config::from_toml(
+            r#"
+[providers.p]
+issuer = "https://idp.example.com"
+client_id = "app"
+audiences = ["api"]
+[policies.web]
+provider = "p"
+auth_methods = ["authorization_code", "session"]
+redirect_uri = "https://app.example.com/cb"
+session_secret = "fJfkZusK6AM6PHtnD6Ew4TnBmJQNhuiVxOTv7w0voXg="
+upstream_id_token_header = "x-id-token"
+upstream_headers_claims = ["sub"]
+upstream_headers_names = ["x-user"]
+"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        cfg.policies[0].clone()
+    }
+
+    /// A header we set only sometimes (the ID token of a session that has none) never comes from the client, in
+    /// any spelling; a header we do set is overwritten, not removed; the client's Authorization is not ours.
+    #[test]
+    fn controlled_headers_not_set_are_removed_in_every_spelling() {
+        let policy = login_policy();
+        let req = request(&[
+            ("x-id-token", "someone-elses-id-token"),
+            ("x_id_token", "x"),
+            ("x-user", "mallory"),
+            ("x_user", "mallory"),
+            ("authorization", "Bearer t"),
+            ("x-other", "kept"),
+        ]);
+        let view = CheckView::new(&req);
+        let mut allowed = Allow::default();
+        allowed
+            .set_headers
+            .push((HeaderName::from_static("x-user"), "alice".into()));
+        remove_spellings(&mut allowed, &policy, &view);
+        let mut removed: Vec<&str> = allowed.remove_headers.iter().map(|h| h.as_str()).collect();
+        removed.sort();
+        assert_eq!(removed, vec!["x-id-token", "x_id_token", "x_user"]);
+        assert_eq!(allowed.set_headers.len(), 1);
+    }
+}
