@@ -175,23 +175,48 @@ fn split_target(target: &str) -> (&str, &str) {
     }
 }
 
+/// A Check of `http` (for unit tests).
+#[cfg(test)]
+pub(crate) fn check_request(
+    http: envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest,
+) -> CheckRequest {
+    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::Request;
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(http),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// A `GET /x` Check with these headers (for unit tests).
+#[cfg(test)]
+pub(crate) fn get_with_headers(headers: &[(&str, &str)]) -> CheckRequest {
+    check_request(
+        envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest {
+            method: "GET".into(),
+            path: "/x".into(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
-    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
-    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 
     fn req(http: HttpRequest) -> CheckRequest {
-        CheckRequest {
-            attributes: Some(AttributeContext {
-                request: Some(Request {
-                    http: Some(http),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-        }
+        check_request(http)
     }
 
     #[test]

@@ -98,7 +98,7 @@ enum Grant {
         ttl: Duration,
     },
     /// The IdP refused the credentials or the scopes; cached for the policy's negative TTL.
-    Refused { reason: Refusal, ttl: Duration },
+    Refused { reason: GrantRefusal, ttl: Duration },
 }
 
 /// A grant is kept for the TTL it was given when it was made.
@@ -112,7 +112,7 @@ impl Expires for Grant {
 
 /// Why the IdP refused a grant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub enum GrantRefusal {
     /// `invalid_client` / `unauthorized_client` / 401: wrong id or secret, or the grant is not allowed.
     InvalidClient,
     /// `invalid_scope`: the client may not have the policy's scopes.
@@ -126,7 +126,7 @@ pub enum Refusal {
 pub enum CcError {
     /// The IdP refused.
     #[error("the identity provider refused the client credentials")]
-    Refused(Refusal),
+    Refused(GrantRefusal),
     /// The IdP could not be asked, or answered 5xx or garbage.
     #[error("the identity provider is unavailable")]
     Idp(#[source] IdpError),
@@ -142,6 +142,32 @@ pub enum CcError {
         /// Seconds until a grant may be sent again.
         retry_after: u64,
     },
+}
+
+impl CcError {
+    /// The refusal the client gets (an IdP outage logged).
+    pub fn refusal(self, provider: &str) -> crate::authn::Refusal {
+        use crate::authn::Refusal;
+        match self {
+            CcError::Refused(GrantRefusal::InvalidScope) => {
+                Refusal::insufficient("the client may not have the scopes this route requests")
+            }
+            CcError::Refused(_) => Refusal::unauthenticated(
+                "invalid_client",
+                "the identity provider refused the client credentials",
+            ),
+            CcError::Idp(e) => Refusal::idp(provider, &e),
+            CcError::LockedOut { retry_after } => Refusal::unauthenticated(
+                "invalid_client",
+                "too many refused attempts for this client; try again later",
+            )
+            .retry_after(retry_after),
+            CcError::Throttled { retry_after } => {
+                Refusal::unavailable("the identity provider is busy; try again later")
+                    .retry_after(retry_after)
+            }
+        }
+    }
 }
 
 /// Why a grant was not made (shared by every caller of one coalesced grant).
@@ -456,7 +482,7 @@ impl ClientCredentials {
             match grant.as_ref() {
                 Grant::Token { .. } => client.set_good(Some(creds.secret.expose())),
                 Grant::Refused {
-                    reason: Refusal::InvalidClient,
+                    reason: GrantRefusal::InvalidClient,
                     ..
                 } => {
                     // rotated or revoked: no longer known good, and counted like any refusal
@@ -491,7 +517,7 @@ impl ClientCredentials {
                 client.set_good(Some(creds.secret.expose()));
             }
             Grant::Refused {
-                reason: Refusal::InvalidClient,
+                reason: GrantRefusal::InvalidClient,
                 ..
             } => {
                 if guard.refused(&client, &mut window, self.clock.now()) {
@@ -534,9 +560,9 @@ impl ClientCredentials {
             TokenAnswer::Refused { status, error } => (status, error),
         };
         let reason = match (status, error.as_str()) {
-            (_, "invalid_client" | "unauthorized_client") | (401, _) => Refusal::InvalidClient,
-            (_, "invalid_scope") => Refusal::InvalidScope,
-            _ => Refusal::Other,
+            (_, "invalid_client" | "unauthorized_client") | (401, _) => GrantRefusal::InvalidClient,
+            (_, "invalid_scope") => GrantRefusal::InvalidScope,
+            _ => GrantRefusal::Other,
         };
         tracing::info!(provider = %provider.name(), status, error = %error, client_id = %creds.client_id, "token endpoint refused client credentials");
         Ok(Arc::new(Grant::Refused {

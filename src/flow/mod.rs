@@ -13,10 +13,11 @@ use crate::authn::{Claims, Identity, Refusal, RefusalKind};
 use crate::clock::Clock;
 use crate::config::{AuthMethod, Config};
 use crate::credentials::{Authorization, Credentials};
-use crate::flow::bearer::{BearerError, BearerVerifier, Verified};
-use crate::flow::client_credentials::{CcError, ClientCredentials, ClientCreds, CredsError};
-use crate::flow::introspection::{IntrospectionError, Introspector};
+use crate::flow::bearer::{BearerVerifier, Verified};
+use crate::flow::client_credentials::{ClientCredentials, ClientCreds, CredsError};
+use crate::flow::introspection::Introspector;
 use crate::policy::runtime::PolicyRuntime;
+use crate::provider::IdpError;
 use crate::telemetry::Metrics;
 
 /// The token methods and their caches (shared by every policy).
@@ -102,7 +103,7 @@ impl TokenMethods {
             .cc
             .token(provider, &rt.policy, client)
             .await
-            .map_err(|e| cc_refusal(provider.name(), e).during(method))?;
+            .map_err(|e| e.refusal(provider.name()).during(method))?;
         let mut id = self.token(rt, &token).await.map_err(|r| {
             if r.kind != RefusalKind::Unavailable {
                 tracing::warn!(policy.name = %rt.policy.name, reason = %r.description, "the token the provider issued was refused (check issuer, audiences, introspection)");
@@ -121,32 +122,33 @@ impl TokenMethods {
         let jwt = BearerVerifier::is_jwt(token);
         let introspect = policy.allows(AuthMethod::Introspection)
             && (!jwt || policy.introspect_jwt_tokens || !policy.allows(AuthMethod::Bearer));
+        let name = provider.name();
         let (method, verified) = if introspect {
-            let m = AuthMethod::Introspection;
-            let verified = self
-                .introspector
-                .introspect(provider, policy, token)
-                .await
-                .map_err(|e| match e {
-                    IntrospectionError::Idp(e) => Refusal::idp(provider.name(), &e),
-                    e => Refusal::unauthenticated("invalid_token", e.to_string()),
-                })
-                .map_err(|r| r.during(m))?;
-            (m, verified)
+            let verified = self.introspector.introspect(provider, policy, token).await;
+            (
+                AuthMethod::Introspection,
+                verified.map_err(|e| token_refusal(name, e)),
+            )
         } else {
-            let m = AuthMethod::Bearer;
-            let verified = self
-                .bearer
-                .verify(provider, token)
-                .await
-                .map_err(|e| match e {
-                    BearerError::Idp(e) => Refusal::idp(provider.name(), &e),
-                    e => Refusal::unauthenticated("invalid_token", e.to_string()),
-                })
-                .map_err(|r| r.during(m))?;
-            (m, verified)
+            let verified = self.bearer.verify(provider, token).await;
+            (
+                AuthMethod::Bearer,
+                verified.map_err(|e| token_refusal(name, e)),
+            )
         };
-        Ok(token_identity(method, verified))
+        match verified {
+            Ok(verified) => Ok(token_identity(method, verified)),
+            Err(refusal) => Err(refusal.during(method)),
+        }
+    }
+}
+
+/// A refused token: 401 `invalid_token` with the reason, or 503 (logged) when the reason is an IdP outage (the
+/// error's source: only the `Idp` variants of the token methods' errors have one).
+fn token_refusal(provider: &str, e: impl std::error::Error) -> Refusal {
+    match e.source().and_then(|s| s.downcast_ref::<IdpError>()) {
+        Some(outage) => Refusal::idp(provider, outage),
+        None => Refusal::unauthenticated("invalid_token", e.to_string()),
     }
 }
 
@@ -157,29 +159,5 @@ fn token_identity(method: AuthMethod, verified: Arc<Verified>) -> Identity {
         upstream_token: None,
         id_token: None,
         set_cookies: Vec::new(),
-    }
-}
-
-/// Why the client-credentials grant gave no token, as a refusal.
-fn cc_refusal(provider: &str, e: CcError) -> Refusal {
-    use client_credentials::Refusal as Grant;
-    match e {
-        CcError::Refused(Grant::InvalidScope) => {
-            Refusal::insufficient("the client may not have the scopes this route requests")
-        }
-        CcError::Refused(_) => Refusal::unauthenticated(
-            "invalid_client",
-            "the identity provider refused the client credentials",
-        ),
-        CcError::Idp(e) => Refusal::idp(provider, &e),
-        CcError::LockedOut { retry_after } => Refusal::unauthenticated(
-            "invalid_client",
-            "too many refused attempts for this client; try again later",
-        )
-        .retry_after(retry_after),
-        CcError::Throttled { retry_after } => {
-            Refusal::unavailable("the identity provider is busy; try again later")
-                .retry_after(retry_after)
-        }
     }
 }

@@ -320,8 +320,6 @@ fn session_identity(
 mod tests {
     use std::sync::Arc;
 
-    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
     use serde_json::Value;
     use sha2::{Digest, Sha256};
 
@@ -331,26 +329,6 @@ mod tests {
     use crate::login::authcode::LOGIN_COOKIE;
     use crate::request::CheckView;
     use crate::telemetry::Metrics;
-
-    fn request(headers: &[(&str, &str)]) -> CheckRequest {
-        CheckRequest {
-            attributes: Some(AttributeContext {
-                request: Some(Request {
-                    http: Some(HttpRequest {
-                        method: "GET".into(),
-                        path: "/x".into(),
-                        headers: headers
-                            .iter()
-                            .map(|(k, v)| (k.to_string(), v.to_string()))
-                            .collect(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-        }
-    }
 
     /// With a predictable `Rng`, a browser without a session is sent to the provider carrying exactly the state,
     /// nonce and S256 challenge drawn from its bytes (32 each: state, nonce, verifier), and the login cookie keeps
@@ -397,7 +375,7 @@ policy = "web"
             Arc::new(ManualClock::new(1_700_000_000)),
             Arc::new(SequenceRng::new(7)),
         );
-        let req = request(&[("accept", "text/html")]);
+        let req = crate::request::get_with_headers(&[("accept", "text/html")]);
         let Decision::Redirect(r) = authz.check(&CheckView::new(&req)).await else {
             panic!("not a redirect")
         };

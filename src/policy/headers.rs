@@ -169,28 +169,6 @@ fn dedup_headers(a: &mut Allow) {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
-
-    fn request(headers: &[(&str, &str)]) -> CheckRequest {
-        CheckRequest {
-            attributes: Some(AttributeContext {
-                request: Some(Request {
-                    http: Some(HttpRequest {
-                        method: "GET".into(),
-                        path: "/x".into(),
-                        headers: headers
-                            .iter()
-                            .map(|(k, v)| (k.to_string(), v.to_string()))
-                            .collect(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-        }
-    }
 
     fn login_policy() -> Policy {
         let cfg = Config::from_toml(
@@ -218,7 +196,7 @@ upstream_headers_names = ["x-user"]
     #[test]
     fn controlled_headers_not_set_are_removed_in_every_spelling() {
         let policy = login_policy();
-        let req = request(&[
+        let req = crate::request::get_with_headers(&[
             ("x-id-token", "someone-elses-id-token"),
             ("x_id_token", "x"),
             ("x-user", "mallory"),
