@@ -206,7 +206,7 @@ async fn every_asymmetric_algorithm_verifies() {
         SigningKey::load("ed25519.pem", "eddsa", Algorithm::EdDSA),
     ];
     let idp = MockIdp::start_with_keys(keys.clone()).await;
-    let server = TestServer::start_ready(&config_toml(&idp, "")).await;
+    let server = serve(&idp).ready().await;
     for k in &keys {
         let t = k.sign(&idp.claims(json!({})));
         let a = ask(&server, req("/x").policy("api").bearer(&t)).await;
@@ -221,7 +221,7 @@ async fn keys_whose_use_forbids_signing_are_ignored() {
     let mut jwk = enc.jwk.clone();
     jwk["use"] = json!("enc");
     idp.state.extra_jwks.lock().unwrap().push(jwk);
-    let server = TestServer::start_ready(&config_toml(&idp, "")).await;
+    let server = serve(&idp).ready().await;
     let t = enc.sign(&idp.claims(json!({})));
     ask(&server, req("/x").policy("api").bearer(&t))
         .await

@@ -2,9 +2,6 @@
 //! callback (state, replay, PKCE, ID token), session cookies (tampering, chunking, rotation, idle and absolute
 //! expiry), refresh, API vs browser answers, logout, open redirects.
 
-use std::sync::Arc;
-
-use oidc_authz::clock::ManualClock;
 use serde_json::json;
 
 use crate::support::*;
@@ -378,9 +375,7 @@ async fn idle_and_absolute_timeouts_end_the_session() {
     idp.state
         .expires_in
         .store(100_000, std::sync::atomic::Ordering::SeqCst);
-    let clock = Arc::new(ManualClock::new(now() + 2));
-    let server = TestServer::start_with_clock(&config_toml(&idp, ""), clock.clone()).await;
-    server.wait_ready().await;
+    let (server, clock) = serve(&idp).ready_with_clock().await;
     let mut b = Browser::new();
     login(&server, &idp, &mut b, "/app", "login", "alice").await;
     // used every 500 s: idle (600) never hits, last-seen is rewritten
@@ -412,9 +407,7 @@ async fn expired_access_token_is_refreshed_and_failed_refresh_ends_the_session()
     idp.state
         .expires_in
         .store(60, std::sync::atomic::Ordering::SeqCst);
-    let clock = Arc::new(ManualClock::new(now() + 2));
-    let server = TestServer::start_with_clock(&config_toml(&idp, ""), clock.clone()).await;
-    server.wait_ready().await;
+    let (server, clock) = serve(&idp).ready_with_clock().await;
     let mut b = Browser::new();
     login(&server, &idp, &mut b, "/app", "login", "alice").await;
     let first = ask(&server, b.req("/app", "login")).await;
@@ -680,9 +673,7 @@ async fn thirty_parallel_requests_on_an_expiring_session_make_one_refresh() {
     idp.state
         .rotate_refresh_tokens
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    let clock = Arc::new(ManualClock::new(now() + 2));
-    let server = TestServer::start_with_clock(&config_toml(&idp, ""), clock.clone()).await;
-    server.wait_ready().await;
+    let (server, clock) = serve(&idp).ready_with_clock().await;
     let mut b = Browser::new();
     login(&server, &idp, &mut b, "/app", "login", "alice").await;
     let old = session_cookie(&b);
@@ -851,7 +842,7 @@ session_secret = "fJfkZusK6AM6PHtnD6Ew4TnBmJQNhuiVxOTv7w0voXg="
 logout_path = "/oauth2/logout"
 logout_methods = ["GET", "POST"]
 "#;
-    let server = TestServer::start_ready(&config_toml(&idp, extra)).await;
+    let server = serve(&idp).extra(extra).ready().await;
     let mut b = Browser::new();
     login(&server, &idp, &mut b, "/app", "login", "alice").await;
     for site in [None, Some("cross-site"), Some("same-site")] {
@@ -941,7 +932,7 @@ session_secret = "fJfkZusK6AM6PHtnD6Ew4TnBmJQNhuiVxOTv7w0voXg="
 logout_path = "/oauth2/logout"
 logout_revoke = false
 "#;
-    let server = TestServer::start_ready(&config_toml(&idp, extra)).await;
+    let server = serve(&idp).extra(extra).ready().await;
     idp.state
         .revoke_status
         .store(503, std::sync::atomic::Ordering::SeqCst);
@@ -1075,10 +1066,7 @@ async fn a_forged_session_with_unsigned_tokens_is_refused() {
 
 #[tokio::test]
 async fn an_expired_access_token_in_a_session_is_refreshed_not_trusted() {
-    let idp = MockIdp::start().await;
-    let clock = Arc::new(ManualClock::new(now() + 2));
-    let server = TestServer::start_with_clock(&config_toml(&idp, ""), clock.clone()).await;
-    server.wait_ready().await;
+    let (idp, server, _clock) = world_with_clock(|c| c).await;
     // at_exp in the cookie says "valid" but the signed token expired: a refresh is needed; with no refresh token,
     // the session is over
     let expired = idp.mint(json!({"sub": "alice", "exp": now() - 10}));
@@ -1139,8 +1127,10 @@ async fn replayed_logout_with_one_cookie_revokes_once() {
 async fn a_held_provider_gets_at_most_sixteen_logout_revocations_at_once() {
     let idp = MockIdp::start().await;
     // logout waits for its revocation at most half the Check deadline (1 s here)
-    let toml = config_toml(&idp, "").replace("check_timeout_ms = 60000", "check_timeout_ms = 2000");
-    let server = TestServer::start_ready(&toml).await;
+    let server = serve(&idp)
+        .edit("check_timeout_ms = 60000", "check_timeout_ms = 2000")
+        .ready()
+        .await;
     // the provider's metadata is known before it is held (a login)
     let mut b = Browser::new();
     login(&server, &idp, &mut b, "/app", "login", "alice").await;
@@ -1190,7 +1180,7 @@ async fn a_session_whose_expired_tokens_were_signed_by_a_rotated_out_key_is_refr
     // the provider rotated its key: the session's (expired) tokens were signed by a key it no longer publishes
     idp.rotate(vec![SigningKey::rsa2()]);
     assert_ne!(idp.signing_key().kid, old.kid);
-    let server = TestServer::start_ready(&config_toml(&idp, "")).await;
+    let server = serve(&idp).ready().await;
     let now = now();
     let mut at = idp.claims(json!({"sub": "alice", "exp": now - 10}));
     at["iat"] = json!(now - 3610);
