@@ -151,7 +151,7 @@ async fn full_login_then_session_with_headers_and_cookie_stripped() {
     );
 
     let a = ask(&server, b.req("/app/page?x=1", "login")).await;
-    assert_eq!(a.status, 200, "{a:?}");
+    a.assert_allow();
     assert_eq!(a.header("x-user"), Some("alice"));
     assert_eq!(
         a.header("x-email"),
@@ -180,10 +180,9 @@ async fn group_rule_member_passes_non_member_gets_403() {
     let (idp, server) = world().await;
     let mut alice = Browser::new();
     login(&server, &idp, &mut alice, "/group/x", "group", "alice").await;
-    assert_eq!(
-        ask(&server, alice.req("/group/x", "group")).await.status,
-        200
-    );
+    ask(&server, alice.req("/group/x", "group"))
+        .await
+        .assert_allow();
     let mut bob = Browser::new();
     login(&server, &idp, &mut bob, "/group/x", "group", "bob").await;
     ask(&server, bob.req("/group/x", "group"))
@@ -416,7 +415,7 @@ async fn expired_access_token_is_refreshed_and_failed_refresh_ends_the_session()
     idp.advance(61);
     let hits = idp.token_hits();
     let refreshed = ask(&server, b.req("/app", "login")).await;
-    assert_eq!(refreshed.status, 200, "{refreshed:?}");
+    refreshed.assert_allow();
     assert_eq!(idp.token_hits(), hits + 1, "one refresh call");
     assert_ne!(
         refreshed.header("authorization").unwrap(),
@@ -430,7 +429,7 @@ async fn expired_access_token_is_refreshed_and_failed_refresh_ends_the_session()
             .any(|(k, v, _)| k == "set-cookie" && v.starts_with("oidc_authz_session"))
     );
     b.absorb(&refreshed);
-    assert_eq!(ask(&server, b.req("/app", "login")).await.status, 200);
+    ask(&server, b.req("/app", "login")).await.assert_allow();
     // refresh fails: browser -> login again, API -> 401; the cookie is cleared
     idp.revoke_refresh_tokens();
     clock.advance(61);
@@ -540,7 +539,7 @@ async fn opened_sessions_are_cached_per_cookie_value() {
     let mut b = Browser::new();
     login(&server, &idp, &mut b, "/app", "login", "alice").await;
     for _ in 0..5 {
-        assert_eq!(ask(&server, b.req("/app", "login")).await.status, 200);
+        ask(&server, b.req("/app", "login")).await.assert_allow();
     }
     let (_, m) = server.admin_get("/metrics").await;
     let get = |s: &str| metric(&m, s);
@@ -629,7 +628,7 @@ async fn a_token_winning_over_a_session_strips_the_session_and_its_headers() {
             .header("x-id-token", "forged.id.token"),
     )
     .await;
-    assert_eq!(a.status, 200, "{a:?}");
+    a.assert_allow();
     assert!(
         a.remove.contains(&"x-id-token".to_string()),
         "a client-sent ID-token header must not pass: {a:?}"
@@ -703,7 +702,7 @@ async fn thirty_parallel_requests_on_an_expiring_session_make_one_refresh() {
     );
     let mut new_cookies = std::collections::HashSet::new();
     for a in &answers {
-        assert_eq!(a.status, 200, "{a:?}");
+        a.assert_allow();
         let set: Vec<(String, String)> = a
             .cookies_set()
             .into_iter()
@@ -718,7 +717,7 @@ async fn thirty_parallel_requests_on_an_expiring_session_make_one_refresh() {
     assert_eq!(new_cookies.len(), 1, "all answer with the same new cookie");
     // a late request still carrying the old cookie gets the refreshed session too, with no new grant
     let late = ask(&server, with_cookie("/app", &old)).await;
-    assert_eq!(late.status, 200, "{late:?}");
+    late.assert_allow();
     assert!(!late.cookies_set().is_empty(), "{late:?}");
     assert_eq!(idp.token_hits(), hits + 1);
     // and the new cookie works
@@ -812,7 +811,7 @@ async fn logout_needs_post_or_delete_by_default() {
         .await;
         a.assert_deny(403, "access_denied");
     }
-    assert_eq!(ask(&server, b.req("/app", "login")).await.status, 200);
+    ask(&server, b.req("/app", "login")).await.assert_allow();
     assert!(idp.state.revocations.lock().unwrap().is_empty());
     // a same-origin POST and a DELETE log out
     let a = ask(
@@ -855,7 +854,7 @@ logout_methods = ["GET", "POST"]
     ask(&server, b.req("/oauth2/logout", "getout").method("DELETE"))
         .await
         .assert_deny(403, "access_denied");
-    assert_eq!(ask(&server, b.req("/app", "login")).await.status, 200);
+    ask(&server, b.req("/app", "login")).await.assert_allow();
     for site in ["same-origin", "none"] {
         let a = ask(
             &server,
@@ -891,7 +890,9 @@ async fn logout_revokes_the_tokens_and_kills_copies_of_the_cookie() {
         .cloned()
         .collect();
     assert_eq!(rt.len(), 1);
-    assert_eq!(ask(&server, with_cookie("/app", &copy)).await.status, 200);
+    ask(&server, with_cookie("/app", &copy))
+        .await
+        .assert_allow();
     let a = ask(&server, b.req("/oauth2/logout", "login").method("POST")).await;
     assert_eq!(a.status, 302, "{a:?}");
     b.absorb(&a);
@@ -917,7 +918,9 @@ async fn logout_revokes_the_tokens_and_kills_copies_of_the_cookie() {
     // another session of the same user is not affected
     let mut other = Browser::new();
     login(&server, &idp, &mut other, "/app", "login", "alice").await;
-    assert_eq!(ask(&server, other.req("/app", "login")).await.status, 200);
+    ask(&server, other.req("/app", "login"))
+        .await
+        .assert_allow();
 }
 
 #[tokio::test]
