@@ -283,14 +283,13 @@ async fn active_tokens_for_another_audience_or_of_another_type_are_refused() {
 
 #[tokio::test]
 async fn a_slow_idp_is_answered_503_within_the_check_deadline() {
-    let idp = MockIdp::start().await;
     // the Check deadline (300 ms) is far below the HTTP timeout (60 s) and the IdP never answers while held:
     // a 503 here can only come from the deadline
-    let server = serve(&idp)
-        .edit("check_timeout_ms = 60000", "check_timeout_ms = 300")
-        .edit("http_timeout_ms = 30000", "http_timeout_ms = 60000")
-        .ready()
-        .await;
+    let (idp, server) = world_with(|c| {
+        c.edit("check_timeout_ms = 60000", "check_timeout_ms = 300")
+            .edit("http_timeout_ms = 30000", "http_timeout_ms = 60000")
+    })
+    .await;
     idp.set_mode(Mode::Held);
     let started = std::time::Instant::now();
     let a = ask(

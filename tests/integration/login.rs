@@ -831,7 +831,6 @@ async fn logout_needs_post_or_delete_by_default() {
 
 #[tokio::test]
 async fn get_logout_when_listed_is_same_origin_only() {
-    let idp = MockIdp::start().await;
     let extra = r#"
 [policies.getout]
 provider = "okta"
@@ -841,7 +840,7 @@ session_secret = "fJfkZusK6AM6PHtnD6Ew4TnBmJQNhuiVxOTv7w0voXg="
 logout_path = "/oauth2/logout"
 logout_methods = ["GET", "POST"]
 "#;
-    let server = serve(&idp).extra(extra).ready().await;
+    let (idp, server) = world_with(|c| c.extra(extra)).await;
     let mut b = Browser::new();
     login(&server, &idp, &mut b, "/app", "login", "alice").await;
     for site in [None, Some("cross-site"), Some("same-site")] {
@@ -925,7 +924,6 @@ async fn logout_revokes_the_tokens_and_kills_copies_of_the_cookie() {
 
 #[tokio::test]
 async fn a_failed_revocation_does_not_block_logout_and_logout_revoke_false_skips_it() {
-    let idp = MockIdp::start().await;
     let extra = r#"
 [policies.norevoke]
 provider = "okta"
@@ -935,7 +933,7 @@ session_secret = "fJfkZusK6AM6PHtnD6Ew4TnBmJQNhuiVxOTv7w0voXg="
 logout_path = "/oauth2/logout"
 logout_revoke = false
 "#;
-    let server = serve(&idp).extra(extra).ready().await;
+    let (idp, server) = world_with(|c| c.extra(extra)).await;
     idp.state
         .revoke_status
         .store(503, std::sync::atomic::Ordering::SeqCst);
@@ -1128,12 +1126,9 @@ async fn replayed_logout_with_one_cookie_revokes_once() {
 
 #[tokio::test]
 async fn a_held_provider_gets_at_most_sixteen_logout_revocations_at_once() {
-    let idp = MockIdp::start().await;
     // logout waits for its revocation at most half the Check deadline (1 s here)
-    let server = serve(&idp)
-        .edit("check_timeout_ms = 60000", "check_timeout_ms = 2000")
-        .ready()
-        .await;
+    let (idp, server) =
+        world_with(|c| c.edit("check_timeout_ms = 60000", "check_timeout_ms = 2000")).await;
     // the provider's metadata is known before it is held (a login)
     let mut b = Browser::new();
     login(&server, &idp, &mut b, "/app", "login", "alice").await;

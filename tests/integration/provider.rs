@@ -38,8 +38,7 @@ async fn idp_down_at_start_gives_503_then_recovers() {
 
 #[tokio::test]
 async fn keys_in_hand_keep_serving_while_idp_is_down() {
-    let idp = MockIdp::start().await;
-    let server = serve(&idp).short_http_timeout().ready().await;
+    let (idp, server) = world_with(Setup::short_http_timeout).await;
     let unseen = idp.mint(json!({}));
     for mode in [Mode::Down, Mode::Garbage, Mode::Held] {
         idp.set_mode(mode.clone());
