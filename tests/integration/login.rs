@@ -2,9 +2,6 @@
 //! callback (state, replay, PKCE, ID token), session cookies (tampering, chunking, rotation, idle and absolute
 //! expiry), refresh, API vs browser answers, logout, open redirects.
 
-use std::sync::Arc;
-
-use oidc_authz::clock::ManualClock;
 use serde_json::json;
 
 use crate::support::*;
@@ -154,7 +151,7 @@ async fn full_login_then_session_with_headers_and_cookie_stripped() {
     );
 
     let a = ask(&server, b.req("/app/page?x=1", "login")).await;
-    assert_eq!(a.status, 200, "{a:?}");
+    a.assert_allow();
     assert_eq!(a.header("x-user"), Some("alice"));
     assert_eq!(
         a.header("x-email"),
@@ -183,10 +180,9 @@ async fn group_rule_member_passes_non_member_gets_403() {
     let (idp, server) = world().await;
     let mut alice = Browser::new();
     login(&server, &idp, &mut alice, "/group/x", "group", "alice").await;
-    assert_eq!(
-        ask(&server, alice.req("/group/x", "group")).await.status,
-        200
-    );
+    ask(&server, alice.req("/group/x", "group"))
+        .await
+        .assert_allow();
     let mut bob = Browser::new();
     login(&server, &idp, &mut bob, "/group/x", "group", "bob").await;
     ask(&server, bob.req("/group/x", "group"))
@@ -378,9 +374,7 @@ async fn idle_and_absolute_timeouts_end_the_session() {
     idp.state
         .expires_in
         .store(100_000, std::sync::atomic::Ordering::SeqCst);
-    let clock = Arc::new(ManualClock::new(now() + 2));
-    let server = TestServer::start_with_clock(&config_toml(&idp, ""), clock.clone()).await;
-    server.wait_ready().await;
+    let (server, clock) = serve(&idp).ready_with_clock().await;
     let mut b = Browser::new();
     login(&server, &idp, &mut b, "/app", "login", "alice").await;
     // used every 500 s: idle (600) never hits, last-seen is rewritten
@@ -412,9 +406,7 @@ async fn expired_access_token_is_refreshed_and_failed_refresh_ends_the_session()
     idp.state
         .expires_in
         .store(60, std::sync::atomic::Ordering::SeqCst);
-    let clock = Arc::new(ManualClock::new(now() + 2));
-    let server = TestServer::start_with_clock(&config_toml(&idp, ""), clock.clone()).await;
-    server.wait_ready().await;
+    let (server, clock) = serve(&idp).ready_with_clock().await;
     let mut b = Browser::new();
     login(&server, &idp, &mut b, "/app", "login", "alice").await;
     let first = ask(&server, b.req("/app", "login")).await;
@@ -423,7 +415,7 @@ async fn expired_access_token_is_refreshed_and_failed_refresh_ends_the_session()
     idp.advance(61);
     let hits = idp.token_hits();
     let refreshed = ask(&server, b.req("/app", "login")).await;
-    assert_eq!(refreshed.status, 200, "{refreshed:?}");
+    refreshed.assert_allow();
     assert_eq!(idp.token_hits(), hits + 1, "one refresh call");
     assert_ne!(
         refreshed.header("authorization").unwrap(),
@@ -437,7 +429,7 @@ async fn expired_access_token_is_refreshed_and_failed_refresh_ends_the_session()
             .any(|(k, v, _)| k == "set-cookie" && v.starts_with("oidc_authz_session"))
     );
     b.absorb(&refreshed);
-    assert_eq!(ask(&server, b.req("/app", "login")).await.status, 200);
+    ask(&server, b.req("/app", "login")).await.assert_allow();
     // refresh fails: browser -> login again, API -> 401; the cookie is cleared
     idp.revoke_refresh_tokens();
     clock.advance(61);
@@ -547,7 +539,7 @@ async fn opened_sessions_are_cached_per_cookie_value() {
     let mut b = Browser::new();
     login(&server, &idp, &mut b, "/app", "login", "alice").await;
     for _ in 0..5 {
-        assert_eq!(ask(&server, b.req("/app", "login")).await.status, 200);
+        ask(&server, b.req("/app", "login")).await.assert_allow();
     }
     let (_, m) = server.admin_get("/metrics").await;
     let get = |s: &str| metric(&m, s);
@@ -636,7 +628,7 @@ async fn a_token_winning_over_a_session_strips_the_session_and_its_headers() {
             .header("x-id-token", "forged.id.token"),
     )
     .await;
-    assert_eq!(a.status, 200, "{a:?}");
+    a.assert_allow();
     assert!(
         a.remove.contains(&"x-id-token".to_string()),
         "a client-sent ID-token header must not pass: {a:?}"
@@ -680,9 +672,7 @@ async fn thirty_parallel_requests_on_an_expiring_session_make_one_refresh() {
     idp.state
         .rotate_refresh_tokens
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    let clock = Arc::new(ManualClock::new(now() + 2));
-    let server = TestServer::start_with_clock(&config_toml(&idp, ""), clock.clone()).await;
-    server.wait_ready().await;
+    let (server, clock) = serve(&idp).ready_with_clock().await;
     let mut b = Browser::new();
     login(&server, &idp, &mut b, "/app", "login", "alice").await;
     let old = session_cookie(&b);
@@ -712,7 +702,7 @@ async fn thirty_parallel_requests_on_an_expiring_session_make_one_refresh() {
     );
     let mut new_cookies = std::collections::HashSet::new();
     for a in &answers {
-        assert_eq!(a.status, 200, "{a:?}");
+        a.assert_allow();
         let set: Vec<(String, String)> = a
             .cookies_set()
             .into_iter()
@@ -727,7 +717,7 @@ async fn thirty_parallel_requests_on_an_expiring_session_make_one_refresh() {
     assert_eq!(new_cookies.len(), 1, "all answer with the same new cookie");
     // a late request still carrying the old cookie gets the refreshed session too, with no new grant
     let late = ask(&server, with_cookie("/app", &old)).await;
-    assert_eq!(late.status, 200, "{late:?}");
+    late.assert_allow();
     assert!(!late.cookies_set().is_empty(), "{late:?}");
     assert_eq!(idp.token_hits(), hits + 1);
     // and the new cookie works
@@ -821,7 +811,7 @@ async fn logout_needs_post_or_delete_by_default() {
         .await;
         a.assert_deny(403, "access_denied");
     }
-    assert_eq!(ask(&server, b.req("/app", "login")).await.status, 200);
+    ask(&server, b.req("/app", "login")).await.assert_allow();
     assert!(idp.state.revocations.lock().unwrap().is_empty());
     // a same-origin POST and a DELETE log out
     let a = ask(
@@ -841,7 +831,6 @@ async fn logout_needs_post_or_delete_by_default() {
 
 #[tokio::test]
 async fn get_logout_when_listed_is_same_origin_only() {
-    let idp = MockIdp::start().await;
     let extra = r#"
 [policies.getout]
 provider = "okta"
@@ -851,7 +840,7 @@ session_secret = "fJfkZusK6AM6PHtnD6Ew4TnBmJQNhuiVxOTv7w0voXg="
 logout_path = "/oauth2/logout"
 logout_methods = ["GET", "POST"]
 "#;
-    let server = TestServer::start_ready(&config_toml(&idp, extra)).await;
+    let (idp, server) = world_with(|c| c.extra(extra)).await;
     let mut b = Browser::new();
     login(&server, &idp, &mut b, "/app", "login", "alice").await;
     for site in [None, Some("cross-site"), Some("same-site")] {
@@ -864,7 +853,7 @@ logout_methods = ["GET", "POST"]
     ask(&server, b.req("/oauth2/logout", "getout").method("DELETE"))
         .await
         .assert_deny(403, "access_denied");
-    assert_eq!(ask(&server, b.req("/app", "login")).await.status, 200);
+    ask(&server, b.req("/app", "login")).await.assert_allow();
     for site in ["same-origin", "none"] {
         let a = ask(
             &server,
@@ -900,7 +889,9 @@ async fn logout_revokes_the_tokens_and_kills_copies_of_the_cookie() {
         .cloned()
         .collect();
     assert_eq!(rt.len(), 1);
-    assert_eq!(ask(&server, with_cookie("/app", &copy)).await.status, 200);
+    ask(&server, with_cookie("/app", &copy))
+        .await
+        .assert_allow();
     let a = ask(&server, b.req("/oauth2/logout", "login").method("POST")).await;
     assert_eq!(a.status, 302, "{a:?}");
     b.absorb(&a);
@@ -926,12 +917,13 @@ async fn logout_revokes_the_tokens_and_kills_copies_of_the_cookie() {
     // another session of the same user is not affected
     let mut other = Browser::new();
     login(&server, &idp, &mut other, "/app", "login", "alice").await;
-    assert_eq!(ask(&server, other.req("/app", "login")).await.status, 200);
+    ask(&server, other.req("/app", "login"))
+        .await
+        .assert_allow();
 }
 
 #[tokio::test]
 async fn a_failed_revocation_does_not_block_logout_and_logout_revoke_false_skips_it() {
-    let idp = MockIdp::start().await;
     let extra = r#"
 [policies.norevoke]
 provider = "okta"
@@ -941,7 +933,7 @@ session_secret = "fJfkZusK6AM6PHtnD6Ew4TnBmJQNhuiVxOTv7w0voXg="
 logout_path = "/oauth2/logout"
 logout_revoke = false
 "#;
-    let server = TestServer::start_ready(&config_toml(&idp, extra)).await;
+    let (idp, server) = world_with(|c| c.extra(extra)).await;
     idp.state
         .revoke_status
         .store(503, std::sync::atomic::Ordering::SeqCst);
@@ -1075,10 +1067,7 @@ async fn a_forged_session_with_unsigned_tokens_is_refused() {
 
 #[tokio::test]
 async fn an_expired_access_token_in_a_session_is_refreshed_not_trusted() {
-    let idp = MockIdp::start().await;
-    let clock = Arc::new(ManualClock::new(now() + 2));
-    let server = TestServer::start_with_clock(&config_toml(&idp, ""), clock.clone()).await;
-    server.wait_ready().await;
+    let (idp, server, _clock) = world_with_clock(|c| c).await;
     // at_exp in the cookie says "valid" but the signed token expired: a refresh is needed; with no refresh token,
     // the session is over
     let expired = idp.mint(json!({"sub": "alice", "exp": now() - 10}));
@@ -1137,10 +1126,9 @@ async fn replayed_logout_with_one_cookie_revokes_once() {
 
 #[tokio::test]
 async fn a_held_provider_gets_at_most_sixteen_logout_revocations_at_once() {
-    let idp = MockIdp::start().await;
     // logout waits for its revocation at most half the Check deadline (1 s here)
-    let toml = config_toml(&idp, "").replace("check_timeout_ms = 60000", "check_timeout_ms = 2000");
-    let server = TestServer::start_ready(&toml).await;
+    let (idp, server) =
+        world_with(|c| c.edit("check_timeout_ms = 60000", "check_timeout_ms = 2000")).await;
     // the provider's metadata is known before it is held (a login)
     let mut b = Browser::new();
     login(&server, &idp, &mut b, "/app", "login", "alice").await;
@@ -1190,7 +1178,7 @@ async fn a_session_whose_expired_tokens_were_signed_by_a_rotated_out_key_is_refr
     // the provider rotated its key: the session's (expired) tokens were signed by a key it no longer publishes
     idp.rotate(vec![SigningKey::rsa2()]);
     assert_ne!(idp.signing_key().kid, old.kid);
-    let server = TestServer::start_ready(&config_toml(&idp, "")).await;
+    let server = serve(&idp).ready().await;
     let now = now();
     let mut at = idp.claims(json!({"sub": "alice", "exp": now - 10}));
     at["iat"] = json!(now - 3610);

@@ -1,10 +1,8 @@
 //! The identity provider failing in every way it can: down, slow, garbage, rotated keys, wrong issuer; and the
 //! JWKS cache coalescing and rate-limiting refetches. Never an allow by accident, never a gRPC error.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use oidc_authz::clock::ManualClock;
 use serde_json::json;
 
 use crate::support::*;
@@ -13,7 +11,7 @@ use crate::support::*;
 async fn idp_down_at_start_gives_503_then_recovers() {
     let idp = MockIdp::start().await;
     idp.set_mode(Mode::Down);
-    let server = TestServer::start(&config_toml(&idp, "")).await;
+    let server = serve(&idp).start().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (code, body) = server.admin_get("/readyz").await;
     assert_eq!(
@@ -33,18 +31,14 @@ async fn idp_down_at_start_gives_503_then_recovers() {
     idp.set_mode(Mode::Up);
     server.wait_ready().await;
     assert_eq!(server.admin_get("/readyz").await.0, 200);
-    assert_eq!(
-        ask(&server, req("/x").policy("api").bearer(&token))
-            .await
-            .status,
-        200
-    );
+    ask(&server, req("/x").policy("api").bearer(&token))
+        .await
+        .assert_allow();
 }
 
 #[tokio::test]
 async fn keys_in_hand_keep_serving_while_idp_is_down() {
-    let idp = MockIdp::start().await;
-    let server = TestServer::start_ready(&short_http_timeout(&config_toml(&idp, ""))).await;
+    let (idp, server) = world_with(Setup::short_http_timeout).await;
     let unseen = idp.mint(json!({}));
     for mode in [Mode::Down, Mode::Garbage, Mode::Held] {
         idp.set_mode(mode.clone());
@@ -57,12 +51,9 @@ async fn keys_in_hand_keep_serving_while_idp_is_down() {
             "{mode:?}"
         );
     }
-    assert_eq!(
-        ask(&server, req("/x").policy("api").bearer(&unseen))
-            .await
-            .status,
-        200
-    );
+    ask(&server, req("/x").policy("api").bearer(&unseen))
+        .await
+        .assert_allow();
     // a token naming a key we do not have, while the IdP is unusable: 503 (cannot tell), never allow
     idp.set_mode(Mode::Down);
     let other = SigningKey::rsa2().sign(&idp.claims(json!({})));
@@ -76,7 +67,7 @@ async fn slow_and_garbage_idp_at_start_fail_closed() {
     for mode in [Mode::Held, Mode::Garbage] {
         let idp = MockIdp::start().await;
         idp.set_mode(mode.clone());
-        let server = TestServer::start(&short_http_timeout(&config_toml(&idp, ""))).await;
+        let server = serve(&idp).short_http_timeout().start().await;
         let token = idp.mint(json!({}));
         let started = std::time::Instant::now();
         let a = ask(&server, req("/x").policy("api").bearer(&token)).await;
@@ -93,8 +84,7 @@ async fn slow_and_garbage_idp_at_start_fail_closed() {
 
 #[tokio::test]
 async fn rotated_keys_are_refetched_once_for_a_burst() {
-    let idp = MockIdp::start().await;
-    let server = TestServer::start_ready(&config_toml(&idp, "")).await;
+    let (idp, server) = world().await;
     let before = idp.jwks_hits();
     idp.rotate(vec![SigningKey::rsa2()]);
     let token = idp.mint(json!({}));
@@ -109,11 +99,8 @@ async fn rotated_keys_are_refetched_once_for_a_burst() {
 
 #[tokio::test]
 async fn unknown_kids_are_rate_limited() {
-    let idp = MockIdp::start().await;
-    let server = TestServer::start_ready(
-        &config_toml(&idp, "").replace("jwks_min_refetch_secs = 0", "jwks_min_refetch_secs = 60"),
-    )
-    .await;
+    let (idp, server) =
+        world_with(|c| c.edit("jwks_min_refetch_secs = 0", "jwks_min_refetch_secs = 60")).await;
     let before = idp.jwks_hits();
     let other = SigningKey::rsa2();
     for i in 0..20 {
@@ -135,7 +122,7 @@ async fn unknown_kids_are_rate_limited() {
 async fn discovery_issuer_must_match() {
     let idp = MockIdp::start().await;
     *idp.state.claimed_issuer.lock().unwrap() = Some("https://evil.example.com".into());
-    let server = TestServer::start(&config_toml(&idp, "")).await;
+    let server = serve(&idp).start().await;
     let a = ask(
         &server,
         req("/x").policy("api").bearer(&idp.mint(json!({}))),
@@ -151,16 +138,13 @@ async fn discovery_falls_back_to_oauth_authorization_server() {
     idp.state
         .oidc_discovery
         .store(false, std::sync::atomic::Ordering::SeqCst);
-    let server = TestServer::start_ready(&config_toml(&idp, "")).await;
-    assert_eq!(
-        ask(
-            &server,
-            req("/x").policy("api").bearer(&idp.mint(json!({})))
-        )
-        .await
-        .status,
-        200
-    );
+    let server = serve(&idp).ready().await;
+    ask(
+        &server,
+        req("/x").policy("api").bearer(&idp.mint(json!({}))),
+    )
+    .await
+    .assert_allow();
 }
 
 #[tokio::test]
@@ -169,20 +153,16 @@ async fn explicit_jwks_uri_works_without_discovery() {
     idp.state
         .no_discovery
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    let toml = config_toml(&idp, "").replace(
-        "\nleeway_secs = 0",
-        &format!("\nleeway_secs = 0\njwks_uri = \"{}/v1/keys\"", idp.issuer),
-    );
-    let server = TestServer::start_ready(&toml).await;
-    assert_eq!(
-        ask(
-            &server,
-            req("/x").policy("api").bearer(&idp.mint(json!({})))
-        )
-        .await
-        .status,
-        200
-    );
+    let server = serve(&idp)
+        .okta(&format!("jwks_uri = \"{}/v1/keys\"", idp.issuer))
+        .ready()
+        .await;
+    ask(
+        &server,
+        req("/x").policy("api").bearer(&idp.mint(json!({}))),
+    )
+    .await
+    .assert_allow();
     assert!(
         idp.state
             .discovery_hits
@@ -198,7 +178,7 @@ async fn no_discovery_and_no_jwks_uri_is_not_ready() {
     idp.state
         .no_discovery
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    let server = TestServer::start(&config_toml(&idp, "")).await;
+    let server = serve(&idp).start().await;
     ask(
         &server,
         req("/x").policy("api").bearer(&idp.mint(json!({}))),
@@ -210,23 +190,14 @@ async fn no_discovery_and_no_jwks_uri_is_not_ready() {
 
 #[tokio::test]
 async fn cached_token_expires_by_the_clock() {
-    let idp = MockIdp::start().await;
-    let clock = Arc::new(ManualClock::new(now() + 2));
-    let server = TestServer::start_with_clock(&config_toml(&idp, ""), clock.clone()).await;
-    server.wait_ready().await;
+    let (idp, server, clock) = world_with_clock(|c| c).await;
     let t = idp.mint(json!({"exp": now() + 60}));
-    assert_eq!(
-        ask(&server, req("/x").policy("api").bearer(&t))
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        ask(&server, req("/x").policy("api").bearer(&t))
-            .await
-            .status,
-        200
-    );
+    ask(&server, req("/x").policy("api").bearer(&t))
+        .await
+        .assert_allow();
+    ask(&server, req("/x").policy("api").bearer(&t))
+        .await
+        .assert_allow();
     clock.advance(61);
     let a = ask(&server, req("/x").policy("api").bearer(&t)).await;
     a.assert_deny(401, "invalid_token");
@@ -240,26 +211,17 @@ async fn cached_token_expires_by_the_clock() {
 
 #[tokio::test]
 async fn leeway_applies_to_exp_and_nbf() {
-    let idp = MockIdp::start().await;
-    let toml = config_toml(&idp, "").replace("\nleeway_secs = 0", "\nleeway_secs = 30");
-    let clock = Arc::new(ManualClock::new(now() + 2));
-    let server = TestServer::start_with_clock(&toml, clock.clone()).await;
-    server.wait_ready().await;
+    let (idp, server, _clock) =
+        world_with_clock(|c| c.edit("\nleeway_secs = 0", "\nleeway_secs = 30")).await;
     let n = now();
     let just_expired = idp.mint(json!({"exp": n - 10, "iat": n - 100}));
     let nbf_soon = idp.mint(json!({"nbf": n + 10}));
-    assert_eq!(
-        ask(&server, req("/x").policy("api").bearer(&just_expired))
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        ask(&server, req("/x").policy("api").bearer(&nbf_soon))
-            .await
-            .status,
-        200
-    );
+    ask(&server, req("/x").policy("api").bearer(&just_expired))
+        .await
+        .assert_allow();
+    ask(&server, req("/x").policy("api").bearer(&nbf_soon))
+        .await
+        .assert_allow();
     let long_expired = idp.mint(json!({"exp": n - 31, "iat": n - 100}));
     ask(&server, req("/x").policy("api").bearer(&long_expired))
         .await
@@ -291,7 +253,7 @@ async fn no_refetch_storm_while_no_keys_are_in_hand() {
     // the IdP erroring from the start
     let idp = MockIdp::start().await;
     idp.set_mode(Mode::Down);
-    let server = TestServer::start(&config_toml(&idp, "")).await;
+    let server = serve(&idp).start().await;
     let calls = storm(&idp, &server, 200).await;
     // background start-up retries (250 ms doubling) plus at most one request-driven call per backoff window
     // (1 s doubling): a handful, whatever the machine's speed, instead of one per request
@@ -301,7 +263,7 @@ async fn no_refetch_storm_while_no_keys_are_in_hand() {
     // discovery naming another issuer
     let idp = MockIdp::start().await;
     *idp.state.claimed_issuer.lock().unwrap() = Some("https://evil.example.com".into());
-    let server = TestServer::start(&config_toml(&idp, "")).await;
+    let server = serve(&idp).start().await;
     let calls = storm(&idp, &server, 200).await;
     assert!(calls <= 20, "400 Checks made {calls} IdP calls");
     drop(server);
@@ -310,7 +272,7 @@ async fn no_refetch_storm_while_no_keys_are_in_hand() {
     let mut enc = SigningKey::rsa1();
     enc.jwk["use"] = json!("enc");
     let idp = MockIdp::start_with_keys(vec![enc]).await;
-    let server = TestServer::start(&config_toml(&idp, "")).await;
+    let server = serve(&idp).start().await;
     let calls = storm(&idp, &server, 200).await;
     assert!(calls <= 20, "400 Checks made {calls} IdP calls");
 }
@@ -319,20 +281,17 @@ async fn no_refetch_storm_while_no_keys_are_in_hand() {
 async fn keys_load_once_the_idp_recovers_from_a_storm() {
     let idp = MockIdp::start().await;
     idp.set_mode(Mode::Down);
-    let server = TestServer::start(&config_toml(&idp, "")).await;
+    let server = serve(&idp).start().await;
     storm(&idp, &server, 50).await;
     idp.set_mode(Mode::Up);
     // the start-up loop is not held back by the backoff of request-driven calls
     server.wait_ready().await;
-    assert_eq!(
-        ask(
-            &server,
-            req("/x").policy("api").bearer(&idp.mint(json!({})))
-        )
-        .await
-        .status,
-        200
-    );
+    ask(
+        &server,
+        req("/x").policy("api").bearer(&idp.mint(json!({}))),
+    )
+    .await
+    .assert_allow();
 }
 
 // issue 11 item 5: configured endpoints keep working while discovery fails, without a discovery call per request.
@@ -341,20 +300,19 @@ async fn configured_endpoints_serve_while_discovery_fails_without_asking_each_ti
     use std::sync::atomic::Ordering::SeqCst;
     let idp = MockIdp::start().await;
     idp.state.no_discovery.store(true, SeqCst);
-    let toml = config_toml(&idp, "").replace(
-        "\nleeway_secs = 0",
-        &format!(
-            "\nleeway_secs = 0\njwks_uri = \"{i}/v1/keys\"\nintrospection_endpoint = \"{i}/v1/introspect\"",
+    let server = serve(&idp)
+        .okta(&format!(
+            "jwks_uri = \"{i}/v1/keys\"\nintrospection_endpoint = \"{i}/v1/introspect\"",
             i = idp.issuer
-        ),
-    );
-    let server = TestServer::start_ready(&toml).await;
+        ))
+        .ready()
+        .await;
     let before = idp.state.discovery_hits.load(SeqCst);
     for _ in 0..40 {
         // a new opaque token each time: each one is introspected, so each needs the endpoints
         let t = idp.opaque(json!({}));
         let a = ask(&server, req("/x").policy("intro").bearer(&t)).await;
-        assert_eq!(a.status, 200, "{a:?}");
+        a.assert_allow();
     }
     assert_eq!(idp.introspect_hits(), 40);
     let discovery = idp.state.discovery_hits.load(SeqCst) - before;
@@ -394,10 +352,7 @@ async fn crit_headers_and_insane_dates_are_refused() {
     }
     // a fractional exp in range is fine
     let t = idp.mint(json!({"exp": (now() + 600) as f64 + 0.5}));
-    assert_eq!(
-        ask(&server, req("/x").policy("api").bearer(&t))
-            .await
-            .status,
-        200
-    );
+    ask(&server, req("/x").policy("api").bearer(&t))
+        .await
+        .assert_allow();
 }

@@ -133,6 +133,11 @@ impl Answer {
         serde_json::from_str(&self.body).unwrap_or(Value::Null)
     }
 
+    /// Asserts an allow (which [`Answer::from`] only reads from gRPC OK with an `OkResponse`).
+    pub fn assert_allow(&self) {
+        assert_eq!(self.status, 200, "{self:?}");
+    }
+
     /// Asserts a deny with this status, error code, JSON body and no-store, and that nothing in it echoes `secret`.
     pub fn assert_deny(&self, status: u16, error: &str) {
         assert_eq!(self.status, status, "{self:?}");

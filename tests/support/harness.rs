@@ -1,4 +1,5 @@
-//! oidc-authz under test: the standard config against the mock IdP, the real server on port 0, metrics.
+//! oidc-authz under test: the standard config against the mock IdP (edited per test through [`Setup`]), the real
+//! server on port 0, metrics.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -6,6 +7,7 @@ use std::time::Duration;
 
 use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use oidc_authz::clock::{Clock, ManualClock, SystemClock};
 use oidc_authz::config::Config;
 use oidc_authz::server::Server;
 use tokio::sync::oneshot;
@@ -15,8 +17,8 @@ use super::answer::Answer;
 use super::idp::MockIdp;
 use super::request::Req;
 
-/// A standard config against `idp` with a few policies, plus `extra` TOML appended.
-pub fn config_toml(idp: &MockIdp, extra: &str) -> String {
+/// The standard config against `idp`: a few policies over one provider, `okta`.
+fn config_toml(idp: &MockIdp) -> String {
     format!(
         r#"
 [server]
@@ -120,23 +122,100 @@ hosts = ["*.example.com"]
 path_prefix = "/admin"
 methods = ["GET"]
 policy = "admins"
-{extra}
 "#,
         issuer = idp.issuer
     )
 }
 
-/// The standard config with a 300 ms HTTP timeout, for tests that hold the IdP (`Mode::Held`) to see a timeout:
-/// the IdP never answers while held, so the timeout fires however slow the machine is.
-pub fn short_http_timeout(toml: &str) -> String {
-    toml.replace("http_timeout_ms = 30000", "http_timeout_ms = 300")
+/// The standard config against an IdP, edited before the server starts on it:
+/// `serve(&idp).edit("check_timeout_ms = 60000", "check_timeout_ms = 300").ready().await`.
+pub struct Setup {
+    toml: String,
+}
+
+/// The standard config against `idp`, to edit (see [`Setup`]).
+pub fn serve(idp: &MockIdp) -> Setup {
+    Setup {
+        toml: config_toml(idp),
+    }
+}
+
+impl Setup {
+    /// Replaces every `from` in the config with `to`; panics if the config has no `from`, so a test never runs
+    /// on the standard config believing it edited it.
+    pub fn edit(mut self, from: &str, to: &str) -> Setup {
+        assert!(
+            self.toml.contains(from),
+            "the config has no {from:?} to edit:\n{}",
+            self.toml
+        );
+        self.toml = self.toml.replace(from, to);
+        self
+    }
+
+    /// Adds TOML lines to the `okta` provider's table.
+    pub fn okta(self, lines: &str) -> Setup {
+        self.edit(
+            "\njwks_min_refetch_secs = 0",
+            &format!("\njwks_min_refetch_secs = 0\n{lines}"),
+        )
+    }
+
+    /// Appends TOML (more providers, policies) after the standard config.
+    pub fn extra(mut self, toml: &str) -> Setup {
+        self.toml.push_str(toml);
+        self.toml.push('\n');
+        self
+    }
+
+    /// A 300 ms HTTP timeout, for tests that hold the IdP (`Mode::Held`) to see a timeout: the IdP never answers
+    /// while held, so the timeout fires however slow the machine is.
+    pub fn short_http_timeout(self) -> Setup {
+        self.edit("http_timeout_ms = 30000", "http_timeout_ms = 300")
+    }
+
+    /// The server, started but not waited for (an IdP that is down at start).
+    pub async fn start(self) -> TestServer {
+        TestServer::start(&self.toml, Arc::new(SystemClock)).await
+    }
+
+    /// The server, started and ready.
+    pub async fn ready(self) -> TestServer {
+        let s = self.start().await;
+        s.wait_ready().await;
+        s
+    }
+
+    /// The server, ready, its time moving only when the test says so: a manual clock set 2 s ahead of the
+    /// IdP's (real) clock.
+    pub async fn ready_with_clock(self) -> (TestServer, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::new(super::now() + 2));
+        let s = TestServer::start(&self.toml, clock.clone()).await;
+        s.wait_ready().await;
+        (s, clock)
+    }
 }
 
 /// The mock IdP and a ready server with the standard config.
 pub async fn world() -> (MockIdp, TestServer) {
+    world_with(|c| c).await
+}
+
+/// The mock IdP and a ready server with the standard config edited by `edit`.
+pub async fn world_with(edit: impl FnOnce(Setup) -> Setup) -> (MockIdp, TestServer) {
     let idp = MockIdp::start().await;
-    let server = TestServer::start_ready(&config_toml(&idp, "")).await;
+    let server = edit(serve(&idp)).ready().await;
     (idp, server)
+}
+
+/// The mock IdP and a ready server with the standard config edited by `edit`, on a manual clock
+/// ([`Setup::ready_with_clock`]).
+pub async fn world_with_clock(
+    edit: impl FnOnce(Setup) -> Setup,
+) -> (MockIdp, TestServer, Arc<ManualClock>) {
+    let idp = MockIdp::start().await;
+    let (server, clock) = edit(serve(&idp)).ready_with_clock().await;
+    (idp, server, clock)
 }
 
 /// One Check, read back.
@@ -160,14 +239,8 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    pub async fn start(toml: &str) -> TestServer {
-        Self::start_with_clock(toml, Arc::new(oidc_authz::clock::SystemClock)).await
-    }
-
-    pub async fn start_with_clock(
-        toml: &str,
-        clock: Arc<dyn oidc_authz::clock::Clock>,
-    ) -> TestServer {
+    /// The server on `toml`, checking token and session times against `clock`; not waited for.
+    async fn start(toml: &str, clock: Arc<dyn Clock>) -> TestServer {
         let config = Config::from_toml(toml).unwrap_or_else(|e| panic!("{e}"));
         let server = Server::bind_with_clock(config, clock).await.unwrap();
         let grpc_addr = server.grpc_addr();
@@ -186,13 +259,7 @@ impl TestServer {
         }
     }
 
-    /// Starts and waits until /readyz says ready.
-    pub async fn start_ready(toml: &str) -> TestServer {
-        let s = Self::start(toml).await;
-        s.wait_ready().await;
-        s
-    }
-
+    /// Waits until the server says it is ready.
     pub async fn wait_ready(&self) {
         for _ in 0..200 {
             if self.authorizer.is_ready() {

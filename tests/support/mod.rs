@@ -3,7 +3,7 @@
 //!
 //! - [`keys`]: the test signing keys (`keys/*.pem`).
 //! - [`idp`]: the mock IdP, its state and failure modes; its HTTP endpoints in `idp/endpoints.rs`.
-//! - [`harness`]: oidc-authz under test (standard config, server on port 0, metrics).
+//! - [`harness`]: oidc-authz under test (the standard config and its per-test edits, server on port 0, metrics).
 //! - [`request`]: Check requests built the way Envoy sends them.
 //! - [`answer`]: Check answers read back the way Envoy reads them.
 
