@@ -35,33 +35,41 @@ pub enum IntrospectionError {
     Idp(#[source] IdpError),
 }
 
+/// An introspection answer, kept until `until` (seconds since the epoch on the [`Clock`]; `until` = when it came:
+/// not kept).
 #[derive(Debug)]
 enum Answer {
     Active {
         verified: Arc<Verified>,
-        ttl: Duration,
+        until: u64,
     },
     Inactive {
-        ttl: Duration,
+        until: u64,
     },
     /// Active, but not an access token this configuration accepts.
     Refused {
-        ttl: Duration,
+        until: u64,
     },
 }
 
 impl Answer {
-    /// How long the answer is kept, set when it came (zero: not kept).
-    fn kept_for(&self) -> Duration {
+    /// Whether the answer still stands at `now`.
+    fn stands(&self, now: u64) -> bool {
         match self {
-            Answer::Active { ttl, .. } | Answer::Inactive { ttl } | Answer::Refused { ttl } => *ttl,
+            Answer::Active { until, .. } | Answer::Inactive { until } | Answer::Refused { until } => {
+                now < *until
+            }
         }
     }
 }
 
 impl Expires for Answer {
-    fn ttl(&self, _now: u64) -> Duration {
-        self.kept_for()
+    fn ttl(&self, now: u64) -> Duration {
+        match self {
+            Answer::Active { until, .. } | Answer::Inactive { until } | Answer::Refused { until } => {
+                Duration::from_secs(until.saturating_sub(now))
+            }
+        }
     }
 }
 
@@ -116,7 +124,16 @@ impl Introspector {
                 .map_err(IntrospectionError::Idp)?
         } else {
             let k = cache::key(&[provider.name(), policy.name.as_str(), token]);
-            match self.cache.get(&k).await {
+            // The clock decides when an answer expires (the cache may keep it a moment longer).
+            let now = self.clock.now();
+            let hit = match self.cache.get(&k).await {
+                Some(a) if !a.stands(now) => {
+                    self.cache.invalidate(&k).await;
+                    None
+                }
+                other => other,
+            };
+            match hit {
                 Some(a) => {
                     self.metrics.cache_lookup("introspection", true);
                     a
@@ -129,7 +146,7 @@ impl Introspector {
                         .await
                         .map_err(|e: Arc<IdpError>| IntrospectionError::Idp((*e).clone()))?;
                     // A zero TTL means "do not keep": drop what try_get_with stored for the waiters.
-                    if answer.kept_for().is_zero() {
+                    if !answer.stands(self.clock.now()) {
                         self.cache.invalidate(&k).await;
                     }
                     answer
@@ -191,7 +208,8 @@ impl Introspector {
                 endpoint: "introspection",
                 reason: e.to_string(),
             })?;
-        let neg = Duration::from_secs(policy.cache_ttl_neg_secs);
+        let now = self.clock.now();
+        let neg = now.saturating_add(policy.cache_ttl_neg_secs);
         let active = match claims.get("active") {
             Some(Value::Bool(b)) => *b,
             _ => {
@@ -202,14 +220,13 @@ impl Introspector {
             }
         };
         if !active {
-            return Ok(Arc::new(Answer::Inactive { ttl: neg }));
+            return Ok(Arc::new(Answer::Inactive { until: neg }));
         }
-        let now = self.clock.now();
         let exp = match refusal(&claims, provider, now) {
             Ok(exp) => exp,
             Err(why) => {
                 tracing::warn!(provider = %provider.name(), reason = why, "introspection said active for a token this provider config does not accept; refusing");
-                return Ok(Arc::new(Answer::Refused { ttl: neg }));
+                return Ok(Arc::new(Answer::Refused { until: neg }));
             }
         };
         let mut ttl = policy.cache_introspection_secs;
@@ -222,7 +239,7 @@ impl Introspector {
         });
         Ok(Arc::new(Answer::Active {
             verified,
-            ttl: Duration::from_secs(ttl),
+            until: now.saturating_add(ttl),
         }))
     }
 }
