@@ -174,7 +174,13 @@ impl Introspector {
         let form = [("token", token), ("token_type_hint", "access_token")];
         let auth = provider.token_auth(&meta);
         let (status, body) = provider
-            .post_form("introspection", &url, &form, (client_id, secret), auth)
+            .post_form(
+                crate::provider::Endpoint::Introspection,
+                &url,
+                &form,
+                (client_id, secret),
+                auth,
+            )
             .await?;
         if status != 200 {
             // 401 here means *our* client is refused: a configuration problem, not the caller's.
