@@ -25,6 +25,8 @@ pub mod config;
 pub mod decision;
 pub mod envoy;
 pub mod flow;
+#[cfg(test)]
+mod offline_tests;
 pub mod policy;
 pub mod provider;
 pub mod request;
