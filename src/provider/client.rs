@@ -71,30 +71,43 @@ impl fmt::Debug for ClientAuth<'_> {
     }
 }
 
-/// An IdP's answer: the HTTP status and the body (at most [`MAX_BODY`] bytes).
+/// An IdP's answer: the HTTP status and the body (at most 1 MiB).
 pub type Reply = (u16, Vec<u8>);
+
+/// A call in flight: the answer, or why there is none.
+pub type Pending<'a> = BoxFuture<'a, Result<Reply, IdpError>>;
+
+/// Where a call goes: the endpoint kind, its URL, and how long to wait for the answer (the provider's
+/// `http_timeout`).
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The kind of endpoint (errors and metrics name it).
+    pub endpoint: Endpoint,
+    /// Its URL.
+    pub url: &'a Url,
+    /// The whole call's time limit.
+    pub timeout: Duration,
+}
+
+/// What a POST sends: the form fields and this service's client authentication. No `Debug`: the fields hold
+/// tokens and codes.
+#[derive(Clone, Copy)]
+pub struct Form<'a> {
+    /// The fields, in order, without the client authentication.
+    pub fields: &'a [(&'a str, &'a str)],
+    /// Who we are at the provider.
+    pub client: ClientAuth<'a>,
+}
 
 /// Calls to identity providers. An answer is the status and the body, whatever the status; a transport failure
 /// (connect, timeout, reset) is [`IdpError::Unreachable`] and a body over the size cap [`IdpError::Garbage`].
 /// Implementations never log a form, a token or a secret.
 pub trait IdpClient: Send + Sync + fmt::Debug {
-    /// GETs a JSON document (discovery or JWKS), giving up after `timeout`.
-    fn get<'a>(
-        &'a self,
-        endpoint: Endpoint,
-        url: &'a Url,
-        timeout: Duration,
-    ) -> BoxFuture<'a, Result<Reply, IdpError>>;
+    /// GETs a JSON document (discovery or JWKS).
+    fn get<'a>(&'a self, to: Target<'a>) -> Pending<'a>;
 
-    /// POSTs `form` (token, introspection or revocation) authenticated as `client`, giving up after `timeout`.
-    fn post_form<'a>(
-        &'a self,
-        endpoint: Endpoint,
-        url: &'a Url,
-        form: &'a [(&'a str, &'a str)],
-        client: ClientAuth<'a>,
-        timeout: Duration,
-    ) -> BoxFuture<'a, Result<Reply, IdpError>>;
+    /// POSTs a form (token, introspection or revocation) with client authentication.
+    fn post_form<'a>(&'a self, to: Target<'a>, form: Form<'a>) -> Pending<'a>;
 }
 
 /// The production [`IdpClient`]: one `reqwest::Client` for every provider of the process (no redirects, bounded
@@ -118,17 +131,12 @@ impl ReqwestIdp {
         }
     }
 
-    /// Sends one request with `timeout`; the status and the (capped) body.
-    async fn send(
-        &self,
-        endpoint: Endpoint,
-        req: reqwest::RequestBuilder,
-        timeout: Duration,
-    ) -> Result<Reply, IdpError> {
-        let endpoint = endpoint.as_str();
+    /// Sends one request with the target's timeout; the status and the (capped) body.
+    async fn send(to: Target<'_>, req: reqwest::RequestBuilder) -> Result<Reply, IdpError> {
+        let endpoint = to.endpoint.as_str();
         let resp = req
             .header(http::header::ACCEPT, "application/json")
-            .timeout(timeout)
+            .timeout(to.timeout)
             .send()
             .await
             .map_err(|e| IdpError::Unreachable {
@@ -141,25 +149,14 @@ impl ReqwestIdp {
 }
 
 impl IdpClient for ReqwestIdp {
-    fn get<'a>(
-        &'a self,
-        endpoint: Endpoint,
-        url: &'a Url,
-        timeout: Duration,
-    ) -> BoxFuture<'a, Result<Reply, IdpError>> {
-        Box::pin(self.send(endpoint, self.http.get(url.clone()), timeout))
+    fn get<'a>(&'a self, to: Target<'a>) -> Pending<'a> {
+        Box::pin(Self::send(to, self.http.get(to.url.clone())))
     }
 
-    fn post_form<'a>(
-        &'a self,
-        endpoint: Endpoint,
-        url: &'a Url,
-        form: &'a [(&'a str, &'a str)],
-        client: ClientAuth<'a>,
-        timeout: Duration,
-    ) -> BoxFuture<'a, Result<Reply, IdpError>> {
-        let mut fields: Vec<(&str, &str)> = form.to_vec();
-        let mut req = self.http.post(url.clone());
+    fn post_form<'a>(&'a self, to: Target<'a>, form: Form<'a>) -> Pending<'a> {
+        let client = form.client;
+        let mut fields: Vec<(&str, &str)> = form.fields.to_vec();
+        let mut req = self.http.post(to.url.clone());
         match client.method {
             TokenEndpointAuth::ClientSecretBasic => {
                 // RFC 6749 2.3.1: form-encode id and secret, then base64 the pair.
@@ -176,7 +173,7 @@ impl IdpClient for ReqwestIdp {
                 fields.push(("client_secret", client.secret.expose()));
             }
         }
-        Box::pin(self.send(endpoint, req.form(&fields), timeout))
+        Box::pin(Self::send(to, req.form(&fields)))
     }
 }
 

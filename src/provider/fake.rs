@@ -5,14 +5,12 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use url::Url;
 
 use super::IdpError;
-use super::client::{ClientAuth, Endpoint, IdpClient, Reply};
+use super::client::{Endpoint, Form, IdpClient, Pending, Reply, Target};
 use crate::config::TokenEndpointAuth;
 
 /// What the fake answers one call.
@@ -211,31 +209,21 @@ impl FakeIdp {
 }
 
 impl IdpClient for FakeIdp {
-    fn get<'a>(
-        &'a self,
-        endpoint: Endpoint,
-        url: &'a Url,
-        _timeout: Duration,
-    ) -> BoxFuture<'a, Result<Reply, IdpError>> {
+    fn get<'a>(&'a self, to: Target<'a>) -> Pending<'a> {
         let call = Call {
-            url: url.clone(),
+            url: to.url.clone(),
             form: Vec::new(),
             client: None,
         };
-        Box::pin(std::future::ready(self.serve(endpoint, call)))
+        Box::pin(std::future::ready(self.serve(to.endpoint, call)))
     }
 
-    fn post_form<'a>(
-        &'a self,
-        endpoint: Endpoint,
-        url: &'a Url,
-        form: &'a [(&'a str, &'a str)],
-        client: ClientAuth<'a>,
-        _timeout: Duration,
-    ) -> BoxFuture<'a, Result<Reply, IdpError>> {
+    fn post_form<'a>(&'a self, to: Target<'a>, form: Form<'a>) -> Pending<'a> {
+        let client = form.client;
         let call = Call {
-            url: url.clone(),
+            url: to.url.clone(),
             form: form
+                .fields
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
@@ -245,7 +233,7 @@ impl IdpClient for FakeIdp {
                 method: client.method,
             }),
         };
-        Box::pin(std::future::ready(self.serve(endpoint, call)))
+        Box::pin(std::future::ready(self.serve(to.endpoint, call)))
     }
 }
 
@@ -253,39 +241,48 @@ impl IdpClient for FakeIdp {
 mod tests {
     use super::*;
     use crate::config::Secret;
+    use crate::provider::ClientAuth;
 
     #[tokio::test]
     async fn answers_per_endpoint_counts_and_records_without_showing_secrets() {
         let fake = FakeIdp::for_issuer("https://idp.test");
         let url = Url::parse("https://idp.test/token").unwrap();
-        let t = Duration::from_secs(1);
+        let to = |endpoint| Target {
+            endpoint,
+            url: &url,
+            timeout: std::time::Duration::from_secs(1),
+        };
         fake.answer_with(Endpoint::Token, |call| match call.field("grant_type") {
             Some("client_credentials") => FakeAnswer::json(200, json!({"access_token": "a"})),
             _ => FakeAnswer::json(400, json!({"error": "unsupported_grant_type"})),
         });
         let secret = Secret::new("s3cret");
-        let client = ClientAuth {
-            id: "app",
-            secret: &secret,
-            method: TokenEndpointAuth::ClientSecretPost,
+        let form = |fields| Form {
+            fields,
+            client: ClientAuth {
+                id: "app",
+                secret: &secret,
+                method: TokenEndpointAuth::ClientSecretPost,
+            },
         };
-        let form = [("grant_type", "client_credentials"), ("code", "c0de")];
+        let cc = [("grant_type", "client_credentials"), ("code", "c0de")];
         let (status, _) = fake
-            .post_form(Endpoint::Token, &url, &form, client, t)
+            .post_form(to(Endpoint::Token), form(&cc))
             .await
             .unwrap();
         assert_eq!(status, 200);
+        let other = [("grant_type", "x")];
         let (status, _) = fake
-            .post_form(Endpoint::Token, &url, &[("grant_type", "x")], client, t)
+            .post_form(to(Endpoint::Token), form(&other))
             .await
             .unwrap();
         assert_eq!(status, 400);
         assert_eq!(fake.calls(Endpoint::Token), 2);
         assert_eq!(fake.calls(Endpoint::Introspection), 0);
-        let (status, _) = fake.get(Endpoint::Discovery, &url, t).await.unwrap();
+        let (status, _) = fake.get(to(Endpoint::Discovery)).await.unwrap();
         assert_eq!(status, 200);
         let (status, _) = fake
-            .post_form(Endpoint::Revocation, &url, &form, client, t)
+            .post_form(to(Endpoint::Revocation), form(&cc))
             .await
             .unwrap();
         assert_eq!(status, 404, "not told: 404");
@@ -305,7 +302,7 @@ mod tests {
         );
 
         fake.unreachable(Endpoint::Jwks);
-        let e = fake.get(Endpoint::Jwks, &url, t).await.unwrap_err();
+        let e = fake.get(to(Endpoint::Jwks)).await.unwrap_err();
         assert!(matches!(
             e,
             IdpError::Unreachable {

@@ -17,7 +17,7 @@ use url::Url;
 
 use crate::config::{ProviderConfig, Secret, TokenEndpointAuth};
 use crate::telemetry::Metrics;
-pub use client::{ClientAuth, Endpoint, IdpClient, ReqwestIdp};
+pub use client::{ClientAuth, Endpoint, Form, IdpClient, ReqwestIdp, Target};
 use jwks::{KeySet, VerifyKey};
 
 /// An identity provider call that failed. Never carries a token or a secret.
@@ -214,12 +214,18 @@ impl Provider {
         res
     }
 
+    /// A call to `endpoint` at `url` with the provider's timeout.
+    fn target<'a>(&self, endpoint: Endpoint, url: &'a Url) -> Target<'a> {
+        Target {
+            endpoint,
+            url,
+            timeout: self.config.http_timeout,
+        }
+    }
+
     /// GETs a document with the provider's timeout: its body, or an error for a status that is not 2xx.
     async fn get_body(&self, endpoint: Endpoint, url: &Url) -> Result<Vec<u8>, IdpError> {
-        let (status, body) = self
-            .idp
-            .get(endpoint, url, self.config.http_timeout)
-            .await?;
+        let (status, body) = self.idp.get(self.target(endpoint, url)).await?;
         if !(200..300).contains(&status) {
             return Err(IdpError::Status {
                 endpoint: endpoint.as_str(),
@@ -256,15 +262,15 @@ impl Provider {
     ) -> Result<(u16, Vec<u8>), IdpError> {
         let start = Instant::now();
         let (id, secret) = client;
-        let client = ClientAuth {
-            id,
-            secret,
-            method: auth,
+        let form = Form {
+            fields: form,
+            client: ClientAuth {
+                id,
+                secret,
+                method: auth,
+            },
         };
-        let res = self
-            .idp
-            .post_form(endpoint, url, form, client, self.config.http_timeout)
-            .await;
+        let res = self.idp.post_form(self.target(endpoint, url), form).await;
         let ok = matches!(&res, Ok((s, _)) if !token::idp_unwell(*s));
         self.metrics
             .idp_call(self.name(), endpoint.as_str(), ok, start.elapsed());
