@@ -14,7 +14,7 @@ use crate::flow::TokenMethods;
 use crate::login::Logins;
 use crate::policy::headers;
 use crate::policy::runtime::{self, PolicyRuntime};
-use crate::provider::{Provider, http_client};
+use crate::provider::{IdpClient, Provider, ReqwestIdp};
 use crate::request::CheckView;
 use crate::rng::Rng;
 use crate::telemetry::{Metrics, PolicyCounters};
@@ -61,11 +61,21 @@ impl Authorizer {
         clock: Arc<dyn Clock>,
         rng: Arc<dyn Rng>,
     ) -> Self {
-        let http = http_client();
+        Self::with_idp(config, metrics, clock, rng, Arc::new(ReqwestIdp::new()))
+    }
+
+    /// [`Authorizer::new`] with every provider calling its IdP through `idp` (tests: [`crate::provider::fake`]).
+    pub fn with_idp(
+        config: Config,
+        metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
+        rng: Arc<dyn Rng>,
+        idp: Arc<dyn IdpClient>,
+    ) -> Self {
         let providers: Arc<[Arc<Provider>]> = config
             .providers
             .iter()
-            .map(|p| Arc::new(Provider::new(p.clone(), http.clone(), metrics.clone())))
+            .map(|p| Arc::new(Provider::new(p.clone(), idp.clone(), metrics.clone())))
             .collect();
         // A token policy on a provider without `audiences` is a config error unless it says
         // `allow_any_audience = true` (config validation), so no warning is needed here.

@@ -28,6 +28,8 @@ pub mod decision;
 pub mod envoy;
 pub mod flow;
 pub mod login;
+#[cfg(test)]
+mod offline_tests;
 pub mod policy;
 pub mod provider;
 pub mod request;

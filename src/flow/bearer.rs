@@ -392,7 +392,7 @@ allow_any_audience = {any}
         let cfg = crate::config::Config::from_toml(&toml).unwrap();
         Provider::new(
             cfg.providers[0].clone(),
-            crate::provider::http_client(),
+            Arc::new(crate::provider::fake::FakeIdp::new()),
             Arc::new(Metrics::new()),
         )
     }

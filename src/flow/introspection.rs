@@ -53,23 +53,24 @@ enum Answer {
 }
 
 impl Answer {
+    /// Until when the answer is kept.
+    fn until(&self) -> u64 {
+        match self {
+            Answer::Active { until, .. }
+            | Answer::Inactive { until }
+            | Answer::Refused { until } => *until,
+        }
+    }
+
     /// Whether the answer still stands at `now`.
     fn stands(&self, now: u64) -> bool {
-        match self {
-            Answer::Active { until, .. } | Answer::Inactive { until } | Answer::Refused { until } => {
-                now < *until
-            }
-        }
+        now < self.until()
     }
 }
 
 impl Expires for Answer {
     fn ttl(&self, now: u64) -> Duration {
-        match self {
-            Answer::Active { until, .. } | Answer::Inactive { until } | Answer::Refused { until } => {
-                Duration::from_secs(until.saturating_sub(now))
-            }
-        }
+        Duration::from_secs(self.until().saturating_sub(now))
     }
 }
 
@@ -191,7 +192,13 @@ impl Introspector {
         let form = [("token", token), ("token_type_hint", "access_token")];
         let auth = provider.token_auth(&meta);
         let (status, body) = provider
-            .post_form("introspection", &url, &form, (client_id, secret), auth)
+            .post_form(
+                crate::provider::Endpoint::Introspection,
+                &url,
+                &form,
+                (client_id, secret),
+                auth,
+            )
             .await?;
         if status != 200 {
             // 401 here means *our* client is refused: a configuration problem, not the caller's.

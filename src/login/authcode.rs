@@ -752,7 +752,13 @@ pub async fn revoke(provider: &Provider, session: &SessionData) -> usize {
         let Some(token) = token else { continue };
         let form = [("token", token), ("token_type_hint", hint)];
         match provider
-            .post_form("revocation", &url, &form, client, auth)
+            .post_form(
+                crate::provider::Endpoint::Revocation,
+                &url,
+                &form,
+                client,
+                auth,
+            )
             .await
         {
             Ok((200, _)) => revoked += 1,

@@ -1,8 +1,10 @@
 //! One OpenID provider at run time: discovery, the JWKS cache (refetch on unknown `kid`, coalesced and
-//! rate-limited; old keys keep serving while the IdP is down; periodic refresh), over one shared HTTP client.
+//! rate-limited; old keys keep serving while the IdP is down; periodic refresh), over one shared [`IdpClient`].
 //! A failed discovery or JWKS fetch closes a [`Gate`] for a bounded exponential backoff: until it reopens, callers
 //! get the remembered failure (or, for discovery, the configured endpoints) without calling the IdP.
 
+pub mod client;
+pub mod fake;
 pub mod jwks;
 pub mod token;
 
@@ -15,10 +17,8 @@ use url::Url;
 
 use crate::config::{ProviderConfig, Secret, TokenEndpointAuth};
 use crate::telemetry::Metrics;
+pub use client::{ClientAuth, Endpoint, Form, IdpClient, ReqwestIdp, Target};
 use jwks::{KeySet, VerifyKey};
-
-/// Largest IdP answer we read (discovery, JWKS, token, introspection).
-const MAX_BODY: usize = 1024 * 1024;
 
 /// An identity provider call that failed. Never carries a token or a secret.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -94,7 +94,8 @@ pub enum KeyError {
 pub struct Provider {
     /// Its configuration.
     pub config: ProviderConfig,
-    http: reqwest::Client,
+    /// Every call to the IdP goes through this.
+    idp: Arc<dyn IdpClient>,
     metrics: Arc<Metrics>,
     metadata: RwLock<Option<Arc<Metadata>>>,
     keys: RwLock<Option<Arc<KeySet>>>,
@@ -170,24 +171,12 @@ pub struct DiscoveryState {
     fallback: Option<Arc<Metadata>>,
 }
 
-/// The process's one HTTP client for identity providers: no redirects, bounded connect time.
-pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(30))
-        .pool_idle_timeout(Duration::from_secs(60))
-        .user_agent(concat!("oidc-authz/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
-}
-
 impl Provider {
-    /// A provider with nothing loaded yet.
-    pub fn new(config: ProviderConfig, http: reqwest::Client, metrics: Arc<Metrics>) -> Self {
+    /// A provider with nothing loaded yet, calling the IdP through `idp`.
+    pub fn new(config: ProviderConfig, idp: Arc<dyn IdpClient>, metrics: Arc<Metrics>) -> Self {
         Provider {
             config,
-            http,
+            idp,
             metrics,
             metadata: RwLock::new(None),
             keys: RwLock::new(None),
@@ -210,46 +199,40 @@ impl Provider {
     /// GETs a JSON document, with metrics, the provider's timeout and a size cap.
     pub async fn get_json<T: serde::de::DeserializeOwned>(
         &self,
-        endpoint: &'static str,
+        endpoint: Endpoint,
         url: &Url,
     ) -> Result<T, IdpError> {
         let start = Instant::now();
         let res = self.get_body(endpoint, url).await.and_then(|body| {
             serde_json::from_slice::<T>(&body).map_err(|e| IdpError::Garbage {
-                endpoint,
+                endpoint: endpoint.as_str(),
                 reason: e.to_string(),
             })
         });
         self.metrics
-            .idp_call(self.name(), endpoint, res.is_ok(), start.elapsed());
+            .idp_call(self.name(), endpoint.as_str(), res.is_ok(), start.elapsed());
         res
     }
 
-    async fn get_body(&self, endpoint: &'static str, url: &Url) -> Result<Vec<u8>, IdpError> {
-        let (status, body) = self.send(endpoint, self.http.get(url.clone())).await?;
-        if !(200..300).contains(&status) {
-            return Err(IdpError::Status { endpoint, status });
+    /// A call to `endpoint` at `url` with the provider's timeout.
+    fn target<'a>(&self, endpoint: Endpoint, url: &'a Url) -> Target<'a> {
+        Target {
+            endpoint,
+            url,
+            timeout: self.config.http_timeout,
         }
-        Ok(body)
     }
 
-    /// Sends one request to the IdP with the provider's timeout; the status and the (capped) body.
-    async fn send(
-        &self,
-        endpoint: &'static str,
-        req: reqwest::RequestBuilder,
-    ) -> Result<(u16, Vec<u8>), IdpError> {
-        let resp = req
-            .header(http::header::ACCEPT, "application/json")
-            .timeout(self.config.http_timeout)
-            .send()
-            .await
-            .map_err(|e| IdpError::Unreachable {
-                endpoint,
-                reason: transport_reason(&e),
-            })?;
-        let status = resp.status().as_u16();
-        Ok((status, read_capped(resp, endpoint).await?))
+    /// GETs a document with the provider's timeout: its body, or an error for a status that is not 2xx.
+    async fn get_body(&self, endpoint: Endpoint, url: &Url) -> Result<Vec<u8>, IdpError> {
+        let (status, body) = self.idp.get(self.target(endpoint, url)).await?;
+        if !(200..300).contains(&status) {
+            return Err(IdpError::Status {
+                endpoint: endpoint.as_str(),
+                status,
+            });
+        }
+        Ok(body)
     }
 
     /// How to authenticate this client at the token endpoint: configured, else basic unless discovery lists only
@@ -271,36 +254,26 @@ impl Provider {
     /// errors). Transport failures and oversized bodies are errors. Neither the secret nor the form is ever logged.
     pub async fn post_form(
         &self,
-        endpoint: &'static str,
+        endpoint: Endpoint,
         url: &Url,
         form: &[(&str, &str)],
         client: (&str, &Secret),
         auth: TokenEndpointAuth,
     ) -> Result<(u16, Vec<u8>), IdpError> {
         let start = Instant::now();
-        let (client_id, secret) = client;
-        let mut fields: Vec<(&str, &str)> = form.to_vec();
-        let mut req = self.http.post(url.clone());
-        match auth {
-            TokenEndpointAuth::ClientSecretBasic => {
-                // RFC 6749 2.3.1: form-encode id and secret, then base64 the pair.
-                use base64::Engine;
-                let enc = |s: &str| {
-                    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
-                };
-                let pair = format!("{}:{}", enc(client_id), enc(secret.expose()));
-                let b64 = base64::engine::general_purpose::STANDARD.encode(pair);
-                req = req.header(http::header::AUTHORIZATION, format!("Basic {b64}"));
-            }
-            TokenEndpointAuth::ClientSecretPost => {
-                fields.push(("client_id", client_id));
-                fields.push(("client_secret", secret.expose()));
-            }
-        }
-        let res = self.send(endpoint, req.form(&fields)).await;
+        let (id, secret) = client;
+        let form = Form {
+            fields: form,
+            client: ClientAuth {
+                id,
+                secret,
+                method: auth,
+            },
+        };
+        let res = self.idp.post_form(self.target(endpoint, url), form).await;
         let ok = matches!(&res, Ok((s, _)) if !token::idp_unwell(*s));
         self.metrics
-            .idp_call(self.name(), endpoint, ok, start.elapsed());
+            .idp_call(self.name(), endpoint.as_str(), ok, start.elapsed());
         res
     }
 
@@ -386,7 +359,10 @@ impl Provider {
         let mut last_err = IdpError::NoEndpoint("discovery document");
         let mut raw = None;
         for url in self.discovery_urls() {
-            match self.get_json::<RawMetadata>("discovery", &url).await {
+            match self
+                .get_json::<RawMetadata>(Endpoint::Discovery, &url)
+                .await
+            {
                 Ok(r) => {
                     raw = Some(r);
                     break;
@@ -465,7 +441,7 @@ impl Provider {
             .clone()
             .ok_or(IdpError::NoEndpoint("jwks_uri"))?;
         let start = Instant::now();
-        let res = match self.get_body("jwks", &url).await {
+        let res = match self.get_body(Endpoint::Jwks, &url).await {
             Ok(body) => KeySet::parse(&body).map_err(|e| IdpError::Garbage {
                 endpoint: "jwks",
                 reason: e.to_string(),
@@ -571,46 +547,6 @@ impl Provider {
                 tracing::warn!(provider = %self.name(), error = %e, "periodic JWKS refresh failed; keeping the keys in hand");
             }
         }
-    }
-}
-
-/// Reads a response body up to [`MAX_BODY`].
-pub async fn read_capped(
-    mut resp: reqwest::Response,
-    endpoint: &'static str,
-) -> Result<Vec<u8>, IdpError> {
-    if resp.content_length().is_some_and(|l| l as usize > MAX_BODY) {
-        return Err(IdpError::Garbage {
-            endpoint,
-            reason: "answer too large".into(),
-        });
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| IdpError::Unreachable {
-        endpoint,
-        reason: transport_reason(&e),
-    })? {
-        if body.len() + chunk.len() > MAX_BODY {
-            return Err(IdpError::Garbage {
-                endpoint,
-                reason: "answer too large".into(),
-            });
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-/// A short reason for a transport failure, without URLs' query strings.
-fn transport_reason(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timed out".into()
-    } else if e.is_connect() {
-        "connection failed".into()
-    } else if e.is_body() || e.is_decode() {
-        "bad response body".into()
-    } else {
-        "request failed".into()
     }
 }
 

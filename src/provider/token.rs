@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{IdpError, Provider};
+use super::{Endpoint, IdpError, Provider};
 use crate::config::Secret;
 
 /// Whether an HTTP status from the provider says it is unwell (server trouble, rate limiting, a timeout) rather
@@ -87,7 +87,9 @@ impl Provider {
             .ok_or(IdpError::NoEndpoint("token_endpoint"))?;
         let client = client.ok_or(IdpError::NoEndpoint("client_id and client_secret"))?;
         let auth = self.token_auth(&meta);
-        let (status, body) = self.post_form("token", &url, form, client, auth).await?;
+        let (status, body) = self
+            .post_form(Endpoint::Token, &url, form, client, auth)
+            .await?;
         if status == 200 {
             return serde_json::from_slice(&body)
                 .map(TokenAnswer::Tokens)

@@ -1,0 +1,536 @@
+//! Unit tests of the core without a network: `Authorizer::check` driven with the [`FakeIdp`], a
+//! [`ManualClock`], a [`SequenceRng`] and JWTs signed here with the test keys in `tests/support/keys`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::authz::Authorizer;
+use crate::clock::ManualClock;
+use crate::config::{Config, TokenEndpointAuth};
+use crate::decision::{Allow, Decision, Deny, DenyStatus, Redirect};
+use crate::provider::Endpoint;
+use crate::provider::fake::{FakeAnswer, FakeIdp};
+use crate::request::CheckView;
+use crate::rng::SequenceRng;
+use crate::telemetry::Metrics;
+
+/// The time of every test (the ManualClock's reading).
+const NOW: u64 = 1_800_000_000;
+const ISSUER: &str = "https://idp.test";
+/// The first byte of the SequenceRng's stream.
+const RNG_START: u8 = 7;
+
+const CONFIG: &str = r#"
+[providers.idp]
+issuer = "https://idp.test"
+client_id = "oidc-authz"
+client_secret = "oidc-authz-secret"
+audiences = ["api://default"]
+leeway_secs = 0
+jwks_min_refetch_secs = 0
+
+[policies.api]
+provider = "idp"
+auth_methods = ["bearer"]
+scopes_claim = ["scp"]
+scopes_required = ["api:read"]
+upstream_headers_claims = ["sub", "iss"]
+upstream_headers_names = ["x-user", "x-issuer"]
+
+[policies.cc]
+provider = "idp"
+auth_methods = ["client_credentials"]
+scopes = ["api:read"]
+upstream_headers_claims = ["cid"]
+upstream_headers_names = ["x-client-id"]
+
+[policies.intro]
+provider = "idp"
+auth_methods = ["introspection"]
+cache_introspection_secs = 300
+upstream_headers_claims = ["sub"]
+upstream_headers_names = ["x-user"]
+
+[policies.web]
+provider = "idp"
+auth_methods = ["authorization_code", "session"]
+scopes = ["openid", "profile", "offline_access"]
+redirect_uri = "https://app.example.com/oauth2/callback"
+logout_path = "/oauth2/logout"
+session_secret = "fJfkZusK6AM6PHtnD6Ew4TnBmJQNhuiVxOTv7w0voXg="
+upstream_headers_claims = ["sub", "email"]
+upstream_headers_names = ["x-user", "x-email"]
+"#;
+
+/// The IdP's signing key: signs tokens here, published in the fake's JWKS.
+struct Key {
+    encoding: EncodingKey,
+    jwk: Value,
+}
+
+impl Key {
+    fn rsa1() -> Self {
+        let pem = include_bytes!("../tests/support/keys/rsa1.pem");
+        let encoding = EncodingKey::from_rsa_pem(pem).unwrap();
+        let jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&encoding, Algorithm::RS256).unwrap();
+        let mut jwk = serde_json::to_value(jwk).unwrap();
+        jwk["kid"] = json!("rsa1");
+        jwk["use"] = json!("sig");
+        Key { encoding, jwk }
+    }
+
+    fn sign(&self, claims: &Value) -> String {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("rsa1".into());
+        jsonwebtoken::encode(&header, claims, &self.encoding).unwrap()
+    }
+}
+
+/// `base` with the fields of `extra` added or replaced.
+fn with(mut base: Value, extra: Value) -> Value {
+    if let (Some(b), Value::Object(e)) = (base.as_object_mut(), extra) {
+        b.extend(e);
+    }
+    base
+}
+
+/// Claims of an access token of the provider for `sub`, valid for an hour from [`NOW`].
+fn access_claims(sub: &str, extra: Value) -> Value {
+    let base = json!({
+        "iss": ISSUER, "aud": "api://default", "sub": sub, "cid": "web-app", "scp": ["api:read"],
+        "iat": NOW, "exp": NOW + 3600,
+    });
+    with(base, extra)
+}
+
+/// An authorizer over the fake IdP (discovery for [`ISSUER`], the key in its JWKS), at [`NOW`].
+struct World {
+    authz: Authorizer,
+    idp: Arc<FakeIdp>,
+    key: Key,
+}
+
+impl World {
+    fn new() -> Self {
+        let key = Key::rsa1();
+        let idp = Arc::new(FakeIdp::for_issuer(ISSUER));
+        idp.jwks(vec![key.jwk.clone()]);
+        let config = Config::from_toml(CONFIG).unwrap_or_else(|e| panic!("{e}"));
+        let authz = Authorizer::with_idp(
+            config,
+            Arc::new(Metrics::new()),
+            Arc::new(ManualClock::new(NOW)),
+            Arc::new(SequenceRng::new(RNG_START)),
+            idp.clone(),
+        );
+        World { authz, idp, key }
+    }
+
+    async fn check(&self, req: &CheckRequest) -> Decision {
+        self.authz.check(&CheckView::new(req)).await
+    }
+}
+
+/// A Check for `policy` (Envoy's `context_extensions`): `GET` unless `method` says otherwise, on
+/// `app.example.com`, `target` being the path and query.
+fn request(policy: &str, method: &str, target: &str, headers: &[(&str, &str)]) -> CheckRequest {
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    id: "req-1".into(),
+                    method: method.into(),
+                    host: "app.example.com".into(),
+                    path: target.into(),
+                    scheme: "https".into(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions: HashMap::from([("policy".to_string(), policy.to_string())]),
+            ..Default::default()
+        }),
+    }
+}
+
+fn allowed(d: Decision) -> Allow {
+    match d {
+        Decision::Allow(a) => a,
+        other => panic!("not an allow: {other:?}"),
+    }
+}
+
+fn denied(d: Decision) -> Deny {
+    match d {
+        Decision::Deny(d) => d,
+        other => panic!("not a deny: {other:?}"),
+    }
+}
+
+fn redirected(d: Decision) -> Redirect {
+    match d {
+        Decision::Redirect(r) => r,
+        other => panic!("not a redirect: {other:?}"),
+    }
+}
+
+/// The value an allow sets upstream for header `name`.
+fn header<'a>(a: &'a Allow, name: &str) -> Option<&'a str> {
+    a.set_headers
+        .iter()
+        .find(|(k, _)| k.as_str() == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The dynamic metadata of an allow.
+fn metadata(a: &Allow) -> HashMap<&'static str, &str> {
+    a.metadata.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// The `Cookie` header a browser sends after these `Set-Cookie` values (deletions dropped).
+fn cookie_header(set_cookies: &[String]) -> String {
+    set_cookies
+        .iter()
+        .filter(|c| !c.contains("Max-Age=0"))
+        .filter_map(|c| c.split(';').next())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[tokio::test]
+async fn a_valid_bearer_jwt_is_allowed_with_its_headers_and_metadata() {
+    let w = World::new();
+    let token = w.key.sign(&access_claims("alice", json!({})));
+    let auth = format!("Bearer {token}");
+    let a = allowed(
+        w.check(&request("api", "GET", "/x", &[("authorization", &auth)]))
+            .await,
+    );
+    assert_eq!(header(&a, "x-user"), Some("alice"));
+    assert_eq!(header(&a, "x-issuer"), Some(ISSUER));
+    let m = metadata(&a);
+    assert_eq!(m["sub"], "alice");
+    assert_eq!(m["iss"], ISSUER);
+    assert_eq!(m["client_id"], "web-app");
+    assert_eq!(m["policy"], "api");
+    assert_eq!(m["auth_method"], "bearer");
+    assert_eq!(w.idp.calls(Endpoint::Discovery), 1);
+    assert_eq!(w.idp.calls(Endpoint::Jwks), 1);
+    // without the scope the policy requires: 403
+    let token = w
+        .key
+        .sign(&access_claims("bob", json!({"scp": ["api:write"]})));
+    let auth = format!("Bearer {token}");
+    let d = denied(
+        w.check(&request("api", "GET", "/x", &[("authorization", &auth)]))
+            .await,
+    );
+    assert_eq!(
+        (d.status, d.error),
+        (DenyStatus::Forbidden, "insufficient_scope")
+    );
+    assert_eq!(w.idp.calls(Endpoint::Jwks), 1, "the keys in hand served");
+}
+
+#[tokio::test]
+async fn a_jwt_expired_at_the_clocks_time_is_refused() {
+    let w = World::new();
+    let claims = access_claims("alice", json!({"iat": NOW - 3600, "exp": NOW - 1}));
+    let auth = format!("Bearer {}", w.key.sign(&claims));
+    let d = denied(
+        w.check(&request("api", "GET", "/x", &[("authorization", &auth)]))
+            .await,
+    );
+    assert_eq!(
+        (d.status, d.error),
+        (DenyStatus::Unauthorized, "invalid_token")
+    );
+    assert_eq!(d.description, "the token has expired");
+    let challenge = d.www_authenticate.unwrap_or_default();
+    assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+}
+
+#[tokio::test]
+async fn a_failing_jwks_endpoint_is_a_503() {
+    let w = World::new();
+    w.idp
+        .answer(Endpoint::Jwks, 500, json!({"error": "server_error"}));
+    let auth = format!("Bearer {}", w.key.sign(&access_claims("alice", json!({}))));
+    let d = denied(
+        w.check(&request("api", "GET", "/x", &[("authorization", &auth)]))
+            .await,
+    );
+    assert_eq!(d.status, DenyStatus::Unavailable);
+    assert_eq!(d.error, "temporarily_unavailable");
+    assert_eq!(w.idp.calls(Endpoint::Discovery), 1);
+    assert_eq!(w.idp.calls(Endpoint::Jwks), 1);
+    let jwks = w.idp.last(Endpoint::Jwks).map(|c| c.url.to_string());
+    assert_eq!(
+        jwks.as_deref(),
+        Some("https://idp.test/keys"),
+        "from discovery"
+    );
+
+    // a provider that cannot be reached at all is a 503 too
+    let w = World::new();
+    w.idp.unreachable(Endpoint::Discovery);
+    let d = denied(
+        w.check(&request("api", "GET", "/x", &[("authorization", &auth)]))
+            .await,
+    );
+    assert_eq!(d.status, DenyStatus::Unavailable);
+    assert_eq!(w.idp.calls(Endpoint::Jwks), 0);
+}
+
+#[tokio::test]
+async fn client_credentials_run_the_grant_once_and_forward_the_issued_token() {
+    let w = World::new();
+    let issued = w.key.sign(&access_claims("svc", json!({"cid": "svc"})));
+    let answer = json!({"access_token": issued, "token_type": "Bearer", "expires_in": 3600});
+    w.idp.answer_with(Endpoint::Token, move |call| {
+        match (call.field("grant_type"), &call.client) {
+            (Some("client_credentials"), Some(c)) if c.id == "svc" && c.secret == "svc-secret" => {
+                FakeAnswer::json(200, answer.clone())
+            }
+            _ => FakeAnswer::json(401, json!({"error": "invalid_client"})),
+        }
+    });
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("svc:svc-secret")
+    );
+    let req = request("cc", "GET", "/x", &[("authorization", &basic)]);
+    let a = allowed(w.check(&req).await);
+    assert_eq!(
+        header(&a, "authorization"),
+        Some(format!("Bearer {issued}").as_str())
+    );
+    assert_eq!(header(&a, "x-client-id"), Some("svc"));
+    assert_eq!(metadata(&a)["auth_method"], "client_credentials");
+    let sent = w.idp.last(Endpoint::Token).unwrap();
+    assert_eq!(sent.field("grant_type"), Some("client_credentials"));
+    assert_eq!(sent.field("scope"), Some("api:read"));
+    assert_eq!(sent.url.as_str(), "https://idp.test/token");
+    let client = sent.client.unwrap();
+    assert_eq!(client.method, TokenEndpointAuth::ClientSecretBasic);
+
+    // the same credentials again: the cached token, no second grant
+    let a = allowed(w.check(&req).await);
+    assert_eq!(
+        header(&a, "authorization"),
+        Some(format!("Bearer {issued}").as_str())
+    );
+    assert_eq!(w.idp.calls(Endpoint::Token), 1);
+
+    // credentials the IdP refuses: 401 invalid_client
+    let wrong = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("svc:wrong")
+    );
+    let d = denied(
+        w.check(&request("cc", "GET", "/x", &[("authorization", &wrong)]))
+            .await,
+    );
+    assert_eq!(
+        (d.status, d.error),
+        (DenyStatus::Unauthorized, "invalid_client")
+    );
+    assert_eq!(w.idp.calls(Endpoint::Token), 2);
+}
+
+#[tokio::test]
+async fn introspection_active_is_allowed_and_inactive_refused() {
+    let w = World::new();
+    w.idp.answer_with(Endpoint::Introspection, |call| {
+        if call.field("token") == Some("opaque-good") {
+            FakeAnswer::json(
+                200,
+                json!({"active": true, "iss": ISSUER, "aud": "api://default", "sub": "carol",
+                       "client_id": "svc", "token_type": "Bearer", "iat": NOW, "exp": NOW + 600}),
+            )
+        } else {
+            FakeAnswer::json(200, json!({"active": false}))
+        }
+    });
+    let good = request(
+        "intro",
+        "GET",
+        "/x",
+        &[("authorization", "Bearer opaque-good")],
+    );
+    let a = allowed(w.check(&good).await);
+    assert_eq!(header(&a, "x-user"), Some("carol"));
+    assert_eq!(metadata(&a)["auth_method"], "introspection");
+    let sent = w.idp.last(Endpoint::Introspection).unwrap();
+    assert_eq!(sent.field("token_type_hint"), Some("access_token"));
+    let client = sent.client.unwrap();
+    assert_eq!(
+        (client.id.as_str(), client.secret.as_str()),
+        ("oidc-authz", "oidc-authz-secret")
+    );
+
+    let bad = request(
+        "intro",
+        "GET",
+        "/x",
+        &[("authorization", "Bearer opaque-revoked")],
+    );
+    let d = denied(w.check(&bad).await);
+    assert_eq!(
+        (d.status, d.error),
+        (DenyStatus::Unauthorized, "invalid_token")
+    );
+    assert_eq!(d.description, "the token is not active");
+    // the active answer is cached: asking again costs no call
+    allowed(w.check(&good).await);
+    assert_eq!(w.idp.calls(Endpoint::Introspection), 2);
+    assert_eq!(w.idp.calls(Endpoint::Jwks), 0, "no JWT, no keys");
+}
+
+#[tokio::test]
+async fn the_browser_login_from_redirect_to_session_and_logout() {
+    let w = World::new();
+    let browser = [("accept", "text/html")];
+
+    // 1. no session: to the provider, with the state, nonce and challenge drawn from the Rng
+    let start = redirected(
+        w.check(&request("web", "GET", "/app/page?x=1", &browser))
+            .await,
+    );
+    let location = url::Url::parse(&start.location).unwrap();
+    assert_eq!(
+        location.as_str().split('?').next(),
+        Some("https://idp.test/authorize")
+    );
+    let q: HashMap<String, String> = location.query_pairs().into_owned().collect();
+    let bytes: Vec<u8> = (0..96u8).map(|i| RNG_START.wrapping_add(i)).collect();
+    let state = URL_SAFE_NO_PAD.encode(&bytes[..32]);
+    let nonce = URL_SAFE_NO_PAD.encode(&bytes[32..64]);
+    let verifier = URL_SAFE_NO_PAD.encode(&bytes[64..]);
+    assert_eq!(q["state"], state);
+    assert_eq!(q["nonce"], nonce);
+    assert_eq!(
+        q["code_challenge"],
+        URL_SAFE_NO_PAD.encode(Sha256::digest(&verifier))
+    );
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert_eq!(q["client_id"], "oidc-authz");
+    assert_eq!(q["redirect_uri"], "https://app.example.com/oauth2/callback");
+    let login_cookie = cookie_header(&start.set_cookies);
+    assert!(
+        login_cookie.starts_with("oidc_authz_login="),
+        "{login_cookie}"
+    );
+
+    // 2. the provider answers the code with tokens; the ID token carries the nonce
+    let at = w
+        .key
+        .sign(&access_claims("alice", json!({"cid": "oidc-authz"})));
+    let id_token = w.key.sign(&json!({
+        "iss": ISSUER, "aud": "oidc-authz", "sub": "alice", "email": "alice@example.com",
+        "nonce": nonce, "iat": NOW, "exp": NOW + 3600,
+    }));
+    let tokens = json!({"access_token": at, "id_token": id_token, "refresh_token": "rt-1",
+                        "token_type": "Bearer", "expires_in": 3600});
+    w.idp.answer_with(Endpoint::Token, move |call| {
+        match (call.field("grant_type"), call.field("code")) {
+            (Some("authorization_code"), Some("the-code")) => FakeAnswer::json(200, tokens.clone()),
+            _ => FakeAnswer::json(400, json!({"error": "invalid_grant"})),
+        }
+    });
+    w.idp.answer(Endpoint::Revocation, 200, json!({}));
+
+    // 3. the callback: back to the page, with a session cookie and the login cookie cleared
+    let callback = format!("/oauth2/callback?code=the-code&state={state}");
+    let headers = [("accept", "text/html"), ("cookie", login_cookie.as_str())];
+    let back = redirected(w.check(&request("web", "GET", &callback, &headers)).await);
+    assert_eq!(back.location, "/app/page?x=1");
+    assert!(
+        back.set_cookies
+            .iter()
+            .any(|c| c.starts_with("oidc_authz_login=") && c.contains("Max-Age=0"))
+    );
+    let session = cookie_header(&back.set_cookies);
+    assert!(session.starts_with("oidc_authz_session"), "{session}");
+    let sent = w.idp.last(Endpoint::Token).unwrap();
+    assert_eq!(sent.field("code_verifier"), Some(verifier.as_str()));
+    assert_eq!(
+        sent.field("redirect_uri"),
+        Some("https://app.example.com/oauth2/callback")
+    );
+    let client = sent.client.unwrap();
+    assert_eq!(
+        (client.id.as_str(), client.method),
+        ("oidc-authz", TokenEndpointAuth::ClientSecretBasic)
+    );
+    assert_eq!(w.idp.calls(Endpoint::Token), 1);
+
+    // 4. the session lets the browser in, with the claims of its tokens
+    let headers = [("accept", "text/html"), ("cookie", session.as_str())];
+    let a = allowed(w.check(&request("web", "GET", "/app/page", &headers)).await);
+    assert_eq!(metadata(&a)["auth_method"], "session");
+    assert_eq!(header(&a, "x-user"), Some("alice"));
+    assert_eq!(header(&a, "x-email"), Some("alice@example.com"));
+    assert_eq!(
+        header(&a, "authorization"),
+        Some(format!("Bearer {at}").as_str())
+    );
+    assert_eq!(w.idp.calls(Endpoint::Token), 1, "no refresh");
+
+    // 5. logout: both tokens revoked, then the session no longer counts
+    let headers = [
+        ("cookie", session.as_str()),
+        ("origin", "https://app.example.com"),
+    ];
+    let out = redirected(
+        w.check(&request("web", "POST", "/oauth2/logout", &headers))
+            .await,
+    );
+    assert!(
+        out.location.starts_with("https://idp.test/logout"),
+        "{}",
+        out.location
+    );
+    assert_eq!(w.idp.calls(Endpoint::Revocation), 2);
+    let last = w.idp.last(Endpoint::Revocation).unwrap();
+    assert_eq!(last.field("token"), Some(at.as_str()));
+    assert_eq!(last.field("token_type_hint"), Some("access_token"));
+    let headers = [("accept", "text/html"), ("cookie", session.as_str())];
+    redirected(w.check(&request("web", "GET", "/app/page", &headers)).await);
+}
+
+#[tokio::test]
+async fn a_callback_with_another_state_is_refused_without_asking_the_provider() {
+    let w = World::new();
+    let start = redirected(
+        w.check(&request("web", "GET", "/", &[("accept", "text/html")]))
+            .await,
+    );
+    let cookie = cookie_header(&start.set_cookies);
+    let headers = [("accept", "text/html"), ("cookie", cookie.as_str())];
+    let req = request(
+        "web",
+        "GET",
+        "/oauth2/callback?code=c&state=forged",
+        &headers,
+    );
+    let d = denied(w.check(&req).await);
+    assert_eq!(
+        (d.status, d.error),
+        (DenyStatus::Unauthorized, "invalid_request")
+    );
+    assert!(d.page.is_some(), "an HTML page for the browser");
+    assert_eq!(w.idp.calls(Endpoint::Token), 0);
+}

@@ -1,0 +1,230 @@
+//! The I/O seam to identity providers: [`IdpClient`] is the only thing that talks to an IdP (discovery, JWKS,
+//! token, introspection and revocation calls); [`ReqwestIdp`] does it over HTTP, [`super::fake::FakeIdp`] in
+//! memory for tests. Metrics and JSON parsing stay above the seam, in [`super::Provider`].
+
+use std::fmt;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use url::Url;
+
+use super::IdpError;
+use crate::config::{Secret, TokenEndpointAuth};
+
+/// Largest IdP answer we read (discovery, JWKS, token, introspection).
+const MAX_BODY: usize = 1024 * 1024;
+
+/// Which IdP endpoint a call goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// The discovery document (GET).
+    Discovery,
+    /// The signing keys (GET).
+    Jwks,
+    /// The token endpoint (POST): every grant.
+    Token,
+    /// RFC 7662 introspection (POST).
+    Introspection,
+    /// RFC 7009 revocation (POST).
+    Revocation,
+}
+
+impl Endpoint {
+    /// Every endpoint kind.
+    pub const ALL: [Endpoint; 5] = [
+        Endpoint::Discovery,
+        Endpoint::Jwks,
+        Endpoint::Token,
+        Endpoint::Introspection,
+        Endpoint::Revocation,
+    ];
+
+    /// The name in errors, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Discovery => "discovery",
+            Endpoint::Jwks => "jwks",
+            Endpoint::Token => "token",
+            Endpoint::Introspection => "introspection",
+            Endpoint::Revocation => "revocation",
+        }
+    }
+}
+
+/// This service's client at the provider, and how it authenticates at the token endpoint.
+#[derive(Clone, Copy)]
+pub struct ClientAuth<'a> {
+    /// `client_id`.
+    pub id: &'a str,
+    /// `client_secret`.
+    pub secret: &'a Secret,
+    /// HTTP Basic or form fields.
+    pub method: TokenEndpointAuth,
+}
+
+impl fmt::Debug for ClientAuth<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientAuth")
+            .field("id", &self.id)
+            .field("method", &self.method)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An IdP's answer: the HTTP status and the body (at most 1 MiB).
+pub type Reply = (u16, Vec<u8>);
+
+/// A call in flight: the answer, or why there is none.
+pub type Pending<'a> = BoxFuture<'a, Result<Reply, IdpError>>;
+
+/// Where a call goes: the endpoint kind, its URL, and how long to wait for the answer (the provider's
+/// `http_timeout`).
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The kind of endpoint (errors and metrics name it).
+    pub endpoint: Endpoint,
+    /// Its URL.
+    pub url: &'a Url,
+    /// The whole call's time limit.
+    pub timeout: Duration,
+}
+
+/// What a POST sends: the form fields and this service's client authentication. No `Debug`: the fields hold
+/// tokens and codes.
+#[derive(Clone, Copy)]
+pub struct Form<'a> {
+    /// The fields, in order, without the client authentication.
+    pub fields: &'a [(&'a str, &'a str)],
+    /// Who we are at the provider.
+    pub client: ClientAuth<'a>,
+}
+
+/// Calls to identity providers. An answer is the status and the body, whatever the status; a transport failure
+/// (connect, timeout, reset) is [`IdpError::Unreachable`] and a body over the size cap [`IdpError::Garbage`].
+/// Implementations never log a form, a token or a secret.
+pub trait IdpClient: Send + Sync + fmt::Debug {
+    /// GETs a JSON document (discovery or JWKS).
+    fn get<'a>(&'a self, to: Target<'a>) -> Pending<'a>;
+
+    /// POSTs a form (token, introspection or revocation) with client authentication.
+    fn post_form<'a>(&'a self, to: Target<'a>, form: Form<'a>) -> Pending<'a>;
+}
+
+/// The production [`IdpClient`]: one `reqwest::Client` for every provider of the process (no redirects, bounded
+/// connect time, our user agent), `Accept: application/json`, the caller's timeout and the size cap.
+#[derive(Debug, Clone)]
+pub struct ReqwestIdp {
+    http: reqwest::Client,
+}
+
+impl Default for ReqwestIdp {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ReqwestIdp {
+    /// The process's HTTP client for identity providers.
+    pub fn new() -> Self {
+        ReqwestIdp {
+            http: http_client(),
+        }
+    }
+
+    /// Sends one request with the target's timeout; the status and the (capped) body.
+    async fn send(to: Target<'_>, req: reqwest::RequestBuilder) -> Result<Reply, IdpError> {
+        let endpoint = to.endpoint.as_str();
+        let resp = req
+            .header(http::header::ACCEPT, "application/json")
+            .timeout(to.timeout)
+            .send()
+            .await
+            .map_err(|e| IdpError::Unreachable {
+                endpoint,
+                reason: transport_reason(&e),
+            })?;
+        let status = resp.status().as_u16();
+        Ok((status, read_capped(resp, endpoint).await?))
+    }
+}
+
+impl IdpClient for ReqwestIdp {
+    fn get<'a>(&'a self, to: Target<'a>) -> Pending<'a> {
+        Box::pin(Self::send(to, self.http.get(to.url.clone())))
+    }
+
+    fn post_form<'a>(&'a self, to: Target<'a>, form: Form<'a>) -> Pending<'a> {
+        let client = form.client;
+        let mut fields: Vec<(&str, &str)> = form.fields.to_vec();
+        let mut req = self.http.post(to.url.clone());
+        match client.method {
+            TokenEndpointAuth::ClientSecretBasic => {
+                // RFC 6749 2.3.1: form-encode id and secret, then base64 the pair.
+                use base64::Engine;
+                let enc = |s: &str| {
+                    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
+                };
+                let pair = format!("{}:{}", enc(client.id), enc(client.secret.expose()));
+                let b64 = base64::engine::general_purpose::STANDARD.encode(pair);
+                req = req.header(http::header::AUTHORIZATION, format!("Basic {b64}"));
+            }
+            TokenEndpointAuth::ClientSecretPost => {
+                fields.push(("client_id", client.id));
+                fields.push(("client_secret", client.secret.expose()));
+            }
+        }
+        Box::pin(Self::send(to, req.form(&fields)))
+    }
+}
+
+/// The process's one HTTP client for identity providers: no redirects, bounded connect time.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(30))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .user_agent(concat!("oidc-authz/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+/// Reads a response body up to [`MAX_BODY`].
+async fn read_capped(
+    mut resp: reqwest::Response,
+    endpoint: &'static str,
+) -> Result<Vec<u8>, IdpError> {
+    if resp.content_length().is_some_and(|l| l as usize > MAX_BODY) {
+        return Err(IdpError::Garbage {
+            endpoint,
+            reason: "answer too large".into(),
+        });
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| IdpError::Unreachable {
+        endpoint,
+        reason: transport_reason(&e),
+    })? {
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(IdpError::Garbage {
+                endpoint,
+                reason: "answer too large".into(),
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// A short reason for a transport failure, without URLs' query strings.
+fn transport_reason(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        "connection failed".into()
+    } else if e.is_body() || e.is_decode() {
+        "bad response body".into()
+    } else {
+        "request failed".into()
+    }
+}
