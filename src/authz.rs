@@ -3,13 +3,12 @@
 //! the upstream headers, record. No protobuf and no network framing here.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::authn::{Authenticated, Refusal};
 use crate::clock::Clock;
 use crate::config::{AuthMethod, Config};
 use crate::credentials::Credentials;
-use crate::decision::{Decision, DenyStatus};
+use crate::decision::Decision;
 use crate::flow::TokenMethods;
 use crate::login::Logins;
 use crate::policy::headers;
@@ -17,7 +16,7 @@ use crate::policy::runtime::{self, PolicyRuntime};
 use crate::provider::{IdpClient, Provider, ReqwestIdp};
 use crate::request::CheckView;
 use crate::rng::Rng;
-use crate::telemetry::{Metrics, PolicyCounters};
+use crate::telemetry::{CheckRecord, Metrics, PolicyCounters};
 
 /// Answers Checks for one configuration.
 #[derive(Debug)]
@@ -107,10 +106,10 @@ impl Authorizer {
 
     /// Answers one Check: never panics, never fails open.
     pub async fn check(&self, view: &CheckView<'_>) -> Decision {
-        let mut record = Record::start(self, view);
+        let mut record = CheckRecord::start(&self.metrics, &self.unselected, view);
         let outcome = match self.select(view) {
             Ok(rt) => {
-                record.selected(rt);
+                record.selected(&rt.policy.name, &rt.decisions);
                 let deadline = self.config.server.check_timeout;
                 match tokio::time::timeout(deadline, self.check_policy(rt, view)).await {
                     Ok(outcome) => outcome,
@@ -123,7 +122,7 @@ impl Authorizer {
             }
             Err(refusal) => Outcome::refused(None, refusal),
         };
-        record.finish(&outcome);
+        record.finish(&outcome.decision, outcome.method, outcome.sub.as_deref());
         outcome.decision
     }
 
@@ -190,87 +189,6 @@ impl Authorizer {
             decision: Decision::Allow(headers::allow(rt, view, &creds, id)),
             method: Some(method),
             sub,
-        }
-    }
-}
-
-/// The metrics and the log line of one Check. Created when the Check starts (in flight), finished with its
-/// outcome; a Check whose future is dropped before it is answered (Envoy reset the stream: its own timeout, the
-/// client went away) is recorded on drop as `cancelled`, so the in-flight gauge, the counters, the latency
-/// histogram and the log stay true.
-struct Record<'a> {
-    metrics: &'a Metrics,
-    view: &'a CheckView<'a>,
-    start: Instant,
-    /// The selected policy's name, `-` until one is selected, and its counters.
-    policy: &'a str,
-    counters: &'a PolicyCounters,
-    finished: bool,
-}
-
-impl<'a> Record<'a> {
-    fn start(authz: &'a Authorizer, view: &'a CheckView<'a>) -> Self {
-        authz.metrics.in_flight.inc();
-        Record {
-            metrics: &authz.metrics,
-            view,
-            start: Instant::now(),
-            policy: "-",
-            counters: &authz.unselected,
-            finished: false,
-        }
-    }
-
-    fn selected(&mut self, rt: &'a PolicyRuntime) {
-        self.policy = &rt.policy.name;
-        self.counters = &rt.decisions;
-    }
-
-    fn finish(&mut self, outcome: &Outcome) {
-        let (result, reason) = match &outcome.decision {
-            Decision::Allow(_) => ("allow", ""),
-            Decision::Redirect(_) => ("redirect", ""),
-            Decision::Deny(d) => match d.status {
-                DenyStatus::Unauthorized => ("deny_401", d.description.as_str()),
-                DenyStatus::Forbidden => ("deny_403", d.description.as_str()),
-                DenyStatus::Unavailable => ("deny_503", d.description.as_str()),
-            },
-        };
-        let method = outcome.method.map_or("-", AuthMethod::as_str);
-        self.record(method, outcome.sub.as_deref().unwrap_or(""), result, reason);
-        self.finished = true;
-    }
-
-    fn record(&self, method: &'static str, sub: &str, result: &'static str, reason: &str) {
-        self.metrics.in_flight.dec();
-        self.counters.inc(method, result);
-        self.metrics
-            .check_seconds
-            .observe(self.start.elapsed().as_secs_f64());
-        let view = self.view;
-        tracing::info!(
-            policy.name = self.policy,
-            auth.method = method,
-            auth.sub = sub,
-            decision = result,
-            reason,
-            request.id = view.request_id,
-            request.method = view.method,
-            request.path = view.path,
-            "check"
-        );
-    }
-}
-
-impl Drop for Record<'_> {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.record(
-                "-",
-                "",
-                "cancelled",
-                "the Check was cancelled before it was answered",
-            );
         }
     }
 }

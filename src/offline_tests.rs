@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -142,27 +142,16 @@ impl World {
 /// A Check for `policy` (Envoy's `context_extensions`): `GET` unless `method` says otherwise, on
 /// `app.example.com`, `target` being the path and query.
 fn request(policy: &str, method: &str, target: &str, headers: &[(&str, &str)]) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    id: "req-1".into(),
-                    method: method.into(),
-                    host: "app.example.com".into(),
-                    path: target.into(),
-                    scheme: "https".into(),
-                    headers: headers
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            context_extensions: HashMap::from([("policy".to_string(), policy.to_string())]),
-            ..Default::default()
-        }),
+    let mut req = crate::request::check_request(HttpRequest {
+        id: "req-1".into(),
+        host: "app.example.com".into(),
+        scheme: "https".into(),
+        ..crate::request::http_request(method, target, headers)
+    });
+    if let Some(attributes) = req.attributes.as_mut() {
+        attributes.context_extensions = HashMap::from([("policy".to_string(), policy.to_string())]);
     }
+    req
 }
 
 fn allowed(d: Decision) -> Allow {

@@ -193,20 +193,28 @@ pub(crate) fn check_request(
     }
 }
 
+/// An HTTP request of a Check: `method`, `path`, `headers` (for unit tests).
+#[cfg(test)]
+pub(crate) fn http_request(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest {
+    envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest {
+        method: method.into(),
+        path: path.into(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
 /// A `GET /x` Check with these headers (for unit tests).
 #[cfg(test)]
 pub(crate) fn get_with_headers(headers: &[(&str, &str)]) -> CheckRequest {
-    check_request(
-        envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest {
-            method: "GET".into(),
-            path: "/x".into(),
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
-        },
-    )
+    check_request(http_request("GET", "/x", headers))
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
-//! Logs (tracing, JSON or pretty) and Prometheus metrics (one registry per server instance).
+//! Logs (tracing, JSON or pretty), Prometheus metrics (one registry per server instance), and the record of each
+//! Check ([`CheckRecord`]: its log line, counters and latency).
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::{EncodeLabelSet, text::encode};
 use prometheus_client::metrics::counter::Counter;
@@ -11,6 +12,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::config::{AuthMethod, LogFormat};
+use crate::decision::{Decision, DenyStatus};
+use crate::request::CheckView;
 
 /// Installs the global tracing subscriber (`RUST_LOG` filters; default `info`). Safe to call twice.
 pub fn init_logging(format: LogFormat) {
@@ -58,6 +61,94 @@ const RESULTS: [&str; 6] = [
     "redirect",
     "cancelled",
 ];
+
+/// The metrics and the log line of one Check. Created when the Check starts (in flight), finished with its
+/// outcome; a Check whose future is dropped before it is answered (Envoy reset the stream: its own timeout, the
+/// client went away) is recorded on drop as `cancelled`, so the in-flight gauge, the counters, the latency
+/// histogram and the log stay true.
+pub struct CheckRecord<'a> {
+    metrics: &'a Metrics,
+    view: &'a CheckView<'a>,
+    start: Instant,
+    /// The selected policy's name, `-` until one is selected, and its counters.
+    policy: &'a str,
+    counters: &'a PolicyCounters,
+    finished: bool,
+}
+
+impl<'a> CheckRecord<'a> {
+    /// A Check starts (in flight), counted in `unselected` until a policy is selected.
+    pub fn start(
+        metrics: &'a Metrics,
+        unselected: &'a PolicyCounters,
+        view: &'a CheckView<'a>,
+    ) -> Self {
+        metrics.in_flight.inc();
+        CheckRecord {
+            metrics,
+            view,
+            start: Instant::now(),
+            policy: "-",
+            counters: unselected,
+            finished: false,
+        }
+    }
+
+    /// The Check selected the policy `name`, counted in `counters`.
+    pub fn selected(&mut self, name: &'a str, counters: &'a PolicyCounters) {
+        self.policy = name;
+        self.counters = counters;
+    }
+
+    /// The Check is answered: `decision`, by `method`, for `sub`.
+    pub fn finish(&mut self, decision: &Decision, method: Option<AuthMethod>, sub: Option<&str>) {
+        let (result, reason) = match decision {
+            Decision::Allow(_) => ("allow", ""),
+            Decision::Redirect(_) => ("redirect", ""),
+            Decision::Deny(d) => match d.status {
+                DenyStatus::Unauthorized => ("deny_401", d.description.as_str()),
+                DenyStatus::Forbidden => ("deny_403", d.description.as_str()),
+                DenyStatus::Unavailable => ("deny_503", d.description.as_str()),
+            },
+        };
+        let method = method.map_or("-", AuthMethod::as_str);
+        self.record(method, sub.unwrap_or(""), result, reason);
+        self.finished = true;
+    }
+
+    fn record(&self, method: &'static str, sub: &str, result: &'static str, reason: &str) {
+        self.metrics.in_flight.dec();
+        self.counters.inc(method, result);
+        self.metrics
+            .check_seconds
+            .observe(self.start.elapsed().as_secs_f64());
+        let view = self.view;
+        tracing::info!(
+            policy.name = self.policy,
+            auth.method = method,
+            auth.sub = sub,
+            decision = result,
+            reason,
+            request.id = view.request_id,
+            request.method = view.method,
+            request.path = view.path,
+            "check"
+        );
+    }
+}
+
+impl Drop for CheckRecord<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.record(
+                "-",
+                "",
+                "cancelled",
+                "the Check was cancelled before it was answered",
+            );
+        }
+    }
+}
 
 /// One policy's decision counters (every method x result), resolved once when the policy is compiled, so counting
 /// a Check takes no allocation, no lock and no lookup by name.
