@@ -1,4 +1,4 @@
-//! The clock seam: token times are checked against this, so tests can move time.
+//! The clock seam: token, session and cache times are read from this, so tests can move time.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -1,22 +1,30 @@
 //! oidc-authz: OpenID Connect for any Envoy, as an ext_authz gRPC service.
 //!
-//! # Layout
+//! # The request path
 //!
-//! A Check arrives at [`server`] (tonic), is viewed through [`request::CheckView`] (no copies of the
-//! protobuf), and goes to [`authz::Authorizer::check`], which
+//! A Check arrives at [`server`] (tonic) and is viewed through [`request::CheckView`] (no copies of the
+//! protobuf). [`authz::Authorizer::check`] then reads top-down:
 //!
-//! 1. selects a [`config::Policy`]: Envoy's `context_extensions.policy`, else the best [`policy::routes`] match,
-//!    else 403;
-//! 2. authenticates with one of the policy's auth methods in [`flow`]: [`flow::bearer`] (JWTs verified against
-//!    keys that [`provider`] discovers and caches), [`flow::introspection`] (RFC 7662),
-//!    [`flow::client_credentials`] (the grant run for the client, token cached), or the browser login in
-//!    [`flow::authcode`] with its encrypted cookies in [`flow::session`];
-//! 3. applies [`policy::access`] (scopes, groups, roles, audience, Kong semantics);
-//! 4. builds the upstream headers (and strips every client-sent spelling of them), then returns a
+//! 1. **select** a [`policy::runtime::PolicyRuntime`]: Envoy's `context_extensions.policy`, else the best
+//!    [`policy::routes`] match, else 403. Each policy was compiled at start into one object holding its provider
+//!    handle, its login flow (if any), its access rules and header plan, and its metric handles;
+//! 2. **parse the credentials once** into [`credentials::Credentials`]: the `Authorization` header, the policy's
+//!    client-credential headers, the cookies, and whether the request is the login's callback or logout;
+//! 3. **authenticate**: a login policy's [`login::Logins::step`] first (callback, logout, a session from the
+//!    [`login::store::SessionStore`], or the redirect to log in), unless the request carries a token; else
+//!    [`flow::TokenMethods`]: [`flow::bearer`] (JWTs verified against keys that [`provider`] discovers and caches),
+//!    [`flow::introspection`] (RFC 7662), [`flow::client_credentials`] (the grant run for the client, its token
+//!    verified like any other). Every method answers an [`authn::Identity`], a redirect, or an
+//!    [`authn::Refusal`], and [`authn::Refusal::deny`] alone turns a refusal into the 401/403/503;
+//! 4. **authorize** with [`policy::access`] (scopes, groups, roles, audience; Kong semantics);
+//! 5. **build the headers** with [`policy::headers`]: claims, tokens, metadata, and every client-sent spelling of a
+//!    header the policy controls removed;
+//! 6. **record** it ([`telemetry::CheckRecord`]: one log line, counters, latency), and return a
 //!    [`decision::Decision`], which the [`envoy`] adapter alone turns into a `CheckResponse`.
 //!
-//! [`config`] turns figment input into validated types once; [`telemetry`] holds logs and metrics; [`clock`] and
-//! [`rng`] are the time and randomness seams for tests.
+//! [`config`] turns figment input into validated types once. The I/O seams are [`provider::client::IdpClient`]
+//! (every call to an identity provider; [`provider::fake::FakeIdp`] in tests), [`clock`] and [`rng`]; [`cache`]
+//! gives every cache one key function and one per-entry lifetime.
 
 pub mod authn;
 pub mod authz;
