@@ -11,8 +11,7 @@ use crate::flow::bearer::Verified;
 use crate::login::OpenedSession;
 use crate::provider::IdpError;
 
-/// A request that authenticated: how, as whom, and what it carries upstream.
-#[derive(Debug)]
+/// A request that authenticated: how, as whom, and what it carries upstream. `Debug` shows no token or cookie.
 pub struct Identity {
     /// The method that authenticated it.
     pub method: AuthMethod,
@@ -25,6 +24,17 @@ pub struct Identity {
     pub id_token: Option<String>,
     /// `Set-Cookie` values for the client (a refreshed session, a last-seen update).
     pub set_cookies: Vec<String>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("method", &self.method)
+            .field("upstream_token", &self.upstream_token.is_some())
+            .field("id_token", &self.id_token.is_some())
+            .field("set_cookies", &self.set_cookies.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Identity {
@@ -65,8 +75,7 @@ pub enum Authenticated {
 
 /// Why a request is refused, with the public description the client reads (always one of our own texts, never
 /// client input, a token or a secret). Every auth method answers with one; [`Refusal::deny`] alone turns it into
-/// the `Deny`.
-#[derive(Debug)]
+/// the `Deny`. `Debug` shows no cookie.
 pub struct Refusal {
     /// The kind, which fixes the status and the challenge.
     pub kind: RefusalKind,
@@ -78,6 +87,18 @@ pub struct Refusal {
     pub retry_after: Option<u64>,
     /// `Set-Cookie` values for the client (clearing a dead session or login).
     pub set_cookies: Vec<String>,
+}
+
+impl std::fmt::Debug for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Refusal")
+            .field("kind", &self.kind)
+            .field("description", &self.description)
+            .field("method", &self.method)
+            .field("retry_after", &self.retry_after)
+            .field("set_cookies", &self.set_cookies.len())
+            .finish()
+    }
 }
 
 /// The kinds of refusal.
@@ -218,4 +239,34 @@ fn with_challenges(mut deny: Deny, policy: Option<&Policy>) -> Deny {
         });
     }
     deny
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credentials::Authorization;
+
+    /// Debug output (a log line with `?`) never carries a token or a cookie value.
+    #[test]
+    fn debug_shows_no_token_or_cookie() {
+        let id = Identity {
+            method: AuthMethod::Session,
+            claims: Claims::Token(Arc::new(Verified {
+                claims: Map::new(),
+                exp: 0,
+            })),
+            upstream_token: Some(Arc::from("secret-access-token")),
+            id_token: Some("secret-id-token".into()),
+            set_cookies: vec!["session=secret-cookie; Path=/".into()],
+        };
+        let refusal = Refusal::insufficient("no").with_cookies(id.set_cookies.clone());
+        let auth = Authorization::Bearer("secret-bearer");
+        for shown in [
+            format!("{id:?}"),
+            format!("{refusal:?}"),
+            format!("{auth:?}"),
+        ] {
+            assert!(!shown.contains("secret"), "{shown}");
+        }
+    }
 }

@@ -7,8 +7,8 @@ use crate::login::cookie::RequestCookies;
 use crate::policy::runtime::PolicyRuntime;
 use crate::request::CheckView;
 
-/// What the `Authorization` header carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the `Authorization` header carries. `Debug` shows the scheme, never the credentials.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Authorization<'a> {
     /// No `Authorization` header.
     None,
@@ -18,6 +18,17 @@ pub enum Authorization<'a> {
     Basic(&'a str),
     /// Present but unusable (repeated, not UTF-8, unknown scheme, empty).
     Malformed(&'static str),
+}
+
+impl std::fmt::Debug for Authorization<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Authorization::None => f.write_str("None"),
+            Authorization::Bearer(_) => f.write_str("Bearer(..)"),
+            Authorization::Basic(_) => f.write_str("Basic(..)"),
+            Authorization::Malformed(why) => write!(f, "Malformed({why:?})"),
+        }
+    }
 }
 
 /// What the request is for, on a login policy.

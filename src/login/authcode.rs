@@ -657,7 +657,7 @@ impl Login<'_> {
         if session.valid_until <= now {
             return Err(SessionError::RefreshFailed);
         }
-        let set_cookies = self.store.save(&session.data, now).await;
+        let set_cookies = self.store.save(&session.data, self.clock.now()).await;
         Ok(Arc::new(Refreshed {
             session: Arc::new(session),
             set_cookies,
