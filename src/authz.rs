@@ -16,6 +16,7 @@ use crate::policy::runtime::{self, PolicyRuntime};
 use crate::provider::{IdpClient, Provider, ReqwestIdp};
 use crate::request::CheckView;
 use crate::rng::Rng;
+use crate::store::Store;
 use crate::telemetry::{CheckRecord, Metrics, PolicyCounters};
 
 /// Answers Checks for one configuration.
@@ -29,6 +30,8 @@ pub struct Authorizer {
     logins: Logins,
     /// Decision counters of Checks that selected no policy.
     unselected: PolicyCounters,
+    /// State shared with the other replicas (or kept in this process).
+    store: Arc<Store>,
     metrics: Arc<Metrics>,
 }
 
@@ -76,6 +79,7 @@ impl Authorizer {
             .iter()
             .map(|p| Arc::new(Provider::new(p.clone(), idp.clone(), metrics.clone())))
             .collect();
+        let store = Arc::new(Store::new(&config.store, metrics.clone()));
         // A token policy on a provider without `audiences` is a config error unless it says
         // `allow_any_audience = true` (config validation), so no warning is needed here.
         Authorizer {
@@ -83,6 +87,7 @@ impl Authorizer {
             tokens: TokenMethods::new(&config, clock.clone(), metrics.clone()),
             logins: Logins::new(clock, rng, metrics.clone(), config.server.check_timeout / 2),
             unselected: metrics.policy_counters("-"),
+            store,
             config: Arc::new(config),
             providers,
             metrics,
@@ -97,6 +102,11 @@ impl Authorizer {
     /// The providers, in config order.
     pub fn providers(&self) -> &[Arc<Provider>] {
         &self.providers
+    }
+
+    /// The shared store.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// Ready once every provider has loaded its discovery document and keys.

@@ -43,4 +43,5 @@ pub mod provider;
 pub mod request;
 pub mod rng;
 pub mod server;
+pub mod store;
 pub mod telemetry;

@@ -259,7 +259,13 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
         .map(|p| p.name())
         .collect();
     if pending.is_empty() {
-        (StatusCode::OK, "ready\n".to_string())
+        // The store is reported, not required: token methods work without it, and a replica that left the
+        // endpoints whenever Redis blinked would take them down too (store-backed answers are 503 meanwhile).
+        let store = match s.authorizer.store().ping().await {
+            Ok(()) => "store: ok",
+            Err(_) => "store: unavailable (store-backed sessions and logouts answer 503)",
+        };
+        (StatusCode::OK, format!("ready\n{store}\n"))
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -207,6 +207,22 @@ pub struct ProviderLabels {
     pub provider: String,
 }
 
+/// Labels of one store operation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabels {
+    /// `get`, `set`, `set_new`, `delete`, `incr`, `publish`, `ping`.
+    pub op: &'static str,
+    /// `ok` or `error`.
+    pub outcome: &'static str,
+}
+
+/// Labels of a store operation's latency.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreOpLabels {
+    /// The operation.
+    pub op: &'static str,
+}
+
 /// Every metric the service exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -227,6 +243,10 @@ pub struct Metrics {
     pub client_lockouts: Family<ProviderLabels, Counter>,
     /// Client-credentials grants not sent because the provider's grant bucket was empty.
     pub token_grants_throttled: Family<ProviderLabels, Counter>,
+    /// Operations on the shared store.
+    pub store_requests: Family<StoreLabels, Counter>,
+    /// Latency of operations on the shared store.
+    pub store_seconds: Family<StoreOpLabels, Histogram>,
     /// Pre-resolved (cache, hit, miss) counters of `cache`.
     cache_counters: Vec<(&'static str, Counter, Counter)>,
 }
@@ -295,6 +315,20 @@ impl Metrics {
             "Client-credentials grants refused locally because the provider's grant rate was spent",
             token_grants_throttled.clone(),
         );
+        let store_requests = Family::<StoreLabels, Counter>::default();
+        registry.register(
+            "store_requests",
+            "Operations on the shared store (memory or Redis) by operation and outcome",
+            store_requests.clone(),
+        );
+        let store_seconds = Family::<StoreOpLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "store_request_duration_seconds",
+            "Latency of operations on the shared store",
+            store_seconds.clone(),
+        );
         let cache_counters = [
             "token",
             "jwks",
@@ -323,7 +357,20 @@ impl Metrics {
             in_flight,
             client_lockouts,
             token_grants_throttled,
+            store_requests,
+            store_seconds,
         }
+    }
+
+    /// Records one store operation.
+    pub fn store_op(&self, op: &'static str, ok: bool, elapsed: Duration) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.store_requests
+            .get_or_create(&StoreLabels { op, outcome })
+            .inc();
+        self.store_seconds
+            .get_or_create(&StoreOpLabels { op })
+            .observe(elapsed.as_secs_f64());
     }
 
     /// Resolves the decision counters of one policy (`-`: no policy selected).

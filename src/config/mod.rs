@@ -18,7 +18,7 @@ use figment::value::Value;
 
 pub use model::{
     AuthMethod, ClaimsSource, Config, LogFormat, LoginSettings, Policy, ProviderConfig, Secret,
-    ServerConfig, TokenEndpointAuth, UpstreamHeader,
+    ServerConfig, StoreBackendConfig, StoreConfig, TokenEndpointAuth, UpstreamHeader,
 };
 
 /// Environment variable that may name the config file.

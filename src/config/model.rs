@@ -271,6 +271,44 @@ impl Policy {
     }
 }
 
+/// Where shared state lives (`[store]`).
+#[derive(Debug, Clone)]
+pub enum StoreBackendConfig {
+    /// This process's memory (the default: one replica).
+    Memory,
+    /// Redis: one node, or a Redis Cluster reached through any of `nodes`.
+    Redis {
+        /// `redis://` or `rediss://` URLs.
+        nodes: Vec<String>,
+        /// A Redis Cluster.
+        cluster: bool,
+    },
+}
+
+/// `[store]`: state shared between replicas.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The backend.
+    pub backend: StoreBackendConfig,
+    /// Every key starts with this.
+    pub key_prefix: String,
+    /// Seals values at rest (AES-256-GCM), keyed by `secret`; required with Redis.
+    pub codec: Option<CookieCodec>,
+    /// The longest one store operation may take before it counts as failed.
+    pub timeout: std::time::Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: StoreBackendConfig::Memory,
+            key_prefix: "oidc-authz:".into(),
+            codec: None,
+            timeout: std::time::Duration::from_millis(250),
+        }
+    }
+}
+
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -280,6 +318,8 @@ pub struct Config {
     pub providers: Arc<[ProviderConfig]>,
     /// Policies, ordered by name.
     pub policies: Arc<[Policy]>,
+    /// Where shared state lives.
+    pub store: StoreConfig,
     /// Routes used when Envoy names no policy.
     pub routes: RouteTable,
     /// Things that are allowed but probably wrong (printed by `check-config`, logged at start).

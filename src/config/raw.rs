@@ -18,6 +18,27 @@ pub(super) struct RawServer {
     pub(super) check_timeout_ms: Option<u64>,
 }
 
+/// `[store]`.
+#[derive(Deserialize, Default)]
+pub(super) struct RawStore {
+    pub(super) backend: Option<String>,
+    pub(super) url: Option<UrlList>,
+    #[serde(default)]
+    pub(super) cluster: bool,
+    pub(super) key_prefix: Option<String>,
+    pub(super) secret: Option<Secret>,
+    pub(super) secret_file: Option<PathBuf>,
+    pub(super) timeout_ms: Option<u64>,
+}
+
+/// `url` may be one URL or a list (the nodes of a Redis Cluster).
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum UrlList {
+    One(String),
+    Many(Vec<String>),
+}
+
 /// One `[providers.NAME]`.
 #[derive(Deserialize)]
 pub(super) struct RawProvider {

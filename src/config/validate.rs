@@ -12,9 +12,9 @@ use url::Url;
 
 use super::model::{
     AuthMethod, ClaimsSource, Config, LogFormat, LoginSettings, Policy, ProviderConfig, Secret,
-    ServerConfig, TokenEndpointAuth, UpstreamHeader,
+    ServerConfig, StoreBackendConfig, StoreConfig, TokenEndpointAuth, UpstreamHeader,
 };
-use super::raw::{RawPolicy, RawProvider, RawRoute, RawServer, SecretList};
+use super::raw::{RawPolicy, RawProvider, RawRoute, RawServer, RawStore, SecretList, UrlList};
 use super::{ConfigError, is_secret_key};
 use crate::login::cookie::CookieCodec;
 use crate::policy::access::{AccessRules, Requirement};
@@ -87,7 +87,10 @@ impl Validator {
             return None;
         };
         for key in root.keys() {
-            if !matches!(key.as_str(), "server" | "providers" | "policies" | "routes") {
+            if !matches!(
+                key.as_str(),
+                "server" | "store" | "providers" | "policies" | "routes"
+            ) {
                 self.err(ConfigError::UnknownKey(key.clone()));
             }
         }
@@ -96,6 +99,11 @@ impl Validator {
             None => Some(RawServer::default()),
         };
         let server = server.and_then(|s| self.server(s));
+        let store = match root.get("store") {
+            Some(v) => self.section::<RawStore>("store", v),
+            None => Some(RawStore::default()),
+        };
+        let store = store.and_then(|s| self.store(s));
         let (providers, declared_providers) = self.providers(root.get("providers"));
         let (policies, policy_names) =
             self.policies(root.get("policies"), &declared_providers, &providers);
@@ -105,6 +113,7 @@ impl Validator {
         }
         Some(Config {
             server: server?,
+            store: store?,
             providers: providers.into(),
             policies: policies.into(),
             routes: RouteTable::new(routes),
@@ -243,6 +252,124 @@ impl Validator {
             token_cache_entries: raw.token_cache_entries.unwrap_or(100_000),
             shutdown_grace: Duration::from_secs(raw.shutdown_grace_secs.unwrap_or(10)),
             check_timeout: Duration::from_millis(raw.check_timeout_ms.unwrap_or(900).max(1)),
+        })
+    }
+
+    /// `[store]`: memory (the default) or Redis (one node, or a cluster); with Redis, `secret` (or `secret_file`)
+    /// seals every value at rest.
+    fn store(&mut self, raw: RawStore) -> Option<StoreConfig> {
+        let section = "store";
+        let defaults = StoreConfig::default();
+        let invalid = |v: &mut Self, message: String| {
+            v.err(ConfigError::Invalid {
+                section: section.into(),
+                message,
+            })
+        };
+        let urls = match raw.url {
+            None => Vec::new(),
+            Some(UrlList::One(u)) => vec![u],
+            Some(UrlList::Many(us)) => us,
+        };
+        let backend = match raw.backend.as_deref() {
+            None | Some("memory") => {
+                if !urls.is_empty() || raw.cluster {
+                    invalid(
+                        self,
+                        "`url` and `cluster` need backend = \"redis\" (the memory backend shares nothing)".into(),
+                    );
+                }
+                StoreBackendConfig::Memory
+            }
+            Some("redis") => {
+                if urls.is_empty() {
+                    invalid(
+                        self,
+                        "backend = \"redis\" needs `url` (redis:// or rediss://)".into(),
+                    );
+                }
+                for (i, u) in urls.iter().enumerate() {
+                    let ok = Url::parse(u).is_ok_and(|p| {
+                        matches!(p.scheme(), "redis" | "rediss") && p.host().is_some()
+                    });
+                    if !ok {
+                        // The URL may carry a password: it is not shown.
+                        invalid(
+                            self,
+                            format!("url[{i}] must be a redis:// or rediss:// URL with a host"),
+                        );
+                    }
+                }
+                if urls.len() > 1 && !raw.cluster {
+                    invalid(
+                        self,
+                        "several URLs are the nodes of a Redis Cluster: add cluster = true".into(),
+                    );
+                }
+                StoreBackendConfig::Redis {
+                    nodes: urls,
+                    cluster: raw.cluster,
+                }
+            }
+            Some(other) => {
+                invalid(
+                    self,
+                    format!("backend must be \"memory\" or \"redis\", not {other:?}"),
+                );
+                StoreBackendConfig::Memory
+            }
+        };
+        let secret = match (raw.secret, raw.secret_file) {
+            (Some(_), Some(_)) => {
+                self.err(ConfigError::Conflict {
+                    section: section.into(),
+                    message: "give secret or secret_file, not both".into(),
+                });
+                None
+            }
+            (Some(s), None) => Some(s),
+            (None, Some(path)) => match std::fs::read_to_string(&path) {
+                Ok(s) => Some(Secret::new(s.trim_end_matches(['\r', '\n']))),
+                Err(e) => {
+                    invalid(
+                        self,
+                        format!("cannot read secret_file {}: {e}", path.display()),
+                    );
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        let codec = match secret {
+            Some(s) => self.secret_codec(section, "secret", &[s]),
+            None => {
+                if matches!(backend, StoreBackendConfig::Redis { .. }) {
+                    self.err(ConfigError::Missing {
+                        section: section.into(),
+                        field: "secret",
+                    });
+                }
+                None
+            }
+        };
+        let key_prefix = raw.key_prefix.unwrap_or(defaults.key_prefix);
+        if key_prefix.is_empty()
+            || key_prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            invalid(
+                self,
+                "key_prefix must be non-empty, without spaces or control characters".into(),
+            );
+        }
+        Some(StoreConfig {
+            backend,
+            key_prefix,
+            codec,
+            timeout: raw
+                .timeout_ms
+                .map_or(defaults.timeout, |ms| Duration::from_millis(ms.max(1))),
         })
     }
 
@@ -504,7 +631,7 @@ impl Validator {
                 });
             }
         }
-        let codec = self.session_codec(section, &session_secrets);
+        let codec = self.secret_codec(section, "session_secret", &session_secrets);
         let client_credential_headers = self.client_credential_headers(section, &raw);
         let login = self.login_settings(section, &raw, redirect_uri, codec, needs_login);
         for (key, value) in [
@@ -692,14 +819,20 @@ impl Validator {
 
     /// Checks each session secret (base64 of 32 random bytes; a published one is a warning) and keys the cookie
     /// codec with them: `None` when there are none or any is bad (said here, or by the caller for a missing one).
-    fn session_codec(&mut self, section: &str, secrets: &[Secret]) -> Option<CookieCodec> {
+    /// AES-256-GCM keys from `field` (`session_secret`, `secret`): each base64 of 32 random bytes.
+    fn secret_codec(
+        &mut self,
+        section: &str,
+        field: &str,
+        secrets: &[Secret],
+    ) -> Option<CookieCodec> {
         let before = self.errors.len();
         for (i, s) in secrets.iter().enumerate() {
             use base64::Engine;
             let which = if secrets.len() > 1 {
-                format!("session_secret[{i}]")
+                format!("{field}[{i}]")
             } else {
-                "session_secret".to_string()
+                field.to_string()
             };
             match base64::engine::general_purpose::STANDARD.decode(s.expose().trim()) {
                 Ok(bytes) if bytes.len() == 32 => {

@@ -398,7 +398,7 @@ async fn admin_endpoints() {
     assert_eq!(server.admin_get("/healthz").await.0, 200);
     assert_eq!(
         server.admin_get("/readyz").await,
-        (200, "ready\n".to_string())
+        (200, "ready\nstore: ok\n".to_string())
     );
     let (code, text) = server.admin_get("/metrics").await;
     assert_eq!(code, 200);

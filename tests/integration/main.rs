@@ -10,3 +10,4 @@ mod grpc;
 mod introspection;
 mod login;
 mod provider;
+mod store;

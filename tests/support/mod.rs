@@ -6,11 +6,13 @@
 //! - [`harness`]: oidc-authz under test (the standard config and its per-test edits, server on port 0, metrics).
 //! - [`request`]: Check requests built the way Envoy sends them.
 //! - [`answer`]: Check answers read back the way Envoy reads them.
+//! - [`redis`]: real `redis-server` processes (one node, or a three-node cluster) on loopback.
 
 mod answer;
 mod harness;
 mod idp;
 mod keys;
+mod redis;
 mod request;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,6 +22,7 @@ pub use answer::*;
 pub use harness::*;
 pub use idp::*;
 pub use keys::*;
+pub use redis::*;
 pub use request::*;
 
 pub fn now() -> u64 {
