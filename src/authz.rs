@@ -85,7 +85,13 @@ impl Authorizer {
         Authorizer {
             policies: runtime::compile(&config, &providers, &metrics),
             tokens: TokenMethods::new(&config, clock.clone(), metrics.clone()),
-            logins: Logins::new(clock, rng, metrics.clone(), config.server.check_timeout / 2),
+            logins: Logins::new(
+                clock,
+                rng,
+                metrics.clone(),
+                config.server.check_timeout / 2,
+                store.clone(),
+            ),
             unselected: metrics.policy_counters("-"),
             store,
             config: Arc::new(config),

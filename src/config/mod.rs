@@ -18,7 +18,8 @@ use figment::value::Value;
 
 pub use model::{
     AuthMethod, ClaimsSource, Config, LogFormat, LoginSettings, Policy, ProviderConfig, Secret,
-    ServerConfig, StoreBackendConfig, StoreConfig, TokenEndpointAuth, UpstreamHeader,
+    ServerConfig, SessionStorage, StoreBackendConfig, StoreConfig, TokenEndpointAuth,
+    UpstreamHeader,
 };
 
 /// Environment variable that may name the config file.

@@ -262,6 +262,18 @@ pub struct LoginSettings {
     /// Seals and opens the session and login cookies, keyed by the policy's `session_secrets`; built during
     /// validation, so a login policy always has one.
     pub codec: CookieCodec,
+    /// Where its sessions live (`session_storage`).
+    pub session_storage: SessionStorage,
+}
+
+/// Where a login policy's sessions live (`session_storage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SessionStorage {
+    /// `cookie` (default): the whole session sealed in the session cookie.
+    #[default]
+    Cookie,
+    /// `store`: the session in the shared store; the cookie holds only its sealed id.
+    Store,
 }
 
 impl Policy {

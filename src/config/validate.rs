@@ -12,7 +12,8 @@ use url::Url;
 
 use super::model::{
     AuthMethod, ClaimsSource, Config, LogFormat, LoginSettings, Policy, ProviderConfig, Secret,
-    ServerConfig, StoreBackendConfig, StoreConfig, TokenEndpointAuth, UpstreamHeader,
+    ServerConfig, SessionStorage, StoreBackendConfig, StoreConfig, TokenEndpointAuth,
+    UpstreamHeader,
 };
 use super::raw::{RawPolicy, RawProvider, RawRoute, RawServer, RawStore, SecretList, UrlList};
 use super::{ConfigError, is_secret_key};
@@ -927,6 +928,7 @@ impl Validator {
             self.upstream_id_token_header(section, raw.upstream_id_token_header.as_deref());
         let cookie_name = self.cookie_name(section, raw.session_cookie_name.clone());
         let logout_methods = self.logout_methods(section, raw.logout_methods.clone());
+        let session_storage = self.session_storage(section, raw.session_storage.as_deref());
         match (redirect_uri, needs_login, codec) {
             (Some(redirect_uri), true, Some(codec)) => Some(LoginSettings {
                 redirect_uri,
@@ -941,6 +943,7 @@ impl Validator {
                 logout_methods,
                 logout_revoke: raw.logout_revoke.unwrap_or(true),
                 codec,
+                session_storage,
             }),
             _ => None,
         }
@@ -996,6 +999,23 @@ impl Validator {
     }
 
     /// `logout_methods`: GET, POST or DELETE, upper case, no duplicates, at least one (default POST, DELETE).
+    /// `session_storage`: `cookie` (default) or `store`.
+    fn session_storage(&mut self, section: &str, raw: Option<&str>) -> SessionStorage {
+        match raw {
+            None | Some("cookie") => SessionStorage::Cookie,
+            Some("store") => SessionStorage::Store,
+            Some(other) => {
+                self.err(ConfigError::Invalid {
+                    section: section.into(),
+                    message: format!(
+                        "session_storage must be \"cookie\" or \"store\", not {other:?}"
+                    ),
+                });
+                SessionStorage::Cookie
+            }
+        }
+    }
+
     fn logout_methods(&mut self, section: &str, raw: Option<Vec<String>>) -> Vec<String> {
         let mut logout_methods = Vec::new();
         for m in raw.unwrap_or_else(|| vec!["POST".into(), "DELETE".into()]) {

@@ -27,6 +27,7 @@ use crate::provider::token::{TokenAnswer, TokenResponse};
 use crate::provider::{IdpError, Provider};
 use crate::request::CheckView;
 use crate::rng::Rng;
+use crate::store::{Store, StoreError};
 
 /// Name of the short-lived login cookie.
 pub const LOGIN_COOKIE: &str = "oidc_authz_login";
@@ -38,6 +39,22 @@ const SEEN_GRANULARITY: u64 = 60;
 pub const MAX_RETURN_PATH: usize = 2048;
 /// How long a refresh's result answers requests still carrying the cookie from before it (seconds).
 pub const REFRESH_REUSE_SECS: u64 = 60;
+
+/// The store kind of a refresh's result, shared with every replica for [`REFRESH_REUSE_SECS`].
+const REFRESHED_KIND: &str = "refreshed";
+/// The store kind of the lock that lets one replica run a refresh grant.
+const REFRESH_LOCK_KIND: &str = "refresh-lock";
+/// How often a replica waiting for another's refresh looks for its result.
+const REFRESH_POLL: std::time::Duration = std::time::Duration::from_millis(25);
+
+/// A refresh's result as the store shares it (sealed at rest by the store).
+#[derive(Serialize, Deserialize)]
+enum SharedRefresh {
+    /// The refreshed session.
+    Done(SessionData),
+    /// The provider refused the refresh token: the session is over.
+    Failed,
+}
 
 /// Refreshes in flight or just done, by a hash of the refresh token they used: one refresh per session at a time,
 /// and requests that still carry the pre-refresh cookie get the refreshed session (and its cookie) too.
@@ -105,6 +122,9 @@ pub enum CallbackError {
     /// The provider could not be reached.
     #[error("the identity provider is unavailable")]
     Idp(#[source] IdpError),
+    /// The session could not be stored.
+    #[error("the session store is unavailable")]
+    Store(#[source] StoreError),
 }
 
 /// Why a session could not be used.
@@ -116,6 +136,10 @@ pub enum SessionError {
     RefreshFailed,
     /// The provider was needed for a refresh and could not be reached.
     Idp(IdpError),
+    /// The session store was needed and could not answer.
+    Store(StoreError),
+    /// Another replica's refresh of this session gave no result within the wait budget.
+    Busy,
 }
 
 /// A usable session and what to tell the browser.
@@ -252,6 +276,10 @@ pub struct Login<'a> {
     pub clock: &'a Arc<dyn Clock>,
     /// Where the state, nonce, PKCE verifier and session id come from.
     pub rng: &'a dyn Rng,
+    /// The store shared with the other replicas (refresh locks and results).
+    pub shared: &'a Store,
+    /// How long a request waits for another replica's refresh of its session.
+    pub refresh_wait: std::time::Duration,
 }
 
 impl Login<'_> {
@@ -393,7 +421,11 @@ impl Login<'_> {
             created: now,
             seen: now,
         };
-        let mut set_cookies = self.store.save(&data, now).await;
+        let mut set_cookies = self
+            .store
+            .save(&data, now)
+            .await
+            .map_err(CallbackError::Store)?;
         set_cookies.extend(self.forget_login());
         let location = if login.return_to.starts_with('/') && !login.return_to.starts_with("//") {
             login.return_to
@@ -458,7 +490,12 @@ impl Login<'_> {
     /// whose signature, issuer (and for the ID token, audience) verify. `Gone` for a reference with no session
     /// behind it or whose tokens do not verify.
     pub async fn open_session(&self, reference: &str) -> Result<OpenedSession, SessionError> {
-        let data = self.store.load(reference).await.ok_or(SessionError::Gone)?;
+        let data = self
+            .store
+            .load(reference)
+            .await
+            .map_err(SessionError::Store)?
+            .ok_or(SessionError::Gone)?;
         self.verified(data).await.map_err(|e| match e {
             TokenCheck::Idp(e) => SessionError::Idp(e),
             TokenCheck::Invalid(why) => {
@@ -555,13 +592,19 @@ impl Login<'_> {
     }
 
     /// Loads the request's session without verifying its tokens (logout: to revoke and end it).
-    pub async fn read_session(&self, cookies: &RequestCookies<'_>) -> Option<SessionData> {
-        let reference = self.store.find(cookies)??;
+    pub async fn read_session(
+        &self,
+        cookies: &RequestCookies<'_>,
+    ) -> Result<Option<SessionData>, StoreError> {
+        let Some(Some(reference)) = self.store.find(cookies) else {
+            return Ok(None);
+        };
         self.store.load(&reference).await
     }
 
     /// Validates a session, refreshing its tokens when needed. Concurrent refreshes of one session share one
-    /// refresh grant (`refreshes`, keyed by a hash of the refresh token), and all answer with its cookie.
+    /// refresh grant (`refreshes`, keyed by a hash of the refresh token; across replicas, [`Login::shared_refresh`]),
+    /// and all answer with its cookie.
     pub async fn use_session(
         &self,
         opened: Arc<OpenedSession>,
@@ -584,7 +627,7 @@ impl Login<'_> {
             };
             let key = cache::key(&[self.provider.name(), rt]);
             let refreshed = refreshes
-                .try_get_with(key, self.refresh(&opened))
+                .try_get_with(key, self.shared_refresh(&opened, key))
                 .await
                 .map_err(|e| (*e).clone())?;
             return Ok(ActiveSession {
@@ -600,7 +643,11 @@ impl Login<'_> {
         }
         let mut data = data.clone();
         data.seen = now;
-        let set_cookies = self.store.save(&data, now).await;
+        let set_cookies = self
+            .store
+            .save(&data, now)
+            .await
+            .map_err(SessionError::Store)?;
         Ok(ActiveSession {
             session: Arc::new(OpenedSession {
                 data,
@@ -610,6 +657,89 @@ impl Login<'_> {
             }),
             set_cookies,
         })
+    }
+
+    /// A refresh coalesced across replicas, by `key` (a hash of the provider and the old refresh token): the
+    /// result another replica shared in the store, else the refresh grant run here under the store's lock (its
+    /// result shared for [`REFRESH_REUSE_SECS`]), else the wait for the replica holding the lock, looking for its
+    /// result within the wait budget (then `Busy`: a 503, never a second grant that a rotating provider would
+    /// answer by ending the session). Only one replica ever spends the old refresh token.
+    async fn shared_refresh(
+        &self,
+        opened: &OpenedSession,
+        key: cache::Key,
+    ) -> Result<Arc<Refreshed>, SessionError> {
+        let reuse = std::time::Duration::from_secs(REFRESH_REUSE_SECS);
+        let deadline = tokio::time::Instant::now() + self.refresh_wait;
+        loop {
+            if let Some(shared) = self
+                .shared
+                .get(REFRESHED_KIND, &key)
+                .await
+                .map_err(SessionError::Store)?
+            {
+                return self.adopt(&shared).await;
+            }
+            let won = self
+                .shared
+                .put_new(REFRESH_LOCK_KIND, &key, b"1", reuse)
+                .await
+                .map_err(SessionError::Store)?;
+            if won {
+                let result = self.refresh(opened).await;
+                let shared = match &result {
+                    Ok(r) => Some(SharedRefresh::Done(r.session.data.clone())),
+                    Err(SessionError::RefreshFailed) => Some(SharedRefresh::Failed),
+                    Err(_) => None,
+                };
+                match shared {
+                    Some(shared) => {
+                        let value = serde_json::to_vec(&shared).unwrap_or_default();
+                        // A failure is logged by the store; the replicas waiting then answer 503.
+                        let _ = self.shared.put(REFRESHED_KIND, &key, &value, reuse).await;
+                    }
+                    // The provider or the store failed: another request may try again.
+                    None => {
+                        let _ = self.shared.delete(REFRESH_LOCK_KIND, &key).await;
+                    }
+                }
+                return result;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(provider = %self.provider.name(), "session refresh: no result from the replica refreshing it in time");
+                return Err(SessionError::Busy);
+            }
+            tokio::time::sleep(REFRESH_POLL).await;
+        }
+    }
+
+    /// A refresh another replica (or this one) shared: its tokens verified like the ones of a new session, and
+    /// stored for this request's answer.
+    async fn adopt(&self, shared: &[u8]) -> Result<Arc<Refreshed>, SessionError> {
+        let data = match serde_json::from_slice::<SharedRefresh>(shared) {
+            Ok(SharedRefresh::Done(data)) => data,
+            Ok(SharedRefresh::Failed) | Err(_) => return Err(SessionError::RefreshFailed),
+        };
+        let now = self.clock.now();
+        let session = self.verified(data).await.map_err(|e| match e {
+            TokenCheck::Idp(e) => SessionError::Idp(e),
+            TokenCheck::Invalid(why) => {
+                tracing::warn!(provider = %self.provider.name(), reason = why, "shared refreshed tokens refused");
+                SessionError::RefreshFailed
+            }
+        })?;
+        if session.valid_until <= now {
+            return Err(SessionError::RefreshFailed);
+        }
+        let set_cookies = self
+            .store
+            .save(&session.data, now)
+            .await
+            .map_err(SessionError::Store)?;
+        Ok(Arc::new(Refreshed {
+            session: Arc::new(session),
+            set_cookies,
+        }))
     }
 
     /// One refresh grant, then the new tokens verified like the ones of a new session.
@@ -657,7 +787,11 @@ impl Login<'_> {
         if session.valid_until <= now {
             return Err(SessionError::RefreshFailed);
         }
-        let set_cookies = self.store.save(&session.data, self.clock.now()).await;
+        let set_cookies = self
+            .store
+            .save(&session.data, self.clock.now())
+            .await
+            .map_err(SessionError::Store)?;
         Ok(Arc::new(Refreshed {
             session: Arc::new(session),
             set_cookies,

@@ -1,7 +1,8 @@
 //! The browser login of `authorization_code` + `session`, all of it: the callback, the logout, riding a session
-//! (opened, verified, refreshed) and the redirect to log in, behind the [`store::SessionStore`] seam. [`Logins`]
-//! holds what every login policy shares (the opened-session and refresh caches, the ended sessions); a policy's
-//! own part is its [`LoginFlow`]; the steps themselves are in [`authcode`], the cookie mechanics in [`cookie`].
+//! (opened, verified, refreshed) and the redirect to log in, behind the [`store::SessionStore`] seam (the session in
+//! its cookie, or in the shared store). [`Logins`] holds what every login policy shares (the opened-session and
+//! refresh caches, the ended sessions, the shared store); a policy's own part is its [`LoginFlow`]; the steps
+//! themselves are in [`authcode`], the cookie mechanics in [`cookie`].
 
 pub mod authcode;
 pub mod cookie;
@@ -15,7 +16,7 @@ pub use authcode::{OpenedSession, error_page};
 use crate::authn::{Authenticated, Claims, Identity, Refusal};
 use crate::cache;
 use crate::clock::Clock;
-use crate::config::{AuthMethod, LoginSettings, Policy};
+use crate::config::{AuthMethod, LoginSettings, Policy, SessionStorage};
 use crate::credentials::{Credentials, Intent};
 use crate::login::authcode::{
     ActiveSession, CallbackError, Login, RefreshCache, SessionError, ended_key, is_browser,
@@ -23,11 +24,13 @@ use crate::login::authcode::{
 };
 use crate::login::cookie::{RequestCookies, for_request};
 use crate::login::store::{
-    CookieStore, EndedSessions, MemoryEndedSessions, SessionData, SessionStore,
+    CookieStore, EndedSessions, NOT_ENDED_FOR, SessionData, SessionStore, SharedEndedSessions,
+    StoreSessions,
 };
 use crate::provider::Provider;
 use crate::request::CheckView;
 use crate::rng::Rng;
+use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
 
 /// Logout revocations that may run at once per provider.
@@ -39,7 +42,8 @@ pub const MAX_REVOCATIONS_PER_PROVIDER: usize = 16;
 pub struct LoginFlow {
     /// The settings (with the cookie codec built at validation).
     pub settings: LoginSettings,
-    /// Where its sessions live.
+    /// Where its sessions live with `session_storage = "cookie"` (with `"store"`, a [`StoreSessions`] over the
+    /// shared store is used instead).
     pub store: Box<dyn SessionStore>,
     /// Logout revocations in flight for its provider (shared by the provider's policies), at most
     /// [`MAX_REVOCATIONS_PER_PROVIDER`]: a slow provider cannot pile up revocation tasks.
@@ -66,13 +70,18 @@ impl LoginFlow {
 /// What every login policy shares.
 #[derive(Debug)]
 pub struct Logins {
-    /// Opened and verified sessions by a hash of (policy, session reference).
+    /// Opened and verified cookie sessions by a hash of (policy, session reference).
     sessions: moka::future::Cache<cache::Key, Arc<OpenedSession>>,
+    /// Opened and verified sessions of the shared store, by a hash of (policy, session reference): kept at most
+    /// [`NOT_ENDED_FOR`] (another replica may refresh or end them) and dropped at once by an ended event.
+    shared_sessions: moka::future::Cache<cache::Key, Arc<OpenedSession>>,
     /// Session refreshes in flight or just done (one refresh grant per session at a time).
     refreshes: RefreshCache,
-    /// Sessions ended by a logout.
+    /// Sessions ended by a logout (on any replica).
     ended: Arc<dyn EndedSessions>,
-    /// How long a logout waits for its revocations.
+    /// The store shared with the other replicas: server-side sessions, ended sessions, refresh locks and results.
+    store: Arc<Store>,
+    /// How long a logout waits for its revocations, and a request for another replica's refresh.
     revoke_budget: Duration,
     clock: Arc<dyn Clock>,
     /// The login's state, nonce, PKCE verifier and session ids.
@@ -81,20 +90,27 @@ pub struct Logins {
 }
 
 impl Logins {
-    /// Empty caches; a logout waits at most `revoke_budget` for its revocations.
+    /// Empty caches over the shared `store`; a logout waits at most `revoke_budget` for its revocations, and a
+    /// request as long for another replica's refresh of its session.
     pub fn new(
         clock: Arc<dyn Clock>,
         rng: Arc<dyn Rng>,
         metrics: Arc<Metrics>,
         revoke_budget: Duration,
+        store: Arc<Store>,
     ) -> Self {
         Logins {
             sessions: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(120))
                 .build(),
+            shared_sessions: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(NOT_ENDED_FOR)
+                .build(),
             refreshes: refresh_cache(),
-            ended: Arc::new(MemoryEndedSessions::new(clock.clone())),
+            ended: Arc::new(SharedEndedSessions::new(store.clone(), clock.clone())),
+            store,
             revoke_budget,
             clock,
             rng,
@@ -112,13 +128,23 @@ impl Logins {
         view: &CheckView<'_>,
         creds: &Credentials<'_>,
     ) -> Option<Result<Authenticated, Refusal>> {
+        let server_side;
+        let store: &dyn SessionStore = match flow.settings.session_storage {
+            SessionStorage::Cookie => flow.store.as_ref(),
+            SessionStorage::Store => {
+                server_side = StoreSessions::new(&self.store, &flow.settings);
+                &server_side
+            }
+        };
         let login = Login {
             policy,
             settings: &flow.settings,
-            store: flow.store.as_ref(),
+            store,
             provider,
             clock: &self.clock,
             rng: self.rng.as_ref(),
+            shared: &self.store,
+            refresh_wait: self.revoke_budget,
         };
         let cookies = &creds.cookies;
         let method = AuthMethod::AuthorizationCode;
@@ -144,6 +170,7 @@ impl Logins {
         match login.callback(view, cookies).await {
             Ok(r) => Ok(Authenticated::Redirect(r.for_request(cookies))),
             Err(CallbackError::Idp(e)) => Err(Refusal::idp(login.provider.name(), &e)),
+            Err(CallbackError::Store(e)) => Err(store_unavailable(login, &e)),
             Err(e) => {
                 tracing::info!(policy.name = %login.policy.name, reason = %e, "login callback refused");
                 let error = if matches!(e, CallbackError::Provider(_)) {
@@ -169,9 +196,14 @@ impl Logins {
             tracing::info!(policy.name = %login.policy.name, request.method = view.method, reason = why, "logout refused");
             return Err(Refusal::forbidden(why));
         }
-        let session = login.read_session(cookies).await;
+        let session = login
+            .read_session(cookies)
+            .await
+            .map_err(|e| store_unavailable(login, &e))?;
         if let Some(s) = &session {
-            self.end_session(login, flow, provider, s).await;
+            self.end_session(login, flow, provider, s)
+                .await
+                .map_err(|e| store_unavailable(login, &e))?;
         }
         Ok(Authenticated::Redirect(
             login.logout(session).await.for_request(cookies),
@@ -199,6 +231,13 @@ impl Logins {
                     )));
                 }
                 Err(SessionError::Idp(e)) => return Err(Refusal::idp(login.provider.name(), &e)),
+                Err(SessionError::Store(e)) => return Err(store_unavailable(login, &e)),
+                Err(SessionError::Busy) => {
+                    return Err(
+                        Refusal::unavailable("the session is being refreshed; try again")
+                            .retry_after(1),
+                    );
+                }
                 Err(SessionError::Gone | SessionError::RefreshFailed) => {
                     clear = for_request(login.store.forget(), cookies);
                 }
@@ -225,8 +264,17 @@ impl Logins {
         login: &Login<'_>,
         reference: &str,
     ) -> Result<ActiveSession, SessionError> {
+        if self.ended.sync() {
+            // A session ended somewhere: no local copy of a shared session may outlive that news.
+            self.shared_sessions.invalidate_all();
+        }
         let opened = self.open_session(login, reference).await?;
-        if self.ended.is_ended(opened.ended_key).await {
+        if self
+            .ended
+            .is_ended(opened.ended_key)
+            .await
+            .map_err(SessionError::Store)?
+        {
             return Err(SessionError::Gone);
         }
         login.use_session(opened, &self.refreshes).await
@@ -234,19 +282,25 @@ impl Logins {
 
     /// Opens a session and verifies its tokens, remembering the result by a SHA-256 of (policy, reference): a
     /// browser sends the same cookie on every request, so the AES-GCM open, the JSON parsing and the signature
-    /// checks happen once per cookie (concurrent first uses share one).
+    /// checks happen once per cookie (concurrent first uses share one). A session of the shared store is
+    /// remembered for at most a second, so a refresh or logout on another replica is seen here.
     async fn open_session(
         &self,
         login: &Login<'_>,
         reference: &str,
     ) -> Result<Arc<OpenedSession>, SessionError> {
         let key = cache::key(&[login.policy.name.as_str(), reference]);
-        if let Some(hit) = self.sessions.get(&key).await {
+        let sessions = if login.store.server_side() {
+            &self.shared_sessions
+        } else {
+            &self.sessions
+        };
+        if let Some(hit) = sessions.get(&key).await {
             self.metrics.cache_lookup("session", true);
             return Ok(hit);
         }
         self.metrics.cache_lookup("session", false);
-        self.sessions
+        sessions
             .try_get_with(key, async {
                 login.open_session(reference).await.map(Arc::new)
             })
@@ -254,8 +308,8 @@ impl Logins {
             .map_err(|e| (*e).clone())
     }
 
-    /// Logout of a session: remembered as ended until its absolute expiry, and its tokens revoked at the
-    /// provider (`logout_revoke`). Revocation runs on its own task and is awaited for at most the revoke budget
+    /// Logout of a session: remembered as ended until its absolute expiry (in the shared store, every replica
+    /// told), removed from where it is kept, and its tokens revoked at the provider (`logout_revoke`). Revocation runs on its own task and is awaited for at most the revoke budget
     /// (half the Check deadline), so a slow provider never holds the logout up; its failures are logged only. A
     /// session that already ended is not revoked again (a replayed logout costs the provider nothing), and at most
     /// [`MAX_REVOCATIONS_PER_PROVIDER`] revocations run per provider: beyond that, revocation is skipped (logged).
@@ -265,22 +319,23 @@ impl Logins {
         flow: &LoginFlow,
         provider: &Arc<Provider>,
         session: &SessionData,
-    ) {
+    ) -> Result<(), StoreError> {
         let key = ended_key(&session.sid);
-        if self.ended.is_ended(key).await {
-            return;
+        if self.ended.is_ended(key).await? {
+            return Ok(());
         }
         let until = session
             .created
             .saturating_add(flow.settings.absolute_timeout);
-        self.ended.end(key, until).await;
+        self.ended.end(key, until).await?;
+        login.store.remove(session).await?;
         if !flow.settings.logout_revoke {
-            return;
+            return Ok(());
         }
         let policy = &login.policy.name;
         let Ok(permit) = flow.revocations.clone().try_acquire_owned() else {
             tracing::warn!(policy.name = %policy, "logout: too many token revocations in flight; not revoking");
-            return;
+            return Ok(());
         };
         let provider = provider.clone();
         let session = session.clone();
@@ -294,7 +349,14 @@ impl Logins {
         {
             tracing::warn!(policy.name = %policy, "logout: token revocation still running; not waiting for it");
         }
+        Ok(())
     }
+}
+
+/// 503 for a session store that could not answer, logged (the error names no key or value): never an allow.
+fn store_unavailable(login: &Login<'_>, e: &StoreError) -> Refusal {
+    tracing::warn!(policy.name = %login.policy.name, error = %e, "session store needed and unavailable");
+    Refusal::unavailable("the session store is unavailable")
 }
 
 /// The identity of a usable session: its claims, the tokens the policy sends upstream, and its cookie updates.
