@@ -8,16 +8,16 @@ use crate::support::*;
 
 const APP: &str = "app.example.com";
 
-struct Browser {
-    jar: Vec<(String, String)>,
+pub(crate) struct Browser {
+    pub(crate) jar: Vec<(String, String)>,
 }
 
 impl Browser {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Browser { jar: Vec::new() }
     }
 
-    fn absorb(&mut self, a: &Answer) {
+    pub(crate) fn absorb(&mut self, a: &Answer) {
         for name in a.cookies_cleared() {
             self.jar.retain(|(n, _)| *n != name);
         }
@@ -35,7 +35,7 @@ impl Browser {
             .join("; ")
     }
 
-    fn req(&self, path: &str, policy: &str) -> Req {
+    pub(crate) fn req(&self, path: &str, policy: &str) -> Req {
         let mut r = req(path)
             .host(APP)
             .policy(policy)
@@ -54,7 +54,7 @@ impl Browser {
 }
 
 /// Logs `user` in on `path` (policy `policy`); returns the callback answer.
-async fn login(
+pub(crate) async fn login(
     server: &TestServer,
     idp: &MockIdp,
     b: &mut Browser,
@@ -646,7 +646,7 @@ async fn a_token_winning_over_a_session_strips_the_session_and_its_headers() {
 // ------------------------------------------------------------------------------------------------
 
 /// The session cookie pairs of a jar, as a `Cookie` header value.
-fn session_cookie(b: &Browser) -> String {
+pub(crate) fn session_cookie(b: &Browser) -> String {
     b.jar
         .iter()
         .filter(|(n, _)| n.starts_with("oidc_authz_session"))
@@ -655,7 +655,7 @@ fn session_cookie(b: &Browser) -> String {
         .join("; ")
 }
 
-fn with_cookie(path: &str, cookie: &str) -> Req {
+pub(crate) fn with_cookie(path: &str, cookie: &str) -> Req {
     req(path)
         .host(APP)
         .policy("login")

@@ -168,6 +168,21 @@ impl Setup {
         self
     }
 
+    /// State shared through the Redis at `url` (`[store] backend = "redis"`): servers set up alike on one Redis
+    /// are replicas of one service.
+    pub fn redis(self, url: &str) -> Setup {
+        self.extra(&format!(
+            r#"
+[store]
+backend = "redis"
+url = "{url}"
+key_prefix = "oidc-authz-test:"
+secret = "q7Yk0jv1m7c2VZ0Gx4T9yFQm2Yv3sB8pN5eW1hR6tLc="
+timeout_ms = 2000
+"#
+        ))
+    }
+
     /// A 300 ms HTTP timeout, for tests that hold the IdP (`Mode::Held`) to see a timeout: the IdP never answers
     /// while held, so the timeout fires however slow the machine is.
     pub fn short_http_timeout(self) -> Setup {
@@ -257,6 +272,17 @@ impl TestServer {
             stop: Some(tx),
             handle: Some(handle),
         }
+    }
+
+    /// Waits until the server's store answers (a Redis connection is made in the background), within 30 s.
+    pub async fn wait_store(&self) {
+        for _ in 0..300 {
+            if self.authorizer.store().ping().await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the store never answered");
     }
 
     /// Waits until the server says it is ready.
