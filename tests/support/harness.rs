@@ -177,7 +177,7 @@ impl Setup {
 backend = "redis"
 url = "{url}"
 key_prefix = "oidc-authz-test:"
-secret = "q7Yk0jv1m7c2VZ0Gx4T9yFQm2Yv3sB8pN5eW1hR6tLc="
+secret = "YgkhMaR/YTZqwk13q1w36bx3iMsjriSao8q4VdYNeSs="
 timeout_ms = 2000
 "#
         ))
