@@ -663,13 +663,16 @@ impl Login<'_> {
     /// result another replica shared in the store, else the refresh grant run here under the store's lock (its
     /// result shared for [`REFRESH_REUSE_SECS`]), else the wait for the replica holding the lock, looking for its
     /// result within the wait budget (then `Busy`: a 503, never a second grant that a rotating provider would
-    /// answer by ending the session). Only one replica ever spends the old refresh token.
+    /// answer by ending the session). Only one replica spends the old refresh token while its lock lives.
     async fn shared_refresh(
         &self,
         opened: &OpenedSession,
         key: cache::Key,
     ) -> Result<Arc<Refreshed>, SessionError> {
         let reuse = std::time::Duration::from_secs(REFRESH_REUSE_SECS);
+        // The lock lives as long as a Check may (twice the wait): a refresh cut off with its Check (deadline,
+        // client gone) holds no session up for longer.
+        let lock_ttl = (self.refresh_wait * 2).max(std::time::Duration::from_secs(1));
         let deadline = tokio::time::Instant::now() + self.refresh_wait;
         loop {
             if let Some(shared) = self
@@ -682,7 +685,7 @@ impl Login<'_> {
             }
             let won = self
                 .shared
-                .put_new(REFRESH_LOCK_KIND, &key, b"1", reuse)
+                .put_new(REFRESH_LOCK_KIND, &key, b"1", lock_ttl)
                 .await
                 .map_err(SessionError::Store)?;
             if won {

@@ -6,6 +6,8 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use oidc_authz::config::Secret;
+use oidc_authz::login::cookie::CookieCodec;
 use serde_json::json;
 
 use crate::login::{Browser, login, session_cookie, with_cookie};
@@ -82,6 +84,27 @@ async fn nothing_readable(redis: &RedisServer, secrets: &[String]) {
     }
 }
 
+/// The lifetimes (TTL, seconds) of the server-side sessions in `redis`.
+async fn session_ttls(redis: &RedisServer) -> Vec<i64> {
+    let client = redis::Client::open(redis.url()).expect("a client");
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("a connection");
+    let mut out = Vec::new();
+    for (k, _) in redis.dump().await {
+        if k.starts_with("oidc-authz-test:session:") {
+            let ttl: i64 = redis::cmd("TTL")
+                .arg(&k)
+                .query_async(&mut c)
+                .await
+                .expect("TTL");
+            out.push(ttl);
+        }
+    }
+    out
+}
+
 /// `session_storage = "store"`: logged in through A, the session works on B; the cookie is one small value of
 /// constant size holding no token; logout through A is refused on B (and on A), and the session is gone from Redis.
 #[tokio::test]
@@ -122,7 +145,20 @@ async fn a_store_session_works_on_every_replica_and_a_logout_ends_it_everywhere(
         }
     }
     let copy = session_cookie(&alice);
-    let secrets = secrets(&idp, &[&on_a, &on_b], &[&alice, &bob]);
+    let mut secrets = secrets(&idp, &[&on_a, &on_b], &[&alice, &bob]);
+    // the session id sealed in the cookie (the login policy's first session secret opens it)
+    let codec = CookieCodec::new(&[Secret::new("fJfkZusK6AM6PHtnD6Ew4TnBmJQNhuiVxOTv7w0voXg=")])
+        .expect("the login policy's secret");
+    let sid = codec
+        .open("oidc_authz_session", value)
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.strip_prefix("sid:").map(str::to_string))
+        .expect("the cookie holds a sealed session id");
+    secrets.push(sid);
+    // in Redis: one entry per session, living the idle timeout (600 s; the absolute one is 3600 s)
+    let sessions = session_ttls(&redis).await;
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    assert!(sessions.iter().all(|t| *t > 0 && *t <= 600), "{sessions:?}");
     // logout through A: B refuses the session (polled within a budget; the assertion is on the answer)
     let out = ask(&a, alice.req("/oauth2/logout", "login").method("POST")).await;
     assert_eq!(out.status, 302, "{out:?}");
@@ -136,6 +172,11 @@ async fn a_store_session_works_on_every_replica_and_a_logout_ends_it_everywhere(
     assert_eq!(ask(&a, with_cookie("/app", &copy)).await.status, 302);
     // bob's session is not affected
     ask(&b, bob.req("/app", "login")).await.assert_allow();
+    assert_eq!(
+        session_ttls(&redis).await.len(),
+        1,
+        "alice's session is deleted"
+    );
     nothing_readable(&redis, &secrets).await;
 }
 
@@ -273,4 +314,92 @@ async fn redis_down_fails_sessions_closed_and_tokens_keep_working() {
     ask(&server, again.req("/app", "login"))
         .await
         .assert_allow();
+}
+
+/// A replica whose session is being refreshed by another (the provider holding that grant) waits for the
+/// result within half the check timeout, then answers 503: it never runs a second refresh grant.
+#[tokio::test]
+async fn a_replica_waiting_for_another_replicas_refresh_answers_503_not_a_second_grant() {
+    let redis = RedisServer::start().await;
+    let idp = MockIdp::start().await;
+    idp.state.expires_in.store(60, Ordering::SeqCst);
+    idp.state
+        .rotate_refresh_tokens
+        .store(true, Ordering::SeqCst);
+    let edit = |s: Setup| {
+        s.redis(&redis.url())
+            .edit("check_timeout_ms = 60000", "check_timeout_ms = 4000")
+    };
+    let (a, clock_a) = edit(serve(&idp)).ready_with_clock().await;
+    let (b, clock_b) = edit(serve(&idp)).ready_with_clock().await;
+    a.wait_store().await;
+    b.wait_store().await;
+    let mut alice = Browser::new();
+    login(&a, &idp, &mut alice, "/app", "login", "alice").await;
+    let old = session_cookie(&alice);
+    clock_a.advance(61);
+    clock_b.advance(61);
+    idp.advance(61);
+    let hits = idp.token_hits();
+    idp.set_mode(Mode::Held);
+    let mut client = a.client().await;
+    let r = with_cookie("/app", &old).build();
+    let held = tokio::spawn(async move { client.check(r).await.map(|_| ()) });
+    for _ in 0..300 {
+        if idp.token_hits() > hits {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        idp.token_hits(),
+        hits + 1,
+        "A's refresh grant reached the provider"
+    );
+    let waited = ask(&b, with_cookie("/app", &old)).await;
+    waited.assert_deny(503, "temporarily_unavailable");
+    assert_eq!(
+        idp.token_hits(),
+        hits + 1,
+        "B ran no refresh grant of its own"
+    );
+    idp.set_mode(Mode::Up);
+    let _ = held.await;
+}
+
+/// `session_storage = "store"` on the default memory backend (one process): the login, the session, the logout
+/// and a refresh behave as with cookie sessions, and the cookie stays one small value across the refresh.
+#[tokio::test]
+async fn store_sessions_on_the_memory_backend_log_in_refresh_and_log_out() {
+    let idp = MockIdp::start().await;
+    idp.state.expires_in.store(60, Ordering::SeqCst);
+    idp.state
+        .rotate_refresh_tokens
+        .store(true, Ordering::SeqCst);
+    let (server, clock) = store_sessions(serve(&idp)).ready_with_clock().await;
+    let mut alice = Browser::new();
+    login(&server, &idp, &mut alice, "/app", "login", "alice").await;
+    let first = ask(&server, alice.req("/app", "login")).await;
+    first.assert_allow();
+    let copy = session_cookie(&alice);
+    assert!(copy.len() < 200, "{copy}");
+    clock.advance(61);
+    idp.advance(61);
+    let hits = idp.token_hits();
+    let refreshed = ask(&server, alice.req("/app", "login")).await;
+    refreshed.assert_allow();
+    assert_eq!(idp.token_hits(), hits + 1);
+    assert_ne!(
+        refreshed.header("authorization"),
+        first.header("authorization"),
+        "the refreshed access token goes upstream"
+    );
+    alice.absorb(&refreshed);
+    assert_eq!(session_cookie(&alice).len(), copy.len(), "constant size");
+    ask(&server, with_cookie("/app", &copy))
+        .await
+        .assert_allow();
+    let out = ask(&server, alice.req("/oauth2/logout", "login").method("POST")).await;
+    assert_eq!(out.status, 302, "{out:?}");
+    assert_eq!(ask(&server, with_cookie("/app", &copy)).await.status, 302);
 }
