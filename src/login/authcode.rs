@@ -723,26 +723,7 @@ impl Login<'_> {
             Ok(SharedRefresh::Done(data)) => data,
             Ok(SharedRefresh::Failed) | Err(_) => return Err(SessionError::RefreshFailed),
         };
-        let now = self.clock.now();
-        let session = self.verified(data).await.map_err(|e| match e {
-            TokenCheck::Idp(e) => SessionError::Idp(e),
-            TokenCheck::Invalid(why) => {
-                tracing::warn!(provider = %self.provider.name(), reason = why, "shared refreshed tokens refused");
-                SessionError::RefreshFailed
-            }
-        })?;
-        if session.valid_until <= now {
-            return Err(SessionError::RefreshFailed);
-        }
-        let set_cookies = self
-            .store
-            .save(&session.data, now)
-            .await
-            .map_err(SessionError::Store)?;
-        Ok(Arc::new(Refreshed {
-            session: Arc::new(session),
-            set_cookies,
-        }))
+        self.store_refreshed(data, self.clock.now()).await
     }
 
     /// One refresh grant, then the new tokens verified like the ones of a new session.
@@ -780,6 +761,16 @@ impl Login<'_> {
             }
         }
         data.seen = now;
+        self.store_refreshed(data, now).await
+    }
+
+    /// Refreshed tokens (from this grant started at `now`, or shared by another replica) verified like the ones
+    /// of a new session and still valid at `now`, then stored; the `Set-Cookie` values count from after the grant.
+    async fn store_refreshed(
+        &self,
+        data: SessionData,
+        now: u64,
+    ) -> Result<Arc<Refreshed>, SessionError> {
         let session = self.verified(data).await.map_err(|e| match e {
             TokenCheck::Idp(e) => SessionError::Idp(e),
             TokenCheck::Invalid(why) => {

@@ -663,6 +663,27 @@ pub(crate) fn with_cookie(path: &str, cookie: &str) -> Req {
         .header("cookie", cookie)
 }
 
+/// `n` requests carrying the session `cookie`, sent at once over 8 connections spread over `servers`.
+pub(crate) async fn at_once(servers: &[&TestServer], n: usize, cookie: &str) -> Vec<Answer> {
+    let mut clients = Vec::new();
+    for i in 0..8 {
+        clients.push(servers[i % servers.len()].client().await);
+    }
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let mut c = clients[i % clients.len()].clone();
+        let r = with_cookie("/app", cookie).build();
+        tasks.push(tokio::spawn(async move {
+            Answer::from(c.check(r).await.unwrap().into_inner())
+        }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    answers
+}
+
 #[tokio::test]
 async fn thirty_parallel_requests_on_an_expiring_session_make_one_refresh() {
     let idp = MockIdp::start().await;
@@ -679,22 +700,7 @@ async fn thirty_parallel_requests_on_an_expiring_session_make_one_refresh() {
     clock.advance(61);
     idp.advance(61);
     let hits = idp.token_hits();
-    let mut clients = Vec::new();
-    for _ in 0..8 {
-        clients.push(server.client().await);
-    }
-    let mut tasks = Vec::new();
-    for i in 0..30 {
-        let mut c = clients[i % clients.len()].clone();
-        let r = with_cookie("/app", &old).build();
-        tasks.push(tokio::spawn(async move {
-            Answer::from(c.check(r).await.unwrap().into_inner())
-        }));
-    }
-    let mut answers = Vec::new();
-    for t in tasks {
-        answers.push(t.await.unwrap());
-    }
+    let answers = at_once(&[&server], 30, &old).await;
     assert_eq!(
         idp.token_hits(),
         hits + 1,

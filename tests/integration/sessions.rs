@@ -10,7 +10,7 @@ use oidc_authz::config::Secret;
 use oidc_authz::login::cookie::CookieCodec;
 use serde_json::json;
 
-use crate::login::{Browser, login, session_cookie, with_cookie};
+use crate::login::{Browser, at_once, login, session_cookie, with_cookie};
 use crate::support::*;
 
 /// The `login` policy with its sessions in the store.
@@ -32,6 +32,39 @@ async fn replicas(
     a.wait_store().await;
     b.wait_store().await;
     (a, b)
+}
+
+/// Two replicas (the standard config edited by `edit`) on `redis` and manual clocks, and alice logged in through
+/// the first (her session seen by the second) with a 60 s access token, then 61 s later: the session needs a
+/// refresh, and the provider rotates refresh tokens.
+async fn expiring_session(
+    idp: &MockIdp,
+    redis: &RedisServer,
+    edit: impl Fn(Setup) -> Setup,
+) -> (TestServer, TestServer, Browser) {
+    idp.state.expires_in.store(60, Ordering::SeqCst);
+    idp.state
+        .rotate_refresh_tokens
+        .store(true, Ordering::SeqCst);
+    let (a, clock_a) = edit(serve(idp))
+        .redis(&redis.url())
+        .ready_with_clock()
+        .await;
+    let (b, clock_b) = edit(serve(idp))
+        .redis(&redis.url())
+        .ready_with_clock()
+        .await;
+    a.wait_store().await;
+    b.wait_store().await;
+    let mut alice = Browser::new();
+    login(&a, idp, &mut alice, "/app", "login", "alice").await;
+    ask(&b, with_cookie("/app", &session_cookie(&alice)))
+        .await
+        .assert_allow();
+    clock_a.advance(61);
+    clock_b.advance(61);
+    idp.advance(61);
+    (a, b, alice)
 }
 
 /// Asks `r()` until the answer is not 200, within 30 s: the first such answer.
@@ -213,39 +246,11 @@ async fn two_replicas_refreshing_one_session_make_one_refresh_grant() {
     for store in [false, true] {
         let redis = RedisServer::start().await;
         let idp = MockIdp::start().await;
-        idp.state.expires_in.store(60, Ordering::SeqCst);
-        idp.state
-            .rotate_refresh_tokens
-            .store(true, Ordering::SeqCst);
-        let edit = |s: Setup| {
-            let s = s.redis(&redis.url());
-            if store { store_sessions(s) } else { s }
-        };
-        let (a, clock_a) = edit(serve(&idp)).ready_with_clock().await;
-        let (b, clock_b) = edit(serve(&idp)).ready_with_clock().await;
-        a.wait_store().await;
-        b.wait_store().await;
-        let mut alice = Browser::new();
-        login(&a, &idp, &mut alice, "/app", "login", "alice").await;
+        let edit = |s: Setup| if store { store_sessions(s) } else { s };
+        let (a, b, mut alice) = expiring_session(&idp, &redis, edit).await;
         let old = session_cookie(&alice);
-        ask(&b, with_cookie("/app", &old)).await.assert_allow();
-        clock_a.advance(61);
-        clock_b.advance(61);
-        idp.advance(61);
         let hits = idp.token_hits();
-        let mut tasks = Vec::new();
-        for i in 0..20 {
-            let server = if i % 2 == 0 { &a } else { &b };
-            let mut client = server.client().await;
-            let r = with_cookie("/app", &old).build();
-            tasks.push(tokio::spawn(async move {
-                Answer::from(client.check(r).await.unwrap().into_inner())
-            }));
-        }
-        let mut answers = Vec::new();
-        for t in tasks {
-            answers.push(t.await.unwrap());
-        }
+        let answers = at_once(&[&a, &b], 20, &old).await;
         assert_eq!(
             idp.token_hits(),
             hits + 1,
@@ -322,24 +327,9 @@ async fn redis_down_fails_sessions_closed_and_tokens_keep_working() {
 async fn a_replica_waiting_for_another_replicas_refresh_answers_503_not_a_second_grant() {
     let redis = RedisServer::start().await;
     let idp = MockIdp::start().await;
-    idp.state.expires_in.store(60, Ordering::SeqCst);
-    idp.state
-        .rotate_refresh_tokens
-        .store(true, Ordering::SeqCst);
-    let edit = |s: Setup| {
-        s.redis(&redis.url())
-            .edit("check_timeout_ms = 60000", "check_timeout_ms = 4000")
-    };
-    let (a, clock_a) = edit(serve(&idp)).ready_with_clock().await;
-    let (b, clock_b) = edit(serve(&idp)).ready_with_clock().await;
-    a.wait_store().await;
-    b.wait_store().await;
-    let mut alice = Browser::new();
-    login(&a, &idp, &mut alice, "/app", "login", "alice").await;
+    let edit = |s: Setup| s.edit("check_timeout_ms = 60000", "check_timeout_ms = 4000");
+    let (a, b, alice) = expiring_session(&idp, &redis, edit).await;
     let old = session_cookie(&alice);
-    clock_a.advance(61);
-    clock_b.advance(61);
-    idp.advance(61);
     let hits = idp.token_hits();
     idp.set_mode(Mode::Held);
     let mut client = a.client().await;
