@@ -1,13 +1,15 @@
 //! The token methods: `bearer` (JWTs verified locally), `introspection` (RFC 7662) and `client_credentials`
 //! (the grant run for the client, its token then verified like any other). [`TokenMethods::authenticate`] turns a
 //! request's credentials into an [`Identity`] or a [`Refusal`]; each method's own errors become a refusal here.
+//! With a shared store (Redis), [`Shared`] is the second level of their caches, under each replica's own.
 
 pub mod bearer;
 pub mod claims;
 pub mod client_credentials;
 pub mod introspection;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::authn::{Claims, Identity, Refusal, RefusalKind};
 use crate::clock::Clock;
@@ -18,6 +20,7 @@ use crate::flow::client_credentials::{ClientCredentials, ClientCreds, CredsError
 use crate::flow::introspection::Introspector;
 use crate::policy::runtime::PolicyRuntime;
 use crate::provider::IdpError;
+use crate::store::Store;
 use crate::telemetry::Metrics;
 
 /// The token methods and their caches (shared by every policy).
@@ -29,16 +32,28 @@ pub struct TokenMethods {
 }
 
 impl TokenMethods {
-    /// Empty caches sized by `config`; token times checked against `clock`.
-    pub fn new(config: &Config, clock: Arc<dyn Clock>, metrics: Arc<Metrics>) -> Self {
+    /// Empty caches sized by `config`; token times checked against `clock`; `shared`: the store the replicas
+    /// share (Redis) as the caches' second level, `None` to keep everything in this process.
+    pub fn new(
+        config: &Config,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        shared: Option<Shared>,
+    ) -> Self {
         TokenMethods {
             bearer: BearerVerifier::new(
                 config.server.token_cache_entries,
                 clock.clone(),
                 metrics.clone(),
             ),
-            cc: ClientCredentials::new(10_000, &config.providers, clock.clone(), metrics.clone()),
-            introspector: Introspector::new(100_000, clock, metrics),
+            cc: ClientCredentials::new(
+                10_000,
+                &config.providers,
+                clock.clone(),
+                metrics.clone(),
+                shared.clone(),
+            ),
+            introspector: Introspector::new(100_000, clock, metrics, shared),
         }
     }
 
@@ -140,6 +155,99 @@ impl TokenMethods {
             Ok(verified) => Ok(token_identity(method, verified)),
             Err(refusal) => Err(refusal.during(method)),
         }
+    }
+}
+
+/// How long the store is left alone after it failed: the token methods answer from this replica's caches and
+/// the IdP meanwhile, then try it again (so sharing resumes by itself when Redis is back).
+const SHARED_PAUSE: Duration = Duration::from_secs(1);
+
+/// The store as the second level of the token methods' caches (and the JWKS refetch limiter): best effort. A
+/// failed or slow store operation (bounded by the store's timeout; logged and counted by [`Store`]) is no answer,
+/// and the store is then skipped for [`SHARED_PAUSE`]: the caller goes on with its local cache and the IdP, so a
+/// Redis outage never refuses a token. Keys are hashes ([`crate::cache::key`]); values are sealed by the store.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    store: Arc<Store>,
+    /// No store operation before this instant (after a failure).
+    paused_until: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Shared {
+    /// The second level over `store` (a shared one: Redis).
+    pub fn new(store: Arc<Store>) -> Self {
+        Shared {
+            store,
+            paused_until: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    fn paused(&self) -> bool {
+        let until = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        until.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// The outcome of one store operation: its value, or `None` (and a pause) when it failed.
+    fn outcome<T>(&self, res: Result<T, crate::store::StoreError>) -> Option<T> {
+        match res {
+            Ok(v) => Some(v),
+            Err(_) => {
+                let mut until = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+                if until.is_none_or(|t| Instant::now() >= t) {
+                    tracing::warn!(
+                        pause_ms = SHARED_PAUSE.as_millis() as u64,
+                        "the shared store failed; token methods use this replica's caches and the identity provider"
+                    );
+                }
+                *until = Some(Instant::now() + SHARED_PAUSE);
+                None
+            }
+        }
+    }
+
+    /// The value of `kind`/`id`, if the store has one and answers.
+    pub async fn get(&self, kind: &str, id: &crate::cache::Key) -> Option<Vec<u8>> {
+        if self.paused() {
+            return None;
+        }
+        let res = self.store.get(kind, id).await;
+        self.outcome(res).flatten()
+    }
+
+    /// Stores `value` under `kind`/`id` for `ttl` (nothing for a zero TTL).
+    pub async fn put(&self, kind: &str, id: &crate::cache::Key, value: &[u8], ttl: Duration) {
+        if ttl.is_zero() || self.paused() {
+            return;
+        }
+        let res = self.store.put(kind, id, value, ttl).await;
+        self.outcome(res);
+    }
+
+    /// Takes `kind`/`id` for `ttl` if nobody holds it: whether it was taken; `None` when the store did not answer.
+    pub async fn put_new(&self, kind: &str, id: &crate::cache::Key, ttl: Duration) -> Option<bool> {
+        if ttl.is_zero() || self.paused() {
+            return None;
+        }
+        let res = self.store.put_new(kind, id, b"1", ttl).await;
+        self.outcome(res)
+    }
+
+    /// Counts one under `kind`/`id` (the count lives `ttl` from its first): the new count.
+    pub async fn incr(&self, kind: &str, id: &crate::cache::Key, ttl: Duration) -> Option<u64> {
+        if ttl.is_zero() || self.paused() {
+            return None;
+        }
+        let res = self.store.incr(kind, id, ttl).await;
+        self.outcome(res)
+    }
+
+    /// Removes `kind`/`id`.
+    pub async fn delete(&self, kind: &str, id: &crate::cache::Key) {
+        if self.paused() {
+            return;
+        }
+        let res = self.store.delete(kind, id).await;
+        self.outcome(res);
     }
 }
 
