@@ -9,7 +9,9 @@ pub mod client_credentials;
 pub mod introspection;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::authn::{Claims, Identity, Refusal, RefusalKind};
 use crate::clock::Clock;
