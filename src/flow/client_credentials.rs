@@ -696,7 +696,8 @@ impl ClientCredentials {
             // The known-good secret: no gate, no lock-out, no bucket (guesses cannot make it wait or spend it).
             let grant = self.grant(provider, creds, scopes, neg_ttl).await?;
             let client = guard.client(&creds.client_id);
-            self.share_outcome(provider.name(), guard, creds, &grant).await;
+            self.share_outcome(provider.name(), guard, creds, &grant)
+                .await;
             match grant.as_ref() {
                 Grant::Token { .. } => client.set_good(Some(creds.secret.expose())),
                 Grant::Refused {
@@ -709,7 +710,7 @@ impl ClientCredentials {
                         .shared_refusal(provider.name(), guard, &client, &creds.client_id)
                         .await
                         && let Ok(mut window) =
-                        tokio::time::timeout(GATE_WAIT, client.gate.lock()).await
+                            tokio::time::timeout(GATE_WAIT, client.gate.lock()).await
                         && guard.refused(&client, &mut window, self.clock.now())
                     {
                         tracing::warn!(provider = %provider.name(), client_id = %creds.client_id, threshold = guard.threshold, lockout_secs = guard.lockout_secs, "client id locked out after repeated refused client credentials");
@@ -738,7 +739,8 @@ impl ClientCredentials {
             return Err(GrantError::Throttled(retry_after));
         }
         let grant = self.grant(provider, creds, scopes, neg_ttl).await?;
-        self.share_outcome(provider.name(), guard, creds, &grant).await;
+        self.share_outcome(provider.name(), guard, creds, &grant)
+            .await;
         match grant.as_ref() {
             Grant::Token { .. } => {
                 *window = RefusalWindow::default();
@@ -908,6 +910,49 @@ mod tests {
         let mut w = RefusalWindow::default();
         assert!((0..100).all(|i| !g.refused(&c, &mut w, 1_000 + i)));
         assert_eq!(ProviderGuard::locked(&c, 1_100), None);
+    }
+
+    /// What another replica reads back is what was granted, with the time left; nothing past its end.
+    #[test]
+    fn stored_grants_read_back_until_their_end() {
+        let token = Grant::Token {
+            access_token: "at".into(),
+            expires_at: 1_100,
+            ttl: Duration::from_secs(100),
+        };
+        let json = serde_json::to_vec(&StoredGrant::of(&token, 1_000)).unwrap();
+        let back = |now| {
+            serde_json::from_slice::<StoredGrant>(&json)
+                .unwrap()
+                .grant(now)
+        };
+        match back(1_040) {
+            Some(Grant::Token {
+                access_token,
+                expires_at: 1_100,
+                ttl,
+            }) => {
+                assert_eq!(&*access_token, "at");
+                assert_eq!(ttl, Duration::from_secs(60));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(back(1_100).is_none(), "expired");
+        let refused = Grant::Refused {
+            reason: GrantRefusal::InvalidClient,
+            ttl: Duration::from_secs(30),
+        };
+        let json = serde_json::to_vec(&StoredGrant::of(&refused, 1_000)).unwrap();
+        let back = |now| {
+            serde_json::from_slice::<StoredGrant>(&json)
+                .unwrap()
+                .grant(now)
+        };
+        assert!(matches!(
+            back(1_010),
+            Some(Grant::Refused { reason: GrantRefusal::InvalidClient, ttl }) if ttl == Duration::from_secs(20)
+        ));
+        assert!(back(1_030).is_none());
     }
 
     #[test]

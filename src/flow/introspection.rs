@@ -15,8 +15,8 @@ use serde_json::{Map, Value};
 use crate::cache::{self, Expires};
 use crate::clock::Clock;
 use crate::config::{MAX_TOKEN_BYTES, Policy};
-use crate::flow::bearer::{Verified, not_access_token, unverified_not_access_token};
 use crate::flow::Shared;
+use crate::flow::bearer::{Verified, not_access_token, unverified_not_access_token};
 use crate::flow::claims::{self, TimeError};
 use crate::provider::{IdpError, Provider};
 use crate::telemetry::Metrics;
@@ -403,6 +403,37 @@ mod tests {
             "scope": "api:read", "iat": NOW, "exp": NOW + 3600,
         });
         crate::flow::claims::tests::with(base, extra)
+    }
+
+    /// An answer read back from the store is the one stored, and stands until the same moment.
+    #[test]
+    fn stored_answers_read_back() {
+        let active = Answer::Active {
+            verified: Arc::new(Verified {
+                claims: answer(json!({})),
+                exp: NOW + 3600,
+            }),
+            until: NOW + 300,
+        };
+        for a in [
+            active,
+            Answer::Inactive { until: NOW + 30 },
+            Answer::Refused { until: NOW + 30 },
+        ] {
+            let json = serde_json::to_vec(&Stored::of(&a)).unwrap();
+            let back = serde_json::from_slice::<Stored>(&json).unwrap().answer();
+            assert_eq!(back.until(), a.until());
+            assert!(back.stands(a.until() - 1) && !back.stands(a.until()));
+            match (&a, &back) {
+                (Answer::Active { verified: x, .. }, Answer::Active { verified: y, .. }) => {
+                    assert_eq!(x.claims, y.claims);
+                    assert_eq!(x.exp, y.exp);
+                }
+                (Answer::Inactive { .. }, Answer::Inactive { .. })
+                | (Answer::Refused { .. }, Answer::Refused { .. }) => {}
+                _ => panic!("{a:?} came back as {back:?}"),
+            }
+        }
     }
 
     #[test]

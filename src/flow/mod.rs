@@ -171,6 +171,8 @@ const SHARED_PAUSE: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct Shared {
     store: Arc<Store>,
+    /// How long a failed store is left alone ([`SHARED_PAUSE`]).
+    pause: Duration,
     /// No store operation before this instant (after a failure).
     paused_until: Arc<Mutex<Option<Instant>>>,
 }
@@ -178,8 +180,14 @@ pub struct Shared {
 impl Shared {
     /// The second level over `store` (a shared one: Redis).
     pub fn new(store: Arc<Store>) -> Self {
+        Self::with_pause(store, SHARED_PAUSE)
+    }
+
+    /// The second level over `store`, left alone for `pause` after a failure.
+    pub fn with_pause(store: Arc<Store>, pause: Duration) -> Self {
         Shared {
             store,
+            pause,
             paused_until: Arc::new(Mutex::new(None)),
         }
     }
@@ -197,11 +205,11 @@ impl Shared {
                 let mut until = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
                 if until.is_none_or(|t| Instant::now() >= t) {
                     tracing::warn!(
-                        pause_ms = SHARED_PAUSE.as_millis() as u64,
+                        pause_ms = self.pause.as_millis() as u64,
                         "the shared store failed; token methods use this replica's caches and the identity provider"
                     );
                 }
-                *until = Some(Instant::now() + SHARED_PAUSE);
+                *until = Some(Instant::now() + self.pause);
                 None
             }
         }
@@ -269,5 +277,113 @@ fn token_identity(method: AuthMethod, verified: Arc<Verified>) -> Identity {
         upstream_token: None,
         id_token: None,
         set_cookies: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures::future::BoxFuture;
+    use tokio::sync::broadcast;
+
+    use super::*;
+    use crate::cache;
+    use crate::store::{Backend, StoreError};
+
+    /// A Redis that hangs: every operation is counted and never answers.
+    #[derive(Debug)]
+    struct Hung(Arc<AtomicUsize>);
+
+    impl Hung {
+        fn hang<'a, T: Send + 'a>(&'a self) -> BoxFuture<'a, Result<T, StoreError>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(futures::future::pending())
+        }
+    }
+
+    impl Backend for Hung {
+        fn get<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+            self.hang()
+        }
+        fn set<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a [u8],
+            _: Duration,
+        ) -> BoxFuture<'a, Result<(), StoreError>> {
+            self.hang()
+        }
+        fn set_new<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a [u8],
+            _: Duration,
+        ) -> BoxFuture<'a, Result<bool, StoreError>> {
+            self.hang()
+        }
+        fn delete<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+            self.hang()
+        }
+        fn incr<'a>(&'a self, _: &'a str, _: Duration) -> BoxFuture<'a, Result<u64, StoreError>> {
+            self.hang()
+        }
+        fn publish<'a>(&'a self, _: &'a str, _: &'a [u8]) -> BoxFuture<'a, Result<(), StoreError>> {
+            self.hang()
+        }
+        fn subscribe(&self, _: String, _: broadcast::Sender<Vec<u8>>) {}
+        fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+            self.hang()
+        }
+    }
+
+    fn hung(pause: Duration) -> (Shared, Arc<AtomicUsize>, Arc<Metrics>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let metrics = Arc::new(Metrics::new());
+        let store = Store::with_backend(
+            Box::new(Hung(calls.clone())),
+            "t:",
+            None,
+            Duration::from_millis(20),
+            metrics.clone(),
+        );
+        (Shared::with_pause(Arc::new(store), pause), calls, metrics)
+    }
+
+    /// A hung store is no answer (after the store's timeout, counted as an error), and is then left alone: the
+    /// next operations do not wait for it.
+    #[tokio::test]
+    async fn a_failed_store_is_no_answer_and_is_left_alone_for_the_pause() {
+        let (shared, calls, metrics) = hung(Duration::from_secs(3600));
+        let id = cache::key(&["x"]);
+        assert_eq!(shared.get("k", &id).await, None);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(
+            metrics
+                .render()
+                .contains("oidc_authz_store_requests_total{op=\"get\",outcome=\"error\"} 1"),
+            "{}",
+            metrics.render()
+        );
+        let ttl = Duration::from_secs(60);
+        shared.put("k", &id, b"v", ttl).await;
+        assert_eq!(shared.put_new("k", &id, ttl).await, None);
+        assert_eq!(shared.incr("k", &id, ttl).await, None);
+        shared.delete("k", &id).await;
+        assert_eq!(shared.get("k", &id).await, None);
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "paused: not asked again");
+    }
+
+    /// Past the pause the store is asked again (so sharing resumes by itself); a zero TTL is never stored.
+    #[tokio::test]
+    async fn past_the_pause_the_store_is_asked_again() {
+        let (shared, calls, _) = hung(Duration::ZERO);
+        let id = cache::key(&["x"]);
+        assert_eq!(shared.get("k", &id).await, None);
+        assert_eq!(shared.get("k", &id).await, None);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        shared.put("k", &id, b"v", Duration::ZERO).await;
+        assert_eq!(shared.put_new("k", &id, Duration::ZERO).await, None);
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "a zero TTL stores nothing");
     }
 }

@@ -11,7 +11,9 @@ use crate::support::*;
 
 /// The `[store]` table of replicas sharing `redis`.
 fn store_toml(redis: &RedisServer) -> String {
-    let bytes: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(37).wrapping_add(11)).collect();
+    let bytes: Vec<u8> = (0..32u8)
+        .map(|i| i.wrapping_mul(37).wrapping_add(11))
+        .collect();
     let secret = base64::engine::general_purpose::STANDARD.encode(bytes);
     format!(
         "[store]\nbackend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"t13:\"\nsecret = \"{secret}\"\ntimeout_ms = 2000\n",
@@ -83,14 +85,21 @@ async fn introspection_answers_are_shared() {
     let statuses = burst(&a, &b, 1000, req("/x").policy("intro").bearer(&t)).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     let cold = idp.introspect_hits();
-    assert!((1..=2).contains(&cold), "cold burst: {cold} introspection calls");
+    assert!(
+        (1..=2).contains(&cold),
+        "cold burst: {cold} introspection calls"
+    );
     println!("cold burst of 1000 over 2 replicas: {cold} introspection call(s)");
 
     // another new token: A asks the IdP once, then a burst over B (which never saw it) asks nothing
     let t2 = idp.opaque(json!({}));
-    ask(&a, req("/x").policy("intro").bearer(&t2)).await.assert_allow();
+    ask(&a, req("/x").policy("intro").bearer(&t2))
+        .await
+        .assert_allow();
     assert_eq!(idp.introspect_hits(), cold + 1);
-    let statuses = b.concurrent(500, req("/x").policy("intro").bearer(&t2).build()).await;
+    let statuses = b
+        .concurrent(500, req("/x").policy("intro").bearer(&t2).build())
+        .await;
     assert!(statuses.iter().all(|s| *s == 200));
     assert_eq!(idp.introspect_hits(), cold + 1, "B used A's stored answer");
     // and another burst over both: nothing more
@@ -105,7 +114,11 @@ async fn introspection_answers_are_shared() {
     ask(&b, req("/x").policy("intro").bearer("op-never-issued"))
         .await
         .assert_deny(401, "invalid_token");
-    assert_eq!(idp.introspect_hits(), cold + 2, "B used A's negative answer");
+    assert_eq!(
+        idp.introspect_hits(),
+        cold + 2,
+        "B used A's negative answer"
+    );
     // the claims B serves are the IdP's
     let via_b = ask(&b, req("/x").policy("intro").bearer(&t2)).await;
     assert_eq!(via_b.header("x-user"), Some("alice@example.com"));
@@ -129,7 +142,13 @@ async fn client_credentials_tokens_are_shared() {
     let token = via_a.header("authorization").expect("a token upstream");
     assert_eq!(via_b.header("authorization"), Some(token), "the same token");
     // a burst over both: no grant
-    let statuses = burst(&a, &b, 200, req("/x").policy("cc").basic("cc-app", "cc-app-secret")).await;
+    let statuses = burst(
+        &a,
+        &b,
+        200,
+        req("/x").policy("cc").basic("cc-app", "cc-app-secret"),
+    )
+    .await;
     assert!(statuses.iter().all(|s| *s == 200));
     assert_eq!(idp.token_hits(), 1);
 
@@ -143,7 +162,11 @@ async fn client_credentials_tokens_are_shared() {
     assert_eq!(idp.token_hits(), 2, "B used A's remembered refusal");
 
     let token = token.trim_start_matches("Bearer ").to_string();
-    nothing_readable(&redis, &[&token, "cc-app-secret", "wrong-one", "oidc-authz-secret"]).await;
+    nothing_readable(
+        &redis,
+        &[&token, "cc-app-secret", "wrong-one", "oidc-authz-secret"],
+    )
+    .await;
 }
 
 /// Wrong secrets spread over A and B lock the client id out after the threshold in total, on both; the secret
@@ -162,32 +185,61 @@ async fn guessing_is_counted_over_both_replicas() {
     // client_lockout_threshold = 5: guesses 0..5 alternate between A and B and reach the IdP
     for i in 0..5 {
         let s = if i % 2 == 0 { &a } else { &b };
-        let g = ask(s, req("/x").policy("cc").basic("cc-app", &format!("guess-{i}"))).await;
+        let g = ask(
+            s,
+            req("/x")
+                .policy("cc")
+                .basic("cc-app", &format!("guess-{i}")),
+        )
+        .await;
         g.assert_deny(401, "invalid_client");
-        assert_eq!(g.header("retry-after"), None, "guess {i} is below the threshold");
+        assert_eq!(
+            g.header("retry-after"),
+            None,
+            "guess {i} is below the threshold"
+        );
     }
     assert_eq!(idp.token_hits(), 6);
     // the threshold is reached in total (3 on A, 2 on B): locked out on both, the IdP not asked
     for (i, s) in [&a, &b, &a, &b].into_iter().enumerate() {
-        let g = ask(s, req("/x").policy("cc").basic("cc-app", &format!("more-{i}"))).await;
+        let g = ask(
+            s,
+            req("/x").policy("cc").basic("cc-app", &format!("more-{i}")),
+        )
+        .await;
         g.assert_deny(401, "invalid_client");
-        assert!(g.header("retry-after").is_some(), "locked out: says when to retry");
+        assert!(
+            g.header("retry-after").is_some(),
+            "locked out: says when to retry"
+        );
     }
-    assert_eq!(idp.token_hits(), 6, "nothing of a locked-out client id reaches the IdP");
+    assert_eq!(
+        idp.token_hits(),
+        6,
+        "nothing of a locked-out client id reaches the IdP"
+    );
     let lockouts = a.metric(LOCKOUTS).await + b.metric(LOCKOUTS).await;
     assert_eq!(lockouts, 1.0, "one lock-out, started by one replica");
 
     // B never got a token for cc-app, but the secret that last got one (through A) is known good everywhere:
     // a new grant for other scopes goes through
-    ask(&b, req("/x").policy("cc_only").basic("cc-app", "cc-app-secret"))
-        .await
-        .assert_allow();
+    ask(
+        &b,
+        req("/x").policy("cc_only").basic("cc-app", "cc-app-secret"),
+    )
+    .await
+    .assert_allow();
     assert_eq!(idp.token_hits(), 7);
 
     // another client id: a burst of distinct guesses over both replicas at once reaches the IdP at most
     // threshold + 1 times (one grant may be in flight on the other replica when the count reaches it)
     let before = idp.token_hits();
-    let r = |i: usize| req("/x").policy("cc").basic("cc-readonly", &format!("burst-{i}")).build();
+    let r = |i: usize| {
+        req("/x")
+            .policy("cc")
+            .basic("cc-readonly", &format!("burst-{i}"))
+            .build()
+    };
     let (x, y) = tokio::join!(
         async {
             let mut c = a.client().await;
@@ -204,7 +256,10 @@ async fn guessing_is_counted_over_both_replicas() {
     );
     let _ = (x, y);
     let calls = idp.token_hits() - before;
-    assert!((5..=6).contains(&calls), "{calls} grants for 40 guesses over 2 replicas");
+    assert!(
+        (5..=6).contains(&calls),
+        "{calls} grants for 40 guesses over 2 replicas"
+    );
 
     nothing_readable(&redis, &["cc-app-secret", "guess-", "more-", "burst-"]).await;
 }
@@ -253,7 +308,9 @@ async fn the_jwks_refetch_limit_holds_across_replicas() {
     // each replica still verifies tokens with its own keys
     let good = idp.mint(json!({}));
     for s in [&a, &b] {
-        ask(s, req("/x").policy("api").bearer(&good)).await.assert_allow();
+        ask(s, req("/x").policy("api").bearer(&good))
+            .await
+            .assert_allow();
     }
 }
 
@@ -269,8 +326,12 @@ async fn redis_down_token_methods_keep_working_and_sharing_resumes() {
     let jwt = idp.mint(json!({}));
     let opaque = idp.opaque(json!({}));
     for s in [&a, &b] {
-        ask(s, req("/x").policy("api").bearer(&jwt)).await.assert_allow();
-        ask(s, req("/x").policy("intro").bearer(&opaque)).await.assert_allow();
+        ask(s, req("/x").policy("api").bearer(&jwt))
+            .await
+            .assert_allow();
+        ask(s, req("/x").policy("intro").bearer(&opaque))
+            .await
+            .assert_allow();
         ask(s, req("/x").policy("cc").basic("cc-app", "cc-app-secret"))
             .await
             .assert_allow();
@@ -281,7 +342,11 @@ async fn redis_down_token_methods_keep_working_and_sharing_resumes() {
     ask(&a, req("/x").policy("cc").basic("cc-app", "while-down"))
         .await
         .assert_deny(401, "invalid_client");
-    assert!(a.metric("oidc_authz_store_requests_total{op=\"get\",outcome=\"error\"}").await >= 1.0);
+    assert!(
+        a.metric("oidc_authz_store_requests_total{op=\"get\",outcome=\"error\"}")
+            .await
+            >= 1.0
+    );
 
     redis.restart().await;
     connected(&a).await;
@@ -291,8 +356,12 @@ async fn redis_down_token_methods_keep_working_and_sharing_resumes() {
     for _ in 0..150 {
         let t = idp.opaque(json!({}));
         let before = idp.introspect_hits();
-        ask(&a, req("/x").policy("intro").bearer(&t)).await.assert_allow();
-        ask(&b, req("/x").policy("intro").bearer(&t)).await.assert_allow();
+        ask(&a, req("/x").policy("intro").bearer(&t))
+            .await
+            .assert_allow();
+        ask(&b, req("/x").policy("intro").bearer(&t))
+            .await
+            .assert_allow();
         if idp.introspect_hits() - before == 1 {
             return;
         }
