@@ -53,10 +53,18 @@ async fn burst(a: &TestServer, b: &TestServer, n: usize, r: Req) -> Vec<u16> {
     x.into_iter().chain(y).collect()
 }
 
-/// Nothing in Redis names a token, a secret or a code: keys are hashes under the prefix, values sealed.
-async fn nothing_readable(redis: &RedisServer, secrets: &[&str]) {
+/// Nothing in Redis names a token, a secret or a code: keys are hashes under the prefix, values sealed; and
+/// something of each of `kinds` is there.
+async fn nothing_readable(redis: &RedisServer, secrets: &[&str], kinds: &[&str]) {
     let at_rest = redis.dump().await;
-    assert!(!at_rest.is_empty(), "the replicas stored nothing");
+    for kind in kinds {
+        let prefix = format!("t13:{kind}:");
+        assert!(
+            at_rest.iter().any(|(k, _)| k.starts_with(&prefix)),
+            "no {kind} entry in {:?}",
+            at_rest.iter().map(|(k, _)| k).collect::<Vec<_>>()
+        );
+    }
     for (k, v) in &at_rest {
         assert!(k.starts_with("t13:"), "{k}");
         let v = String::from_utf8_lossy(v);
@@ -123,7 +131,7 @@ async fn introspection_answers_are_shared() {
     let via_b = ask(&b, req("/x").policy("intro").bearer(&t2)).await;
     assert_eq!(via_b.header("x-user"), Some("alice@example.com"));
 
-    nothing_readable(&redis, &[&t, &t2, "op-never-issued"]).await;
+    nothing_readable(&redis, &[&t, &t2, "op-never-issued"], &["introspection"]).await;
 }
 
 /// A client-credentials token granted through A is served by B without a grant; a refusal is remembered for both.
@@ -165,6 +173,7 @@ async fn client_credentials_tokens_are_shared() {
     nothing_readable(
         &redis,
         &[&token, "cc-app-secret", "wrong-one", "oidc-authz-secret"],
+        &["cc", "cc-good"],
     )
     .await;
 }
@@ -261,7 +270,13 @@ async fn guessing_is_counted_over_both_replicas() {
         "{calls} grants for 40 guesses over 2 replicas"
     );
 
-    nothing_readable(&redis, &["cc-app-secret", "guess-", "more-", "burst-"]).await;
+    println!("40 distinct guesses over 2 replicas at once: {calls} grants");
+    nothing_readable(
+        &redis,
+        &["cc-app-secret", "guess-", "more-", "burst-"],
+        &["cc-good", "cc-lockout"],
+    )
+    .await;
 }
 
 const LOCKOUTS: &str = "oidc_authz_client_lockouts_total{provider=\"okta\"}";
@@ -305,6 +320,7 @@ async fn the_jwks_refetch_limit_holds_across_replicas() {
     }
     let calls = idp.jwks_hits() - before;
     assert_eq!(calls, 1, "one JWKS refetch for both replicas in the window");
+    nothing_readable(&redis, &[], &["jwks-refetch"]).await;
     // each replica still verifies tokens with its own keys
     let good = idp.mint(json!({}));
     for s in [&a, &b] {
