@@ -238,12 +238,19 @@ impl Introspector {
         let Some(shared) = &self.shared else {
             return self.ask(provider, policy, token).await;
         };
+        // An active answer is checked again against this replica's provider config (another replica may run
+        // another config during a rollout): one it would not accept is no answer, and the IdP is asked.
+        let now = self.clock.now();
         let stored = shared
             .get(SHARED_KIND, k)
             .await
             .and_then(|v| serde_json::from_slice::<Stored>(&v).ok())
             .map(Stored::answer)
-            .filter(|a| a.stands(self.clock.now()));
+            .filter(|a| a.stands(now))
+            .filter(|a| match a {
+                Answer::Active { verified, .. } => refusal(&verified.claims, provider, now).is_ok(),
+                Answer::Inactive { .. } | Answer::Refused { .. } => true,
+            });
         self.metrics
             .cache_lookup("introspection_shared", stored.is_some());
         if let Some(a) = stored {

@@ -385,3 +385,31 @@ async fn redis_down_token_methods_keep_working_and_sharing_resumes() {
     }
     panic!("the replicas did not share again within 30 s of Redis coming back");
 }
+
+/// Replicas on different configs (a rollout): an active answer A stored is checked again against B's provider
+/// config, so B never allows a token its own config refuses.
+#[tokio::test]
+async fn a_stored_answer_is_checked_against_each_replicas_config() {
+    let idp = MockIdp::start().await;
+    let redis = RedisServer::start().await;
+    let a = serve(&idp).extra(&store_toml(&redis)).ready().await;
+    let b = serve(&idp)
+        .edit(
+            "audiences = [\"api://default\"]",
+            "audiences = [\"api://other\"]",
+        )
+        .extra(&store_toml(&redis))
+        .ready()
+        .await;
+    connected(&a).await;
+    connected(&b).await;
+    let t = idp.opaque(json!({}));
+    ask(&a, req("/x").policy("intro").bearer(&t))
+        .await
+        .assert_allow();
+    assert_eq!(idp.introspect_hits(), 1);
+    ask(&b, req("/x").policy("intro").bearer(&t))
+        .await
+        .assert_deny(401, "invalid_token");
+    assert_eq!(idp.introspect_hits(), 2, "B asked for its own judgement");
+}
