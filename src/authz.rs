@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use crate::authn::{Authenticated, Refusal};
 use crate::clock::Clock;
-use crate::config::{AuthMethod, Config};
+use crate::config::{AuthMethod, Config, StoreBackendConfig};
 use crate::credentials::Credentials;
 use crate::decision::Decision;
-use crate::flow::TokenMethods;
+use crate::flow::{Shared, TokenMethods};
 use crate::login::Logins;
 use crate::policy::headers;
 use crate::policy::runtime::{self, PolicyRuntime};
@@ -74,17 +74,23 @@ impl Authorizer {
         rng: Arc<dyn Rng>,
         idp: Arc<dyn IdpClient>,
     ) -> Self {
+        let store = Arc::new(Store::new(&config.store, metrics.clone()));
+        // The token methods' caches and the JWKS refetch limiter go through the store only when it is shared.
+        let shared = matches!(config.store.backend, StoreBackendConfig::Redis { .. })
+            .then(|| Shared::new(store.clone()));
         let providers: Arc<[Arc<Provider>]> = config
             .providers
             .iter()
-            .map(|p| Arc::new(Provider::new(p.clone(), idp.clone(), metrics.clone())))
+            .map(|p| {
+                let p = Provider::new(p.clone(), idp.clone(), metrics.clone());
+                Arc::new(p.with_shared(shared.clone()))
+            })
             .collect();
-        let store = Arc::new(Store::new(&config.store, metrics.clone()));
         // A token policy on a provider without `audiences` is a config error unless it says
         // `allow_any_audience = true` (config validation), so no warning is needed here.
         Authorizer {
             policies: runtime::compile(&config, &providers, &metrics),
-            tokens: TokenMethods::new(&config, clock.clone(), metrics.clone()),
+            tokens: TokenMethods::new(&config, clock.clone(), metrics.clone(), shared),
             logins: Logins::new(clock, rng, metrics.clone(), config.server.check_timeout / 2),
             unselected: metrics.policy_counters("-"),
             store,

@@ -10,4 +10,5 @@ mod grpc;
 mod introspection;
 mod login;
 mod provider;
+mod shared_caches;
 mod store;
