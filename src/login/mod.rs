@@ -28,6 +28,7 @@ use crate::login::store::{
 use crate::provider::Provider;
 use crate::request::CheckView;
 use crate::rng::Rng;
+use crate::store::sessions::{SessionIndex, SessionRecord};
 use crate::telemetry::Metrics;
 
 /// Logout revocations that may run at once per provider.
@@ -78,6 +79,8 @@ pub struct Logins {
     /// The login's state, nonce, PKCE verifier and session ids.
     rng: Arc<dyn Rng>,
     metrics: Arc<Metrics>,
+    /// Every login's session, by user (the admin API lists and revokes them).
+    index: Option<SessionIndex>,
 }
 
 impl Logins {
@@ -99,7 +102,27 @@ impl Logins {
             clock,
             rng,
             metrics,
+            index: None,
         }
+    }
+
+    /// The same, recording every new session in `index`.
+    pub fn with_index(self, index: SessionIndex) -> Self {
+        Logins {
+            index: Some(index),
+            ..self
+        }
+    }
+
+    /// The session index, when there is one.
+    pub fn index(&self) -> Option<&SessionIndex> {
+        self.index.as_ref()
+    }
+
+    /// Ends the session whose ended-session key is `key` (until `until`), on every replica the ended sessions
+    /// reach: the admin API's revoke.
+    pub async fn end(&self, key: cache::Key, until: u64) {
+        self.ended.end(key, until).await;
     }
 
     /// The login's part of a Check: the callback, the logout, a session, or the redirect to log in. `None` when
@@ -142,7 +165,10 @@ impl Logins {
         cookies: &RequestCookies<'_>,
     ) -> Result<Authenticated, Refusal> {
         match login.callback(view, cookies).await {
-            Ok(r) => Ok(Authenticated::Redirect(r.for_request(cookies))),
+            Ok(r) => {
+                self.index_new_session(login, &r.set_cookies).await?;
+                Ok(Authenticated::Redirect(r.for_request(cookies)))
+            }
             Err(CallbackError::Idp(e)) => Err(Refusal::idp(login.provider.name(), &e)),
             Err(e) => {
                 tracing::info!(policy.name = %login.policy.name, reason = %e, "login callback refused");
@@ -219,6 +245,40 @@ impl Logins {
         Err(Refusal::login_required(login_uri).with_cookies(clear))
     }
 
+    /// Records the session a callback just made (read back from its cookies, which also warms the opened-session
+    /// cache for the browser's next request). A session that cannot be indexed could not be revoked: 503.
+    async fn index_new_session(
+        &self,
+        login: &Login<'_>,
+        set_cookies: &[crate::login::cookie::SetCookie],
+    ) -> Result<(), Refusal> {
+        let Some(index) = &self.index else {
+            return Ok(());
+        };
+        let pairs: Vec<String> = set_cookies
+            .iter()
+            .map(|c| c.clone().into_header().split(';').next().unwrap_or("").to_string())
+            .collect();
+        let pairs: Vec<&str> = pairs.iter().map(String::as_str).collect();
+        let reference = login.store.find(&RequestCookies::parse(&pairs)).flatten();
+        let opened = match reference {
+            Some(r) => self.open_session(login, &r).await.ok(),
+            None => None,
+        };
+        let Some(opened) = opened else {
+            return Ok(());
+        };
+        let data = &opened.data;
+        let sub = opened.claims.get("sub").and_then(|v| v.as_str()).unwrap_or("");
+        let until = data.created.saturating_add(login.settings.absolute_timeout);
+        let record =
+            SessionRecord::new(&data.sid, &opened.ended_key, &login.policy.name, sub, data.created, until);
+        index.record(&record, self.clock.now()).await.map_err(|e| {
+            tracing::warn!(policy.name = %login.policy.name, error = %e, "login: the new session cannot be indexed");
+            Refusal::unavailable("the session store is unavailable")
+        })
+    }
+
     /// Opens a session (tokens verified), refuses an ended one, refreshes it when needed.
     async fn session(
         &self,
@@ -246,12 +306,19 @@ impl Logins {
             return Ok(hit);
         }
         self.metrics.cache_lookup("session", false);
-        self.sessions
+        let opened = self
+            .sessions
             .try_get_with(key, async {
                 login.open_session(reference).await.map(Arc::new)
             })
             .await
-            .map_err(|e| (*e).clone())
+            .map_err(|e| (*e).clone())?;
+        if let Some(index) = self.index.clone() {
+            // Last seen, to this cache's granularity; best effort on its own task (it decides nothing).
+            let (sid, now) = (opened.data.sid.clone(), self.clock.now());
+            tokio::spawn(async move { index.seen(&sid, now).await });
+        }
+        Ok(opened)
     }
 
     /// Logout of a session: remembered as ended until its absolute expiry, and its tokens revoked at the

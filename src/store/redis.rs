@@ -261,4 +261,44 @@ impl Backend for RedisBackend {
             }
         })
     }
+
+    fn add_member<'a>(
+        &'a self,
+        key: &'a str,
+        member: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let ms = ttl.as_millis().max(1) as u64;
+        Box::pin(async move {
+            // SADD, and the set's lifetime extended to `ttl` when it has less: one script, so a set is never left
+            // without a lifetime.
+            let script = redis::Script::new(
+                "redis.call('SADD', KEYS[1], ARGV[1]) \
+                 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end \
+                 return 1",
+            );
+            let mut invocation = script.key(key);
+            invocation.arg(member).arg(ms);
+            let _: i64 = match self.conn()? {
+                Conn::Single(mut c) => invocation.invoke_async(&mut c).await.map_err(unavailable)?,
+                Conn::Cluster(mut c) => invocation.invoke_async(&mut c).await.map_err(unavailable)?,
+            };
+            Ok(())
+        })
+    }
+
+    fn remove_member<'a>(
+        &'a self,
+        key: &'a str,
+        member: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.query::<()>(redis::cmd("SREM").arg(key).arg(member).clone())
+                .await
+        })
+    }
+
+    fn members<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Vec<Vec<u8>>, StoreError>> {
+        Box::pin(async move { self.query(redis::cmd("SMEMBERS").arg(key).clone()).await })
+    }
 }
