@@ -78,9 +78,12 @@ impl Admin for AdminService {
             Some(Target::Sub(sub)) if !sub.is_empty() => {
                 index.of_sub(&sub).await.map_err(unavailable)?
             }
-            Some(Target::Id(id)) if !id.is_empty() => {
-                index.get(&id).await.map_err(unavailable)?.into_iter().collect()
-            }
+            Some(Target::Id(id)) if !id.is_empty() => index
+                .get(&id)
+                .await
+                .map_err(unavailable)?
+                .into_iter()
+                .collect(),
             _ => return Err(Status::invalid_argument("name a sub or a session id")),
         };
         for record in &records {
@@ -118,7 +121,10 @@ impl Admin for AdminService {
         &self,
         request: tonic::Request<pb::ExplainRequest>,
     ) -> Result<Response<pb::ExplainResponse>, Status> {
-        Ok(Response::new(explain(&self.authorizer, request.into_inner())))
+        Ok(Response::new(explain(
+            &self.authorizer,
+            request.into_inner(),
+        )))
     }
 }
 
@@ -240,12 +246,18 @@ fn would_use(
     if let Some(flow) = &rt.login {
         match creds.intent {
             Intent::Callback => {
-                return (Some(AuthMethod::AuthorizationCode), "the login's callback path");
+                return (
+                    Some(AuthMethod::AuthorizationCode),
+                    "the login's callback path",
+                );
             }
             Intent::Logout => return (Some(AuthMethod::Session), "the logout path"),
             Intent::Resource if !creds.has_token() => {
                 if flow.store.find(&creds.cookies).is_some() {
-                    return (Some(AuthMethod::Session), "the request carries a session cookie");
+                    return (
+                        Some(AuthMethod::Session),
+                        "the request carries a session cookie",
+                    );
                 }
                 if policy.allows(AuthMethod::AuthorizationCode) && is_browser(view) {
                     return (
@@ -268,7 +280,10 @@ fn would_use(
             let introspect = policy.allows(AuthMethod::Introspection)
                 && (!jwt || policy.introspect_jwt_tokens || !policy.allows(AuthMethod::Bearer));
             if introspect {
-                (Some(AuthMethod::Introspection), "a bearer token, introspected")
+                (
+                    Some(AuthMethod::Introspection),
+                    "a bearer token, introspected",
+                )
             } else {
                 (Some(AuthMethod::Bearer), "a bearer JWT, verified locally")
             }

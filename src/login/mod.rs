@@ -257,7 +257,14 @@ impl Logins {
         };
         let pairs: Vec<String> = set_cookies
             .iter()
-            .map(|c| c.clone().into_header().split(';').next().unwrap_or("").to_string())
+            .map(|c| {
+                c.clone()
+                    .into_header()
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
             .collect();
         let pairs: Vec<&str> = pairs.iter().map(String::as_str).collect();
         let reference = login.store.find(&RequestCookies::parse(&pairs)).flatten();
@@ -269,10 +276,20 @@ impl Logins {
             return Ok(());
         };
         let data = &opened.data;
-        let sub = opened.claims.get("sub").and_then(|v| v.as_str()).unwrap_or("");
+        let sub = opened
+            .claims
+            .get("sub")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
         let until = data.created.saturating_add(login.settings.absolute_timeout);
-        let record =
-            SessionRecord::new(&data.sid, &opened.ended_key, &login.policy.name, sub, data.created, until);
+        let record = SessionRecord::new(
+            &data.sid,
+            &opened.ended_key,
+            &login.policy.name,
+            sub,
+            data.created,
+            until,
+        );
         index.record(&record, self.clock.now()).await.map_err(|e| {
             tracing::warn!(policy.name = %login.policy.name, error = %e, "login: the new session cannot be indexed");
             Refusal::unavailable("the session store is unavailable")

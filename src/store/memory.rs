@@ -49,7 +49,12 @@ struct SetEntry {
 struct SetExpiry;
 
 impl moka::Expiry<String, SetEntry> for SetExpiry {
-    fn expire_after_create(&self, _key: &String, value: &SetEntry, now: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &SetEntry,
+        now: Instant,
+    ) -> Option<Duration> {
         Some(value.expires.saturating_duration_since(now))
     }
 
@@ -211,29 +216,27 @@ impl Backend for MemoryBackend {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         let until = Instant::now() + ttl;
-        self.sets
-            .entry(key.to_string())
-            .and_upsert_with(|old| {
-                let entry = match old {
-                    Some(old) => {
-                        let old = old.into_value();
-                        SetEntry {
-                            expires: old.expires.max(until),
-                            members: old.members,
-                        }
+        self.sets.entry(key.to_string()).and_upsert_with(|old| {
+            let entry = match old {
+                Some(old) => {
+                    let old = old.into_value();
+                    SetEntry {
+                        expires: old.expires.max(until),
+                        members: old.members,
                     }
-                    None => SetEntry {
-                        members: Arc::default(),
-                        expires: until,
-                    },
-                };
-                entry
-                    .members
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(member.to_vec());
-                entry
-            });
+                }
+                None => SetEntry {
+                    members: Arc::default(),
+                    expires: until,
+                },
+            };
+            entry
+                .members
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(member.to_vec());
+            entry
+        });
         ready(Ok(()))
     }
 

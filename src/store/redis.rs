@@ -280,8 +280,12 @@ impl Backend for RedisBackend {
             let mut invocation = script.key(key);
             invocation.arg(member).arg(ms);
             let _: i64 = match self.conn()? {
-                Conn::Single(mut c) => invocation.invoke_async(&mut c).await.map_err(unavailable)?,
-                Conn::Cluster(mut c) => invocation.invoke_async(&mut c).await.map_err(unavailable)?,
+                Conn::Single(mut c) => {
+                    invocation.invoke_async(&mut c).await.map_err(unavailable)?
+                }
+                Conn::Cluster(mut c) => {
+                    invocation.invoke_async(&mut c).await.map_err(unavailable)?
+                }
             };
             Ok(())
         })

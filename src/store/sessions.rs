@@ -198,11 +198,18 @@ mod tests {
         let alice = index.of_sub("alice").await.expect("alice");
         assert_eq!(alice, vec![a.clone(), b.clone()]);
         index.seen("sid-1", 2_000).await.expect("seen");
-        assert_eq!(index.get(&a.id).await.expect("get").map(|r| r.seen), Some(2_000));
+        assert_eq!(
+            index.get(&a.id).await.expect("get").map(|r| r.seen),
+            Some(2_000)
+        );
         index.remove(&a).await.expect("remove");
         assert_eq!(index.of_sub("alice").await.expect("alice"), vec![b]);
         index.seen("sid-1", 3_000).await.expect("seen");
-        assert_eq!(index.get(&a.id).await.expect("get"), None, "not brought back");
+        assert_eq!(
+            index.get(&a.id).await.expect("get"),
+            None,
+            "not brought back"
+        );
         assert_eq!(index.of_sub("bob").await.expect("bob"), vec![c]);
     }
 }
