@@ -245,8 +245,8 @@ impl Logins {
         Err(Refusal::login_required(login_uri).with_cookies(clear))
     }
 
-    /// Records the session a callback just made (read back from its cookies, which also warms the opened-session
-    /// cache for the browser's next request). A session that cannot be indexed could not be revoked: 503.
+    /// Records the session a callback just made (read back from its cookies; the opened-session cache and its
+    /// metrics are left alone). A session that cannot be indexed could not be revoked: 503.
     async fn index_new_session(
         &self,
         login: &Login<'_>,
@@ -269,7 +269,7 @@ impl Logins {
         let pairs: Vec<&str> = pairs.iter().map(String::as_str).collect();
         let reference = login.store.find(&RequestCookies::parse(&pairs)).flatten();
         let opened = match reference {
-            Some(r) => self.open_session(login, &r).await.ok(),
+            Some(r) => login.open_session(&r).await.ok(),
             None => None,
         };
         let Some(opened) = opened else {

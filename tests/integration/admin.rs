@@ -289,9 +289,9 @@ async fn revoking_a_user_ends_all_their_sessions() {
 /// Two servers sharing a real Redis: the standard config with `[store]` on it.
 async fn replicas(redis: &RedisServer) -> (MockIdp, TestServer, TestServer) {
     let idp = MockIdp::start().await;
-    let secret = "tjFo9/9YCZnXwuneuvsN1VQpwk/0OH1rftqzJPi7y0I=";
+    let secret = "YgkhMaR/YTZqwk13q1w36bx3iMsjriSao8q4VdYNeSs=";
     let store = format!(
-        "[store]\nbackend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"admin-test:\"\nsecret = \"{secret}\"",
+        "[store]\nbackend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"admin-test:\"\ntimeout_ms = 1000\nsecret = \"{secret}\"",
         redis.url()
     );
     let a = serve(&idp).extra(&store).ready().await;
@@ -315,7 +315,7 @@ where
 }
 
 /// With Redis, the index is shared: a login through replica A is listed (and named by the same id) by B's admin
-/// API, and nothing in Redis holds the user's tokens in plain text.
+/// API, nothing in Redis holds the user's name or cookie in plain text, and a revoke through A empties B's list.
 #[tokio::test]
 async fn the_session_index_is_shared_through_redis() {
     let redis = RedisServer::start().await;
@@ -336,6 +336,11 @@ async fn the_session_index_is_shared_through_redis() {
             assert!(!text.contains(v.as_str()));
         }
     }
+    assert_eq!(revoke(&a, Target::Id(on_b[0].id.clone())).await, 1);
+    assert!(
+        list(&b, "carol").await.is_empty(),
+        "B's index forgot it too"
+    );
 }
 
 /// A revoke through A's admin API ends the session on B. Needs the ended-session set in the store (issue 13,
@@ -357,4 +362,38 @@ async fn a_revoke_through_one_replica_ends_the_session_on_the_other() {
     })
     .await;
     assert!(!allowed(&a, &jar).await);
+}
+
+/// A login whose session cannot be indexed (Redis down) is refused with 503, never handed a session that no
+/// revoke could reach; with Redis back, logins are indexed again.
+#[tokio::test]
+async fn a_login_that_cannot_be_indexed_is_refused_until_the_store_is_back() {
+    let mut redis = RedisServer::start().await;
+    let (idp, a, _b) = replicas(&redis).await;
+    eventually("the store answers", || async {
+        a.authorizer.store().ping().await.is_ok()
+    })
+    .await;
+    redis.stop();
+    let mut jar = Jar::default();
+    let start = ask(&a, jar.get("/app")).await;
+    assert_eq!(start.status, 302, "{start:?}");
+    jar.take(&start);
+    let query = idp.login(start.header("location").expect("a location"), "erin");
+    let cb = ask(&a, jar.get(&format!("/oauth2/callback?{query}"))).await;
+    assert_eq!(cb.status, 503, "{cb:?}");
+    assert!(
+        cb.cookies_set()
+            .iter()
+            .all(|(n, _)| n != "oidc_authz_session")
+    );
+
+    redis.restart().await;
+    eventually("the store is back", || async {
+        a.authorizer.store().ping().await.is_ok()
+    })
+    .await;
+    let jar = log_in(&a, &idp, "erin").await;
+    assert!(allowed(&a, &jar).await);
+    assert_eq!(list(&a, "erin").await.len(), 1);
 }
