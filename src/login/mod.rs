@@ -28,7 +28,7 @@ use crate::login::store::{
 use crate::provider::Provider;
 use crate::request::CheckView;
 use crate::rng::Rng;
-use crate::store::sessions::{SessionIndex, SessionRecord};
+use crate::store::sessions::SessionIndex;
 use crate::telemetry::Metrics;
 
 /// Logout revocations that may run at once per provider.
@@ -166,7 +166,13 @@ impl Logins {
     ) -> Result<Authenticated, Refusal> {
         match login.callback(view, cookies).await {
             Ok(r) => {
-                self.index_new_session(login, &r.set_cookies).await?;
+                if let Some(index) = &self.index {
+                    // A session that cannot be indexed could not be revoked: 503 (logged by the store).
+                    let indexed = index.record_login(login, &r.set_cookies, self.clock.now());
+                    indexed
+                        .await
+                        .map_err(|_| Refusal::unavailable("the session store is unavailable"))?;
+                }
                 Ok(Authenticated::Redirect(r.for_request(cookies)))
             }
             Err(CallbackError::Idp(e)) => Err(Refusal::idp(login.provider.name(), &e)),
@@ -243,57 +249,6 @@ impl Logins {
         }
         let login_uri = can_login.then(|| request_url(view, login.settings));
         Err(Refusal::login_required(login_uri).with_cookies(clear))
-    }
-
-    /// Records the session a callback just made (read back from its cookies; the opened-session cache and its
-    /// metrics are left alone). A session that cannot be indexed could not be revoked: 503.
-    async fn index_new_session(
-        &self,
-        login: &Login<'_>,
-        set_cookies: &[crate::login::cookie::SetCookie],
-    ) -> Result<(), Refusal> {
-        let Some(index) = &self.index else {
-            return Ok(());
-        };
-        let pairs: Vec<String> = set_cookies
-            .iter()
-            .map(|c| {
-                c.clone()
-                    .into_header()
-                    .split(';')
-                    .next()
-                    .unwrap_or("")
-                    .to_string()
-            })
-            .collect();
-        let pairs: Vec<&str> = pairs.iter().map(String::as_str).collect();
-        let reference = login.store.find(&RequestCookies::parse(&pairs)).flatten();
-        let opened = match reference {
-            Some(r) => login.open_session(&r).await.ok(),
-            None => None,
-        };
-        let Some(opened) = opened else {
-            return Ok(());
-        };
-        let data = &opened.data;
-        let sub = opened
-            .claims
-            .get("sub")
-            .and_then(|v| v.as_str())
-            .unwrap_or("");
-        let until = data.created.saturating_add(login.settings.absolute_timeout);
-        let record = SessionRecord::new(
-            &data.sid,
-            &opened.ended_key,
-            &login.policy.name,
-            sub,
-            data.created,
-            until,
-        );
-        index.record(&record, self.clock.now()).await.map_err(|e| {
-            tracing::warn!(policy.name = %login.policy.name, error = %e, "login: the new session cannot be indexed");
-            Refusal::unavailable("the session store is unavailable")
-        })
     }
 
     /// Opens a session (tokens verified), refuses an ended one, refreshes it when needed.

@@ -13,6 +13,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::cache;
+use crate::login::authcode::Login;
+use crate::login::cookie::{RequestCookies, SetCookie};
 use crate::store::{Store, StoreError};
 
 const RECORD: &str = "session-index";
@@ -109,6 +111,49 @@ impl SessionIndex {
         self.store
             .add_member(BY_SUB, &sub_key(&record.sub), record.id.as_bytes(), ttl)
             .await
+    }
+
+    /// Records the session a login's callback just made, read back from the cookies it sets (the opened-session
+    /// cache and its metrics are left alone); nothing when they hold no session.
+    pub async fn record_login(
+        &self,
+        login: &Login<'_>,
+        set_cookies: &[SetCookie],
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let pairs: Vec<String> = set_cookies
+            .iter()
+            .filter_map(|c| {
+                c.clone()
+                    .into_header()
+                    .split(';')
+                    .next()
+                    .map(str::to_string)
+            })
+            .collect();
+        let pairs: Vec<&str> = pairs.iter().map(String::as_str).collect();
+        let Some(reference) = login.store.find(&RequestCookies::parse(&pairs)).flatten() else {
+            return Ok(());
+        };
+        let Ok(opened) = login.open_session(&reference).await else {
+            return Ok(());
+        };
+        let data = &opened.data;
+        let sub = opened
+            .claims
+            .get("sub")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        let until = data.created.saturating_add(login.settings.absolute_timeout);
+        let record = SessionRecord::new(
+            &data.sid,
+            &opened.ended_key,
+            &login.policy.name,
+            sub,
+            data.created,
+            until,
+        );
+        self.record(&record, now).await
     }
 
     /// Notes that the session with secret id `sid` was opened at `now`; nothing when it is not indexed (expired
