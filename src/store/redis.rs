@@ -89,6 +89,16 @@ impl RedisBackend {
             .ok_or_else(|| unavailable("not connected to Redis yet"))
     }
 
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        script: redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        match self.conn()? {
+            Conn::Single(mut c) => script.invoke_async(&mut c).await.map_err(unavailable),
+            Conn::Cluster(mut c) => script.invoke_async(&mut c).await.map_err(unavailable),
+        }
+    }
+
     async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, StoreError> {
         match self.conn()? {
             Conn::Single(mut c) => cmd.query_async(&mut c).await.map_err(unavailable),
@@ -226,10 +236,7 @@ impl Backend for RedisBackend {
             );
             let mut invocation = script.key(key);
             invocation.arg(ms);
-            match self.conn()? {
-                Conn::Single(mut c) => invocation.invoke_async(&mut c).await.map_err(unavailable),
-                Conn::Cluster(mut c) => invocation.invoke_async(&mut c).await.map_err(unavailable),
-            }
+            self.invoke(invocation).await
         })
     }
 
@@ -279,15 +286,7 @@ impl Backend for RedisBackend {
             );
             let mut invocation = script.key(key);
             invocation.arg(member).arg(ms);
-            let _: i64 = match self.conn()? {
-                Conn::Single(mut c) => {
-                    invocation.invoke_async(&mut c).await.map_err(unavailable)?
-                }
-                Conn::Cluster(mut c) => {
-                    invocation.invoke_async(&mut c).await.map_err(unavailable)?
-                }
-            };
-            Ok(())
+            self.invoke::<i64>(invocation).await.map(|_| ())
         })
     }
 

@@ -314,16 +314,23 @@ where
     panic!("{what}: not within 30 s");
 }
 
+/// Waits until every server's store answers.
+async fn up(servers: &[&TestServer]) {
+    for s in servers {
+        eventually("the store answers", || async {
+            s.authorizer.store().ping().await.is_ok()
+        })
+        .await;
+    }
+}
+
 /// With Redis, the index is shared: a login through replica A is listed (and named by the same id) by B's admin
 /// API, nothing in Redis holds the user's name or cookie in plain text, and a revoke through A empties B's list.
 #[tokio::test]
 async fn the_session_index_is_shared_through_redis() {
     let redis = RedisServer::start().await;
     let (idp, a, b) = replicas(&redis).await;
-    eventually("the store answers", || async {
-        a.authorizer.store().ping().await.is_ok() && b.authorizer.store().ping().await.is_ok()
-    })
-    .await;
+    up(&[&a, &b]).await;
     let jar = log_in(&a, &idp, "carol").await;
     assert!(allowed(&b, &jar).await, "a cookie session is good on B");
     let on_b = list(&b, "carol").await;
@@ -350,10 +357,7 @@ async fn the_session_index_is_shared_through_redis() {
 async fn a_revoke_through_one_replica_ends_the_session_on_the_other() {
     let redis = RedisServer::start().await;
     let (idp, a, b) = replicas(&redis).await;
-    eventually("the store answers", || async {
-        a.authorizer.store().ping().await.is_ok() && b.authorizer.store().ping().await.is_ok()
-    })
-    .await;
+    up(&[&a, &b]).await;
     let jar = log_in(&a, &idp, "dave").await;
     assert!(allowed(&b, &jar).await);
     assert_eq!(revoke(&a, Target::Sub("dave".into())).await, 1);
@@ -370,10 +374,7 @@ async fn a_revoke_through_one_replica_ends_the_session_on_the_other() {
 async fn a_login_that_cannot_be_indexed_is_refused_until_the_store_is_back() {
     let mut redis = RedisServer::start().await;
     let (idp, a, _b) = replicas(&redis).await;
-    eventually("the store answers", || async {
-        a.authorizer.store().ping().await.is_ok()
-    })
-    .await;
+    up(&[&a]).await;
     redis.stop();
     let mut jar = Jar::default();
     let start = ask(&a, jar.get("/app")).await;
@@ -389,10 +390,7 @@ async fn a_login_that_cannot_be_indexed_is_refused_until_the_store_is_back() {
     );
 
     redis.restart().await;
-    eventually("the store is back", || async {
-        a.authorizer.store().ping().await.is_ok()
-    })
-    .await;
+    up(&[&a]).await;
     let jar = log_in(&a, &idp, "erin").await;
     assert!(allowed(&a, &jar).await);
     assert_eq!(list(&a, "erin").await.len(), 1);
