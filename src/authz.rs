@@ -17,6 +17,7 @@ use crate::provider::{IdpClient, Provider, ReqwestIdp};
 use crate::request::CheckView;
 use crate::rng::Rng;
 use crate::store::Store;
+use crate::store::sessions::SessionIndex;
 use crate::telemetry::{CheckRecord, Metrics, PolicyCounters};
 
 /// Answers Checks for one configuration.
@@ -91,7 +92,8 @@ impl Authorizer {
         Authorizer {
             policies: runtime::compile(&config, &providers, &metrics),
             tokens: TokenMethods::new(&config, clock.clone(), metrics.clone(), shared),
-            logins: Logins::new(clock, rng, metrics.clone(), config.server.check_timeout / 2),
+            logins: Logins::new(clock, rng, metrics.clone(), config.server.check_timeout / 2)
+                .with_index(SessionIndex::new(store.clone())),
             unselected: metrics.policy_counters("-"),
             store,
             config: Arc::new(config),
@@ -113,6 +115,11 @@ impl Authorizer {
     /// The shared store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The logins (sessions, ended sessions, the session index).
+    pub fn logins(&self) -> &Logins {
+        &self.logins
     }
 
     /// Ready once every provider has loaded its discovery document and keys.
@@ -143,7 +150,7 @@ impl Authorizer {
     }
 
     /// `context_extensions.policy`, else the best `[[routes]]` match, else 403.
-    fn select(&self, view: &CheckView<'_>) -> Result<&PolicyRuntime, Refusal> {
+    pub(crate) fn select(&self, view: &CheckView<'_>) -> Result<&PolicyRuntime, Refusal> {
         let none = || Refusal::forbidden("no policy is configured for this route");
         if let Some(name) = view.policy_hint() {
             return match self.config.policy_index(name) {

@@ -335,6 +335,24 @@ mod tests {
         fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
             self.hang()
         }
+        fn add_member<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a [u8],
+            _: Duration,
+        ) -> BoxFuture<'a, Result<(), StoreError>> {
+            self.hang()
+        }
+        fn remove_member<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a [u8],
+        ) -> BoxFuture<'a, Result<(), StoreError>> {
+            self.hang()
+        }
+        fn members<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Vec<Vec<u8>>, StoreError>> {
+            self.hang()
+        }
     }
 
     fn hung(pause: Duration) -> (Shared, Arc<AtomicUsize>, Arc<Metrics>) {

@@ -5,6 +5,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod admin;
 mod client_credentials;
 mod grpc;
 mod introspection;
