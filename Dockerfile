@@ -13,8 +13,10 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 
 # Dependencies first, in their own layer: built against a dummy crate, so editing src/ does not rebuild them.
-# Only a change to Cargo.toml or Cargo.lock does. --locked: exactly the committed Cargo.lock, or fail.
-COPY Cargo.toml Cargo.lock ./
+# Only a change to Cargo.toml, Cargo.lock, build.rs or proto/ does. --locked: exactly the committed Cargo.lock, or
+# fail. build.rs compiles proto/ (the admin API) in pure Rust: no protoc needed.
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY proto ./proto
 RUN mkdir src \
  && echo 'fn main() {}' > src/main.rs \
  && : > src/lib.rs \

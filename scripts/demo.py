@@ -6,6 +6,7 @@ Run it with `bash scripts/demo.sh` (installs, builds, then runs this with the .v
     .venv/bin/python scripts/demo.py                 # start, walk the tutorial steps, keep running until Ctrl-C
     .venv/bin/python scripts/demo.py --no-wait       # walk the steps and stop; exit 1 if any answer is unexpected
     .venv/bin/python scripts/demo.py --random-ports  # free ports instead of 8080/9901/9191/9192/8000/9000
+    .venv/bin/python scripts/demo.py --replicas 2    # two oidc-authz replicas sharing a real Redis (redis-server)
 
 The world (processes, rendered configs) is tests/e2e/world.py, the same as the e2e suite's; the oidc-authz policy
 set is tests/e2e/oidc-authz.template.toml, Envoy's routes envoy/envoy.template.yaml. Every status printed comes
@@ -40,7 +41,7 @@ from browserflow import (  # noqa: E402
     www_params,
 )
 from world import (  # noqa: E402
-    HTTP_TIMEOUT, StartError, Unavailable, World, authz_binary, jwt_claims, port_free, tail,
+    HTTP_TIMEOUT, ReplicaWorld, StartError, Unavailable, World, authz_binary, jwt_claims, port_free, tail,
 )
 
 # the README's addresses: what `make demo` listens on when the ports are free
@@ -51,7 +52,11 @@ START_ORDER = [("httpbin", "httpbin (the upstream)"), ("idp", "mock Okta IdP (oi
                ("authz", "oidc-authz"), ("envoy", "Envoy")]
 # run-dir files this script (re)writes; only these are removed at start
 RUN_FILES = ("httpbin.log", "envoy.log", "idp.log", "oidc-authz.log", "envoy.yaml", "oidc-authz.toml",
-             "gunicorn.conf.py")
+             "gunicorn.conf.py", "oidc-authz-b.log", "redis.log", "oidc-authz-a.toml", "oidc-authz-b.toml")
+# --replicas 2: Redis first, then both replicas
+REPLICA_START_ORDER = [("httpbin", "httpbin (the upstream)"), ("idp", "mock Okta IdP (oidc-provider)"),
+                       ("redis", "Redis (redis-server)"), ("authz", "oidc-authz replica A"),
+                       ("authz_b", "oidc-authz replica B"), ("envoy", "Envoy")]
 
 CC_APP = ("cc-app", "cc-app-secret")
 CC_READONLY = ("cc-readonly", "cc-readonly-secret")
@@ -585,6 +590,14 @@ def table(world: World, run_dir: Path) -> None:
         ("Envoy", f"http://127.0.0.1:{p['envoy']}  (admin :{p['envoy_admin']})", world.logs["envoy"]),
         ("oidc-authz", f"grpc 127.0.0.1:{p['grpc']}  (admin http://127.0.0.1:{p['authz_admin']}/metrics)",
          world.logs["authz"]),
+    ]
+    if isinstance(world, ReplicaWorld):
+        rows += [
+            ("oidc-authz B", f"grpc 127.0.0.1:{world.grpc_b_port}  "
+                             f"(admin http://127.0.0.1:{world.authz_b_admin_port}/metrics)", world.logs["authz_b"]),
+            ("Redis", f"redis://127.0.0.1:{world.redis_port}", world.logs["redis"]),
+        ]
+    rows += [
         ("httpbin", f"http://127.0.0.1:{p['httpbin']}", world.logs["httpbin"]),
         ("mock Okta IdP", f"{world.issuer}", world.logs["idp"]),
     ]
@@ -618,6 +631,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--random-ports", action="store_true",
                     help="free ports instead of the demo ports (8080, 9901, 9191, 9192, 8000, 9000)")
     ap.add_argument("--run-dir", type=Path, default=ROOT / ".demo", help="logs and rendered configs (default .demo/)")
+    ap.add_argument("--replicas", type=int, choices=(1, 2), default=1,
+                    help="2: two oidc-authz replicas sharing one Redis (Debian redis-server) behind Envoy")
     args = ap.parse_args(argv)
 
     # SIGINT and SIGTERM both end up in `finally` below, where every started process is stopped
@@ -632,7 +647,8 @@ def main(argv: list[str] | None = None) -> int:
 
     binary = authz_binary(ROOT / "target" / "release" / "oidc-authz")
     ports, taken = pick_ports(args.random_ports)
-    world = World(run_dir, ports=ports, authz_bin=binary, label="demo",
+    world_class = ReplicaWorld if args.replicas == 2 else World
+    world = world_class(run_dir, ports=ports, authz_bin=binary, label="demo",
                   # logs go to a file a human reads: one line per event, no colours
                   authz_env={"OIDC_AUTHZ_SERVER__LOG_FORMAT": "pretty", "NO_COLOR": "1"})
 
@@ -647,8 +663,9 @@ def main(argv: list[str] | None = None) -> int:
     rc = 0
     try:
         print()
-        for name, what in START_ORDER:
-            port = world.ports["grpc" if name == "authz" else name]
+        for name, what in (REPLICA_START_ORDER if args.replicas == 2 else START_ORDER):
+            port = {"authz": world.ports["grpc"], "authz_b": getattr(world, "grpc_b_port", None),
+                    "redis": getattr(world, "redis_port", None)}.get(name) or world.ports[name]
             print(f"  starting {what} on 127.0.0.1:{port} ...", end=" ", flush=True)
             t0 = time.monotonic()
             try:

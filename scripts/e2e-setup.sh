@@ -5,6 +5,7 @@
 #   examples/okta-mock-idp/     `npm ci` (the mock Okta IdP on oidc-provider), when it has a lock file
 #   /usr/bin/chromium           Debian's chromium (headless browser test), when missing: apt-get (needs root)
 #   tests/e2e/browser/          `npm ci` (playwright-core, driving that chromium; it downloads no browser)
+#   redis-server, redis-cli     Debian redis-server (the replicas world), when missing: scripts/test-deps.sh
 # Idempotent and quick when already done: the venv carries a stamp with the hash of requirements.txt.
 # Does not build oidc-authz (cargo build is separate; the tests take OIDC_AUTHZ_BIN or target/debug/oidc-authz).
 set -euo pipefail
@@ -84,5 +85,8 @@ else
     say "chromium installed: $(/usr/bin/chromium --version 2>/dev/null || echo '?')"
 fi
 npm_ci "$ROOT/tests/e2e/browser" "browser test"
+
+# ---- Redis (tests/e2e/test_replicas.py, the demo's --replicas 2) ---------------------------------------------
+bash "$ROOT/scripts/test-deps.sh"
 
 say "done"

@@ -11,8 +11,11 @@ envoy/envoy.compose.yaml is rendered with 0.0.0.0 (inside a container, loopback 
     render_envoy.py --out envoy/envoy.compose.yaml --bind-address 0.0.0.0 --listen-port 8080 --admin-port 9901 \
         --authz oidc-authz:9191 --upstream httpbin:8080
 
-Template placeholders: {{LISTEN_PORT}} {{ADMIN_PORT}} {{BIND_ADDRESS}} {{AUTHZ_HOST}} {{AUTHZ_PORT}}
-{{AUTHZ_CLUSTER_TYPE}} {{UPSTREAM_HOST}} {{UPSTREAM_PORT}} {{UPSTREAM_CLUSTER_TYPE}}.
+Several replicas of oidc-authz: one --authz each (round robin, gRPC health checks, a Check retried on another
+replica when one dies):
+    render_envoy.py --out - --authz 127.0.0.1:9191 --authz 127.0.0.1:9291
+Template placeholders: {{LISTEN_PORT}} {{ADMIN_PORT}} {{BIND_ADDRESS}} {{AUTHZ_ENDPOINTS}} {{AUTHZ_CLUSTER_TYPE}}
+{{UPSTREAM_HOST}} {{UPSTREAM_PORT}} {{UPSTREAM_CLUSTER_TYPE}}.
 """
 
 from __future__ import annotations
@@ -84,11 +87,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--admin-port", type=port, default=9901)
     ap.add_argument("--bind-address", type=bind_address, default="127.0.0.1",
                     help="IP the listener and the admin interface bind to (default 127.0.0.1; 0.0.0.0 in a container)")
-    ap.add_argument("--authz", type=host_port, default=("127.0.0.1", 9191), help="oidc-authz gRPC HOST:PORT")
+    ap.add_argument("--authz", type=host_port, action="append",
+                    help="oidc-authz gRPC HOST:PORT; repeat for each replica (default 127.0.0.1:9191)")
     ap.add_argument("--upstream", type=host_port, default=("127.0.0.1", 8000), help="httpbin HOST:PORT")
     args = ap.parse_args(argv)
 
-    authz_host, authz_port = args.authz
+    authz = args.authz or [("127.0.0.1", 9191)]
+    types = {cluster_type(h) for h, _ in authz}
+    if len(types) > 1:
+        raise SystemExit("render_envoy: give the replicas all as IP literals or all as names")
+    endpoints = "\n".join(
+        "        - endpoint:\n"
+        "            address:\n"
+        f"              socket_address: {{ address: {h}, port_value: {p} }}"
+        for h, p in authz
+    )
     up_host, up_port = args.upstream
     text = render(
         Path(args.template).read_text(),
@@ -96,9 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             "LISTEN_PORT": str(args.listen_port),
             "ADMIN_PORT": str(args.admin_port),
             "BIND_ADDRESS": yaml_scalar(args.bind_address),
-            "AUTHZ_HOST": authz_host,
-            "AUTHZ_PORT": str(authz_port),
-            "AUTHZ_CLUSTER_TYPE": cluster_type(authz_host),
+            "AUTHZ_ENDPOINTS": endpoints,
+            "AUTHZ_CLUSTER_TYPE": types.pop(),
             "UPSTREAM_HOST": up_host,
             "UPSTREAM_PORT": str(up_port),
             "UPSTREAM_CLUSTER_TYPE": cluster_type(up_host),

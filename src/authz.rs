@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use crate::authn::{Authenticated, Refusal};
 use crate::clock::Clock;
-use crate::config::{AuthMethod, Config};
+use crate::config::{AuthMethod, Config, StoreBackendConfig};
 use crate::credentials::Credentials;
 use crate::decision::Decision;
-use crate::flow::TokenMethods;
+use crate::flow::{Shared, TokenMethods};
 use crate::login::Logins;
 use crate::policy::headers;
 use crate::policy::runtime::{self, PolicyRuntime};
@@ -17,6 +17,7 @@ use crate::provider::{IdpClient, Provider, ReqwestIdp};
 use crate::request::CheckView;
 use crate::rng::Rng;
 use crate::store::Store;
+use crate::store::sessions::SessionIndex;
 use crate::telemetry::{CheckRecord, Metrics, PolicyCounters};
 
 /// Answers Checks for one configuration.
@@ -74,24 +75,31 @@ impl Authorizer {
         rng: Arc<dyn Rng>,
         idp: Arc<dyn IdpClient>,
     ) -> Self {
+        let store = Arc::new(Store::new(&config.store, metrics.clone()));
+        // The token methods' caches and the JWKS refetch limiter go through the store only when it is shared.
+        let shared = matches!(config.store.backend, StoreBackendConfig::Redis { .. })
+            .then(|| Shared::new(store.clone()));
         let providers: Arc<[Arc<Provider>]> = config
             .providers
             .iter()
-            .map(|p| Arc::new(Provider::new(p.clone(), idp.clone(), metrics.clone())))
+            .map(|p| {
+                let p = Provider::new(p.clone(), idp.clone(), metrics.clone());
+                Arc::new(p.with_shared(shared.clone()))
+            })
             .collect();
-        let store = Arc::new(Store::new(&config.store, metrics.clone()));
         // A token policy on a provider without `audiences` is a config error unless it says
         // `allow_any_audience = true` (config validation), so no warning is needed here.
         Authorizer {
             policies: runtime::compile(&config, &providers, &metrics),
-            tokens: TokenMethods::new(&config, clock.clone(), metrics.clone()),
+            tokens: TokenMethods::new(&config, clock.clone(), metrics.clone(), shared),
             logins: Logins::new(
                 clock,
                 rng,
                 metrics.clone(),
                 config.server.check_timeout / 2,
                 store.clone(),
-            ),
+            )
+            .with_index(SessionIndex::new(store.clone())),
             unselected: metrics.policy_counters("-"),
             store,
             config: Arc::new(config),
@@ -113,6 +121,11 @@ impl Authorizer {
     /// The shared store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The logins (sessions, ended sessions, the session index).
+    pub fn logins(&self) -> &Logins {
+        &self.logins
     }
 
     /// Ready once every provider has loaded its discovery document and keys.
@@ -143,7 +156,7 @@ impl Authorizer {
     }
 
     /// `context_extensions.policy`, else the best `[[routes]]` match, else 403.
-    fn select(&self, view: &CheckView<'_>) -> Result<&PolicyRuntime, Refusal> {
+    pub(crate) fn select(&self, view: &CheckView<'_>) -> Result<&PolicyRuntime, Refusal> {
         let none = || Refusal::forbidden("no policy is configured for this route");
         if let Some(name) = view.policy_hint() {
             return match self.config.policy_index(name) {

@@ -26,6 +26,7 @@
 //! (every call to an identity provider; [`provider::fake::FakeIdp`] in tests), [`clock`] and [`rng`]; [`cache`]
 //! gives every cache one key function and one per-entry lifetime.
 
+pub mod admin;
 pub mod authn;
 pub mod authz;
 pub mod cache;

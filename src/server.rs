@@ -1,5 +1,5 @@
-//! The tonic adapter (ext_authz Check + grpc.health.v1), the admin HTTP listener (/healthz, /readyz, /metrics)
-//! and graceful shutdown: stop accepting, let in-flight Checks finish (up to `shutdown_grace_secs`).
+//! The tonic adapter (ext_authz Check + grpc.health.v1), the admin listener (/healthz, /readyz, /metrics over
+//! HTTP/1, and the [`crate::admin`] gRPC service over HTTP/2 on the same port) and graceful shutdown: stop accepting, let in-flight Checks finish (up to `shutdown_grace_secs`).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,6 +18,7 @@ use envoy_types::ext_authz::v3::pb::{
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
+use crate::admin::AdminService;
 use crate::authz::Authorizer;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
@@ -194,7 +195,11 @@ impl Server {
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics_text))
-            .with_state(admin_state);
+            .with_state(admin_state)
+            .merge(
+                tonic::service::Routes::new(AdminService::server(authorizer.clone()))
+                    .into_axum_router(),
+            );
         let mut admin_stop = stop_rx.clone();
         let admin_task = tokio::spawn(async move {
             let _ = axum::serve(admin, app)

@@ -818,9 +818,9 @@ impl Validator {
         }
     }
 
-    /// Checks each session secret (base64 of 32 random bytes; a published one is a warning) and keys the cookie
-    /// codec with them: `None` when there are none or any is bad (said here, or by the caller for a missing one).
-    /// AES-256-GCM keys from `field` (`session_secret`, `secret`): each base64 of 32 random bytes.
+    /// Checks each secret of `field` (`session_secret`, `store.secret`: base64 of 32 random bytes; a published one
+    /// is a warning) and keys an AES-256-GCM codec with them: `None` when there are none or any is bad (said here,
+    /// or by the caller for a missing one).
     fn secret_codec(
         &mut self,
         section: &str,

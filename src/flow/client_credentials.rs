@@ -5,18 +5,25 @@
 //! credentials are cached for a short time. Guessing cannot drive the IdP: a client id whose grants keep being
 //! refused is locked out for a cool-down (answered here, the IdP not asked), and each provider's grants pass a
 //! token bucket, so no client can spend the organisation's rate limit at the IdP.
+//!
+//! With a shared store (Redis) the replicas share, under the same hashes and sealed: the tokens and remembered
+//! refusals (a token one replica got is served by every other without a grant), the refusal count of each client
+//! id (counted with the store's `incr` over the lock-out window) and its lock-out, and the known-good secret's
+//! hash. The grant bucket stays per replica (each replica spends at most its own rate).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
+use serde::{Deserialize, Serialize};
 
 use prometheus_client::metrics::counter::Counter;
 
 use crate::cache::{self, Expires};
 use crate::clock::Clock;
 use crate::config::{Policy, ProviderConfig, Secret};
+use crate::flow::Shared;
 use crate::provider::token::TokenAnswer;
 use crate::provider::{IdpError, Provider};
 use crate::request::CheckView;
@@ -110,8 +117,71 @@ impl Expires for Grant {
     }
 }
 
+/// A grant as the shared store keeps it (JSON, sealed by the store): the token, or why it was refused, and until
+/// when (seconds since the epoch).
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "grant", rename_all = "lowercase")]
+enum StoredGrant {
+    Token { access_token: String, until: u64 },
+    Refused { reason: GrantRefusal, until: u64 },
+}
+
+impl StoredGrant {
+    fn of(g: &Grant, now: u64) -> Self {
+        match g {
+            Grant::Token {
+                access_token,
+                expires_at,
+                ..
+            } => StoredGrant::Token {
+                access_token: access_token.to_string(),
+                until: *expires_at,
+            },
+            Grant::Refused { reason, ttl } => StoredGrant::Refused {
+                reason: *reason,
+                until: now.saturating_add(ttl.as_secs()),
+            },
+        }
+    }
+
+    /// The grant, if it still stands at `now`.
+    fn grant(self, now: u64) -> Option<Grant> {
+        match self {
+            StoredGrant::Token {
+                access_token,
+                until,
+            } if until > now && !access_token.is_empty() => Some(Grant::Token {
+                access_token: access_token.into(),
+                expires_at: until,
+                ttl: Duration::from_secs(until - now),
+            }),
+            StoredGrant::Refused { reason, until } if until > now => Some(Grant::Refused {
+                reason,
+                ttl: Duration::from_secs(until - now),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The store's kinds: grants (by the hash of provider, client id, secret and scopes), and by the hash of provider
+/// and client id: the refusal count, the lock-out (its end), the known-good secret's hash.
+const KIND_GRANT: &str = "cc";
+const KIND_REFUSALS: &str = "cc-refusals";
+const KIND_LOCKOUT: &str = "cc-lockout";
+const KIND_GOOD: &str = "cc-good";
+
+/// How long the shared store remembers the known-good secret's hash (at least the lock-out).
+const SHARED_GOOD_SECS: u64 = 3600;
+
+/// The shared key of a client id at a provider.
+fn client_key(provider: &str, client_id: &str) -> cache::Key {
+    cache::key(&["client", provider, client_id])
+}
+
 /// Why the IdP refused a grant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum GrantRefusal {
     /// `invalid_client` / `unauthorized_client` / 401: wrong id or secret, or the grant is not allowed.
     InvalidClient,
@@ -356,6 +426,8 @@ pub struct ClientCredentials {
     guards: Vec<ProviderGuard>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
+    /// The second level shared with the other replicas (Redis), if any.
+    shared: Option<Shared>,
 }
 
 impl std::fmt::Debug for ClientCredentials {
@@ -372,12 +444,14 @@ fn margin(expires_in: u64) -> u64 {
 }
 
 impl ClientCredentials {
-    /// A cache bounded to `max_entries` credentials, and the lock-out and grant bucket of each provider.
+    /// A cache bounded to `max_entries` credentials, and the lock-out and grant bucket of each provider; over
+    /// `shared` when the replicas share a store.
     pub fn new(
         max_entries: u64,
         providers: &[ProviderConfig],
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
+        shared: Option<Shared>,
     ) -> Self {
         let cache = cache::until_deadline(max_entries.max(1), clock.clone());
         ClientCredentials {
@@ -388,7 +462,137 @@ impl ClientCredentials {
                 .collect(),
             clock,
             metrics,
+            shared,
         }
+    }
+
+    /// The grant another replica stored for `key`, if any still stands (then kept here too).
+    async fn shared_grant(&self, key: &cache::Key) -> Option<Arc<Grant>> {
+        let shared = self.shared.as_ref()?;
+        let grant = shared
+            .get(KIND_GRANT, key)
+            .await
+            .and_then(|v| serde_json::from_slice::<StoredGrant>(&v).ok())
+            .and_then(|g| g.grant(self.clock.now()))
+            .map(Arc::new);
+        self.metrics
+            .cache_lookup("client_credentials_shared", grant.is_some());
+        if let Some(g) = &grant {
+            self.cache.insert(*key, g.clone()).await;
+        }
+        grant
+    }
+
+    /// Stores a grant this replica made for the others (until its token's expiry, or the negative TTL).
+    async fn share_grant(&self, key: &cache::Key, grant: &Grant) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let now = self.clock.now();
+        if let Ok(v) = serde_json::to_vec(&StoredGrant::of(grant, now)) {
+            shared.put(KIND_GRANT, key, &v, grant.ttl(now)).await;
+        }
+    }
+
+    /// Whether the shared store knows `secret` as the one that last got a token for this client id.
+    async fn shared_good(&self, provider: &str, creds: &ClientCreds) -> bool {
+        use subtle::ConstantTimeEq;
+        let Some(shared) = &self.shared else {
+            return false;
+        };
+        let h = ClientAttempts::secret_hash(creds.secret.expose());
+        shared
+            .get(KIND_GOOD, &client_key(provider, &creds.client_id))
+            .await
+            .is_some_and(|g| g.len() == h.len() && bool::from(g.as_slice().ct_eq(&h)))
+    }
+
+    /// Seconds left of a lock-out of this client id another replica started, if any (then kept here too).
+    async fn shared_lockout(
+        &self,
+        provider: &str,
+        client_id: &str,
+        client: &ClientAttempts,
+        now: u64,
+    ) -> Option<u64> {
+        let shared = self.shared.as_ref()?;
+        let raw = shared
+            .get(KIND_LOCKOUT, &client_key(provider, client_id))
+            .await?;
+        let until: u64 = std::str::from_utf8(&raw).ok()?.parse().ok()?;
+        if until <= now {
+            return None;
+        }
+        client.locked_until.fetch_max(until, Ordering::SeqCst);
+        Some(until - now)
+    }
+
+    /// A grant's outcome told to the shared store: a token makes its secret known good and ends the refusal
+    /// count; a refusal of the known-good secret forgets it.
+    async fn share_outcome(
+        &self,
+        provider: &str,
+        guard: &ProviderGuard,
+        creds: &ClientCreds,
+        grant: &Grant,
+    ) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let id = client_key(provider, &creds.client_id);
+        match grant {
+            Grant::Token { .. } => {
+                let ttl = Duration::from_secs(SHARED_GOOD_SECS.max(guard.lockout_secs));
+                let h = ClientAttempts::secret_hash(creds.secret.expose());
+                shared.put(KIND_GOOD, &id, &h, ttl).await;
+                shared.delete(KIND_REFUSALS, &id).await;
+            }
+            Grant::Refused {
+                reason: GrantRefusal::InvalidClient,
+                ..
+            } => {
+                if self.shared_good(provider, creds).await {
+                    shared.delete(KIND_GOOD, &id).await;
+                }
+            }
+            Grant::Refused { .. } => {}
+        }
+    }
+
+    /// Counts one `invalid_client` refusal in the shared store (over the lock-out window); the count that reaches
+    /// the threshold locks the client id out on every replica. `false` when the store did not count it (no shared
+    /// store, or it failed): the caller counts here.
+    async fn shared_refusal(
+        &self,
+        provider: &str,
+        guard: &ProviderGuard,
+        client: &ClientAttempts,
+        client_id: &str,
+    ) -> bool {
+        let Some(shared) = &self.shared else {
+            return false;
+        };
+        if guard.threshold == 0 {
+            return true;
+        }
+        let id = client_key(provider, client_id);
+        let window = Duration::from_secs(guard.lockout_secs);
+        let Some(count) = shared.incr(KIND_REFUSALS, &id, window).await else {
+            return false;
+        };
+        if count >= u64::from(guard.threshold) {
+            let until = self.clock.now().saturating_add(guard.lockout_secs);
+            client.locked_until.fetch_max(until, Ordering::SeqCst);
+            shared
+                .put(KIND_LOCKOUT, &id, until.to_string().as_bytes(), window)
+                .await;
+            shared.delete(KIND_REFUSALS, &id).await;
+            if count == u64::from(guard.threshold) {
+                guard.lockouts.inc();
+                tracing::warn!(provider = %provider, client_id = %client_id, threshold = guard.threshold, lockout_secs = guard.lockout_secs, "client id locked out (on every replica) after repeated refused client credentials");
+            }
+        }
+        true
     }
 
     /// An access token for these credentials: from the cache, or one grant shared by every concurrent caller.
@@ -412,7 +616,10 @@ impl ClientCredentials {
             &scopes,
         ]);
         let now = self.clock.now();
-        let cached = self.cache.get(&key).await;
+        let cached = match self.cache.get(&key).await {
+            Some(g) => Some(g),
+            None => self.shared_grant(&key).await,
+        };
         if let Some(g) = &cached
             && let Grant::Token {
                 access_token,
@@ -429,9 +636,15 @@ impl ClientCredentials {
             .get(policy.provider)
             .ok_or(CcError::Idp(IdpError::NoEndpoint("token_endpoint")))?;
         let client = guard.existing(&creds.client_id);
-        let good = client
+        let mut good = client
             .as_ref()
             .is_some_and(|c| c.is_good(creds.secret.expose()));
+        if !good && self.shared_good(provider.name(), creds).await {
+            guard
+                .client(&creds.client_id)
+                .set_good(Some(creds.secret.expose()));
+            good = true;
+        }
         if !good
             && let Some(c) = &client
             && let Some(retry_after) = ProviderGuard::locked(c, now)
@@ -449,11 +662,15 @@ impl ClientCredentials {
                 }
                 self.metrics.cache_lookup("client_credentials", false);
                 let neg_ttl = Duration::from_secs(policy.cache_ttl_neg_secs.max(1));
+                let grant = async {
+                    let g = self
+                        .guarded_grant(provider, creds, &scopes, neg_ttl, guard, good)
+                        .await?;
+                    self.share_grant(&key, &g).await;
+                    Ok(g)
+                };
                 self.cache
-                    .try_get_with(
-                        key,
-                        self.guarded_grant(provider, creds, &scopes, neg_ttl, guard, good),
-                    )
+                    .try_get_with(key, grant)
                     .await
                     .map_err(|e: Arc<GrantError>| CcError::from(e.as_ref()))?
             }
@@ -479,6 +696,8 @@ impl ClientCredentials {
             // The known-good secret: no gate, no lock-out, no bucket (guesses cannot make it wait or spend it).
             let grant = self.grant(provider, creds, scopes, neg_ttl).await?;
             let client = guard.client(&creds.client_id);
+            self.share_outcome(provider.name(), guard, creds, &grant)
+                .await;
             match grant.as_ref() {
                 Grant::Token { .. } => client.set_good(Some(creds.secret.expose())),
                 Grant::Refused {
@@ -487,8 +706,11 @@ impl ClientCredentials {
                 } => {
                     // rotated or revoked: no longer known good, and counted like any refusal
                     client.set_good(None);
-                    if let Ok(mut window) =
-                        tokio::time::timeout(GATE_WAIT, client.gate.lock()).await
+                    if !self
+                        .shared_refusal(provider.name(), guard, &client, &creds.client_id)
+                        .await
+                        && let Ok(mut window) =
+                            tokio::time::timeout(GATE_WAIT, client.gate.lock()).await
                         && guard.refused(&client, &mut window, self.clock.now())
                     {
                         tracing::warn!(provider = %provider.name(), client_id = %creds.client_id, threshold = guard.threshold, lockout_secs = guard.lockout_secs, "client id locked out after repeated refused client credentials");
@@ -506,11 +728,19 @@ impl ClientCredentials {
         if let Some(retry_after) = ProviderGuard::locked(&client, now) {
             return Err(GrantError::LockedOut(retry_after));
         }
+        if let Some(retry_after) = self
+            .shared_lockout(provider.name(), &creds.client_id, &client, now)
+            .await
+        {
+            return Err(GrantError::LockedOut(retry_after));
+        }
         if let Err(retry_after) = guard.take(now) {
             tracing::warn!(provider = %provider.name(), "client-credentials grant rate spent; answering 503 without asking the identity provider");
             return Err(GrantError::Throttled(retry_after));
         }
         let grant = self.grant(provider, creds, scopes, neg_ttl).await?;
+        self.share_outcome(provider.name(), guard, creds, &grant)
+            .await;
         match grant.as_ref() {
             Grant::Token { .. } => {
                 *window = RefusalWindow::default();
@@ -520,7 +750,11 @@ impl ClientCredentials {
                 reason: GrantRefusal::InvalidClient,
                 ..
             } => {
-                if guard.refused(&client, &mut window, self.clock.now()) {
+                if !self
+                    .shared_refusal(provider.name(), guard, &client, &creds.client_id)
+                    .await
+                    && guard.refused(&client, &mut window, self.clock.now())
+                {
                     tracing::warn!(provider = %provider.name(), client_id = %creds.client_id, threshold = guard.threshold, lockout_secs = guard.lockout_secs, "client id locked out after repeated refused client credentials");
                 }
             }
@@ -676,6 +910,49 @@ mod tests {
         let mut w = RefusalWindow::default();
         assert!((0..100).all(|i| !g.refused(&c, &mut w, 1_000 + i)));
         assert_eq!(ProviderGuard::locked(&c, 1_100), None);
+    }
+
+    /// What another replica reads back is what was granted, with the time left; nothing past its end.
+    #[test]
+    fn stored_grants_read_back_until_their_end() {
+        let token = Grant::Token {
+            access_token: "at".into(),
+            expires_at: 1_100,
+            ttl: Duration::from_secs(100),
+        };
+        let json = serde_json::to_vec(&StoredGrant::of(&token, 1_000)).unwrap();
+        let back = |now| {
+            serde_json::from_slice::<StoredGrant>(&json)
+                .unwrap()
+                .grant(now)
+        };
+        match back(1_040) {
+            Some(Grant::Token {
+                access_token,
+                expires_at: 1_100,
+                ttl,
+            }) => {
+                assert_eq!(&*access_token, "at");
+                assert_eq!(ttl, Duration::from_secs(60));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(back(1_100).is_none(), "expired");
+        let refused = Grant::Refused {
+            reason: GrantRefusal::InvalidClient,
+            ttl: Duration::from_secs(30),
+        };
+        let json = serde_json::to_vec(&StoredGrant::of(&refused, 1_000)).unwrap();
+        let back = |now| {
+            serde_json::from_slice::<StoredGrant>(&json)
+                .unwrap()
+                .grant(now)
+        };
+        assert!(matches!(
+            back(1_010),
+            Some(Grant::Refused { reason: GrantRefusal::InvalidClient, ttl }) if ttl == Duration::from_secs(20)
+        ));
+        assert!(back(1_030).is_none());
     }
 
     #[test]

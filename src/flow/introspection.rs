@@ -2,16 +2,20 @@
 //! authentication; `active: true` answers feed access control and upstream headers exactly as JWT claims do.
 //! Answers are cached by a hash of (provider, policy, token): active ones for `cache_introspection_secs` but never
 //! beyond the token's `exp`, inactive ones for `cache_ttl_neg_secs`; concurrent misses for one token make one
-//! call; IdP errors are never cached.
+//! call; IdP errors are never cached. With a shared store (Redis) the answers are also kept there under the same
+//! hash, sealed, until the same moment: a replica missing its own cache looks in the store before asking the IdP,
+//! so a new token costs the IdP at most one call per replica, and none once one replica's answer is stored.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::cache::{self, Expires};
 use crate::clock::Clock;
 use crate::config::{MAX_TOKEN_BYTES, Policy};
+use crate::flow::Shared;
 use crate::flow::bearer::{Verified, not_access_token, unverified_not_access_token};
 use crate::flow::claims::{self, TimeError};
 use crate::provider::{IdpError, Provider};
@@ -68,6 +72,51 @@ impl Answer {
     }
 }
 
+/// An answer as the shared store keeps it (JSON, sealed by the store; never the token).
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "lowercase")]
+enum Stored {
+    Active {
+        claims: Map<String, Value>,
+        exp: u64,
+        until: u64,
+    },
+    Inactive {
+        until: u64,
+    },
+    Refused {
+        until: u64,
+    },
+}
+
+impl Stored {
+    fn of(a: &Answer) -> Self {
+        match a {
+            Answer::Active { verified, until } => Stored::Active {
+                claims: verified.claims.clone(),
+                exp: verified.exp,
+                until: *until,
+            },
+            Answer::Inactive { until } => Stored::Inactive { until: *until },
+            Answer::Refused { until } => Stored::Refused { until: *until },
+        }
+    }
+
+    fn answer(self) -> Answer {
+        match self {
+            Stored::Active { claims, exp, until } => Answer::Active {
+                verified: Arc::new(Verified { claims, exp }),
+                until,
+            },
+            Stored::Inactive { until } => Answer::Inactive { until },
+            Stored::Refused { until } => Answer::Refused { until },
+        }
+    }
+}
+
+/// The store's kind for introspection answers.
+const SHARED_KIND: &str = "introspection";
+
 impl Expires for Answer {
     fn ttl(&self, now: u64) -> Duration {
         Duration::from_secs(self.until().saturating_sub(now))
@@ -79,6 +128,8 @@ pub struct Introspector {
     cache: moka::future::Cache<cache::Key, Arc<Answer>>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
+    /// The second level shared with the other replicas (Redis), if any.
+    shared: Option<Shared>,
 }
 
 impl std::fmt::Debug for Introspector {
@@ -90,13 +141,19 @@ impl std::fmt::Debug for Introspector {
 }
 
 impl Introspector {
-    /// A cache bounded to `max_entries` answers.
-    pub fn new(max_entries: u64, clock: Arc<dyn Clock>, metrics: Arc<Metrics>) -> Self {
+    /// A cache bounded to `max_entries` answers, over `shared` when the replicas share a store.
+    pub fn new(
+        max_entries: u64,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        shared: Option<Shared>,
+    ) -> Self {
         let cache = cache::until_deadline(max_entries.max(1), clock.clone());
         Introspector {
             cache,
             clock,
             metrics,
+            shared,
         }
     }
 
@@ -143,7 +200,7 @@ impl Introspector {
                     self.metrics.cache_lookup("introspection", false);
                     let answer = self
                         .cache
-                        .try_get_with(k, self.ask(provider, policy, token))
+                        .try_get_with(k, self.ask_shared(&k, provider, policy, token))
                         .await
                         .map_err(|e: Arc<IdpError>| IntrospectionError::Idp((*e).clone()))?;
                     // A zero TTL means "do not keep": drop what try_get_with stored for the waiters.
@@ -167,6 +224,44 @@ impl Introspector {
                 Ok(verified.clone())
             }
         }
+    }
+
+    /// The store's answer for `k` when the replicas share one and it still stands, else the IdP's (then stored
+    /// for the others until it expires). A store that fails is skipped ([`Shared`]).
+    async fn ask_shared(
+        &self,
+        k: &cache::Key,
+        provider: &Provider,
+        policy: &Policy,
+        token: &str,
+    ) -> Result<Arc<Answer>, IdpError> {
+        let Some(shared) = &self.shared else {
+            return self.ask(provider, policy, token).await;
+        };
+        // An active answer is checked again against this replica's provider config (another replica may run
+        // another config during a rollout): one it would not accept is no answer, and the IdP is asked.
+        let now = self.clock.now();
+        let stored = shared
+            .get(SHARED_KIND, k)
+            .await
+            .and_then(|v| serde_json::from_slice::<Stored>(&v).ok())
+            .map(Stored::answer)
+            .filter(|a| a.stands(now))
+            .filter(|a| match a {
+                Answer::Active { verified, .. } => refusal(&verified.claims, provider, now).is_ok(),
+                Answer::Inactive { .. } | Answer::Refused { .. } => true,
+            });
+        self.metrics
+            .cache_lookup("introspection_shared", stored.is_some());
+        if let Some(a) = stored {
+            return Ok(Arc::new(a));
+        }
+        let answer = self.ask(provider, policy, token).await?;
+        let ttl = answer.ttl(self.clock.now());
+        if let Ok(v) = serde_json::to_vec(&Stored::of(&answer)) {
+            shared.put(SHARED_KIND, k, &v, ttl).await;
+        }
+        Ok(answer)
     }
 
     async fn ask(
@@ -315,6 +410,37 @@ mod tests {
             "scope": "api:read", "iat": NOW, "exp": NOW + 3600,
         });
         crate::flow::claims::tests::with(base, extra)
+    }
+
+    /// An answer read back from the store is the one stored, and stands until the same moment.
+    #[test]
+    fn stored_answers_read_back() {
+        let active = Answer::Active {
+            verified: Arc::new(Verified {
+                claims: answer(json!({})),
+                exp: NOW + 3600,
+            }),
+            until: NOW + 300,
+        };
+        for a in [
+            active,
+            Answer::Inactive { until: NOW + 30 },
+            Answer::Refused { until: NOW + 30 },
+        ] {
+            let json = serde_json::to_vec(&Stored::of(&a)).unwrap();
+            let back = serde_json::from_slice::<Stored>(&json).unwrap().answer();
+            assert_eq!(back.until(), a.until());
+            assert!(back.stands(a.until() - 1) && !back.stands(a.until()));
+            match (&a, &back) {
+                (Answer::Active { verified: x, .. }, Answer::Active { verified: y, .. }) => {
+                    assert_eq!(x.claims, y.claims);
+                    assert_eq!(x.exp, y.exp);
+                }
+                (Answer::Inactive { .. }, Answer::Inactive { .. })
+                | (Answer::Refused { .. }, Answer::Refused { .. }) => {}
+                _ => panic!("{a:?} came back as {back:?}"),
+            }
+        }
     }
 
     #[test]

@@ -1,13 +1,17 @@
 //! The token methods: `bearer` (JWTs verified locally), `introspection` (RFC 7662) and `client_credentials`
 //! (the grant run for the client, its token then verified like any other). [`TokenMethods::authenticate`] turns a
 //! request's credentials into an [`Identity`] or a [`Refusal`]; each method's own errors become a refusal here.
+//! With a shared store (Redis), [`Shared`] is the second level of their caches, under each replica's own.
 
 pub mod bearer;
 pub mod claims;
 pub mod client_credentials;
 pub mod introspection;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::authn::{Claims, Identity, Refusal, RefusalKind};
 use crate::clock::Clock;
@@ -18,6 +22,7 @@ use crate::flow::client_credentials::{ClientCredentials, ClientCreds, CredsError
 use crate::flow::introspection::Introspector;
 use crate::policy::runtime::PolicyRuntime;
 use crate::provider::IdpError;
+use crate::store::Store;
 use crate::telemetry::Metrics;
 
 /// The token methods and their caches (shared by every policy).
@@ -29,16 +34,28 @@ pub struct TokenMethods {
 }
 
 impl TokenMethods {
-    /// Empty caches sized by `config`; token times checked against `clock`.
-    pub fn new(config: &Config, clock: Arc<dyn Clock>, metrics: Arc<Metrics>) -> Self {
+    /// Empty caches sized by `config`; token times checked against `clock`; `shared`: the store the replicas
+    /// share (Redis) as the caches' second level, `None` to keep everything in this process.
+    pub fn new(
+        config: &Config,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        shared: Option<Shared>,
+    ) -> Self {
         TokenMethods {
             bearer: BearerVerifier::new(
                 config.server.token_cache_entries,
                 clock.clone(),
                 metrics.clone(),
             ),
-            cc: ClientCredentials::new(10_000, &config.providers, clock.clone(), metrics.clone()),
-            introspector: Introspector::new(100_000, clock, metrics),
+            cc: ClientCredentials::new(
+                10_000,
+                &config.providers,
+                clock.clone(),
+                metrics.clone(),
+                shared.clone(),
+            ),
+            introspector: Introspector::new(100_000, clock, metrics, shared),
         }
     }
 
@@ -143,6 +160,107 @@ impl TokenMethods {
     }
 }
 
+/// How long the store is left alone after it failed: the token methods answer from this replica's caches and
+/// the IdP meanwhile, then try it again (so sharing resumes by itself when Redis is back).
+const SHARED_PAUSE: Duration = Duration::from_secs(1);
+
+/// The store as the second level of the token methods' caches (and the JWKS refetch limiter): best effort. A
+/// failed or slow store operation (bounded by the store's timeout; logged and counted by [`Store`]) is no answer,
+/// and the store is then skipped for [`SHARED_PAUSE`]: the caller goes on with its local cache and the IdP, so a
+/// Redis outage never refuses a token. Keys are hashes ([`crate::cache::key`]); values are sealed by the store.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    store: Arc<Store>,
+    /// How long a failed store is left alone ([`SHARED_PAUSE`]).
+    pause: Duration,
+    /// No store operation before this instant (after a failure).
+    paused_until: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Shared {
+    /// The second level over `store` (a shared one: Redis).
+    pub fn new(store: Arc<Store>) -> Self {
+        Self::with_pause(store, SHARED_PAUSE)
+    }
+
+    /// The second level over `store`, left alone for `pause` after a failure.
+    pub fn with_pause(store: Arc<Store>, pause: Duration) -> Self {
+        Shared {
+            store,
+            pause,
+            paused_until: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    fn paused(&self) -> bool {
+        let until = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        until.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// The outcome of one store operation: its value, or `None` (and a pause) when it failed.
+    fn outcome<T>(&self, res: Result<T, crate::store::StoreError>) -> Option<T> {
+        match res {
+            Ok(v) => Some(v),
+            Err(_) => {
+                let mut until = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+                if until.is_none_or(|t| Instant::now() >= t) {
+                    tracing::warn!(
+                        pause_ms = self.pause.as_millis() as u64,
+                        "the shared store failed; token methods use this replica's caches and the identity provider"
+                    );
+                }
+                *until = Some(Instant::now() + self.pause);
+                None
+            }
+        }
+    }
+
+    /// The value of `kind`/`id`, if the store has one and answers.
+    pub async fn get(&self, kind: &str, id: &crate::cache::Key) -> Option<Vec<u8>> {
+        if self.paused() {
+            return None;
+        }
+        let res = self.store.get(kind, id).await;
+        self.outcome(res).flatten()
+    }
+
+    /// Stores `value` under `kind`/`id` for `ttl` (nothing for a zero TTL).
+    pub async fn put(&self, kind: &str, id: &crate::cache::Key, value: &[u8], ttl: Duration) {
+        if ttl.is_zero() || self.paused() {
+            return;
+        }
+        let res = self.store.put(kind, id, value, ttl).await;
+        self.outcome(res);
+    }
+
+    /// Takes `kind`/`id` for `ttl` if nobody holds it: whether it was taken; `None` when the store did not answer.
+    pub async fn put_new(&self, kind: &str, id: &crate::cache::Key, ttl: Duration) -> Option<bool> {
+        if ttl.is_zero() || self.paused() {
+            return None;
+        }
+        let res = self.store.put_new(kind, id, b"1", ttl).await;
+        self.outcome(res)
+    }
+
+    /// Counts one under `kind`/`id` (the count lives `ttl` from its first): the new count.
+    pub async fn incr(&self, kind: &str, id: &crate::cache::Key, ttl: Duration) -> Option<u64> {
+        if ttl.is_zero() || self.paused() {
+            return None;
+        }
+        let res = self.store.incr(kind, id, ttl).await;
+        self.outcome(res)
+    }
+
+    /// Removes `kind`/`id`.
+    pub async fn delete(&self, kind: &str, id: &crate::cache::Key) {
+        if self.paused() {
+            return;
+        }
+        let res = self.store.delete(kind, id).await;
+        self.outcome(res);
+    }
+}
+
 /// A refused token: 401 `invalid_token` with the reason, or 503 (logged) when the reason is an IdP outage (the
 /// error's source: only the `Idp` variants of the token methods' errors have one).
 fn token_refusal(provider: &str, e: impl std::error::Error) -> Refusal {
@@ -159,5 +277,131 @@ fn token_identity(method: AuthMethod, verified: Arc<Verified>) -> Identity {
         upstream_token: None,
         id_token: None,
         set_cookies: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures::future::BoxFuture;
+    use tokio::sync::broadcast;
+
+    use super::*;
+    use crate::cache;
+    use crate::store::{Backend, StoreError};
+
+    /// A Redis that hangs: every operation is counted and never answers.
+    #[derive(Debug)]
+    struct Hung(Arc<AtomicUsize>);
+
+    impl Hung {
+        fn hang<'a, T: Send + 'a>(&'a self) -> BoxFuture<'a, Result<T, StoreError>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(futures::future::pending())
+        }
+    }
+
+    impl Backend for Hung {
+        fn get<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+            self.hang()
+        }
+        fn set<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a [u8],
+            _: Duration,
+        ) -> BoxFuture<'a, Result<(), StoreError>> {
+            self.hang()
+        }
+        fn set_new<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a [u8],
+            _: Duration,
+        ) -> BoxFuture<'a, Result<bool, StoreError>> {
+            self.hang()
+        }
+        fn delete<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+            self.hang()
+        }
+        fn incr<'a>(&'a self, _: &'a str, _: Duration) -> BoxFuture<'a, Result<u64, StoreError>> {
+            self.hang()
+        }
+        fn publish<'a>(&'a self, _: &'a str, _: &'a [u8]) -> BoxFuture<'a, Result<(), StoreError>> {
+            self.hang()
+        }
+        fn subscribe(&self, _: String, _: broadcast::Sender<Vec<u8>>) {}
+        fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+            self.hang()
+        }
+        fn add_member<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a [u8],
+            _: Duration,
+        ) -> BoxFuture<'a, Result<(), StoreError>> {
+            self.hang()
+        }
+        fn remove_member<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a [u8],
+        ) -> BoxFuture<'a, Result<(), StoreError>> {
+            self.hang()
+        }
+        fn members<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Vec<Vec<u8>>, StoreError>> {
+            self.hang()
+        }
+    }
+
+    fn hung(pause: Duration) -> (Shared, Arc<AtomicUsize>, Arc<Metrics>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let metrics = Arc::new(Metrics::new());
+        let store = Store::with_backend(
+            Box::new(Hung(calls.clone())),
+            "t:",
+            None,
+            Duration::from_millis(20),
+            metrics.clone(),
+        );
+        (Shared::with_pause(Arc::new(store), pause), calls, metrics)
+    }
+
+    /// A hung store is no answer (after the store's timeout, counted as an error), and is then left alone: the
+    /// next operations do not wait for it.
+    #[tokio::test]
+    async fn a_failed_store_is_no_answer_and_is_left_alone_for_the_pause() {
+        let (shared, calls, metrics) = hung(Duration::from_secs(3600));
+        let id = cache::key(&["x"]);
+        assert_eq!(shared.get("k", &id).await, None);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(
+            metrics
+                .render()
+                .contains("oidc_authz_store_requests_total{op=\"get\",outcome=\"error\"} 1"),
+            "{}",
+            metrics.render()
+        );
+        let ttl = Duration::from_secs(60);
+        shared.put("k", &id, b"v", ttl).await;
+        assert_eq!(shared.put_new("k", &id, ttl).await, None);
+        assert_eq!(shared.incr("k", &id, ttl).await, None);
+        shared.delete("k", &id).await;
+        assert_eq!(shared.get("k", &id).await, None);
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "paused: not asked again");
+    }
+
+    /// Past the pause the store is asked again (so sharing resumes by itself); a zero TTL is never stored.
+    #[tokio::test]
+    async fn past_the_pause_the_store_is_asked_again() {
+        let (shared, calls, _) = hung(Duration::ZERO);
+        let id = cache::key(&["x"]);
+        assert_eq!(shared.get("k", &id).await, None);
+        assert_eq!(shared.get("k", &id).await, None);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        shared.put("k", &id, b"v", Duration::ZERO).await;
+        assert_eq!(shared.put_new("k", &id, Duration::ZERO).await, None);
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "a zero TTL stores nothing");
     }
 }

@@ -30,6 +30,7 @@ use crate::login::store::{
 use crate::provider::Provider;
 use crate::request::CheckView;
 use crate::rng::Rng;
+use crate::store::sessions::SessionIndex;
 use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
 
@@ -87,6 +88,8 @@ pub struct Logins {
     /// The login's state, nonce, PKCE verifier and session ids.
     rng: Arc<dyn Rng>,
     metrics: Arc<Metrics>,
+    /// Every login's session, by user (the admin API lists and revokes them).
+    index: Option<SessionIndex>,
 }
 
 impl Logins {
@@ -115,7 +118,27 @@ impl Logins {
             clock,
             rng,
             metrics,
+            index: None,
         }
+    }
+
+    /// The same, recording every new session in `index`.
+    pub fn with_index(self, index: SessionIndex) -> Self {
+        Logins {
+            index: Some(index),
+            ..self
+        }
+    }
+
+    /// The session index, when there is one.
+    pub fn index(&self) -> Option<&SessionIndex> {
+        self.index.as_ref()
+    }
+
+    /// Ends the session whose ended-session key is `key` (until `until`), on every replica the ended sessions
+    /// reach: the admin API's revoke.
+    pub async fn end(&self, key: cache::Key, until: u64) -> Result<(), StoreError> {
+        self.ended.end(key, until).await
     }
 
     /// The login's part of a Check: the callback, the logout, a session, or the redirect to log in. `None` when
@@ -168,7 +191,16 @@ impl Logins {
         cookies: &RequestCookies<'_>,
     ) -> Result<Authenticated, Refusal> {
         match login.callback(view, cookies).await {
-            Ok(r) => Ok(Authenticated::Redirect(r.for_request(cookies))),
+            Ok(r) => {
+                if let Some(index) = &self.index {
+                    // A session that cannot be indexed could not be revoked: 503 (logged by the store).
+                    let indexed = index.record_login(login, &r.set_cookies, self.clock.now());
+                    indexed
+                        .await
+                        .map_err(|_| Refusal::unavailable("the session store is unavailable"))?;
+                }
+                Ok(Authenticated::Redirect(r.for_request(cookies)))
+            }
             Err(CallbackError::Idp(e)) => Err(Refusal::idp(login.provider.name(), &e)),
             Err(CallbackError::Store(e)) => Err(store_unavailable(login, &e)),
             Err(e) => {
@@ -300,12 +332,18 @@ impl Logins {
             return Ok(hit);
         }
         self.metrics.cache_lookup("session", false);
-        sessions
+        let opened = sessions
             .try_get_with(key, async {
                 login.open_session(reference).await.map(Arc::new)
             })
             .await
-            .map_err(|e| (*e).clone())
+            .map_err(|e| (*e).clone())?;
+        if let Some(index) = self.index.clone() {
+            // Last seen, to this cache's granularity; best effort on its own task (it decides nothing).
+            let (sid, now) = (opened.data.sid.clone(), self.clock.now());
+            tokio::spawn(async move { index.seen(&sid, now).await });
+        }
+        Ok(opened)
     }
 
     /// Logout of a session: remembered as ended until its absolute expiry (in the shared store, every replica

@@ -61,6 +61,11 @@ impl AccessRules {
         AccessRules { requirements }
     }
 
+    /// The requirements, in the order they are checked.
+    pub fn requirements(&self) -> &[Requirement] {
+        &self.requirements
+    }
+
     /// Whether there is no requirement at all.
     pub fn is_empty(&self) -> bool {
         self.requirements.is_empty()

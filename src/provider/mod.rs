@@ -2,6 +2,9 @@
 //! rate-limited; old keys keep serving while the IdP is down; periodic refresh), over one shared [`IdpClient`].
 //! A failed discovery or JWKS fetch closes a [`Gate`] for a bounded exponential backoff: until it reopens, callers
 //! get the remembered failure (or, for discovery, the configured endpoints) without calling the IdP.
+//! With a shared store (Redis), the unknown-`kid` refetch is also limited across replicas: a refetch first takes
+//! a lock in the store for `jwks_min_refetch`, so the replicas together make at most one per window (each keeps
+//! its own keys; one that did not get the lock answers as within its own window).
 
 pub mod client;
 pub mod fake;
@@ -16,6 +19,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::config::{ProviderConfig, Secret, TokenEndpointAuth};
+use crate::flow::Shared;
 use crate::telemetry::Metrics;
 pub use client::{ClientAuth, Endpoint, Form, IdpClient, ReqwestIdp, Target};
 use jwks::{KeySet, VerifyKey};
@@ -106,6 +110,8 @@ pub struct Provider {
     /// Serialises discovery and remembers a failed one for its backoff.
     discovering: tokio::sync::Mutex<DiscoveryState>,
     ready: AtomicBool,
+    /// The store the replicas share (Redis), holding the refetch lock; `None`: this replica's gate alone.
+    shared: Option<Shared>,
 }
 
 /// First wait after a failed IdP call; it doubles with every failure in a row, up to [`BACKOFF_MAX`].
@@ -183,7 +189,14 @@ impl Provider {
             fetch: tokio::sync::Mutex::new(Gate::default()),
             discovering: tokio::sync::Mutex::new(DiscoveryState::default()),
             ready: AtomicBool::new(false),
+            shared: None,
         }
+    }
+
+    /// The same provider, its unknown-`kid` refetches also limited across the replicas sharing `shared`.
+    pub fn with_shared(mut self, shared: Option<Shared>) -> Self {
+        self.shared = shared;
+        self
     }
 
     /// The provider's name.
@@ -504,6 +517,21 @@ impl Provider {
                 (None, Some(_)) => KeyError::Unknown,
                 (None, None) => KeyError::Idp(IdpError::NoEndpoint("signing keys")),
             });
+        }
+        // Across replicas: the refetch lock of this provider for the window; another replica holding it means it
+        // refetched within the window: answer as this replica's own closed gate would (a store that fails is
+        // skipped: this replica's gate alone).
+        let window = self.config.jwks_min_refetch;
+        if let Some(shared) = &self.shared {
+            let lock = crate::cache::key(&["jwks-refetch", self.name()]);
+            if shared.put_new("jwks-refetch", &lock, window).await == Some(false) {
+                gate.succeeded(now, window);
+                tracing::debug!(provider = %self.name(), "another replica refetched the signing keys within jwks_min_refetch; not refetching");
+                return Err(match &current {
+                    Some(_) => KeyError::Unknown,
+                    None => KeyError::Idp(IdpError::NoEndpoint("signing keys")),
+                });
+            }
         }
         let res = self.fetch_keys(false).await;
         match res {

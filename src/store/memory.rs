@@ -1,7 +1,8 @@
 //! The store in this process's memory: the zero-setup default for a single replica (nothing is shared with
 //! another process). Entries expire by their own lifetime; events go to this process's subscribers only.
 
-use std::sync::Mutex;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -38,9 +39,40 @@ impl moka::Expiry<String, Entry> for ByTtl {
     }
 }
 
+/// A set and when it expires.
+#[derive(Clone)]
+struct SetEntry {
+    members: Arc<Mutex<BTreeSet<Vec<u8>>>>,
+    expires: Instant,
+}
+
+struct SetExpiry;
+
+impl moka::Expiry<String, SetEntry> for SetExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &SetEntry,
+        now: Instant,
+    ) -> Option<Duration> {
+        Some(value.expires.saturating_duration_since(now))
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &String,
+        value: &SetEntry,
+        now: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.expires.saturating_duration_since(now))
+    }
+}
+
 /// Entries in a bounded in-memory map.
 pub struct MemoryBackend {
     entries: moka::sync::Cache<String, Entry>,
+    sets: moka::sync::Cache<String, SetEntry>,
     subscribers: Mutex<Vec<(String, broadcast::Sender<Vec<u8>>)>>,
 }
 
@@ -65,6 +97,10 @@ impl MemoryBackend {
             entries: moka::sync::Cache::builder()
                 .max_capacity(MAX_ENTRIES)
                 .expire_after(ByTtl)
+                .build(),
+            sets: moka::sync::Cache::builder()
+                .max_capacity(MAX_ENTRIES)
+                .expire_after(SetExpiry)
                 .build(),
             subscribers: Mutex::new(Vec::new()),
         }
@@ -171,5 +207,66 @@ impl Backend for MemoryBackend {
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         ready(Ok(()))
+    }
+
+    fn add_member<'a>(
+        &'a self,
+        key: &'a str,
+        member: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let until = Instant::now() + ttl;
+        self.sets.entry(key.to_string()).and_upsert_with(|old| {
+            let entry = match old {
+                Some(old) => {
+                    let old = old.into_value();
+                    SetEntry {
+                        expires: old.expires.max(until),
+                        members: old.members,
+                    }
+                }
+                None => SetEntry {
+                    members: Arc::default(),
+                    expires: until,
+                },
+            };
+            entry
+                .members
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(member.to_vec());
+            entry
+        });
+        ready(Ok(()))
+    }
+
+    fn remove_member<'a>(
+        &'a self,
+        key: &'a str,
+        member: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        if let Some(set) = self.sets.get(key) {
+            set.members
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(member);
+        }
+        ready(Ok(()))
+    }
+
+    fn members<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Vec<Vec<u8>>, StoreError>> {
+        let members = self
+            .sets
+            .get(key)
+            .map(|set| {
+                set.members
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        ready(Ok(members))
     }
 }

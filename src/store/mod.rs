@@ -6,6 +6,7 @@
 
 pub mod memory;
 pub mod redis;
+pub mod sessions;
 
 use std::fmt;
 use std::sync::Arc;
@@ -63,6 +64,21 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn subscribe(&self, channel: String, to: broadcast::Sender<Vec<u8>>);
     /// Whether the backend answers.
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Adds `member` to the set under `key`; the set lives at least `ttl` from now (a longer lifetime is kept).
+    fn add_member<'a>(
+        &'a self,
+        key: &'a str,
+        member: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Removes `member` from the set under `key`.
+    fn remove_member<'a>(
+        &'a self,
+        key: &'a str,
+        member: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// The members of the set under `key` (none when there is no set).
+    fn members<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Vec<Vec<u8>>, StoreError>>;
 }
 
 /// The store every shared piece of state goes through.
@@ -226,6 +242,38 @@ impl Store {
         self.timed("ping", self.backend.ping()).await
     }
 
+    /// Adds `member` to the set `kind`/`id`, which lives at least `ttl` from now. Members are kept as they are
+    /// (a set needs equal members to be equal): only ever ids that are hashes, never a secret.
+    pub async fn add_member(
+        &self,
+        kind: &str,
+        id: &cache::Key,
+        member: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let key = self.key(kind, id);
+        self.timed("add_member", self.backend.add_member(&key, member, ttl))
+            .await
+    }
+
+    /// Removes `member` from the set `kind`/`id`.
+    pub async fn remove_member(
+        &self,
+        kind: &str,
+        id: &cache::Key,
+        member: &[u8],
+    ) -> Result<(), StoreError> {
+        let key = self.key(kind, id);
+        self.timed("remove_member", self.backend.remove_member(&key, member))
+            .await
+    }
+
+    /// The members of the set `kind`/`id`.
+    pub async fn members(&self, kind: &str, id: &cache::Key) -> Result<Vec<Vec<u8>>, StoreError> {
+        let key = self.key(kind, id);
+        self.timed("members", self.backend.members(&key)).await
+    }
+
     fn seal(&self, key: &str, value: &[u8]) -> Vec<u8> {
         match &self.codec {
             Some(codec) => codec.seal(key, value).into_bytes(),
@@ -299,6 +347,24 @@ mod tests {
         fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
             self.0.ping()
         }
+        fn add_member<'a>(
+            &'a self,
+            k: &'a str,
+            m: &'a [u8],
+            t: Duration,
+        ) -> BoxFuture<'a, Result<(), StoreError>> {
+            self.0.add_member(k, m, t)
+        }
+        fn remove_member<'a>(
+            &'a self,
+            k: &'a str,
+            m: &'a [u8],
+        ) -> BoxFuture<'a, Result<(), StoreError>> {
+            self.0.remove_member(k, m)
+        }
+        fn members<'a>(&'a self, k: &'a str) -> BoxFuture<'a, Result<Vec<Vec<u8>>, StoreError>> {
+            self.0.members(k)
+        }
     }
 
     fn store(codec: Option<CookieCodec>) -> (Store, Arc<MemoryBackend>) {
@@ -362,6 +428,39 @@ mod tests {
         for want in 1..=3 {
             assert_eq!(store.incr("count", &n, ttl).await.expect("incr"), want);
         }
+    }
+
+    /// Sets hold each member once, forget removed ones, and live as long as their longest-lived addition.
+    #[tokio::test]
+    async fn sets_add_remove_and_list_members() {
+        let (store, _) = store(Some(codec()));
+        let id = cache::key(&["a-user"]);
+        assert!(store.members("set", &id).await.expect("none").is_empty());
+        store
+            .add_member("set", &id, b"a", Duration::from_secs(60))
+            .await
+            .expect("add a");
+        store
+            .add_member("set", &id, b"b", Duration::from_secs(60))
+            .await
+            .expect("add b");
+        store
+            .add_member("set", &id, b"a", Duration::from_secs(60))
+            .await
+            .expect("add a again");
+        let mut members = store.members("set", &id).await.expect("members");
+        members.sort();
+        assert_eq!(members, vec![b"a".to_vec(), b"b".to_vec()]);
+        store
+            .remove_member("set", &id, b"a")
+            .await
+            .expect("remove a");
+        assert_eq!(
+            store.members("set", &id).await.expect("members"),
+            vec![b"b".to_vec()]
+        );
+        let other = cache::key(&["another-user"]);
+        assert!(store.members("set", &other).await.expect("none").is_empty());
     }
 
     #[tokio::test]

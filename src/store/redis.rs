@@ -89,6 +89,16 @@ impl RedisBackend {
             .ok_or_else(|| unavailable("not connected to Redis yet"))
     }
 
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        script: redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        match self.conn()? {
+            Conn::Single(mut c) => script.invoke_async(&mut c).await.map_err(unavailable),
+            Conn::Cluster(mut c) => script.invoke_async(&mut c).await.map_err(unavailable),
+        }
+    }
+
     async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, StoreError> {
         match self.conn()? {
             Conn::Single(mut c) => cmd.query_async(&mut c).await.map_err(unavailable),
@@ -226,10 +236,7 @@ impl Backend for RedisBackend {
             );
             let mut invocation = script.key(key);
             invocation.arg(ms);
-            match self.conn()? {
-                Conn::Single(mut c) => invocation.invoke_async(&mut c).await.map_err(unavailable),
-                Conn::Cluster(mut c) => invocation.invoke_async(&mut c).await.map_err(unavailable),
-            }
+            self.invoke(invocation).await
         })
     }
 
@@ -260,5 +267,41 @@ impl Backend for RedisBackend {
                 Err(unavailable("unexpected answer to PING"))
             }
         })
+    }
+
+    fn add_member<'a>(
+        &'a self,
+        key: &'a str,
+        member: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let ms = ttl.as_millis().max(1) as u64;
+        Box::pin(async move {
+            // SADD, and the set's lifetime extended to `ttl` when it has less: one script, so a set is never left
+            // without a lifetime.
+            let script = redis::Script::new(
+                "redis.call('SADD', KEYS[1], ARGV[1]) \
+                 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end \
+                 return 1",
+            );
+            let mut invocation = script.key(key);
+            invocation.arg(member).arg(ms);
+            self.invoke::<i64>(invocation).await.map(|_| ())
+        })
+    }
+
+    fn remove_member<'a>(
+        &'a self,
+        key: &'a str,
+        member: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.query::<()>(redis::cmd("SREM").arg(key).arg(member).clone())
+                .await
+        })
+    }
+
+    fn members<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Vec<Vec<u8>>, StoreError>> {
+        Box::pin(async move { self.query(redis::cmd("SMEMBERS").arg(key).clone()).await })
     }
 }

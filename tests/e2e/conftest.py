@@ -27,7 +27,8 @@ import pytest
 
 # re-exported: the tests import these from conftest
 from world import (  # noqa: F401
-    E2E, HTTP_TIMEOUT, IDP_DIR, ROOT, VENV_BIN, Component, StartError, Unavailable, World, authz_binary,
+    E2E, HTTP_TIMEOUT, IDP_DIR, ROOT, VENV_BIN, Component, ReplicaWorld, StartError, Unavailable, World,
+    authz_binary,
     free_ports, in_ci, jwt_claims, jwt_header, port_open, processes_of, render, tail,
 )
 

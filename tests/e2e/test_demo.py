@@ -60,15 +60,18 @@ def _leftovers(run_dir) -> list[tuple[int, str]]:
     return processes_of(run_dir) + (processes_of(run_dir.resolve()) if run_dir.resolve() != run_dir else [])
 
 
-def test_demo_no_wait_walks_every_step_and_stops_everything(tmp_path):
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_demo_no_wait_walks_every_step_and_stops_everything(tmp_path, replicas):
+    """The demo as the README runs it, and with --replicas 2 (two replicas sharing a real Redis behind Envoy):
+    every step answers as expected either way, and nothing is left running."""
     binary = authz_binary()
     _require(binary, "oidc-authz binary (cargo build, or set OIDC_AUTHZ_BIN)")
     _require(VENV_BIN / "envoy", "Envoy (scripts/e2e-setup.sh)")
     run_dir = tmp_path / "demo"
     env = {**os.environ, "OIDC_AUTHZ_BIN": str(binary)}
     p = subprocess.Popen([str(VENV_BIN / "python"), str(DEMO), "--no-wait", "--random-ports", "--run-dir",
-                          str(run_dir)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True, start_new_session=True)
+                          str(run_dir), "--replicas", str(replicas)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         out, _ = p.communicate(timeout=180)
     except subprocess.TimeoutExpired:
@@ -87,5 +90,9 @@ def test_demo_no_wait_walks_every_step_and_stops_everything(tmp_path):
     present = [s for s in ABSENT if s in out]
     assert not present, f"demo output has {present}:\n{out}"
     assert not left, f"demo left processes running: {left}"
-    for log in ("envoy.log", "oidc-authz.log", "httpbin.log", "idp.log"):
+    logs = ["envoy.log", "oidc-authz.log", "httpbin.log", "idp.log"]
+    if replicas == 2:
+        assert "oidc-authz replica B" in out and "redis://127.0.0.1:" in out, out
+        logs += ["oidc-authz-b.log", "redis.log"]
+    for log in logs:
         assert (run_dir / log).stat().st_size > 0, f"{log} empty"

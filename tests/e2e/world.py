@@ -485,3 +485,132 @@ class World:
 
     def _authz_ready(self, c: Component) -> bool:
         return requests.get(f"http://127.0.0.1:{self.authz_admin_port}/readyz", timeout=1).status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# several replicas
+# ---------------------------------------------------------------------------------------------------------------
+def redis_server_bin() -> str | None:
+    return shutil.which("redis-server") or next(
+        (p for p in ("/usr/bin/redis-server", "/usr/local/bin/redis-server") if os.path.exists(p)), None)
+
+
+class ReplicaWorld(World):
+    """The World with two oidc-authz replicas, "authz" (A) and "authz_b" (B), sharing one real Redis ("redis";
+    `[store] backend = "redis"`), both behind one Envoy (the ext_authz cluster lists both: round robin, gRPC health
+    checks, a Check retried on the other replica when one dies). `kill(name)` SIGKILLs a replica."""
+
+    NAMES = World.NAMES + ("authz_b", "redis")
+
+    def __init__(self, tmp: Path, **kw):
+        super().__init__(tmp, **kw)
+        self.grpc_b_port, self.authz_b_admin_port, self.redis_port = free_ports(3)
+        self.store_secret = base64.b64encode(os.urandom(32)).decode()
+        mark = {WORLD_DIR_ENV: str(tmp)}
+        label = kw.get("label", "e2e")
+        self.components["authz_b"] = Component(
+            "authz_b", tmp / "oidc-authz-b.log", lambda: self._replica_argv("b"), self._authz_b_ready,
+            env={"RUST_LOG": "info", **mark, **(kw.get("authz_env") or {})}, label=label)
+        self.components["redis"] = Component("redis", tmp / "redis.log", self._redis_argv, self._redis_ready,
+                                             env=dict(mark), label=label)
+
+    def start(self, name: str) -> None:
+        if name in ("authz", "authz_b"):
+            self.start("redis")
+            self.start("idp")
+        if name == "authz_b":
+            self._check_available("authz")
+            self.components[name].start()
+            return
+        if name == "redis":
+            if redis_server_bin() is None:
+                raise Unavailable("redis-server not found: run scripts/test-deps.sh")
+            self.components[name].start()
+            return
+        super().start(name)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a component (no drain, no goodbye), then reap it."""
+        c = self.components[name]
+        if c.proc is not None and c.proc.poll() is None:
+            os.killpg(c.proc.pid, signal.SIGKILL)
+            c.proc.wait(timeout=STOP_GRACE)
+        c.proc = None
+
+    def close(self) -> None:
+        super().close()
+        for n in ("authz_b", "redis"):
+            try:
+                self.components[n].stop()
+            except Exception as e:  # keep stopping the rest
+                print(f"{self.components[n].label}: stopping {n} failed: {e}", file=sys.stderr)
+
+    def admin_url(self, replica: str, path: str) -> str:
+        port = self.authz_admin_port if replica == "authz" else self.authz_b_admin_port
+        return f"http://127.0.0.1:{port}{path}"
+
+    def metric(self, replica: str, prefix: str) -> float:
+        """The sum of the samples of one replica's /metrics whose line starts with `prefix`."""
+        text = requests.get(self.admin_url(replica, "/metrics"), timeout=HTTP_TIMEOUT).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+    def checks_answered(self, replica: str) -> int:
+        """How many Checks a replica has logged."""
+        log = self.components[replica].log
+        return sum(1 for line in log.read_text(errors="replace").splitlines() if '"message":"check"' in line)
+
+    def replica_config(self, which: str) -> Path:
+        grpc, admin = (self.grpc_port, self.authz_admin_port) if which == "a" else \
+            (self.grpc_b_port, self.authz_b_admin_port)
+        out = render(E2E / "oidc-authz.template.toml", self.tmp / f"oidc-authz-{which}.toml", {
+            "GRPC_PORT": str(grpc),
+            "ADMIN_PORT": str(admin),
+            "ISSUER": self.issuer or "",
+            "ENVOY_PORT": str(self.envoy_port),
+        })
+        with open(out, "a") as f:
+            f.write(f'\n[store]\nbackend = "redis"\nurl = "redis://127.0.0.1:{self.redis_port}/0"\n'
+                    f'secret = "{self.store_secret}"\n')
+        return out
+
+    def authz_config(self) -> Path:
+        return self.replica_config("a")
+
+    def _replica_argv(self, which: str) -> list[str]:
+        return [str(self.authz_bin), "serve", "--config", str(self.replica_config(which))]
+
+    def _authz_b_ready(self, c: Component) -> bool:
+        return requests.get(self.admin_url("authz_b", "/readyz"), timeout=1).status_code == 200
+
+    def _envoy_argv(self) -> list[str]:
+        cfg = self.tmp / "envoy.yaml"
+        subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "render_envoy.py"), "--out", str(cfg),
+             "--listen-port", str(self.envoy_port), "--admin-port", str(self.envoy_admin_port),
+             "--authz", f"127.0.0.1:{self.grpc_port}", "--authz", f"127.0.0.1:{self.grpc_b_port}",
+             "--upstream", f"127.0.0.1:{self.httpbin_port}"],
+            check=True,
+        )
+        return [str(VENV_BIN / "envoy"), "-c", str(cfg), "--disable-hot-restart",
+                "--base-id", str(self.envoy_port), "--concurrency", "1", "-l", "warning"]
+
+    def _redis_argv(self) -> list[str]:
+        d = self.tmp / "redis"
+        d.mkdir(exist_ok=True)
+        return [redis_server_bin() or "redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", str(d)]
+
+    def _redis_ready(self, c: Component) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.redis_port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def envoy_sees_healthy(self, n: int) -> bool:
+        """Whether Envoy's health checks count `n` healthy oidc-authz replicas."""
+        text = requests.get(f"http://127.0.0.1:{self.envoy_admin_port}/clusters", timeout=1).text
+        healthy = sum(1 for line in text.splitlines()
+                      if line.startswith("oidc_authz::") and "::health_flags::healthy" in line)
+        return healthy == n

@@ -5,10 +5,12 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod admin;
 mod client_credentials;
 mod grpc;
 mod introspection;
 mod login;
 mod provider;
 mod sessions;
+mod shared_caches;
 mod store;

@@ -76,6 +76,23 @@ async fn shared_between_replicas(a: &Store, b: &Store) {
     let counter = cache::key(&["client-id"]);
     assert_eq!(a.incr("refused", &counter, ttl).await.expect("A counts"), 1);
     assert_eq!(b.incr("refused", &counter, ttl).await.expect("B counts"), 2);
+    let set = cache::key(&["a-user"]);
+    a.add_member("set", &set, b"one", ttl)
+        .await
+        .expect("A adds");
+    b.add_member("set", &set, b"two", ttl)
+        .await
+        .expect("B adds");
+    let mut members = a.members("set", &set).await.expect("members on A");
+    members.sort();
+    assert_eq!(members, vec![b"one".to_vec(), b"two".to_vec()]);
+    b.remove_member("set", &set, b"one")
+        .await
+        .expect("B removes");
+    assert_eq!(
+        a.members("set", &set).await.expect("members on A"),
+        vec![b"two".to_vec()]
+    );
 }
 
 #[tokio::test]

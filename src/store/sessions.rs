@@ -1,0 +1,260 @@
+//! The session index: every login's session, findable by its user (`sub`), for the admin API (list, revoke).
+//!
+//! A session is known by a **public id**: the hex of a hash of its secret id (`sid`) under its own label, so the
+//! id shown to an operator neither opens the session nor is the key of its entry in the ended-session set (that
+//! key, another hash of the `sid`, is kept inside the sealed record, so a revoke can end the session). Records
+//! are sealed store values (`session-index` kind, keyed by a hash of the public id) living until the session's
+//! absolute expiry; each user's set of public ids (`user-sessions` kind, keyed by a hash of the `sub`) lives as
+//! long as its longest-lived session. No token is ever in the index.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cache;
+use crate::login::authcode::Login;
+use crate::login::cookie::{RequestCookies, SetCookie};
+use crate::store::{Store, StoreError};
+
+const RECORD: &str = "session-index";
+const BY_SUB: &str = "user-sessions";
+
+/// One indexed session. No token, no secret id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// The public id (hex of a hash of the session id).
+    pub id: String,
+    /// The policy the user logged in through.
+    pub policy: String,
+    /// The user.
+    pub sub: String,
+    /// When the user logged in (seconds since the epoch).
+    pub created: u64,
+    /// When a replica last opened the session (seconds since the epoch).
+    pub seen: u64,
+    /// The session's absolute expiry (seconds since the epoch).
+    pub until: u64,
+    /// The session's key in the ended-session set, hex.
+    ended_key: String,
+}
+
+impl SessionRecord {
+    /// The record of a session with secret id `sid` (kept only as hashes) whose ended-session key is
+    /// `ended_key`.
+    pub fn new(
+        sid: &str,
+        ended_key: &cache::Key,
+        policy: &str,
+        sub: &str,
+        created: u64,
+        until: u64,
+    ) -> Self {
+        SessionRecord {
+            id: public_id(sid),
+            policy: policy.to_string(),
+            sub: sub.to_string(),
+            created,
+            seen: created,
+            until,
+            ended_key: hex(ended_key),
+        }
+    }
+
+    /// The session's key in the ended-session set.
+    pub fn ended_key(&self) -> Option<cache::Key> {
+        let bytes = self.ended_key.as_bytes();
+        if bytes.len() != 64 {
+            return None;
+        }
+        let mut key = [0u8; 32];
+        for (i, pair) in bytes.chunks(2).enumerate() {
+            let text = std::str::from_utf8(pair).ok()?;
+            key[i] = u8::from_str_radix(text, 16).ok()?;
+        }
+        Some(key)
+    }
+}
+
+/// The public id of the session with secret id `sid`: 128 bits of a labelled hash, hex.
+pub fn public_id(sid: &str) -> String {
+    hex(&cache::key(&["oidc-authz public session id", sid])[..16])
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The index over the shared store.
+#[derive(Debug, Clone)]
+pub struct SessionIndex {
+    store: Arc<Store>,
+}
+
+impl SessionIndex {
+    /// The index kept in `store`.
+    pub fn new(store: Arc<Store>) -> Self {
+        SessionIndex { store }
+    }
+
+    fn ttl(record: &SessionRecord, now: u64) -> Duration {
+        Duration::from_secs(record.until.saturating_sub(now).max(1))
+    }
+
+    /// Records a new session (at `now`, seconds since the epoch).
+    pub async fn record(&self, record: &SessionRecord, now: u64) -> Result<(), StoreError> {
+        let ttl = Self::ttl(record, now);
+        let value = serde_json::to_vec(record).unwrap_or_default();
+        self.store
+            .put(RECORD, &record_key(&record.id), &value, ttl)
+            .await?;
+        self.store
+            .add_member(BY_SUB, &sub_key(&record.sub), record.id.as_bytes(), ttl)
+            .await
+    }
+
+    /// Records the session a login's callback just made, read back from the cookies it sets (the opened-session
+    /// cache and its metrics are left alone); nothing when they hold no session.
+    pub async fn record_login(
+        &self,
+        login: &Login<'_>,
+        set_cookies: &[SetCookie],
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let pairs: Vec<String> = set_cookies
+            .iter()
+            .filter_map(|c| {
+                c.clone()
+                    .into_header()
+                    .split(';')
+                    .next()
+                    .map(str::to_string)
+            })
+            .collect();
+        let pairs: Vec<&str> = pairs.iter().map(String::as_str).collect();
+        let Some(reference) = login.store.find(&RequestCookies::parse(&pairs)).flatten() else {
+            return Ok(());
+        };
+        let Ok(opened) = login.open_session(&reference).await else {
+            return Ok(());
+        };
+        let data = &opened.data;
+        let sub = opened
+            .claims
+            .get("sub")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        let until = data.created.saturating_add(login.settings.absolute_timeout);
+        let record = SessionRecord::new(
+            &data.sid,
+            &opened.ended_key,
+            &login.policy.name,
+            sub,
+            data.created,
+            until,
+        );
+        self.record(&record, now).await
+    }
+
+    /// Notes that the session with secret id `sid` was opened at `now`; nothing when it is not indexed (expired
+    /// or revoked: a revoked session is never brought back).
+    pub async fn seen(&self, sid: &str, now: u64) -> Result<(), StoreError> {
+        let Some(mut record) = self.get(&public_id(sid)).await? else {
+            return Ok(());
+        };
+        if record.seen >= now {
+            return Ok(());
+        }
+        record.seen = now;
+        let value = serde_json::to_vec(&record).unwrap_or_default();
+        self.store
+            .put(
+                RECORD,
+                &record_key(&record.id),
+                &value,
+                Self::ttl(&record, now),
+            )
+            .await
+    }
+
+    /// The session with public id `id`.
+    pub async fn get(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let raw = self.store.get(RECORD, &record_key(id)).await?;
+        Ok(raw.and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    /// The indexed sessions of `sub`, oldest first (ids of expired sessions are dropped from its set).
+    pub async fn of_sub(&self, sub: &str) -> Result<Vec<SessionRecord>, StoreError> {
+        let key = sub_key(sub);
+        let mut out = Vec::new();
+        for member in self.store.members(BY_SUB, &key).await? {
+            let id = String::from_utf8_lossy(&member).into_owned();
+            match self.get(&id).await? {
+                Some(record) if record.sub == sub => out.push(record),
+                _ => self.store.remove_member(BY_SUB, &key, &member).await?,
+            }
+        }
+        out.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        Ok(out)
+    }
+
+    /// Forgets a session (it was revoked).
+    pub async fn remove(&self, record: &SessionRecord) -> Result<(), StoreError> {
+        self.store.delete(RECORD, &record_key(&record.id)).await?;
+        self.store
+            .remove_member(BY_SUB, &sub_key(&record.sub), record.id.as_bytes())
+            .await
+    }
+}
+
+fn record_key(id: &str) -> cache::Key {
+    cache::key(&["oidc-authz session record", id])
+}
+
+fn sub_key(sub: &str) -> cache::Key {
+    cache::key(&["oidc-authz sessions of", sub])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StoreConfig;
+    use crate::telemetry::Metrics;
+
+    fn index() -> SessionIndex {
+        let config = StoreConfig::default();
+        SessionIndex::new(Arc::new(Store::new(&config, Arc::new(Metrics::new()))))
+    }
+
+    /// Sessions are found by their user, seen times move forward, removed ones are gone; the public id is
+    /// neither the session id nor its ended-session key.
+    #[tokio::test]
+    async fn sessions_are_found_by_user_and_removed() {
+        let index = index();
+        let ended = cache::key(&["ended", "sid-1"]);
+        let a = SessionRecord::new("sid-1", &ended, "web", "alice", 1_000, 4_600);
+        let b = SessionRecord::new("sid-2", &[2u8; 32], "web", "alice", 1_010, 4_610);
+        let c = SessionRecord::new("sid-3", &[3u8; 32], "web", "bob", 1_020, 4_620);
+        for r in [&a, &b, &c] {
+            index.record(r, 1_020).await.expect("record");
+        }
+        assert!(!a.id.contains("sid-1") && a.id.len() == 32 && a.id != hex(&ended));
+        assert_eq!(a.ended_key(), Some(ended));
+        let alice = index.of_sub("alice").await.expect("alice");
+        assert_eq!(alice, vec![a.clone(), b.clone()]);
+        index.seen("sid-1", 2_000).await.expect("seen");
+        assert_eq!(
+            index.get(&a.id).await.expect("get").map(|r| r.seen),
+            Some(2_000)
+        );
+        index.remove(&a).await.expect("remove");
+        assert_eq!(index.of_sub("alice").await.expect("alice"), vec![b]);
+        index.seen("sid-1", 3_000).await.expect("seen");
+        assert_eq!(
+            index.get(&a.id).await.expect("get"),
+            None,
+            "not brought back"
+        );
+        assert_eq!(index.of_sub("bob").await.expect("bob"), vec![c]);
+    }
+}
