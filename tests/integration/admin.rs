@@ -353,7 +353,6 @@ async fn the_session_index_is_shared_through_redis() {
 /// A revoke through A's admin API ends the session on B. Needs the ended-session set in the store (issue 13,
 /// item 2, branch r13-sessions): with this process's ended sessions, only A knows.
 #[tokio::test]
-#[ignore = "needs the shared EndedSessions of r13-sessions; un-ignore at merge"]
 async fn a_revoke_through_one_replica_ends_the_session_on_the_other() {
     let redis = RedisServer::start().await;
     let (idp, a, b) = replicas(&redis).await;
