@@ -111,6 +111,7 @@ pub(super) struct RawPolicy {
     pub(super) upstream_id_token_header: Option<String>,
     pub(super) logout_methods: Option<Vec<String>>,
     pub(super) logout_revoke: Option<bool>,
+    pub(super) backchannel_logout_path: Option<String>,
 }
 
 /// `session_secret` may be one secret or a list (newest first).

@@ -4,6 +4,7 @@
 //! own part is its [`LoginFlow`]; the steps themselves are in [`authcode`], the cookie mechanics in [`cookie`].
 
 pub mod authcode;
+pub mod backchannel;
 pub mod cookie;
 pub mod store;
 

@@ -456,7 +456,8 @@ class World:
         cb = f"http://127.0.0.1:{self.envoy_port}"
         return ["node", str(IDP_DIR / "server.mjs"), "--port", str(self.idp_port),
                 "--redirect-uri", f"{cb}/oauth2/callback",
-                "--post-logout-redirect-uri", f"{cb}/public/get"]
+                "--post-logout-redirect-uri", f"{cb}/public/get",
+                "--backchannel-logout-uri", f"{cb}/oauth2/backchannel-logout"]
 
     def _idp_ready(self, c: Component) -> bool:
         m = IDP_READY.search(c.new_output())
