@@ -256,6 +256,12 @@ fn would_use(
                 );
             }
             Intent::Logout => return (Some(AuthMethod::Session), "the logout path"),
+            Intent::BackchannelLogout => {
+                return (
+                    Some(AuthMethod::Session),
+                    "the back-channel logout path (a logout token from the provider)",
+                );
+            }
             Intent::Resource if !creds.has_token() => {
                 if flow.store.find(&creds.cookies).is_some() {
                     return (

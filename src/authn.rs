@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::config::{AuthMethod, Policy};
-use crate::decision::{Deny, Redirect};
+use crate::decision::{Answered, Deny, Redirect};
 use crate::flow::bearer::Verified;
 use crate::login::OpenedSession;
 use crate::provider::IdpError;
@@ -71,6 +71,8 @@ pub enum Authenticated {
     Identity(Identity),
     /// The browser goes elsewhere (to log in, back after the callback, to log out).
     Redirect(Redirect),
+    /// The request is answered here, successfully, and goes nowhere upstream (a back-channel logout).
+    Answered(Answered),
 }
 
 /// Why a request is refused, with the public description the client reads (always one of our own texts, never
@@ -111,6 +113,8 @@ pub enum RefusalKind {
     LoginFailed(&'static str),
     /// 401 `invalid_token`: a login is needed; the URL to log in at joins the challenge when the policy can log in.
     LoginRequired(Option<String>),
+    /// 400 `invalid_request`: a message we must read does not verify (a back-channel logout token).
+    BadRequest,
     /// 403 `insufficient_scope`: authenticated, but the access rules (or the IdP, for a scope) refuse.
     Insufficient,
     /// 403 `access_denied`: no policy for the route, or an action this request may not take.
@@ -143,6 +147,11 @@ impl Refusal {
     /// 401: log in first (at `login_uri`, when the policy can log in).
     pub fn login_required(login_uri: Option<String>) -> Self {
         Self::new(RefusalKind::LoginRequired(login_uri), "login required")
+    }
+
+    /// 400 `invalid_request`.
+    pub fn bad_request(description: impl Into<String>) -> Self {
+        Self::new(RefusalKind::BadRequest, description)
     }
 
     /// 403 `insufficient_scope`.
@@ -213,6 +222,7 @@ impl Refusal {
                 deny.page = Some(page);
                 deny
             }
+            RefusalKind::BadRequest => Deny::bad_request(self.description),
             RefusalKind::Insufficient => Deny::insufficient(realm, self.description),
             RefusalKind::Forbidden => Deny::forbidden("access_denied", self.description),
             RefusalKind::Unavailable => Deny::unavailable(self.description),

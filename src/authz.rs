@@ -202,6 +202,13 @@ impl Authorizer {
                     sub: None,
                 };
             }
+            Ok(Authenticated::Answered(a)) => {
+                return Outcome {
+                    decision: Decision::Answered(a),
+                    method: Some(AuthMethod::Session),
+                    sub: None,
+                };
+            }
             Err(refusal) => return Outcome::refused(Some(rt), refusal),
         };
         let (method, sub) = (id.method, id.sub());

@@ -38,6 +38,8 @@ pub enum Intent {
     Callback,
     /// The logout path.
     Logout,
+    /// The back-channel logout path (the provider's POST of a logout token).
+    BackchannelLogout,
     /// Anything else (the protected resource).
     Resource,
 }
@@ -63,6 +65,9 @@ impl<'a> Credentials<'a> {
         let intent = match &rt.login {
             Some(flow) if view.path == flow.settings.redirect_uri.path() => Intent::Callback,
             Some(_) if policy.logout_path.as_deref() == Some(view.path) => Intent::Logout,
+            Some(flow) if flow.settings.backchannel_logout_path.as_deref() == Some(view.path) => {
+                Intent::BackchannelLogout
+            }
             _ => Intent::Resource,
         };
         let cookies = if rt.login.is_some() {

@@ -12,6 +12,15 @@ pub enum Decision {
     Deny(Deny),
     /// Send the browser elsewhere (login at the IdP, back to the app after the callback, logout).
     Redirect(Redirect),
+    /// Answer the client ourselves with a success that goes nowhere upstream (the back-channel logout's 200).
+    Answered(Answered),
+}
+
+/// A success Envoy answers itself, with an empty body and no caching.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answered {
+    /// The HTTP status (2xx).
+    pub status: u16,
 }
 
 /// A 302 answered by Envoy on our behalf.
@@ -39,6 +48,8 @@ pub struct Allow {
 /// The HTTP status of a deny.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DenyStatus {
+    /// 400: a request we must read is malformed (a back-channel logout token that does not verify).
+    BadRequest,
     /// 401: no or bad credentials.
     Unauthorized,
     /// 403: good credentials, not enough rights, or no policy for the route.
@@ -51,6 +62,7 @@ impl DenyStatus {
     /// The numeric HTTP status.
     pub fn code(self) -> u16 {
         match self {
+            DenyStatus::BadRequest => 400,
             DenyStatus::Unauthorized => 401,
             DenyStatus::Forbidden => 403,
             DenyStatus::Unavailable => 503,
@@ -117,6 +129,19 @@ impl Deny {
         Deny {
             status: DenyStatus::Forbidden,
             error,
+            description: description.into(),
+            www_authenticate: None,
+            page: None,
+            set_cookies: Vec::new(),
+            retry_after: None,
+        }
+    }
+
+    /// 400 `invalid_request` without a challenge.
+    pub fn bad_request(description: impl Into<String>) -> Self {
+        Deny {
+            status: DenyStatus::BadRequest,
+            error: "invalid_request",
             description: description.into(),
             www_authenticate: None,
             page: None,

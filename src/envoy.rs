@@ -7,7 +7,7 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
 
-use crate::decision::{Allow, Decision, Deny, DenyStatus, Redirect};
+use crate::decision::{Allow, Answered, Decision, Deny, DenyStatus, Redirect};
 
 /// The `CheckResponse` for Envoy. Every deny carries `cache-control: no-store` and a JSON body.
 pub fn check_response(decision: Decision) -> CheckResponse {
@@ -15,6 +15,26 @@ pub fn check_response(decision: Decision) -> CheckResponse {
         Decision::Allow(allow) => allowed(allow),
         Decision::Redirect(redirect) => redirected(redirect),
         Decision::Deny(deny) => denied(deny),
+        Decision::Answered(a) => answered(a),
+    }
+}
+
+/// A success Envoy answers itself (not OK, so Envoy does not forward the request; the HTTP status is ours).
+fn answered(a: Answered) -> CheckResponse {
+    CheckResponse {
+        status: Some(rpc::Status {
+            code: tonic::Code::Unauthenticated as i32,
+            message: "answered".into(),
+            ..Default::default()
+        }),
+        dynamic_metadata: None,
+        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+            status: Some(HttpStatus {
+                code: i32::from(a.status),
+            }),
+            headers: answer_headers(("content-length", "0"), &[]),
+            body: String::new(),
+        })),
     }
 }
 
@@ -112,6 +132,7 @@ fn denied(deny: Deny) -> CheckResponse {
 /// The gRPC status of a deny.
 fn rpc_code(status: DenyStatus) -> i32 {
     match status {
+        DenyStatus::BadRequest => tonic::Code::InvalidArgument as i32,
         DenyStatus::Unauthorized => tonic::Code::Unauthenticated as i32,
         DenyStatus::Forbidden => tonic::Code::PermissionDenied as i32,
         DenyStatus::Unavailable => tonic::Code::Unavailable as i32,

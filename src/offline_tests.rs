@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::authz::Authorizer;
 use crate::clock::ManualClock;
 use crate::config::{Config, TokenEndpointAuth};
-use crate::decision::{Allow, Decision, Deny, DenyStatus, Redirect};
+use crate::decision::{Allow, Answered, Decision, Deny, DenyStatus, Redirect};
 use crate::provider::Endpoint;
 use crate::provider::fake::{FakeAnswer, FakeIdp};
 use crate::request::CheckView;
@@ -65,6 +65,7 @@ auth_methods = ["authorization_code", "session"]
 scopes = ["openid", "profile", "offline_access"]
 redirect_uri = "https://app.example.com/oauth2/callback"
 logout_path = "/oauth2/logout"
+backchannel_logout_path = "/oauth2/backchannel-logout"
 session_secret = "fJfkZusK6AM6PHtnD6Ew4TnBmJQNhuiVxOTv7w0voXg="
 upstream_headers_claims = ["sub", "email"]
 upstream_headers_names = ["x-user", "x-email"]
@@ -522,4 +523,169 @@ async fn a_callback_with_another_state_is_refused_without_asking_the_provider() 
     );
     assert!(d.page.is_some(), "an HTML page for the browser");
     assert_eq!(w.idp.calls(Endpoint::Token), 0);
+}
+
+/// Logs `sub` in on the `web` policy within the provider's session `op_sid`: the session cookie.
+async fn logged_in(w: &World, sub: &str, op_sid: &str) -> String {
+    let browser = [("accept", "text/html")];
+    let start = redirected(w.check(&request("web", "GET", "/app", &browser)).await);
+    let q: HashMap<String, String> = url::Url::parse(&start.location)
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect();
+    let at = w
+        .key
+        .sign(&access_claims(sub, json!({"cid": "oidc-authz"})));
+    let id_token = w.key.sign(&json!({
+        "iss": ISSUER, "aud": "oidc-authz", "sub": sub, "sid": op_sid, "nonce": q["nonce"],
+        "iat": NOW, "exp": NOW + 3600,
+    }));
+    let tokens = json!({"access_token": at, "id_token": id_token, "token_type": "Bearer", "expires_in": 3600});
+    w.idp.answer(Endpoint::Token, 200, tokens);
+    let callback = format!("/oauth2/callback?code=c&state={}", q["state"]);
+    let login_cookie = cookie_header(&start.set_cookies);
+    let headers = [("accept", "text/html"), ("cookie", login_cookie.as_str())];
+    let back = redirected(w.check(&request("web", "GET", &callback, &headers)).await);
+    cookie_header(&back.set_cookies)
+}
+
+/// Whether the session cookie `cookie` still lets a browser in.
+async fn in_session(w: &World, cookie: &str) -> bool {
+    let headers = [("accept", "text/html"), ("cookie", cookie)];
+    matches!(
+        w.check(&request("web", "GET", "/app", &headers)).await,
+        Decision::Allow(_)
+    )
+}
+
+/// A back-channel logout POST carrying `body`.
+fn backchannel_post(method: &str, body: &str) -> CheckRequest {
+    let mut req = request(
+        "web",
+        method,
+        "/oauth2/backchannel-logout",
+        &[("content-type", "application/x-www-form-urlencoded")],
+    );
+    if let Some(http) = req
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+    {
+        http.body = body.to_string();
+    }
+    req
+}
+
+/// The claims of a valid logout token for `sub` in the provider's session `op_sid`, with `jti`.
+fn logout_claims(sub: &str, op_sid: &str, jti: &str) -> Value {
+    json!({
+        "iss": ISSUER, "aud": "oidc-authz", "sub": sub, "sid": op_sid, "jti": jti, "iat": NOW, "exp": NOW + 120,
+        "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
+    })
+}
+
+/// OpenID Connect Back-Channel Logout: a logout token the provider signed ends the sessions of its `sid` (200,
+/// nothing upstream), once; a token that is not a valid logout token ends nothing (400).
+#[tokio::test]
+async fn a_backchannel_logout_token_ends_the_sessions_of_its_provider_session_once() {
+    let w = World::new();
+    let alice = logged_in(&w, "alice", "op-1").await;
+    let other = logged_in(&w, "alice", "op-2").await;
+    assert!(in_session(&w, &alice).await && in_session(&w, &other).await);
+
+    let bad = [
+        ("signature", {
+            let t = w.key.sign(&logout_claims("alice", "op-1", "j0"));
+            let (head, _) = t.rsplit_once('.').unwrap();
+            format!("{head}.AAAA")
+        }),
+        (
+            "audience",
+            w.key.sign(&with(
+                logout_claims("alice", "op-1", "j1"),
+                json!({"aud": "someone-else"}),
+            )),
+        ),
+        (
+            "nonce",
+            w.key.sign(&with(
+                logout_claims("alice", "op-1", "j2"),
+                json!({"nonce": "n"}),
+            )),
+        ),
+        (
+            "events",
+            w.key.sign(&with(
+                logout_claims("alice", "op-1", "j3"),
+                json!({"events": {}}),
+            )),
+        ),
+        (
+            "too old",
+            w.key.sign(&with(
+                logout_claims("alice", "op-1", "j4"),
+                json!({"iat": NOW - 3600}),
+            )),
+        ),
+        (
+            "issuer",
+            w.key.sign(&with(
+                logout_claims("alice", "op-1", "j5"),
+                json!({"iss": "https://evil.test"}),
+            )),
+        ),
+        (
+            "no jti",
+            w.key.sign(&with(
+                logout_claims("alice", "op-1", "j6"),
+                json!({"jti": null}),
+            )),
+        ),
+        (
+            "an ID token",
+            w.key.sign(
+                &json!({"iss": ISSUER, "aud": "oidc-authz", "sub": "alice", "sid": "op-1",
+            "jti": "j7", "iat": NOW, "exp": NOW + 60, "nonce": "n"}),
+            ),
+        ),
+    ];
+    for (why, token) in bad {
+        let d = denied(
+            w.check(&backchannel_post("POST", &format!("logout_token={token}")))
+                .await,
+        );
+        assert_eq!(
+            (d.status.code(), d.error),
+            (400, "invalid_request"),
+            "{why}: {d:?}"
+        );
+        assert!(
+            in_session(&w, &alice).await,
+            "{why}: a bad token ended the session"
+        );
+    }
+    let token = w.key.sign(&logout_claims("alice", "op-1", "j-ok"));
+    let body = format!("logout_token={token}");
+    let d = denied(w.check(&backchannel_post("GET", &body)).await);
+    assert_eq!(d.status.code(), 400, "a GET is no back-channel logout");
+
+    let answered = w.check(&backchannel_post("POST", &body)).await;
+    assert_eq!(answered, Decision::Answered(Answered { status: 200 }));
+    assert!(!in_session(&w, &alice).await, "the session of op-1 is over");
+    assert!(in_session(&w, &other).await, "the session of op-2 is not");
+    let replay = denied(w.check(&backchannel_post("POST", &body)).await);
+    assert_eq!(replay.description, "the logout token was already used");
+
+    // a token naming only the user ends every session of theirs at this provider
+    let token = w.key.sign(&with(
+        logout_claims("alice", "op-1", "j-sub"),
+        json!({"sid": null}),
+    ));
+    let answered = w
+        .check(&backchannel_post("POST", &format!("logout_token={token}")))
+        .await;
+    assert_eq!(answered, Decision::Answered(Answered { status: 200 }));
+    assert!(!in_session(&w, &other).await);
 }

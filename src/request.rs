@@ -31,6 +31,9 @@ pub struct CheckView<'a> {
     pub request_id: &'a str,
     /// `context_extensions` from the route (`policy` selects a policy).
     pub context_extensions: Option<&'a HashMap<String, String>>,
+    /// The request body, when the route sends it (`with_request_body`; `raw_body` with `pack_as_bytes`); empty
+    /// otherwise.
+    pub body: &'a [u8],
     headers: Headers<'a>,
 }
 
@@ -55,6 +58,7 @@ impl<'a> CheckView<'a> {
                 scheme: "",
                 request_id: "",
                 context_extensions,
+                body: &[],
                 headers: Headers::Map(&EMPTY),
             };
         };
@@ -87,6 +91,11 @@ impl<'a> CheckView<'a> {
             scheme: http.scheme.as_str(),
             request_id: http.id.as_str(),
             context_extensions,
+            body: if http.raw_body.is_empty() {
+                http.body.as_bytes()
+            } else {
+                &http.raw_body
+            },
             headers,
         };
         if view.host.is_empty() {

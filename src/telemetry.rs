@@ -53,12 +53,14 @@ const METHODS: [&str; 1 + AuthMethod::ALL.len()] = {
     out
 };
 /// The `result` label values.
-const RESULTS: [&str; 6] = [
+const RESULTS: [&str; 8] = [
     "allow",
+    "deny_400",
     "deny_401",
     "deny_403",
     "deny_503",
     "redirect",
+    "answered",
     "cancelled",
 ];
 
@@ -105,7 +107,9 @@ impl<'a> CheckRecord<'a> {
         let (result, reason) = match decision {
             Decision::Allow(_) => ("allow", ""),
             Decision::Redirect(_) => ("redirect", ""),
+            Decision::Answered(_) => ("answered", ""),
             Decision::Deny(d) => match d.status {
+                DenyStatus::BadRequest => ("deny_400", d.description.as_str()),
                 DenyStatus::Unauthorized => ("deny_401", d.description.as_str()),
                 DenyStatus::Forbidden => ("deny_403", d.description.as_str()),
                 DenyStatus::Unavailable => ("deny_503", d.description.as_str()),

@@ -10,6 +10,7 @@
 //   - a /v1/userinfo shim that, like Okta, accepts the api://default access token.
 //
 // Usage: node server.mjs --port N [--host 127.0.0.1] [--redirect-uri URL ...] [--post-logout-redirect-uri URL ...]
+//        [--backchannel-logout-uri URL]  (the gateway client's OpenID Connect Back-Channel Logout endpoint)
 
 // oidc-provider prints its notices with console.info (stdout); keep stdout for the single ready line.
 console.info = (...args) => console.error(...args);
@@ -33,6 +34,7 @@ const { values: args } = parseArgs({
     host: { type: 'string' },
     'redirect-uri': { type: 'string', multiple: true },
     'post-logout-redirect-uri': { type: 'string', multiple: true },
+    'backchannel-logout-uri': { type: 'string' },
   },
   strict: true,
 });
@@ -53,6 +55,8 @@ const postLogoutRedirectUris = args['post-logout-redirect-uri']?.length
   : (splitList(process.env.OKTA_MOCK_POST_LOGOUT_REDIRECT_URIS).length
     ? splitList(process.env.OKTA_MOCK_POST_LOGOUT_REDIRECT_URIS)
     : ['http://127.0.0.1:8080/']);
+// where the gateway client hears of ended provider sessions (OpenID Connect Back-Channel Logout), if anywhere
+const backchannelLogoutUri = args['backchannel-logout-uri'] ?? process.env.OKTA_MOCK_BACKCHANNEL_LOGOUT_URI;
 const accessTokenTTL = Number(process.env.OKTA_MOCK_ACCESS_TOKEN_TTL || 3600);
 if (!Number.isInteger(accessTokenTTL) || accessTokenTTL <= 0) {
   console.error('okta-mock-idp: OKTA_MOCK_ACCESS_TOKEN_TTL must be a positive integer (seconds)');
@@ -144,6 +148,9 @@ const CLIENTS = [
     response_types: ['code'],
     redirect_uris: redirectUris,
     post_logout_redirect_uris: postLogoutRedirectUris,
+    ...(backchannelLogoutUri
+      ? { backchannel_logout_uri: backchannelLogoutUri, backchannel_logout_session_required: true }
+      : {}),
     scope: OIDC_SCOPES.join(' '), // api:read / api:write are resource scopes, granted per resource
     token_endpoint_auth_method: 'client_secret_basic', // client_secret_post is accepted too
   },
@@ -236,9 +243,16 @@ async function buildProvider(issuer) {
     pkce: { required: () => true }, // S256 is the only method oidc-provider accepts
     responseTypes: ['code'],
     clientAuthMethods: ['client_secret_basic', 'client_secret_post'],
+    // Outgoing calls (the back-channel logout POSTs) go to loopback RPs here: oidc-provider refuses special-use
+    // addresses (its SSRF guard rides on `options.dispatcher`); this mock, for tests and the demo only, allows them.
+    fetch: (url, options) => {
+      const { dispatcher, ...rest } = options;
+      return fetch(url, rest);
+    },
     features: {
       devInteractions: { enabled: false }, // replaced by the interaction routes below
       clientCredentials: { enabled: true },
+      backchannelLogout: { enabled: true },
       introspection: {
         enabled: true,
         // the gateway's client may introspect any token; others only their own
@@ -611,6 +625,8 @@ server.listen(port, host, async () => {
     const issuer = `http://${issuerHost}${ISSUER_PATH}`;
     provider = await buildProvider(issuer);
     provider.on('server_error', (ctx, err) => console.error('okta-mock-idp server_error:', err));
+    provider.on('backchannel.error', (ctx, err, client) => console.error(`okta-mock-idp backchannel logout to ${client.clientId} failed:`, err.message, err.cause?.message ?? ''));
+    provider.on('backchannel.success', (ctx, client) => console.error(`okta-mock-idp backchannel logout sent to ${client.clientId}`));
     callback = provider.callback();
     process.stdout.write(`okta-mock-idp ready issuer=${issuer}\n`);
   } catch (err) {

@@ -259,6 +259,8 @@ pub struct LoginSettings {
     pub logout_methods: Vec<String>,
     /// Revoke the session's refresh and access tokens at the provider's `revocation_endpoint` at logout.
     pub logout_revoke: bool,
+    /// Where the provider POSTs OpenID Connect Back-Channel Logout tokens (Envoy must send the body there).
+    pub backchannel_logout_path: Option<String>,
     /// Seals and opens the session and login cookies, keyed by the policy's `session_secrets`; built during
     /// validation, so a login policy always has one.
     pub codec: CookieCodec,

@@ -112,6 +112,7 @@ pub(super) struct RawPolicy {
     pub(super) logout_methods: Option<Vec<String>>,
     pub(super) logout_revoke: Option<bool>,
     pub(super) session_storage: Option<String>,
+    pub(super) backchannel_logout_path: Option<String>,
 }
 
 /// `session_secret` may be one secret or a list (newest first).

@@ -806,6 +806,29 @@ impl Validator {
         redirect_uri
     }
 
+    /// `backchannel_logout_path`: a path of its own (not the callback's, not `logout_path`).
+    fn backchannel_logout_path(
+        &mut self,
+        section: &str,
+        raw: &RawPolicy,
+        redirect_uri: Option<&Url>,
+    ) -> Option<String> {
+        let path = raw.backchannel_logout_path.clone()?;
+        let clash = redirect_uri.is_some_and(|u| u.path() == path)
+            || raw.logout_path.as_deref() == Some(path.as_str());
+        if !path.starts_with('/') || path.contains(['?', '#']) || clash {
+            self.err(ConfigError::Invalid {
+                section: section.into(),
+                message: format!(
+                    "backchannel_logout_path must be a path of its own (starting with '/', not the callback's or \
+                     logout_path), got {path:?}"
+                ),
+            });
+            return None;
+        }
+        Some(path)
+    }
+
     /// `logout_path` is a path.
     fn logout_path(&mut self, section: &str, logout_path: Option<&str>) {
         if let Some(lp) = logout_path
@@ -929,6 +952,8 @@ impl Validator {
         let cookie_name = self.cookie_name(section, raw.session_cookie_name.clone());
         let logout_methods = self.logout_methods(section, raw.logout_methods.clone());
         let session_storage = self.session_storage(section, raw.session_storage.as_deref());
+        let backchannel_logout_path =
+            self.backchannel_logout_path(section, raw, redirect_uri.as_ref());
         match (redirect_uri, needs_login, codec) {
             (Some(redirect_uri), true, Some(codec)) => Some(LoginSettings {
                 redirect_uri,
@@ -942,6 +967,7 @@ impl Validator {
                 upstream_id_token_header,
                 logout_methods,
                 logout_revoke: raw.logout_revoke.unwrap_or(true),
+                backchannel_logout_path,
                 codec,
                 session_storage,
             }),

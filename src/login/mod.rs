@@ -5,6 +5,7 @@
 //! themselves are in [`authcode`], the cookie mechanics in [`cookie`].
 
 pub mod authcode;
+pub mod backchannel;
 pub mod cookie;
 pub mod store;
 
@@ -18,6 +19,7 @@ use crate::cache;
 use crate::clock::Clock;
 use crate::config::{AuthMethod, LoginSettings, Policy, SessionStorage};
 use crate::credentials::{Credentials, Intent};
+use crate::decision::Answered;
 use crate::login::authcode::{
     ActiveSession, CallbackError, Login, RefreshCache, SessionError, ended_key, is_browser,
     refresh_cache, request_url, revoke,
@@ -174,6 +176,7 @@ impl Logins {
         let step = match creds.intent {
             Intent::Callback => self.callback(&login, view, cookies).await,
             Intent::Logout => self.logout(&login, flow, provider, view, cookies).await,
+            Intent::BackchannelLogout => self.backchannel(&login, view).await,
             Intent::Resource if creds.has_token() => return None,
             Intent::Resource => self.resource(&login, view, cookies).await,
         };
@@ -182,6 +185,55 @@ impl Logins {
             None if creds.intent != Intent::Resource => r.during(method),
             None => r,
         }))
+    }
+
+    /// OpenID Connect Back-Channel Logout: the provider's logout token verified (`backchannel`), then every
+    /// session it names (by the provider's session id, else by user) ended on every replica: 200, or 400 for a
+    /// token that does not verify, 503 when the provider's keys or the store cannot be had. Nothing goes upstream.
+    async fn backchannel(
+        &self,
+        login: &Login<'_>,
+        view: &CheckView<'_>,
+    ) -> Result<Authenticated, Refusal> {
+        use backchannel::BackchannelError;
+        let provider = login.provider;
+        let refused = |e: BackchannelError| match e {
+            BackchannelError::Idp(e) => Refusal::idp(provider.name(), &e),
+            BackchannelError::Store(_) => Refusal::unavailable("the session store is unavailable"),
+            e => {
+                tracing::info!(policy.name = %login.policy.name, reason = %e, "back-channel logout refused");
+                Refusal::bad_request(e.to_string())
+            }
+        };
+        if !view.method.eq_ignore_ascii_case("POST") {
+            return Err(Refusal::bad_request("a back-channel logout is a POST"));
+        }
+        let token = backchannel::token_of(view.body).map_err(refused)?;
+        let target = backchannel::verify(provider, &self.store, &token, self.clock.now())
+            .await
+            .map_err(refused)?;
+        let unavailable = |_| Refusal::unavailable("the session store is unavailable");
+        let Some(index) = &self.index else {
+            return Err(Refusal::unavailable(
+                "no session index to find the sessions in",
+            ));
+        };
+        let records = index
+            .of_logout(
+                provider.name(),
+                target.sub.as_deref(),
+                target.sid.as_deref(),
+            )
+            .await
+            .map_err(unavailable)?;
+        for record in &records {
+            if let Some(key) = record.ended_key() {
+                self.end(key, record.until).await.map_err(unavailable)?;
+            }
+            index.remove(record).await.map_err(unavailable)?;
+        }
+        tracing::info!(policy.name = %login.policy.name, provider = %provider.name(), sessions = records.len(), "back-channel logout: sessions ended");
+        Ok(Authenticated::Answered(Answered { status: 200 }))
     }
 
     async fn callback(

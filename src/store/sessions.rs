@@ -1,4 +1,5 @@
-//! The session index: every login's session, findable by its user (`sub`), for the admin API (list, revoke).
+//! The session index: every login's session, findable by its user (`sub`) for the admin API (list, revoke), and by
+//! its provider's session (`sid`) for back-channel logout.
 //!
 //! A session is known by a **public id**: the hex of a hash of its secret id (`sid`) under its own label, so the
 //! id shown to an operator neither opens the session nor is the key of its entry in the ended-session set (that
@@ -19,6 +20,7 @@ use crate::store::{Store, StoreError};
 
 const RECORD: &str = "session-index";
 const BY_SUB: &str = "user-sessions";
+const BY_OP_SESSION: &str = "provider-session-sessions";
 
 /// One indexed session. No token, no secret id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +39,12 @@ pub struct SessionRecord {
     pub until: u64,
     /// The session's key in the ended-session set, hex.
     ended_key: String,
+    /// The provider the session's tokens come from.
+    #[serde(default)]
+    pub provider: String,
+    /// The provider's own session id (the ID token's `sid`), for back-channel logout.
+    #[serde(default)]
+    op_sid: Option<String>,
 }
 
 impl SessionRecord {
@@ -58,7 +66,17 @@ impl SessionRecord {
             seen: created,
             until,
             ended_key: hex(ended_key),
+            provider: String::new(),
+            op_sid: None,
         }
+    }
+
+    /// The same record, of a session whose tokens come from `provider`, within its session `op_sid` (the ID
+    /// token's `sid`) if it names one.
+    pub fn at_provider(mut self, provider: &str, op_sid: Option<&str>) -> Self {
+        self.provider = provider.to_string();
+        self.op_sid = op_sid.filter(|s| !s.is_empty()).map(str::to_string);
+        self
     }
 
     /// The session's key in the ended-session set.
@@ -108,6 +126,16 @@ impl SessionIndex {
         self.store
             .put(RECORD, &record_key(&record.id), &value, ttl)
             .await?;
+        if let Some(op_sid) = &record.op_sid {
+            self.store
+                .add_member(
+                    BY_OP_SESSION,
+                    &op_session_key(&record.provider, op_sid),
+                    record.id.as_bytes(),
+                    ttl,
+                )
+                .await?;
+        }
         self.store
             .add_member(BY_SUB, &sub_key(&record.sub), record.id.as_bytes(), ttl)
             .await
@@ -145,6 +173,7 @@ impl SessionIndex {
             .and_then(|v| v.as_str())
             .unwrap_or("");
         let until = data.created.saturating_add(login.settings.absolute_timeout);
+        let op_sid = opened.claims.get("sid").and_then(|v| v.as_str());
         let record = SessionRecord::new(
             &data.sid,
             &opened.ended_key,
@@ -152,7 +181,8 @@ impl SessionIndex {
             sub,
             data.created,
             until,
-        );
+        )
+        .at_provider(login.provider.name(), op_sid);
         self.record(&record, now).await
     }
 
@@ -198,9 +228,55 @@ impl SessionIndex {
         Ok(out)
     }
 
+    /// The sessions a back-channel logout token from `provider` names: those logged in within the provider's
+    /// session `op_sid` when it names one, else every session of `sub` at that provider.
+    pub async fn of_logout(
+        &self,
+        provider: &str,
+        sub: Option<&str>,
+        op_sid: Option<&str>,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let mut out = Vec::new();
+        if let Some(op_sid) = op_sid {
+            let key = op_session_key(provider, op_sid);
+            for member in self.store.members(BY_OP_SESSION, &key).await? {
+                let id = String::from_utf8_lossy(&member).into_owned();
+                match self.get(&id).await? {
+                    Some(r) if r.op_sid.as_deref() == Some(op_sid) && r.provider == provider => {
+                        if sub.is_none_or(|s| s == r.sub) {
+                            out.push(r);
+                        }
+                    }
+                    _ => {
+                        self.store
+                            .remove_member(BY_OP_SESSION, &key, &member)
+                            .await?
+                    }
+                }
+            }
+        } else if let Some(sub) = sub {
+            out = self
+                .of_sub(sub)
+                .await?
+                .into_iter()
+                .filter(|r| r.provider == provider)
+                .collect();
+        }
+        Ok(out)
+    }
+
     /// Forgets a session (it was revoked).
     pub async fn remove(&self, record: &SessionRecord) -> Result<(), StoreError> {
         self.store.delete(RECORD, &record_key(&record.id)).await?;
+        if let Some(op_sid) = &record.op_sid {
+            self.store
+                .remove_member(
+                    BY_OP_SESSION,
+                    &op_session_key(&record.provider, op_sid),
+                    record.id.as_bytes(),
+                )
+                .await?;
+        }
         self.store
             .remove_member(BY_SUB, &sub_key(&record.sub), record.id.as_bytes())
             .await
@@ -209,6 +285,10 @@ impl SessionIndex {
 
 fn record_key(id: &str) -> cache::Key {
     cache::key(&["oidc-authz session record", id])
+}
+
+fn op_session_key(provider: &str, op_sid: &str) -> cache::Key {
+    cache::key(&["oidc-authz sessions of provider session", provider, op_sid])
 }
 
 fn sub_key(sub: &str) -> cache::Key {

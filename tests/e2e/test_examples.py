@@ -91,6 +91,8 @@ OKTA_TUNABLES = {
     "cache_introspection_secs",  # the e2e `introspect` policy caches nothing, to show a revocation at once
     "cache_ttl_neg_secs",        # ... and so has no negative cache either
     "introspect_jwt_tokens",     # Okta access tokens are JWTs; the mock's introspected tokens are opaque
+    "backchannel_logout_path",   # the mock provider sends OpenID Connect back-channel logout; an Okta org's
+                                 # default authorization server does not (set it where your provider does)
 }
 ADDRESSES = {"redirect_uri", "post_logout_redirect_uri"}  # the same path on another origin
 SECRETS = {"session_secret", "session_secret_file", "client_secret", "client_secret_file"}

@@ -746,3 +746,44 @@ def test_no_open_redirect_after_login(authz: World):
     assert len(logged_in) >= 3, f"too few evil paths reached a login: {logged_in}"
     print("open-redirect paths that logged in:", logged_in)
 
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# OpenID Connect Back-Channel Logout
+# ---------------------------------------------------------------------------------------------------------------
+def _end_idp_session(world: World, b) -> None:
+    """End the user's session at the IdP itself (its own logout page, confirmed), not through oidc-authz: the IdP
+    then POSTs a logout token to every client of that session, oidc-authz's back-channel logout path included."""
+    r = b.go(world.discovery()["end_session_endpoint"])
+    if r.status_code != 200:
+        fail(b, "IdP logout page", r)
+    action, fields = form_fields(r.text)
+    r = b.post(urljoin(r.url, action), data=fields)
+    if r.status_code not in (200, 303):
+        fail(b, "IdP logout confirm", r)
+
+
+def test_backchannel_logout_from_the_idp_ends_the_session(authz: World):
+    b, _ = login_ok(authz)
+    assert b.go(authz.url("/login/headers")).status_code == 200
+    _end_idp_session(authz, b)
+    # the logout token reached oidc-authz through Envoy: the session cookie the browser still has is no session
+    deadline = time.monotonic() + 30
+    while True:
+        r = b.go(authz.url("/login/headers"))
+        if r.status_code == 302:
+            break
+        assert r.status_code == 200 and time.monotonic() < deadline, show(r)
+        time.sleep(0.2)
+    assert r.headers["Location"].startswith(f"{authz.issuer}/v1/authorize?"), show(r)
+
+
+@pytest.mark.parametrize("body", ["", "logout_token=not-a-jwt", "logout_token=a.b.c&logout_token=d.e.f"])
+def test_a_bad_logout_token_is_400_and_goes_nowhere(authz: World, body: str):
+    marker = f"bcl-{time.monotonic_ns()}"
+    r = requests.post(authz.url(f"/oauth2/backchannel-logout?probe={marker}"), data=body, timeout=HTTP_TIMEOUT,
+                      headers={"Content-Type": "application/x-www-form-urlencoded"}, allow_redirects=False)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "invalid_request"
+    assert "no-store" in r.headers.get("cache-control", "")
+    assert marker not in authz.httpbin_log(), "a back-channel logout request must never reach the upstream"

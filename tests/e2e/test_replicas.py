@@ -111,3 +111,23 @@ def test_a_killed_replica_costs_no_request(replicas: ReplicaWorld):
 
     # back in the rotation once its ejection for the refused connections ends (5 s) and its health check passes
     _wait(b_serves, "B serves again once it is back")
+
+
+def test_a_login_on_one_replica_and_a_backchannel_logout_end_it_on_both(replicas: ReplicaWorld):
+    """Log in while only A runs; the session works while only B runs; the provider's back-channel logout (its
+    own logout page confirmed) reaches whichever replica Envoy picks, and the session is over on both."""
+    from browserflow import login_ok
+    from test_login import _end_idp_session
+
+    _both_up(replicas)
+    replicas.only("authz")
+    b, _ = login_ok(replicas)
+    replicas.only("authz_b")
+    r = b.go(replicas.url("/login/headers"))
+    assert r.status_code == 200, f"a session made on A is a session on B: {r.status_code} {r.text[:300]}"
+    _both_up(replicas)
+    _end_idp_session(replicas, b)
+    for replica in ("authz", "authz_b"):
+        replicas.only(replica)
+        _wait(lambda: b.go(replicas.url("/login/headers")).status_code == 302, f"the session is over on {replica}")
+    _both_up(replicas)

@@ -456,7 +456,8 @@ class World:
         cb = f"http://127.0.0.1:{self.envoy_port}"
         return ["node", str(IDP_DIR / "server.mjs"), "--port", str(self.idp_port),
                 "--redirect-uri", f"{cb}/oauth2/callback",
-                "--post-logout-redirect-uri", f"{cb}/public/get"]
+                "--post-logout-redirect-uri", f"{cb}/public/get",
+                "--backchannel-logout-uri", f"{cb}/oauth2/backchannel-logout"]
 
     def _idp_ready(self, c: Component) -> bool:
         m = IDP_READY.search(c.new_output())
@@ -608,9 +609,28 @@ class ReplicaWorld(World):
         except OSError:
             return False
 
+    def envoy_healthy(self) -> set[str]:
+        """The replicas ("authz", "authz_b") Envoy's health checks count as healthy now."""
+        text = requests.get(f"http://127.0.0.1:{self.envoy_admin_port}/clusters", timeout=1).text
+        ports = {self.grpc_port: "authz", self.grpc_b_port: "authz_b"}
+        out = set()
+        for line in text.splitlines():
+            m = re.match(r"oidc_authz::127\.0\.0\.1:(\d+)::health_flags::healthy$", line)
+            if m and int(m.group(1)) in ports:
+                out.add(ports[int(m.group(1))])
+        return out
+
     def envoy_sees_healthy(self, n: int) -> bool:
         """Whether Envoy's health checks count `n` healthy oidc-authz replicas."""
-        text = requests.get(f"http://127.0.0.1:{self.envoy_admin_port}/clusters", timeout=1).text
-        healthy = sum(1 for line in text.splitlines()
-                      if line.startswith("oidc_authz::") and "::health_flags::healthy" in line)
-        return healthy == n
+        return len(self.envoy_healthy()) == n
+
+    def only(self, replica: str) -> None:
+        """Leave only `replica` running, and wait until Envoy's health checks say so (a generous budget)."""
+        other = "authz_b" if replica == "authz" else "authz"
+        self.start(replica)
+        self.stop(other)
+        deadline = time.monotonic() + 30
+        while self.envoy_healthy() != {replica}:
+            if time.monotonic() > deadline:
+                raise StartError(f"Envoy does not see only {replica} healthy: {self.envoy_healthy()}")
+            time.sleep(0.1)
