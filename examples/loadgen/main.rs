@@ -56,7 +56,7 @@ enum Cmd {
         /// The oidc-authz binary to measure.
         #[arg(long, default_value = "target/release/oidc-authz")]
         bin: PathBuf,
-        /// Only these scenarios (comma-separated): noop, same-jwt, fresh-jwt, cc-cached, intro-cached, session.
+        /// Only these scenarios (comma-separated): noop, same-jwt, fresh-jwt, cc-cached, intro-cached, session, session-redis, session-store (the last two start a redis-server of their own).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Rounds of all scenarios; each scenario reports its median round.
@@ -134,12 +134,14 @@ struct Tally {
     hist: Option<Histogram<u64>>,
 }
 
-/// A benchmark scenario: name, token cache size, requests, and the issuer counter whose calls it reports.
+/// A benchmark scenario: name, token cache size, requests, the issuer counter whose calls it reports, and whether
+/// the server shares a Redis (`[store] backend = "redis"`, whose round trips per Check it reports).
 type Scenario<'a> = (
     &'static str,
     u64,
     Arc<Vec<CheckRequest>>,
     Option<&'a std::sync::atomic::AtomicUsize>,
+    bool,
 );
 
 struct Summary {
@@ -479,11 +481,46 @@ fn start_authz(
     dir: &std::path::Path,
     issuer: &str,
     cache_entries: u64,
+    redis: Option<u16>,
 ) -> (Proc, SocketAddr, SocketAddr) {
     let grpc = free_addr();
     let admin = free_addr();
+    let mut cfg = authz_config(grpc, admin, issuer, cache_entries);
+    if let Some(port) = redis {
+        cfg.push_str(&store_config(port));
+    }
+    let path = dir.join(format!("authz-{cache_entries}-{}.toml", redis.unwrap_or(0)));
+    std::fs::write(&path, cfg).unwrap();
+    let child = server_command(bin, cpus)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {}: {e} (build it: cargo build --release)",
+                bin.display()
+            )
+        });
+    (Proc(child), grpc, admin)
+}
+
+/// The benchmark store secret (base64 of 32 bytes; test value).
+const STORE_SECRET: &str = "q2pU5hQ8ZyYzq8oYb9pM6dVY3vJ8XGmJ7eZb0v3bR9w=";
+
+/// The `[store]` of a server sharing the Redis on `port`.
+fn store_config(port: u16) -> String {
+    format!(
+        "\n[store]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:{port}/0\"\nsecret = \"{STORE_SECRET}\"\n"
+    )
+}
+
+/// The benchmark server's configuration.
+fn authz_config(grpc: SocketAddr, admin: SocketAddr, issuer: &str, cache_entries: u64) -> String {
     let session_secret = SESSION_SECRET;
-    let cfg = format!(
+    format!(
         r#"
 [server]
 grpc_addr = "{grpc}"
@@ -533,39 +570,59 @@ scopes_claim = ["scp"]
 scopes_required = ["api:read"]
 upstream_headers_claims = ["iss", "sub"]
 upstream_headers_names = ["issuer_header", "x-user"]
+
+[policies.web_store]
+provider = "okta"
+auth_methods = ["authorization_code", "session"]
+redirect_uri = "https://app.example.com/oauth2/callback"
+session_secret = "{session_secret}"
+session_storage = "store"
+session_cookie_name = "oidc_authz_store_session"
+scopes_claim = ["scp"]
+scopes_required = ["api:read"]
+upstream_headers_claims = ["sub", "email"]
+upstream_headers_names = ["x-user", "x-email"]
 "#
-    );
-    let path = dir.join(format!("authz-{cache_entries}.toml"));
-    std::fs::write(&path, cfg).unwrap();
-    let child = server_command(bin, cpus)
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "warn")
+    )
+}
+
+/// A `redis-server` of the benchmark's own on a free loopback port (Debian's; scripts/test-deps.sh installs it).
+fn start_redis() -> (Proc, u16) {
+    let port = free_addr().port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::null())
         .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot start {}: {e} (build it: cargo build --release)",
-                bin.display()
-            )
-        });
-    (Proc(child), grpc, admin)
+        .unwrap_or_else(|e| panic!("cannot start redis-server: {e} (run scripts/test-deps.sh)"));
+    (Proc(child), port)
+}
+
+/// The sum of the samples of `admin`'s /metrics lines starting with `prefix`.
+async fn metric(admin: SocketAddr, prefix: &str) -> f64 {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
 }
 
 /// The benchmark policy's session secret (base64 of 32 bytes; test value).
 const SESSION_SECRET: &str = "rFF/tGf4PbpRp0tBLQQMbnJ5NYYv2H+pNIhhq1prps4=";
 
-/// A Check from a browser holding a valid session cookie, sealed exactly as oidc-authz seals it at login.
-fn session_request(issuer: &Issuer) -> CheckRequest {
-    use oidc_authz::config::Secret;
-    use oidc_authz::login::cookie::CookieCodec;
-    use oidc_authz::login::store::SessionData;
+/// The session the benchmark's browser holds.
+fn session_data(issuer: &Issuer) -> oidc_authz::login::store::SessionData {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let data = SessionData {
+    oidc_authz::login::store::SessionData {
         sid: "bench-session".into(),
         provider: "okta".into(),
         at: issuer.token(7),
@@ -574,10 +631,12 @@ fn session_request(issuer: &Issuer) -> CheckRequest {
         at_exp: now + 3600,
         created: now,
         seen: now,
-    };
-    let codec = CookieCodec::new(&[Secret::new(SESSION_SECRET)]).unwrap();
-    let sealed = codec.seal("oidc_authz_session", &serde_json::to_vec(&data).unwrap());
-    let mut r = check_request_auth("", "web");
+    }
+}
+
+/// A Check on `policy` from a browser sending `cookie`.
+fn browser_request(policy: &str, cookie: &str) -> CheckRequest {
+    let mut r = check_request_auth("", policy);
     if let Some(http) = r
         .attributes
         .as_mut()
@@ -588,10 +647,59 @@ fn session_request(issuer: &Issuer) -> CheckRequest {
         http.headers.insert("accept".into(), "text/html".into());
         http.headers.insert(
             "cookie".into(),
-            format!("oidc_authz_session={sealed}; _ga=GA1.1.123; theme=dark"),
+            format!("{cookie}; _ga=GA1.1.123; theme=dark"),
         );
     }
     r
+}
+
+/// A Check from a browser holding a `session_storage = "store"` session: the session saved in the benchmark's
+/// Redis exactly as oidc-authz saves it at login (the same store config), the cookie its sealed id.
+async fn store_session_request(issuer: &Issuer, redis: u16) -> CheckRequest {
+    use oidc_authz::config::Config;
+    use oidc_authz::login::store::{SessionStore, StoreSessions};
+    use oidc_authz::store::Store;
+    let mut text = authz_config(free_addr(), free_addr(), &issuer.issuer, 1);
+    text.push_str(&store_config(redis));
+    let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}"));
+    let store = Store::new(
+        &config.store,
+        Arc::new(oidc_authz::telemetry::Metrics::new()),
+    );
+    let policy = config
+        .policies
+        .iter()
+        .find(|p| p.name == "web_store")
+        .unwrap();
+    let settings = policy.login.as_ref().unwrap();
+    let sessions = StoreSessions::new(&store, settings);
+    let data = session_data(issuer);
+    let mut set_cookies = Err(());
+    for _ in 0..100 {
+        if let Ok(c) = sessions.save(&data, data.created).await {
+            set_cookies = Ok(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let set_cookies = set_cookies.expect("the benchmark's Redis answers");
+    let cookie: Vec<String> = set_cookies
+        .into_iter()
+        .map(|c| c.into_header())
+        .filter(|h| !h.contains("Max-Age=0"))
+        .filter_map(|h| h.split(';').next().map(str::to_string))
+        .collect();
+    browser_request("web_store", &cookie.join("; "))
+}
+
+/// A Check from a browser holding a valid session cookie, sealed exactly as oidc-authz seals it at login.
+fn session_request(issuer: &Issuer) -> CheckRequest {
+    use oidc_authz::config::Secret;
+    use oidc_authz::login::cookie::CookieCodec;
+    let data = session_data(issuer);
+    let codec = CookieCodec::new(&[Secret::new(SESSION_SECRET)]).unwrap();
+    let sealed = codec.seal("oidc_authz_session", &serde_json::to_vec(&data).unwrap());
+    browser_request("web", &format!("oidc_authz_session={sealed}"))
 }
 
 /// A cold oidc-authz receives bursts of simultaneous Checks; the issuer counts the introspection calls they cause.
@@ -601,7 +709,7 @@ async fn cold_burst(
     bin: &std::path::Path,
     dir: &std::path::Path,
 ) -> String {
-    let (_p, grpc, admin) = start_authz(cpus, bin, dir, &issuer.issuer, 100_000);
+    let (_p, grpc, admin) = start_authz(cpus, bin, dir, &issuer.issuer, 100_000, None);
     wait_ready(admin).await;
     let clients = connect(grpc, 8).await;
     let mut lines = Vec::new();
@@ -645,6 +753,13 @@ async fn bench(
             .map(|n| check_request(&issuer.token(n), "api"))
             .collect(),
     );
+    // The Redis of the session-redis and session-store scenarios, and a store session saved in it.
+    let redis_wanted = wanted("session-redis") || wanted("session-store");
+    let redis = redis_wanted.then(start_redis);
+    let store_session = match &redis {
+        Some((_, port)) => Some(Arc::new(vec![store_session_request(&issuer, *port).await])),
+        None => None,
+    };
     // Scenarios run in rounds (noop, same-jwt, fresh-jwt, cc-cached, then again), so a slow spell of the machine
     // does not land on one scenario only; each scenario reports its median round.
     let mut all: Vec<Summary> = Vec::new();
@@ -676,11 +791,11 @@ async fn bench(
         use base64::Engine;
         let basic = base64::engine::general_purpose::STANDARD.encode("0oabench:bench-secret");
         // (name, token cache size, requests, the issuer counter whose calls to report)
-        let scenarios: [Scenario<'_>; 5] = [
-            ("same-jwt", 100_000, same.clone(), None),
+        let mut scenarios: Vec<Scenario<'_>> = vec![
+            ("same-jwt", 100_000, same.clone(), None, false),
             // A one-entry token cache and 2000 tokens in rotation: every Check misses the cache (hash, lookup,
             // insert) and verifies an RS256 signature and the claims, as a never-seen token does.
-            ("fresh-jwt", 1, pool.clone(), None),
+            ("fresh-jwt", 1, pool.clone(), None, false),
             // A browser session cookie: AES-GCM open (once per cookie value), idle/absolute times, claims, headers,
             // the cookie stripped upstream.
             (
@@ -688,6 +803,7 @@ async fn bench(
                 100_000,
                 Arc::new(vec![session_request(&issuer)]),
                 None,
+                false,
             ),
             // Client credentials with a warm token cache: Basic in, the cached token out.
             (
@@ -695,6 +811,7 @@ async fn bench(
                 100_000,
                 Arc::new(vec![check_request_auth(&format!("Basic {basic}"), "cc")]),
                 Some(&issuer.token_hits),
+                false,
             ),
             // Introspection with a warm cache: the token was introspected once during warm-up.
             (
@@ -702,22 +819,47 @@ async fn bench(
                 100_000,
                 Arc::new(vec![check_request("opq-bench-warm", "intro")]),
                 Some(&issuer.introspect_hits),
+                false,
             ),
         ];
-        for (name, cache_entries, reqs, idp_calls) in scenarios {
+        if let Some(store_session) = &store_session {
+            // The same browser session with the servers sharing a Redis: its ended-session check (cookie storage),
+            // and its session kept in Redis (store storage).
+            scenarios.push((
+                "session-redis",
+                100_000,
+                Arc::new(vec![session_request(&issuer)]),
+                None,
+                true,
+            ));
+            scenarios.push(("session-store", 100_000, store_session.clone(), None, true));
+        }
+        for (name, cache_entries, reqs, idp_calls, shares) in scenarios {
             if !wanted(name) {
                 continue;
             }
+            let redis_port = redis.as_ref().map(|(_, p)| *p).filter(|_| shares);
             let (_p, grpc, admin) = start_authz(
                 &server_cpus,
                 &bin,
                 dir.path(),
                 &issuer.issuer,
                 cache_entries,
+                redis_port,
             );
             wait_ready(admin).await;
             let before = idp_calls.map(|c| c.load(Ordering::SeqCst));
+            let store_before = metric(admin, "oidc_authz_store_requests_total").await;
+            let checks_before = metric(admin, "oidc_authz_decisions_total").await;
             results.push(drive(name, grpc, reqs, duration, concurrency, connections).await);
+            if redis_port.is_some() {
+                let ops = metric(admin, "oidc_authz_store_requests_total").await - store_before;
+                let checks = metric(admin, "oidc_authz_decisions_total").await - checks_before;
+                println!(
+                    "{name}: Redis round trips per Check = {:.5} ({ops} store operations for {checks} Checks)",
+                    ops / checks.max(1.0)
+                );
+            }
             if let (Some(c), Some(before)) = (idp_calls, before) {
                 let calls = c.load(Ordering::SeqCst) - before;
                 println!(
@@ -739,6 +881,8 @@ async fn bench(
         "cc-cached",
         "intro-cached",
         "session",
+        "session-redis",
+        "session-store",
     ] {
         let mut runs: Vec<&Summary> = all.iter().filter(|r| r.name == name).collect();
         if runs.is_empty() {
