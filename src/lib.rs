@@ -22,6 +22,11 @@
 //! 6. **record** it ([`telemetry::CheckRecord`]: one log line, counters, latency), and return a
 //!    [`decision::Decision`], which the [`envoy`] adapter alone turns into a `CheckResponse`.
 //!
+//! [`store`] keeps what replicas share (ended sessions, `store` sessions, refresh results, token caches, counters,
+//! the session index) in memory or in Redis, sealed under hashed keys; [`admin`] serves the admin gRPC API (list
+//! and revoke sessions, explain a request) on the admin address; [`login::backchannel`] verifies the provider's
+//! back-channel logout tokens.
+//!
 //! [`config`] turns figment input into validated types once. The I/O seams are [`provider::client::IdpClient`]
 //! (every call to an identity provider; [`provider::fake::FakeIdp`] in tests), [`clock`] and [`rng`]; [`cache`]
 //! gives every cache one key function and one per-entry lifetime.
