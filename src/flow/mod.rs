@@ -166,7 +166,7 @@ const SHARED_PAUSE: Duration = Duration::from_secs(1);
 
 /// The store as the second level of the token methods' caches (and the JWKS refetch limiter): best effort. A
 /// failed or slow store operation (bounded by the store's timeout; logged and counted by [`Store`]) is no answer,
-/// and the store is then skipped for [`SHARED_PAUSE`]: the caller goes on with its local cache and the IdP, so a
+/// and the store is then skipped for `SHARED_PAUSE` (1 s): the caller goes on with its local cache and the IdP, so a
 /// Redis outage never refuses a token. Keys are hashes ([`crate::cache::key`]); values are sealed by the store.
 #[derive(Debug, Clone)]
 pub struct Shared {

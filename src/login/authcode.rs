@@ -603,7 +603,7 @@ impl Login<'_> {
     }
 
     /// Validates a session, refreshing its tokens when needed. Concurrent refreshes of one session share one
-    /// refresh grant (`refreshes`, keyed by a hash of the refresh token; across replicas, [`Login::shared_refresh`]),
+    /// refresh grant (`refreshes`, keyed by a hash of the refresh token; across replicas, `Login::shared_refresh`),
     /// and all answer with its cookie.
     pub async fn use_session(
         &self,
