@@ -574,7 +574,7 @@ upstream_headers_names = ["issuer_header", "x-user"]
 [policies.web_store]
 provider = "okta"
 auth_methods = ["authorization_code", "session"]
-redirect_uri = "https://app.example.com/oauth2/callback"
+redirect_uri = "https://store.example.com/oauth2/callback"
 session_secret = "{session_secret}"
 session_storage = "store"
 session_cookie_name = "oidc_authz_store_session"

@@ -361,7 +361,16 @@ impl Logins {
         {
             return Err(SessionError::Gone);
         }
-        login.use_session(opened, &self.refreshes).await
+        let active = login.use_session(opened.clone(), &self.refreshes).await?;
+        if login.store.server_side() && !Arc::ptr_eq(&active.session, &opened) {
+            // The same cookie names the session after a last-seen update or a refresh: the local copy must be the
+            // new one, or every Check until it expires would save (or refresh) again.
+            let key = cache::key(&[login.policy.name.as_str(), reference]);
+            self.shared_sessions
+                .insert(key, active.session.clone())
+                .await;
+        }
+        Ok(active)
     }
 
     /// Opens a session and verifies its tokens, remembering the result by a SHA-256 of (policy, reference): a

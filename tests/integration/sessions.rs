@@ -393,3 +393,38 @@ async fn store_sessions_on_the_memory_backend_log_in_refresh_and_log_out() {
     assert_eq!(out.status, 302, "{out:?}");
     assert_eq!(ask(&server, with_cookie("/app", &copy)).await.status, 302);
 }
+
+/// The sum of the `oidc_authz_store_requests_total` samples of `op` that succeeded.
+async fn store_ops(server: &TestServer, op: &str) -> f64 {
+    let (_, text) = server.admin_get("/metrics").await;
+    let prefix = format!("oidc_authz_store_requests_total{{op=\"{op}\",outcome=\"ok\"}}");
+    text.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// A store session's last-seen update is saved once, not by every Check until the local copy expires: the local
+/// copy becomes the updated session (the cookie naming it does not change).
+#[tokio::test]
+async fn a_store_sessions_last_seen_is_saved_once() {
+    let idp = MockIdp::start().await;
+    let (server, clock) = store_sessions(serve(&idp)).ready_with_clock().await;
+    let mut alice = Browser::new();
+    login(&server, &idp, &mut alice, "/app", "login", "alice").await;
+    ask(&server, alice.req("/app", "login"))
+        .await
+        .assert_allow();
+    clock.advance(61);
+    let before = store_ops(&server, "set").await;
+    for _ in 0..20 {
+        ask(&server, alice.req("/app", "login"))
+            .await
+            .assert_allow();
+    }
+    assert_eq!(
+        store_ops(&server, "set").await - before,
+        1.0,
+        "one save of the last-seen time for 20 Checks"
+    );
+}
