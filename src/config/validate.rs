@@ -1310,7 +1310,7 @@ fn weak_secret(bytes: &[u8]) -> Option<&'static str> {
     }
 }
 
-/// SHA-256 (hex) of the session secrets that appear in this repository's examples, demo and tests: published, so
+/// SHA-256 (hex) of the session and store secrets that appear in this repository's examples, demo and tests: published, so
 /// anyone can seal a session with them. `check-config` warns when a configuration uses one. A test keeps the list
 /// complete (`published_secrets_are_all_listed`).
 const PUBLISHED_SECRETS: &[&str] = &[
@@ -1319,6 +1319,7 @@ const PUBLISHED_SECRETS: &[&str] = &[
     "4c962ec5d1b8322bf45eda002a940c0a9c1f71f1d9135c0ca2baa76a5dd41ec3",
     "3aa8db4bb651750ee7fb50331e448da7f1cc5ccefd1f64ebe98e398bdfa7e312",
     "25335df24f58912c6068465893f703a6eb0a97b582161943812e4f1cfb45af20",
+    "b2212e8408ee8879638195145d945b97b4fd7213b5d47bd12e7943e38d56aa0a",
 ];
 
 /// Whether these secret bytes are one of [`PUBLISHED_SECRETS`].
