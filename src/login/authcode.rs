@@ -56,7 +56,8 @@ enum SharedRefresh {
     Failed,
 }
 
-/// Refreshes in flight or just done, by a hash of the refresh token they used: one refresh per session at a time,
+/// Refreshes in flight or just done, by a hash of the refresh and access tokens they replace: one refresh per session
+/// at a time,
 /// and requests that still carry the pre-refresh cookie get the refreshed session (and its cookie) too.
 pub type RefreshCache = moka::future::Cache<cache::Key, Arc<Refreshed>>;
 
@@ -603,7 +604,7 @@ impl Login<'_> {
     }
 
     /// Validates a session, refreshing its tokens when needed. Concurrent refreshes of one session share one
-    /// refresh grant (`refreshes`, keyed by a hash of the refresh token; across replicas, `Login::shared_refresh`),
+    /// refresh grant (`refreshes`, keyed by a hash of the refresh and access tokens; across replicas, `Login::shared_refresh`),
     /// and all answer with its cookie.
     pub async fn use_session(
         &self,
@@ -625,7 +626,10 @@ impl Login<'_> {
             let Some(rt) = data.rt.as_deref() else {
                 return Err(SessionError::RefreshFailed);
             };
-            let key = cache::key(&[self.provider.name(), rt]);
+            // By the refresh token and the access token it goes with: requests still carrying the cookie from
+            // before a refresh share its result; a session refreshed since (with a provider that keeps the refresh
+            // token) is a new refresh, never the old result again.
+            let key = cache::key(&[self.provider.name(), rt, &data.at]);
             let refreshed = refreshes
                 .try_get_with(key, self.shared_refresh(&opened, key))
                 .await
