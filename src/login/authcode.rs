@@ -57,8 +57,7 @@ enum SharedRefresh {
 }
 
 /// Refreshes in flight or just done, by a hash of the refresh and access tokens they replace: one refresh per session
-/// at a time,
-/// and requests that still carry the pre-refresh cookie get the refreshed session (and its cookie) too.
+/// at a time, and requests that still carry the pre-refresh cookie get the refreshed session (and its cookie) too.
 pub type RefreshCache = moka::future::Cache<cache::Key, Arc<Refreshed>>;
 
 /// A refreshed session and the `Set-Cookie` values storing it (shared by every request that waited for it).

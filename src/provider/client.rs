@@ -183,7 +183,9 @@ fn http_client() -> reqwest::Client {
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(30))
-        .pool_idle_timeout(Duration::from_secs(60))
+        // Shorter than the keep-alive of common IdP servers (Node's 5 s default among them): a connection the server
+        // is closing is never picked for the next call (a token exchange failed that way, "request failed", 503).
+        .pool_idle_timeout(Duration::from_secs(4))
         .user_agent(concat!("oidc-authz/", env!("CARGO_PKG_VERSION")))
         .build()
         .unwrap_or_else(|_| reqwest::Client::new())
