@@ -69,11 +69,15 @@ impl moka::Expiry<String, SetEntry> for SetExpiry {
     }
 }
 
-/// Entries in a bounded in-memory map.
+/// Who listens on which channel.
+type Subscribers = Arc<Mutex<Vec<(String, broadcast::Sender<Vec<u8>>)>>>;
+
+/// Entries in a bounded in-memory map. A clone is the same store (tests keep one to look at what is at rest).
+#[derive(Clone)]
 pub struct MemoryBackend {
     entries: moka::sync::Cache<String, Entry>,
     sets: moka::sync::Cache<String, SetEntry>,
-    subscribers: Mutex<Vec<(String, broadcast::Sender<Vec<u8>>)>>,
+    subscribers: Subscribers,
 }
 
 impl std::fmt::Debug for MemoryBackend {
@@ -102,7 +106,7 @@ impl MemoryBackend {
                 .max_capacity(MAX_ENTRIES)
                 .expire_after(SetExpiry)
                 .build(),
-            subscribers: Mutex::new(Vec::new()),
+            subscribers: Arc::new(Mutex::new(Vec::new())),
         }
     }
 }

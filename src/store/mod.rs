@@ -308,69 +308,11 @@ mod tests {
         CookieCodec::new(&[crate::config::Secret::new(secret)]).expect("a valid secret")
     }
 
-    /// The raw backend under a sealing store, to look at what is at rest.
-    #[derive(Debug, Clone)]
-    struct Shared(Arc<MemoryBackend>);
-
-    impl Backend for Shared {
-        fn get<'a>(&'a self, k: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
-            self.0.get(k)
-        }
-        fn set<'a>(
-            &'a self,
-            k: &'a str,
-            v: &'a [u8],
-            t: Duration,
-        ) -> BoxFuture<'a, Result<(), StoreError>> {
-            self.0.set(k, v, t)
-        }
-        fn set_new<'a>(
-            &'a self,
-            k: &'a str,
-            v: &'a [u8],
-            t: Duration,
-        ) -> BoxFuture<'a, Result<bool, StoreError>> {
-            self.0.set_new(k, v, t)
-        }
-        fn delete<'a>(&'a self, k: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
-            self.0.delete(k)
-        }
-        fn incr<'a>(&'a self, k: &'a str, t: Duration) -> BoxFuture<'a, Result<u64, StoreError>> {
-            self.0.incr(k, t)
-        }
-        fn publish<'a>(&'a self, c: &'a str, m: &'a [u8]) -> BoxFuture<'a, Result<(), StoreError>> {
-            self.0.publish(c, m)
-        }
-        fn subscribe(&self, c: String, to: broadcast::Sender<Vec<u8>>) {
-            self.0.subscribe(c, to)
-        }
-        fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-            self.0.ping()
-        }
-        fn add_member<'a>(
-            &'a self,
-            k: &'a str,
-            m: &'a [u8],
-            t: Duration,
-        ) -> BoxFuture<'a, Result<(), StoreError>> {
-            self.0.add_member(k, m, t)
-        }
-        fn remove_member<'a>(
-            &'a self,
-            k: &'a str,
-            m: &'a [u8],
-        ) -> BoxFuture<'a, Result<(), StoreError>> {
-            self.0.remove_member(k, m)
-        }
-        fn members<'a>(&'a self, k: &'a str) -> BoxFuture<'a, Result<Vec<Vec<u8>>, StoreError>> {
-            self.0.members(k)
-        }
-    }
-
-    fn store(codec: Option<CookieCodec>) -> (Store, Arc<MemoryBackend>) {
-        let raw = Arc::new(MemoryBackend::new());
+    /// A store over a memory backend, and the backend itself, to look at what is at rest.
+    fn store(codec: Option<CookieCodec>) -> (Store, MemoryBackend) {
+        let raw = MemoryBackend::new();
         let store = Store::with_backend(
-            Box::new(Shared(raw.clone())),
+            Box::new(raw.clone()),
             "t:",
             codec,
             Duration::from_secs(5),
