@@ -411,8 +411,12 @@ impl EndedSessions for SharedEndedSessions {
     }
 
     fn sync(&self) -> bool {
-        let Ok(mut events) = self.events.lock() else {
-            return false;
+        // One Check drains the events at a time; the others do not wait for it (it drops the local copies for
+        // them), so no session Check queues on this lock.
+        let mut events = match self.events.try_lock() {
+            Ok(events) => events,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return false,
         };
         let mut any = false;
         loop {
