@@ -13,6 +13,8 @@ use crate::flow::claims::{self, TimeRules};
 use crate::provider::{IdpError, Provider};
 use crate::store::{Store, StoreError};
 
+/// The store kind of used `jti`s.
+const JTI_KIND: &str = "logout-jti";
 /// The member of `events` that makes a JWT a logout token.
 pub const LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 /// The largest body accepted (a logout token is a few hundred bytes).
@@ -38,6 +40,17 @@ pub struct LogoutTarget {
     pub sub: Option<String>,
     /// The provider's session (`sid`): the sessions logged in through it.
     pub sid: Option<String>,
+    /// The key of the token's `jti` in the replay guard (see [`release`]).
+    jti_key: Option<cache::Key>,
+}
+
+/// Forgets a verified token's `jti` again: its sessions could not all be ended (503), so the provider's retry of the
+/// same token must be honoured, not refused as a replay.
+pub async fn release(store: &Store, target: &LogoutTarget) -> Result<(), StoreError> {
+    match &target.jti_key {
+        Some(id) => store.delete(JTI_KIND, id).await,
+        None => Ok(()),
+    }
 }
 
 /// Why a logout request is refused (400, or 503 for `Idp`/`Store`). The texts are fixed: nothing from the token.
@@ -96,7 +109,7 @@ pub async fn verify(
             return Err(BackchannelError::Invalid("typ"));
         }
     }
-    let target = check_claims(provider, &claims, now)?;
+    let mut target = check_claims(provider, &claims, now)?;
     let jti = claims
         .get("jti")
         .and_then(Value::as_str)
@@ -104,12 +117,13 @@ pub async fn verify(
         .ok_or(BackchannelError::Invalid("jti"))?;
     let id = cache::key(&["oidc-authz logout token", provider.name(), jti]);
     let first = store
-        .put_new("logout-jti", &id, b"1", JTI_TTL)
+        .put_new(JTI_KIND, &id, b"1", JTI_TTL)
         .await
         .map_err(BackchannelError::Store)?;
     if !first {
         return Err(BackchannelError::Replayed);
     }
+    target.jti_key = Some(id);
     Ok(target)
 }
 
@@ -157,6 +171,7 @@ fn check_claims(
     let target = LogoutTarget {
         sub: text("sub"),
         sid: text("sid"),
+        jti_key: None,
     };
     if target.sub.is_none() && target.sid.is_none() {
         return Err(BackchannelError::Invalid("no sub or sid"));

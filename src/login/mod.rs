@@ -212,6 +212,25 @@ impl Logins {
         let target = backchannel::verify(provider, &self.store, &token, self.clock.now())
             .await
             .map_err(refused)?;
+        match self.end_named(provider.name(), &target).await {
+            Ok(ended) => {
+                tracing::info!(policy.name = %login.policy.name, provider = %provider.name(), sessions = ended, "back-channel logout: sessions ended");
+                Ok(Authenticated::Answered(Answered { status: 200 }))
+            }
+            Err(refusal) => {
+                // Not every session ended: the provider's retry of this token must be honoured, not a replay.
+                let _ = backchannel::release(&self.store, &target).await;
+                Err(refusal)
+            }
+        }
+    }
+
+    /// Ends every session a verified logout token names, on every replica: how many.
+    async fn end_named(
+        &self,
+        provider: &str,
+        target: &backchannel::LogoutTarget,
+    ) -> Result<usize, Refusal> {
         let unavailable = |_| Refusal::unavailable("the session store is unavailable");
         let Some(index) = &self.index else {
             return Err(Refusal::unavailable(
@@ -219,21 +238,18 @@ impl Logins {
             ));
         };
         let records = index
-            .of_logout(
-                provider.name(),
-                target.sub.as_deref(),
-                target.sid.as_deref(),
-            )
+            .of_logout(provider, target.sub.as_deref(), target.sid.as_deref())
             .await
             .map_err(unavailable)?;
         for record in &records {
-            if let Some(key) = record.ended_key() {
-                self.end(key, record.until).await.map_err(unavailable)?;
-            }
+            let Some(key) = record.ended_key() else {
+                tracing::error!(session.id = %record.id, "back-channel logout: an index record has no ended-session key");
+                return Err(Refusal::unavailable("a session could not be ended"));
+            };
+            self.end(key, record.until).await.map_err(unavailable)?;
             index.remove(record).await.map_err(unavailable)?;
         }
-        tracing::info!(policy.name = %login.policy.name, provider = %provider.name(), sessions = records.len(), "back-channel logout: sessions ended");
-        Ok(Authenticated::Answered(Answered { status: 200 }))
+        Ok(records.len())
     }
 
     async fn callback(

@@ -163,8 +163,14 @@ impl SessionIndex {
         let Some(reference) = login.store.find(&RequestCookies::parse(&pairs)).flatten() else {
             return Ok(());
         };
-        let Ok(opened) = login.open_session(&reference).await else {
-            return Ok(());
+        let opened = match login.open_session(&reference).await {
+            Ok(opened) => opened,
+            // The store failed: the login answers 503 rather than hand out a session no revoke could reach.
+            Err(crate::login::authcode::SessionError::Store(e)) => return Err(e),
+            Err(_) => {
+                tracing::warn!(policy.name = %login.policy.name, "a new session did not open again to be indexed");
+                return Ok(());
+            }
         };
         let data = &opened.data;
         let sub = opened
