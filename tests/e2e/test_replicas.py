@@ -106,7 +106,9 @@ def test_a_killed_replica_costs_no_request(replicas: ReplicaWorld):
     before = replicas.checks_answered("authz_b")
 
     def b_serves() -> bool:
-        assert replicas.get("/api/headers", token=token).status_code == 200
+        # a 503 while B rejoins (Envoy still holding it out) is a "not yet", not a failure
+        if replicas.get("/api/headers", token=token).status_code != 200:
+            return False
         return replicas.checks_answered("authz_b") > before
 
     # back in the rotation once its ejection for the refused connections ends (5 s) and its health check passes
