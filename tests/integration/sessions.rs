@@ -348,6 +348,12 @@ async fn a_replica_waiting_for_another_replicas_refresh_answers_503_not_a_second
     );
     let waited = ask(&b, with_cookie("/app", &old)).await;
     waited.assert_deny(503, "temporarily_unavailable");
+    assert!(
+        waited.body.contains("the session is being refreshed"),
+        "B waited for A's refresh (not a store or deadline 503): {}",
+        waited.body
+    );
+    assert_eq!(waited.header("retry-after"), Some("1"));
     assert_eq!(
         idp.token_hits(),
         hits + 1,
