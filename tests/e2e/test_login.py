@@ -786,4 +786,11 @@ def test_a_bad_logout_token_is_400_and_goes_nowhere(authz: World, body: str):
     assert r.status_code == 400, r.text
     assert r.json()["error"] == "invalid_request"
     assert "no-store" in r.headers.get("cache-control", "")
+    # the log does show what reaches httpbin (a control request through the public route, sent after ours)
+    control = f"bcl-control-{time.monotonic_ns()}"
+    assert authz.get(f"/public/get?probe={control}").status_code == 200
+    deadline = time.monotonic() + 30
+    while control not in authz.httpbin_log():
+        assert time.monotonic() < deadline, "the control request never showed in httpbin's log"
+        time.sleep(0.1)
     assert marker not in authz.httpbin_log(), "a back-channel logout request must never reach the upstream"
