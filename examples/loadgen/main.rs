@@ -71,6 +71,37 @@ enum Cmd {
         #[arg(long)]
         addr: SocketAddr,
     },
+    /// Serve the benchmark's fake identity provider (discovery, JWKS, token, introspection) until killed; prints
+    /// its issuer URL. For benchmarks through Envoy (scripts/bench_envoy.py).
+    Idp {
+        #[arg(long)]
+        addr: SocketAddr,
+    },
+    /// Write the credentials of the benchmark through Envoy into DIR, signed for ISSUER (the key `idp` serves):
+    /// same.token, distinct.tokens (one a line), bad.token (signed by another key), session.cookie,
+    /// bad-session.cookie, cc.basic, bad-cc.basic (a wrong secret), intro.token, bad-intro.token (inactive),
+    /// jwks.json.
+    Kit {
+        #[arg(long)]
+        issuer: String,
+        #[arg(long)]
+        dir: PathBuf,
+        /// How many distinct bearer tokens.
+        #[arg(long, default_value_t = 2000)]
+        distinct: u64,
+    },
+    /// Print the benchmark's oidc-authz configuration (policies api, intro, web, cc) for ISSUER.
+    Config {
+        #[arg(long)]
+        issuer: String,
+        #[arg(long)]
+        grpc: SocketAddr,
+        #[arg(long)]
+        admin: SocketAddr,
+        /// Verified-token cache size (1: every distinct token misses it, as a never-seen token does).
+        #[arg(long, default_value_t = 100_000)]
+        cache_entries: u64,
+    },
     /// Drive a running server with one token.
     Run {
         #[arg(long)]
@@ -334,19 +365,65 @@ fn sign(issuer: &str, key: &EncodingKey, n: u64, sub: &str) -> String {
     jsonwebtoken::encode(&h, &claims, key).unwrap()
 }
 
+/// The benchmark's signing key (RSA 2048, test value), and the one signing the "bad" tokens the checks refuse.
+fn bench_key(file: &str) -> EncodingKey {
+    let path = format!("{}/tests/support/keys/{file}", env!("CARGO_MANIFEST_DIR"));
+    EncodingKey::from_rsa_pem(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// The JWKS publishing `key` as kid "bench".
+fn jwks(key: &EncodingKey) -> String {
+    let mut jwk =
+        serde_json::to_value(Jwk::from_encoding_key(key, Algorithm::RS256).unwrap()).unwrap();
+    jwk["kid"] = json!("bench");
+    jwk["use"] = json!("sig");
+    json!({"keys": [jwk]}).to_string()
+}
+
+/// The benchmark client's secret at the token endpoint; any other secret is refused (401 invalid_client).
+const CLIENT_SECRET: &str = "bench-secret";
+
+/// Whether a token-endpoint request authenticates with [`CLIENT_SECRET`] (Basic or form post).
+fn client_secret_ok(headers: &axum::http::HeaderMap, body: &str) -> bool {
+    use base64::Engine;
+    let basic = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .and_then(|b| String::from_utf8(b).ok())
+        .is_some_and(|pair| pair.ends_with(&format!(":{CLIENT_SECRET}")));
+    let form = url::form_urlencoded::parse(body.as_bytes())
+        .any(|(k, v)| k == "client_secret" && v == CLIENT_SECRET);
+    basic || form
+}
+
+/// The form field `name` of an urlencoded body.
+fn form_field(body: &str, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(body.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
 impl Issuer {
     async fn start() -> Issuer {
-        let pem = std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/support/keys/rsa1.pem"
-        ))
-        .unwrap();
-        let key = Arc::new(EncodingKey::from_rsa_pem(&pem).unwrap());
-        let mut jwk =
-            serde_json::to_value(Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap()).unwrap();
-        jwk["kid"] = json!("bench");
-        jwk["use"] = json!("sig");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Issuer::serve(listener)
+    }
+
+    /// The issuer's signing side alone (no server): tokens and cookies for an issuer served elsewhere.
+    fn offline(issuer: String) -> Issuer {
+        Issuer {
+            issuer,
+            key: Arc::new(bench_key("rsa1.pem")),
+            token_hits: Default::default(),
+            introspect_hits: Default::default(),
+        }
+    }
+
+    /// Serves discovery, JWKS, token and introspection endpoints on `listener`.
+    fn serve(listener: tokio::net::TcpListener) -> Issuer {
+        let key = Arc::new(bench_key("rsa1.pem"));
         let issuer = format!("http://{}/oauth2/default", listener.local_addr().unwrap());
         let disc = json!({
             "issuer": issuer,
@@ -355,30 +432,43 @@ impl Issuer {
             "introspection_endpoint": format!("{issuer}/v1/introspect"),
         })
         .to_string();
-        let keys = json!({"keys": [jwk]}).to_string();
+        let keys = jwks(&key);
         let token_hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (hits, k, iss) = (token_hits.clone(), key.clone(), issuer.clone());
-        // Client credentials: any client id/secret gets a token (the benchmark measures the cache, not the IdP).
-        let token = move || {
-            let n = hits.fetch_add(1, Ordering::SeqCst) as u64;
-            let t = sign(&iss, &k, n, "bench-client");
-            async move {
-                json!({"access_token": t, "token_type": "Bearer", "expires_in": 3600}).to_string()
-            }
+        // Client credentials: any client id with the secret `bench-secret` gets a token (the benchmark measures the
+        // cache, not the IdP); another secret is refused, so a wrong one can be shown to be refused.
+        let token = move |headers: axum::http::HeaderMap, body: String| {
+            let reply = if client_secret_ok(&headers, &body) {
+                let n = hits.fetch_add(1, Ordering::SeqCst) as u64;
+                let t = sign(&iss, &k, n, "bench-client");
+                let body =
+                    json!({"access_token": t, "token_type": "Bearer", "expires_in": 3600}).to_string();
+                (axum::http::StatusCode::OK, body)
+            } else {
+                let body = json!({"error": "invalid_client"}).to_string();
+                (axum::http::StatusCode::UNAUTHORIZED, body)
+            };
+            async move { reply }
         };
         let introspect_hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (ihits, iss2) = (introspect_hits.clone(), issuer.clone());
-        // Introspection: any token is active, with Okta-like claims; 50 ms of IdP latency so a cold burst overlaps.
-        let introspect = move || {
+        // Introspection: any token is active, with Okta-like claims, except those starting `bad-`; 50 ms of IdP
+        // latency so a cold burst overlaps.
+        let introspect = move |body: String| {
             ihits.fetch_add(1, Ordering::SeqCst);
+            let bad = form_field(&body, "token").is_some_and(|t| t.starts_with("bad-"));
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .unwrap()
                 .as_secs();
-            let body = json!({
+            let body = if bad {
+                json!({"active": false})
+            } else {
+                json!({
                 "active": true, "iss": iss2, "aud": "api://default", "sub": "bench-client", "client_id": "0oabench", "cid": "0oabench",
                 "scp": ["api:read"], "scope": "api:read", "token_type": "Bearer", "iat": now, "exp": now + 3600,
             })
+            }
             .to_string();
             async move {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -692,14 +782,46 @@ async fn store_session_request(issuer: &Issuer, redis: u16) -> CheckRequest {
     browser_request("web_store", &cookie.join("; "))
 }
 
-/// A Check from a browser holding a valid session cookie, sealed exactly as oidc-authz seals it at login.
-fn session_request(issuer: &Issuer) -> CheckRequest {
+/// A valid session cookie (`name=value`), sealed exactly as oidc-authz seals it at login.
+fn session_cookie(issuer: &Issuer) -> String {
     use oidc_authz::config::Secret;
     use oidc_authz::login::cookie::CookieCodec;
     let data = session_data(issuer);
     let codec = CookieCodec::new(&[Secret::new(SESSION_SECRET)]).unwrap();
     let sealed = codec.seal("oidc_authz_session", &serde_json::to_vec(&data).unwrap());
-    browser_request("web", &format!("oidc_authz_session={sealed}"))
+    format!("oidc_authz_session={sealed}")
+}
+
+/// A Check from a browser holding a valid session cookie.
+fn session_request(issuer: &Issuer) -> CheckRequest {
+    browser_request("web", &session_cookie(issuer))
+}
+
+/// Writes the credentials of the benchmark through Envoy (see `Cmd::Kit`).
+fn write_kit(issuer: String, dir: &std::path::Path, distinct: u64) -> std::io::Result<()> {
+    use base64::Engine;
+    let issuer = Issuer::offline(issuer);
+    std::fs::create_dir_all(dir)?;
+    let write = |name: &str, text: String| std::fs::write(dir.join(name), text + "\n");
+    write("same.token", issuer.token(0))?;
+    let tokens: Vec<String> = (1..=distinct).map(|n| issuer.token(n)).collect();
+    write("distinct.tokens", tokens.join("\n"))?;
+    // The same claims as same.token, signed by another key under the same kid: only the signature is wrong.
+    let other = bench_key("rsa2.pem");
+    write("bad.token", sign(&issuer.issuer, &other, 0, "user-0@example.com"))?;
+    let cookie = session_cookie(&issuer);
+    // The valid cookie with its last characters changed: the AEAD tag no longer matches.
+    let tail = if cookie.ends_with("AAAA") { "BBBB" } else { "AAAA" };
+    let bad_cookie = format!("{}{tail}", &cookie[..cookie.len() - 4]);
+    write("session.cookie", cookie)?;
+    write("bad-session.cookie", bad_cookie)?;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    write("cc.basic", b64(&format!("0oabench:{CLIENT_SECRET}")))?;
+    write("bad-cc.basic", b64("0oabench:wrong-secret"))?;
+    write("intro.token", "opq-bench-warm".into())?;
+    write("bad-intro.token", "bad-opq-bench".into())?;
+    write("jwks.json", jwks(&issuer.key))?;
+    Ok(())
 }
 
 /// A cold oidc-authz receives bursts of simultaneous Checks; the issuer counts the introspection calls they cause.
@@ -956,6 +1078,39 @@ fn main() -> std::process::ExitCode {
         match cli.cmd {
             Cmd::Noop { addr } => {
                 serve_noop(addr).await;
+                std::process::ExitCode::SUCCESS
+            }
+            Cmd::Idp { addr } => {
+                let listener = match tokio::net::TcpListener::bind(addr).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        eprintln!("cannot listen on {addr}: {e}");
+                        return std::process::ExitCode::FAILURE;
+                    }
+                };
+                let issuer = Issuer::serve(listener);
+                println!("{}", issuer.issuer);
+                std::future::pending::<()>().await;
+                std::process::ExitCode::SUCCESS
+            }
+            Cmd::Kit {
+                issuer,
+                dir,
+                distinct,
+            } => match write_kit(issuer, &dir, distinct) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("cannot write the kit into {}: {e}", dir.display());
+                    std::process::ExitCode::FAILURE
+                }
+            },
+            Cmd::Config {
+                issuer,
+                grpc,
+                admin,
+                cache_entries,
+            } => {
+                print!("{}", authz_config(grpc, admin, &issuer, cache_entries));
                 std::process::ExitCode::SUCCESS
             }
             Cmd::Run {
