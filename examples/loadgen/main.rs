@@ -441,8 +441,8 @@ impl Issuer {
             let reply = if client_secret_ok(&headers, &body) {
                 let n = hits.fetch_add(1, Ordering::SeqCst) as u64;
                 let t = sign(&iss, &k, n, "bench-client");
-                let body =
-                    json!({"access_token": t, "token_type": "Bearer", "expires_in": 3600}).to_string();
+                let body = json!({"access_token": t, "token_type": "Bearer", "expires_in": 3600})
+                    .to_string();
                 (axum::http::StatusCode::OK, body)
             } else {
                 let body = json!({"error": "invalid_client"}).to_string();
@@ -808,10 +808,17 @@ fn write_kit(issuer: String, dir: &std::path::Path, distinct: u64) -> std::io::R
     write("distinct.tokens", tokens.join("\n"))?;
     // The same claims as same.token, signed by another key under the same kid: only the signature is wrong.
     let other = bench_key("rsa2.pem");
-    write("bad.token", sign(&issuer.issuer, &other, 0, "user-0@example.com"))?;
+    write(
+        "bad.token",
+        sign(&issuer.issuer, &other, 0, "user-0@example.com"),
+    )?;
     let cookie = session_cookie(&issuer);
     // The valid cookie with its last characters changed: the AEAD tag no longer matches.
-    let tail = if cookie.ends_with("AAAA") { "BBBB" } else { "AAAA" };
+    let tail = if cookie.ends_with("AAAA") {
+        "BBBB"
+    } else {
+        "AAAA"
+    };
     let bad_cookie = format!("{}{tail}", &cookie[..cookie.len() - 4]);
     write("session.cookie", cookie)?;
     write("bad-session.cookie", bad_cookie)?;
