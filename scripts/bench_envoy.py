@@ -66,7 +66,7 @@ class Scenario:
     cache_entries: int = 100_000  # oidc-authz's verified-token cache
 
 
-def scenarios(kit: Path) -> list[Scenario]:
+def scenarios(kit: Path, distinct: int) -> list[Scenario]:
     def read(name: str) -> str:
         return (kit / name).read_text().strip()
 
@@ -78,13 +78,13 @@ def scenarios(kit: Path) -> list[Scenario]:
         Scenario("direct", "direct_response, no auth", "direct", None, "/api/orders?limit=10", api),
         Scenario("jwt-cached", "Envoy jwt_authn + jwt_cache_config, same token", "jwt-cached", None,
                  "/api/orders?limit=10", {**api, "Authorization": f"Bearer {same}"}, bearer_bad),
-        Scenario("jwt-distinct", "Envoy jwt_authn, no cache, 2000 distinct tokens", "jwt-nocache", None,
+        Scenario("jwt-distinct", f"Envoy jwt_authn, no cache, {distinct} distinct tokens", "jwt-nocache", None,
                  "/api/orders?limit=10", api, bearer_bad, distinct=True),
         Scenario("noop", "ext_authz -> no-op Check server", "ext-authz", "noop", "/api/orders?limit=10",
                  {**api, "Authorization": f"Bearer {same}"}),
         Scenario("bearer-same", "ext_authz -> oidc-authz bearer, same token", "ext-authz", "authz",
                  "/api/orders?limit=10", {**api, "Authorization": f"Bearer {same}"}, bearer_bad),
-        Scenario("bearer-distinct", "ext_authz -> oidc-authz bearer, 2000 distinct tokens (cache of 1)",
+        Scenario("bearer-distinct", f"ext_authz -> oidc-authz bearer, {distinct} distinct tokens (cache of 1)",
                  "ext-authz", "authz", "/api/orders?limit=10", api, bearer_bad, distinct=True, cache_entries=1),
         Scenario("intro", "ext_authz -> oidc-authz introspection, warm cache", "ext-authz", "authz",
                  "/intro/orders", {**api, "Authorization": f"Bearer {read('intro.token')}"},
@@ -481,7 +481,7 @@ def main() -> int:
         print(f"minting {args.distinct} distinct RS256 tokens and the other credentials...", flush=True)
         subprocess.run([args.loadgen, "kit", "--issuer", issuer, "--dir", KIT, "--distinct", str(args.distinct)],
                        check=True)
-        scs = scenarios(KIT)
+        scs = scenarios(KIT, args.distinct)
         names = [s.name for s in scs]
         if args.only:
             wanted = {"direct", "noop", *args.only.split(",")}
