@@ -520,6 +520,19 @@ def test_redis_stopped_gives_the_documented_answers_and_its_return_recovers_by_i
     for replica in REPLICAS:
         r = _readyz(w, replica)
         assert r.status_code == 200 and "store: unavailable" in r.text, f"{replica} /readyz: {r.status_code} {r.text}"
+    # a login (its session must be indexed) and a logout (it must be heard everywhere) are 503 too
+    from browserflow import Browser, cookie_header, idp_login, start_login
+
+    for kind in ("store", "cookie"):
+        start, callback, logout, _ = KINDS[kind]
+        nb = Browser()
+        start_login(w, nb, start)
+        r = nb.go(idp_login(w, nb, nb.authorize_url, "bob", callback))
+        assert r.status_code == 503, f"a {kind} login's callback with Redis down: {r.status_code} {r.text[:300]}"
+        r = requests.post(w.url(logout), headers={"Origin": w.url("/").rstrip("/"), **SAME_ORIGIN, **XHR,
+                                                  "Cookie": cookie_header(sessions[kind].session_cookies())},
+                          allow_redirects=False, timeout=10)
+        assert r.status_code == 503, f"a {kind} logout with Redis down: {r.status_code} {r.text[:300]}"
 
     # Redis back: the same sessions work again by themselves
     w.start("redis")
