@@ -31,7 +31,7 @@ XHR = {"Accept": "application/json"}
 SAME_ORIGIN = {"Sec-Fetch-Site": "same-origin"}
 
 
-def _wait(cond, what: str, budget: float = 30.0) -> None:
+def _wait(cond, what: str, budget: float = 60.0) -> None:
     deadline = time.monotonic() + budget
     while not cond():
         if time.monotonic() > deadline:
