@@ -306,6 +306,7 @@ def test_a_login_through_one_replica_is_served_by_the_other_and_its_logout_refus
         assert len(value) <= 100 and "eyJ" not in value, f"a store session's cookie: {len(value)} chars"
         bob = _login(w, "bob", kind)
         assert [len(v) for v in bob.session_cookies().values()] == [len(value)], "the cookie's size is constant"
+        print(f"a store session's cookie: {len(value)} characters")
 
     # both replicas answer for the session just before the logout (each holds its local "not ended" answer)
     _wait(lambda: served_by(made_by), f"{made_by} serves the session")
