@@ -96,29 +96,33 @@ def test_checks_are_spread_over_both_replicas(replicas: ReplicaWorld):
 
 def test_a_killed_replica_costs_no_request(replicas: ReplicaWorld):
     """Requests keep flowing from 8 clients while replica B is SIGKILLed: not one fails (Envoy retries the Checks
-    B dropped on A, and its health check takes B out); B back, it serves again."""
+    B dropped on A, and its health check takes B out), but for an answer B had begun to send (`_cut_by_the_kill`);
+    B back, it serves again."""
     _both_up(replicas)
     token = replicas.idp_token(*CC_APP)
     stop = threading.Event()
     counts = {"ok": 0, "failed": 0}
-    failures: list[str] = []
+    failures: list[tuple[str, int | None, str]] = []
     lock = threading.Lock()
 
-    def client():
+    def client(k: int):
         s = requests.Session()
-        while not stop.is_set():
+        for n in itertools.count():
+            if stop.is_set():
+                return
+            path, status = f"/api/anything/c{k}-{n}", None  # each request its own path: who answered is logged
             try:
-                r = s.get(replicas.url("/api/get"), headers={"Authorization": f"Bearer {token}"}, timeout=10)
-                ok = r.status_code == 200
-                why = f"{r.status_code} {r.text[:120]}"
+                r = s.get(replicas.url(path), headers={"Authorization": f"Bearer {token}"}, timeout=10)
+                status, ok = r.status_code, r.status_code == 200
+                why = f"{path}: {r.status_code} {r.text[:120]}"
             except requests.RequestException as e:
-                ok, why = False, repr(e)
+                ok, why = False, f"{path}: {e!r}"
             with lock:
                 counts["ok" if ok else "failed"] += 1
                 if not ok:
-                    failures.append(why)
+                    failures.append((path, status, why))
 
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(8)]
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(8)]
     for t in threads:
         t.start()
     try:
@@ -132,8 +136,9 @@ def test_a_killed_replica_costs_no_request(replicas: ReplicaWorld):
             t.join(timeout=15)
     stats = requests.get(f"http://127.0.0.1:{replicas.envoy_admin_port}/stats?filter=oidc_authz|ext_authz",
                          timeout=5).text
-    assert counts["failed"] == 0, \
-        f"{counts['failed']} of {sum(counts.values())} requests failed: {failures[:5]}\n{stats}"
+    cut, failed = _cut_by_the_kill(replicas, failures)
+    assert not failed, f"{len(failed)} of {sum(counts.values())} requests failed: {failed[:5]}\n{stats}"
+    assert len(cut) <= MAX_CUT_BY_THE_KILL, f"{len(cut)} answers cut by the kill: {cut}\n{stats}"
     _both_up(replicas)
     before = replicas.checks_answered("authz_b")
 
@@ -342,9 +347,30 @@ def test_a_login_through_one_replica_is_served_by_the_other_and_its_logout_refus
 # ---------------------------------------------------------------------------------------------------------------
 # a replica killed under 50 logged-in users
 # ---------------------------------------------------------------------------------------------------------------
+# A Check whose answer B had begun to send when it was SIGKILLed: Envoy has the response headers of that gRPC call
+# and then a reset, and Envoy retries a gRPC call only before its response begins, so the request gets Envoy's
+# 503 (status_on_error). It is the one failure a SIGKILL can cause (seen once in ~20 runs of ~800 requests; SIGTERM
+# drains instead: README, "Running several replicas"). It is told apart from any other failure by the logs: B logged
+# a decision for exactly that request's unique path and A logged none. At most one such Check per client in flight
+# could exist; more than two would mean something else is wrong.
+MAX_CUT_BY_THE_KILL = 2
+
+
+def _cut_by_the_kill(w: ReplicaWorld, failures: list[tuple[str, int | None, str]]) -> tuple[list[str], list[str]]:
+    """Split failed requests (path, status, description) into the answers B's SIGKILL cut mid-flight (503, decided
+    by B alone, per the logs) and every other failure."""
+    cut, other = [], []
+    for path, status, why in failures:
+        logged = _checks_of(w, path)
+        line = f"{why}; logged by {[(r, rec.get('decision')) for r, rec in logged]}"
+        by_b_alone = bool(logged) and all(r == "authz_b" for r, _ in logged)
+        (cut if status == 503 and by_b_alone else other).append(line)
+    return cut, other
+
+
 def test_fifty_logged_in_users_lose_nothing_when_a_replica_is_killed(replicas: ReplicaWorld):
     """50 users (half with cookie sessions, half with store sessions) send requests without pause while replica B
-    is SIGKILLed: not one request fails, and afterwards every session still answers 200, through A alone and
+    is SIGKILLed: not one request fails (but for an answer B had begun to send: `_cut_by_the_kill`), and afterwards every session still answers 200, through A alone and
     through both once B is back."""
     w = replicas
     _both_up(w)
@@ -366,9 +392,10 @@ def test_fifty_logged_in_users_lose_nothing_when_a_replica_is_killed(replicas: R
             if stop.is_set():
                 return
             path = f"{prefix[kind]}/u{i}-{n}"
+            status = None
             try:
                 r = b.go(w.url(path))
-                good = r.status_code == 200
+                status, good = r.status_code, r.status_code == 200
                 why = f"{path} ({kind}): {r.status_code} {r.headers.get('location', '')[:80]} {r.text[:120]}"
             except requests.RequestException as e:
                 good, why = False, f"{path} ({kind}): {e!r}"
@@ -378,7 +405,7 @@ def test_fifty_logged_in_users_lose_nothing_when_a_replica_is_killed(replicas: R
                     if killed.is_set():
                         ok_after_kill[i] += 1
                 else:
-                    failures.append((path, why))
+                    failures.append((path, status, why))
 
     threads = [threading.Thread(target=user, args=(i,), daemon=True) for i in range(len(users))]
     for t in threads:
@@ -399,9 +426,9 @@ def test_fifty_logged_in_users_lose_nothing_when_a_replica_is_killed(replicas: R
     stats = requests.get(f"http://127.0.0.1:{w.envoy_admin_port}/stats?filter=oidc_authz|ext_authz", timeout=5).text
     # for each failed request: which replica logged a decision for it (one the killed B logged had been decided
     # when B died, so B was killed while answering it)
-    failed = [f"{why}; logged by {[(r, rec.get('decision')) for r, rec in _checks_of(w, path)]}"
-              for path, why in failures[:5]]
-    assert not failures, f"{len(failures)} of {total} requests failed: {failed}\n{stats}"
+    cut, failed = _cut_by_the_kill(w, failures)
+    assert not failed, f"{len(failed)} of {total} requests failed: {failed[:5]}\n{stats}"
+    assert len(cut) <= MAX_CUT_BY_THE_KILL, f"{len(cut)} answers cut by the kill: {cut}\n{stats}"
     # no session lost: each answers through A alone (B is dead) ...
     for i, b in enumerate(browsers):
         r = b.go(w.url(page[users[i][1]]))
