@@ -263,13 +263,18 @@ def test_every_build_context_has_its_dockerfile():
         builds += 1
         ctx, dockerfile = (b, "Dockerfile") if isinstance(b, str) else (b.get("context", "."), b.get("dockerfile", "Dockerfile"))
         assert (ROOT / ctx / dockerfile).is_file(), f"{name}: {ctx}/{dockerfile} missing"
-    assert builds == 3  # the two oidc-authz replicas (one image) and redis
+    assert builds == 2  # oidc-authz (replica A builds the image both replicas run) and redis
 
 
 def test_pulled_images_are_official_and_versioned():
+    built = {svc["image"] for svc in compose()["services"].values() if "build" in svc}
     for name, svc in compose()["services"].items():
         if "build" in svc:
             continue  # built here (its base images are checked in the Dockerfile test)
+        if svc.get("image") in built:
+            # another service builds it (oidc-authz-b runs replica A's image): never pulled
+            assert svc.get("pull_policy") == "never", f"{name} would try to pull {svc['image']}, built here"
+            continue
         assert "image" in svc, f"{name} has neither image nor build"
         assert_official(svc["image"], f"docker-compose.yml service {name}")
 
@@ -326,9 +331,11 @@ def test_envoy_authz_cluster_is_both_replicas_on_their_grpc_port():
 
 def test_the_replicas_are_one_image_with_one_config():
     a, b = (service(r) for r in REPLICAS)
-    assert a["build"] == b["build"] == "." and a["image"] == b["image"], (a, b)
+    # A builds the image from ./Dockerfile, B runs it (one build, not two at once) and never pulls it
+    assert a["build"] == "." and "build" not in b and a["image"] == b["image"], (a, b)
+    assert b.get("pull_policy") == "never", b
     for k in set(a) | set(b):
-        if k != "ports":
+        if k not in ("ports", "build", "pull_policy"):
             assert a.get(k) == b.get(k), f"the replicas differ in {k}: {a.get(k)} / {b.get(k)}"
     # the same mounted file: the same store, store secret, session secrets and policies on both
     assert mount_source(a, "/etc/oidc-authz/config.toml") == mount_source(b, "/etc/oidc-authz/config.toml") \
