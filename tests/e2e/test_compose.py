@@ -386,6 +386,15 @@ def test_redis_is_debians_redis_server_non_root_unpublished_with_a_healthcheck()
     assert f"-p {redis_port()}" in text or redis_port() == 6379, text
 
 
+def test_the_walk_through_asks_each_replica_if_it_is_ready():
+    """The header's `curl -i http://localhost:PORT/readyz   # 200` lines (the compose rig runs them verbatim) name
+    each replica's published admin port."""
+    header = COMPOSE_FILE.read_text().split("\nname:", 1)[0]
+    asked = {int(p) for p in re.findall(r"curl -i http://localhost:(\d+)/readyz\s+# 200\b", header)}
+    _, admin = addr_port(authz_config()["server"]["admin_addr"])
+    assert asked == {container_port_published(service(r), admin) for r in REPLICAS}, asked
+
+
 def test_every_published_port_is_bound_to_loopback():
     seen = {}
     for name, svc in compose()["services"].items():
