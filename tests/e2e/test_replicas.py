@@ -94,12 +94,9 @@ def test_checks_are_spread_over_both_replicas(replicas: ReplicaWorld):
     assert answered["authz"] > 0 and answered["authz_b"] > 0, f"round robin: {answered}"
 
 
-def test_a_killed_replica_costs_no_request(replicas: ReplicaWorld):
-    """Requests keep flowing from 8 clients while replica B is SIGKILLed: not one fails (Envoy retries the Checks
-    B dropped on A, and its health check takes B out), but for an answer B had begun to send (`_cut_by_the_kill`);
-    B back, it serves again."""
-    _both_up(replicas)
-    token = replicas.idp_token(*CC_APP)
+def _bearer_load_while(w: ReplicaWorld, token: str, what: str, action) -> tuple[int, list]:
+    """8 clients send bearer requests without pause (each on its own path: who answered is logged); once 200 have
+    passed, `action()` runs, and the load goes on for 500 more. (requests sent, failures as (path, status, why))."""
     stop = threading.Event()
     counts = {"ok": 0, "failed": 0}
     failures: list[tuple[str, int | None, str]] = []
@@ -110,9 +107,9 @@ def test_a_killed_replica_costs_no_request(replicas: ReplicaWorld):
         for n in itertools.count():
             if stop.is_set():
                 return
-            path, status = f"/api/anything/c{k}-{n}", None  # each request its own path: who answered is logged
+            path, status = f"/api/anything/c{k}-{n}", None
             try:
-                r = s.get(replicas.url(path), headers={"Authorization": f"Bearer {token}"}, timeout=10)
+                r = s.get(w.url(path), headers={"Authorization": f"Bearer {token}"}, timeout=10)
                 status, ok = r.status_code, r.status_code == 200
                 why = f"{path}: {r.status_code} {r.text[:120]}"
             except requests.RequestException as e:
@@ -126,30 +123,60 @@ def test_a_killed_replica_costs_no_request(replicas: ReplicaWorld):
     for t in threads:
         t.start()
     try:
-        _wait(lambda: counts["ok"] >= 200, "200 requests before the kill")
-        replicas.kill("authz_b")
-        at_kill = counts["ok"]
-        _wait(lambda: counts["ok"] >= at_kill + 500, "500 more requests after the kill", budget=60)
+        _wait(lambda: counts["ok"] >= 200, f"200 requests before {what}")
+        action()
+        at = counts["ok"]
+        _wait(lambda: counts["ok"] >= at + 500, f"500 more requests after {what}", budget=60)
     finally:
         stop.set()
         for t in threads:
             t.join(timeout=15)
-    stats = requests.get(f"http://127.0.0.1:{replicas.envoy_admin_port}/stats?filter=oidc_authz|ext_authz",
-                         timeout=5).text
-    cut, failed = _cut_by_the_kill(replicas, failures)
-    assert not failed, f"{len(failed)} of {sum(counts.values())} requests failed: {failed[:5]}\n{stats}"
-    assert len(cut) <= MAX_CUT_BY_THE_KILL, f"{len(cut)} answers cut by the kill: {cut}\n{stats}"
-    _both_up(replicas)
-    before = replicas.checks_answered("authz_b")
+    return sum(counts.values()), failures
+
+
+def _envoy_stats(w: ReplicaWorld) -> str:
+    return requests.get(f"http://127.0.0.1:{w.envoy_admin_port}/stats?filter=oidc_authz|ext_authz", timeout=5).text
+
+
+def _b_serves_again(w: ReplicaWorld, token: str) -> None:
+    _both_up(w)
+    before = w.checks_answered("authz_b")
 
     def b_serves() -> bool:
         # a 503 while B rejoins (Envoy still holding it out) is a "not yet", not a failure
-        if replicas.get("/api/headers", token=token).status_code != 200:
+        if w.get("/api/headers", token=token).status_code != 200:
             return False
-        return replicas.checks_answered("authz_b") > before
+        return w.checks_answered("authz_b") > before
 
     # back in the rotation once its ejection for the refused connections ends (5 s) and its health check passes
     _wait(b_serves, "B serves again once it is back")
+
+
+def test_a_killed_replica_costs_no_request(replicas: ReplicaWorld):
+    """Requests keep flowing from 8 clients while replica B is SIGKILLed: not one fails (Envoy retries the Checks
+    B dropped on A, and its health check takes B out), but for an answer B had begun to send (`_cut_by_the_kill`);
+    B back, it serves again."""
+    _both_up(replicas)
+    token = replicas.idp_token(*CC_APP)
+    total, failures = _bearer_load_while(replicas, token, "the kill", lambda: replicas.kill("authz_b"))
+    stats = _envoy_stats(replicas)
+    cut, failed = _cut_by_the_kill(replicas, failures)
+    assert not failed, f"{len(failed)} of {total} requests failed: {failed[:5]}\n{stats}"
+    assert len(cut) <= MAX_CUT_BY_THE_KILL, f"{len(cut)} answers cut by the kill: {cut}\n{stats}"
+    _b_serves_again(replicas, token)
+
+
+def test_a_replica_stopped_with_sigterm_costs_no_request_at_all(replicas: ReplicaWorld):
+    """A rolling update's stop: replica B gets SIGTERM while 8 clients send requests. It says NOT_SERVING to
+    Envoy's health checks, finishes the Checks it has and exits; Envoy sends the rest to A. Not one request fails,
+    without exception."""
+    _both_up(replicas)
+    token = replicas.idp_token(*CC_APP)
+    total, failures = _bearer_load_while(replicas, token, "B's SIGTERM", lambda: replicas.stop("authz_b"))
+    log = replicas.components["authz_b"].log.read_text(errors="replace")
+    assert "shutting down: draining in-flight checks" in log, "B took the SIGTERM as a drain"
+    assert not failures, f"{len(failures)} of {total} requests failed: {failures[:5]}\n{_envoy_stats(replicas)}"
+    _b_serves_again(replicas, token)
 
 
 def test_a_login_on_one_replica_and_a_backchannel_logout_end_it_on_both(replicas: ReplicaWorld):
