@@ -8,8 +8,9 @@ use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 /// Where the headers came from.
 #[derive(Debug)]
 enum Headers<'a> {
-    /// `attributes.request.http.headers`: lower-case keys, merged values.
-    Map(&'a HashMap<String, String>),
+    /// `attributes.request.http.headers`: lower-case keys, merged values; whether every key is lower case (as
+    /// Envoy sends them: then a lower-case name is looked up, not searched for).
+    Map(&'a HashMap<String, String>, bool),
     /// `attributes.request.http.header_map`: raw pairs; a value that is not UTF-8 is kept as `None`.
     Raw(Vec<(&'a str, Option<&'a str>)>),
 }
@@ -59,7 +60,7 @@ impl<'a> CheckView<'a> {
                 request_id: "",
                 context_extensions,
                 body: &[],
-                headers: Headers::Map(&EMPTY),
+                headers: Headers::Map(&EMPTY, true),
             };
         };
         let headers = match &http.header_map {
@@ -76,7 +77,13 @@ impl<'a> CheckView<'a> {
                     })
                     .collect(),
             ),
-            _ => Headers::Map(&http.headers),
+            _ => Headers::Map(
+                &http.headers,
+                !http
+                    .headers
+                    .keys()
+                    .any(|k| k.bytes().any(|b| b.is_ascii_uppercase())),
+            ),
         };
         let (path, query) = split_target(&http.path);
         let mut view = CheckView {
@@ -122,9 +129,12 @@ impl<'a> CheckView<'a> {
     /// The first value of a header (case-insensitive name). A raw value that is not UTF-8 reads as absent.
     pub fn header(&self, name: &str) -> Option<&'a str> {
         match &self.headers {
-            Headers::Map(m) => m
+            Headers::Map(m, lower) => m
                 .get(name)
                 .or_else(|| {
+                    if *lower && !has_upper(name) {
+                        return None;
+                    }
                     m.iter()
                         .find(|(k, _)| k.eq_ignore_ascii_case(name))
                         .map(|(_, v)| v)
@@ -137,26 +147,44 @@ impl<'a> CheckView<'a> {
         }
     }
 
-    /// Every value of a header. A raw non-UTF-8 value appears as `None`.
-    pub fn header_values(&self, name: &str) -> Vec<Option<&'a str>> {
-        match &self.headers {
-            Headers::Map(m) => m
-                .iter()
-                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| Some(v.as_str()))
-                .collect(),
-            Headers::Raw(v) => v
-                .iter()
-                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| *v)
-                .collect(),
-        }
+    /// Every value of a header (case-insensitive name). A raw non-UTF-8 value appears as `None`.
+    pub fn header_values<'s>(
+        &'s self,
+        name: &'s str,
+    ) -> impl Iterator<Item = Option<&'a str>> + 's {
+        let (exact, map, raw) = match &self.headers {
+            Headers::Map(m, true) if !has_upper(name) => {
+                (Some(m.get(name).map(|v| Some(v.as_str()))), None, None)
+            }
+            Headers::Map(m, _) => (
+                None,
+                Some(
+                    m.iter()
+                        .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
+                        .map(|(_, v)| Some(v.as_str())),
+                ),
+                None,
+            ),
+            Headers::Raw(v) => (
+                None,
+                None,
+                Some(
+                    v.iter()
+                        .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
+                        .map(|(_, v)| *v),
+                ),
+            ),
+        };
+        let exact = exact.into_iter().flatten();
+        exact
+            .chain(map.into_iter().flatten())
+            .chain(raw.into_iter().flatten())
     }
 
     /// The names of every header the client sent (as Envoy passed them: lower case), in no particular order.
     pub fn header_names(&self) -> impl Iterator<Item = &'a str> + '_ {
         let (map, raw) = match &self.headers {
-            Headers::Map(m) => (Some(m.keys().map(String::as_str)), None),
+            Headers::Map(m, _) => (Some(m.keys().map(String::as_str)), None),
             Headers::Raw(v) => (None, Some(v.iter().map(|(k, _)| *k))),
         };
         map.into_iter().flatten().chain(raw.into_iter().flatten())
@@ -164,7 +192,7 @@ impl<'a> CheckView<'a> {
 
     /// Whether the client sent this header at all.
     pub fn has_header(&self, name: &str) -> bool {
-        !self.header_values(name).is_empty()
+        self.header_values(name).next().is_some()
     }
 
     /// The policy Envoy named for this route, if any.
@@ -173,6 +201,10 @@ impl<'a> CheckView<'a> {
             .and_then(|c| c.get("policy"))
             .map(String::as_str)
     }
+}
+
+fn has_upper(name: &str) -> bool {
+    name.bytes().any(|b| b.is_ascii_uppercase())
 }
 
 /// Splits a request target into path and query, dropping any fragment.
@@ -284,8 +316,43 @@ mod tests {
         let v = CheckView::new(&r);
         assert_eq!(v.host, "h.com");
         assert_eq!(v.method, "POST");
-        assert_eq!(v.header_values("x-a"), vec![Some("1"), Some("2")]);
+        assert_eq!(
+            v.header_values("x-a").collect::<Vec<_>>(),
+            vec![Some("1"), Some("2")]
+        );
         assert_eq!(v.header("x-bad"), None);
         assert!(v.has_header("x-bad"));
+    }
+
+    /// A `headers` map is read the same whether its keys are all lower case (Envoy's: looked up) or not (any
+    /// spelling found, every one of them a value).
+    #[test]
+    fn map_headers_in_any_case() {
+        let map = |pairs: &[(&str, &str)]| {
+            req(HttpRequest {
+                path: "/".into(),
+                headers: pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..Default::default()
+            })
+        };
+        let lower = map(&[("authorization", "Bearer a"), ("x-id", "1")]);
+        let v = CheckView::new(&lower);
+        assert_eq!(v.header("authorization"), Some("Bearer a"));
+        assert_eq!(v.header("Authorization"), Some("Bearer a"));
+        assert_eq!(v.header("x-other"), None);
+        assert_eq!(v.header_values("X-Id").collect::<Vec<_>>(), vec![Some("1")]);
+        assert!(v.has_header("x-id") && !v.has_header("x-other"));
+        let mixed = map(&[("Authorization", "Bearer a"), ("authorization", "Bearer b")]);
+        let v = CheckView::new(&mixed);
+        let mut values: Vec<_> = v.header_values("authorization").collect();
+        values.sort();
+        assert_eq!(values, vec![Some("Bearer a"), Some("Bearer b")]);
+        let upper = map(&[("X-Client-Id", "c")]);
+        let v = CheckView::new(&upper);
+        assert_eq!(v.header("x-client-id"), Some("c"));
+        assert!(v.has_header("x-client-id"));
     }
 }
