@@ -128,10 +128,15 @@ impl World {
 
     /// The world with its shared store over `backend`.
     fn with_backend(backend: Box<dyn Backend>) -> Self {
+        Self::with_config(CONFIG, backend)
+    }
+
+    /// The world of the config `toml`, its shared store over `backend`.
+    fn with_config(toml: &str, backend: Box<dyn Backend>) -> Self {
         let key = Key::rsa1();
         let idp = Arc::new(FakeIdp::for_issuer(ISSUER));
         idp.jwks(vec![key.jwk.clone()]);
-        let config = Config::from_toml(CONFIG).unwrap_or_else(|e| panic!("{e}"));
+        let config = Config::from_toml(toml).unwrap_or_else(|e| panic!("{e}"));
         let metrics = Arc::new(Metrics::new());
         let store = Store::with_backend(
             backend,
@@ -789,6 +794,11 @@ impl Breakable {
         self.fail_after(usize::MAX);
     }
 
+    /// How many operations ran since it was last healed.
+    fn ops(&self) -> usize {
+        usize::MAX - self.left.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Whether this operation may run (counting it).
     fn up(&self) -> Result<(), StoreError> {
         use std::sync::atomic::Ordering::SeqCst;
@@ -947,4 +957,45 @@ async fn a_store_failing_midway_through_a_backchannel_logout_is_a_503_and_its_re
         }
     }
     assert!(completed, "the logout never completed");
+}
+
+/// Two replicas with `web`'s sessions in their shared store: a logout on A ends the session on B at once, and
+/// drops B's local copy of that session only: B's copy of another session is still used, without a store read.
+#[tokio::test]
+async fn an_ended_event_drops_only_the_ended_sessions_copy() {
+    let config = CONFIG.replace(
+        "backchannel_logout_path = ",
+        "session_storage = \"store\"\nbackchannel_logout_path = ",
+    );
+    let mut checked = false;
+    // The local copies live a second of real time: an attempt slower than half of that proves nothing and is
+    // run again.
+    for _ in 0..10 {
+        let store = Breakable::new();
+        let a = World::with_config(&config, Box::new(store.clone()));
+        let b = World::with_config(&config, Box::new(store.clone()));
+        let alice = logged_in(&a, "alice", "op-1").await;
+        let bob = logged_in(&a, "bob", "op-2").await;
+        let start = std::time::Instant::now();
+        assert!(in_session(&b, &alice).await && in_session(&b, &bob).await);
+        let headers = [
+            ("cookie", alice.as_str()),
+            ("origin", "https://app.example.com"),
+        ];
+        redirected(
+            a.check(&request("web", "POST", "/oauth2/logout", &headers))
+                .await,
+        );
+        assert!(!in_session(&b, &alice).await, "ended on B at once");
+        let before = store.ops();
+        assert!(in_session(&b, &bob).await);
+        let reads = store.ops() - before;
+        if start.elapsed() > std::time::Duration::from_millis(500) {
+            continue;
+        }
+        assert_eq!(reads, 0, "bob's copy on B was dropped");
+        checked = true;
+        break;
+    }
+    assert!(checked, "every attempt was too slow to tell");
 }
