@@ -507,9 +507,12 @@ fn session_identity(
     let data = &active.session.data;
     Identity {
         method: AuthMethod::Session,
-        upstream_authorization: settings
-            .upstream_access_token
-            .then(|| format!("Bearer {}", data.at)),
+        upstream_authorization: settings.upstream_access_token.then(|| {
+            let mut value = String::with_capacity("Bearer ".len() + data.at.len());
+            value.push_str("Bearer ");
+            value.push_str(&data.at);
+            value
+        }),
         id_token: data.it.clone(),
         set_cookies: for_request(active.set_cookies, cookies),
         claims: Claims::Session(active.session),

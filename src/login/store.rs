@@ -296,7 +296,7 @@ pub const LOCAL_ENTRIES: u64 = 100_000;
 /// Ended sessions in the shared store (`ended` entries: the absolute expiry, living until then), with two local
 /// copies in front: the sessions known ended (ended here, or heard of through an event; at most
 /// [`LOCAL_ENTRIES`]: one evicted for size is asked of the store again, which keeps it until its expiry) and the
-/// store's answers for sessions checked, trusted for at most [`NOT_ENDED_FOR`] (the Checks of one session that
+/// sessions checked and found not ended, trusted for at most [`NOT_ENDED_FOR`] (the Checks of one session that
 /// find no answer share one store read). The sessions known ended are looked at first, so an ended event outranks
 /// any "not ended" answer at once. With the memory backend the store is this process's memory, so nothing is lost
 /// there either.
@@ -304,9 +304,8 @@ pub struct SharedEndedSessions {
     store: Arc<Store>,
     /// Key -> the session's absolute expiry.
     ended: moka::sync::Cache<cache::Key, Until>,
-    /// Keys checked against the store, for [`NOT_ENDED_FOR`]: the session's absolute expiry when the store has it
-    /// ended, `None` when it is not ended.
-    checked: moka::future::Cache<cache::Key, Option<u64>>,
+    /// Keys checked against the store and not ended, for [`NOT_ENDED_FOR`] (an ended one goes to `ended`).
+    not_ended: moka::future::Cache<cache::Key, ()>,
     /// The store's events (ended sessions of every replica).
     events: Mutex<broadcast::Receiver<Vec<u8>>>,
     clock: Arc<dyn Clock>,
@@ -362,7 +361,7 @@ impl SharedEndedSessions {
                 .max_capacity(entries)
                 .expire_after(Lifetime(clock.clone()))
                 .build(),
-            checked: moka::future::Cache::builder()
+            not_ended: moka::future::Cache::builder()
                 .max_capacity(entries)
                 .time_to_live(NOT_ENDED_FOR)
                 .build(),
@@ -375,6 +374,10 @@ impl SharedEndedSessions {
     }
 
     fn known_ended(&self, key: &cache::Key) -> bool {
+        // `contains_key` first: it is no read for the eviction policy (the common answer is "not there").
+        if !self.ended.contains_key(key) {
+            return false;
+        }
         let now = self.clock.now();
         self.ended.get(key).is_some_and(|until| until.0 >= now)
     }
@@ -384,7 +387,7 @@ impl EndedSessions for SharedEndedSessions {
     fn end(&self, key: [u8; 32], until: u64) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             self.remember(key, until);
-            self.checked.invalidate(&key).await;
+            self.not_ended.invalidate(&key).await;
             let ttl = Until(until).ttl(self.clock.now());
             self.store
                 .put(ENDED_KIND, &key, until.to_string().as_bytes(), ttl)
@@ -400,23 +403,26 @@ impl EndedSessions for SharedEndedSessions {
             if self.known_ended(&key) {
                 return Ok(true);
             }
+            if self.not_ended.contains_key(&key) {
+                return Ok(false);
+            }
+            // The Checks of one session share one read; only a "not ended" answer is kept.
             let read = async {
-                let stored = self.store.get(ENDED_KIND, &key).await?;
-                Ok::<_, StoreError>(
-                    stored.and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok()),
-                )
-            };
-            let until = self
-                .checked
-                .try_get_with(key, read)
-                .await
-                .map_err(|e| (*e).clone())?;
-            match until {
-                Some(until) => {
-                    self.remember(key, until);
-                    Ok(self.known_ended(&key))
+                let stored = self.store.get(ENDED_KIND, &key).await.map_err(Some)?;
+                match stored.and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok()) {
+                    Some(until) => {
+                        self.remember(key, until);
+                        Err(None::<StoreError>)
+                    }
+                    None => Ok(()),
                 }
-                None => Ok(false),
+            };
+            match self.not_ended.try_get_with(key, read).await {
+                Ok(()) => Ok(false),
+                Err(e) => match &*e {
+                    Some(store_error) => Err(store_error.clone()),
+                    None => Ok(self.known_ended(&key)),
+                },
             }
         })
     }
@@ -440,7 +446,7 @@ impl EndedSessions for SharedEndedSessions {
                 }
                 Err(broadcast::error::TryRecvError::Lagged(_)) => {
                     // Events were lost: no local "not ended" answer can be trusted.
-                    self.checked.invalidate_all();
+                    self.not_ended.invalidate_all();
                     any = true;
                 }
                 Err(_) => return any,
