@@ -513,7 +513,11 @@ fn session_identity(
             value.push_str(&data.at);
             value
         }),
-        id_token: data.it.clone(),
+        // Copied only for a policy that sends it upstream.
+        id_token: settings
+            .upstream_id_token_header
+            .as_ref()
+            .and_then(|_| data.it.clone()),
         set_cookies: for_request(active.set_cookies, cookies),
         claims: Claims::Session(active.session),
     }
