@@ -17,9 +17,9 @@ pub struct Identity {
     pub method: AuthMethod,
     /// Where its verified claims live.
     pub claims: Claims,
-    /// A token to send upstream as `Authorization: Bearer` (the client-credentials grant's token, a session's
-    /// access token with `upstream_access_token`).
-    pub upstream_token: Option<Arc<str>>,
+    /// The `Authorization` value to send upstream, `Bearer` and a token (the client-credentials grant's token, a
+    /// session's access token with `upstream_access_token`): made once, moved into the header.
+    pub upstream_authorization: Option<String>,
     /// A session's ID token, for the policy's `upstream_id_token_header`.
     pub id_token: Option<String>,
     /// `Set-Cookie` values for the client (a refreshed session, a last-seen update).
@@ -30,7 +30,10 @@ impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Identity")
             .field("method", &self.method)
-            .field("upstream_token", &self.upstream_token.is_some())
+            .field(
+                "upstream_authorization",
+                &self.upstream_authorization.is_some(),
+            )
             .field("id_token", &self.id_token.is_some())
             .field("set_cookies", &self.set_cookies.len())
             .finish_non_exhaustive()
@@ -265,7 +268,7 @@ mod tests {
                 claims: Map::new(),
                 exp: 0,
             })),
-            upstream_token: Some(Arc::from("secret-access-token")),
+            upstream_authorization: Some("Bearer secret-access-token".into()),
             id_token: Some("secret-id-token".into()),
             set_cookies: vec!["session=secret-cookie; Path=/".into()],
         };

@@ -76,6 +76,18 @@ impl Authorizer {
         idp: Arc<dyn IdpClient>,
     ) -> Self {
         let store = Arc::new(Store::new(&config.store, metrics.clone()));
+        Self::with_store(config, metrics, clock, rng, idp, store)
+    }
+
+    /// [`Authorizer::with_idp`] over `store` (tests: a store whose backend fails on cue).
+    pub fn with_store(
+        config: Config,
+        metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
+        rng: Arc<dyn Rng>,
+        idp: Arc<dyn IdpClient>,
+        store: Arc<Store>,
+    ) -> Self {
         // The token methods' caches and the JWKS refetch limiter go through the store only when it is shared.
         let shared = matches!(config.store.backend, StoreBackendConfig::Redis { .. })
             .then(|| Shared::new(store.clone()));

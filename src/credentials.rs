@@ -71,7 +71,7 @@ impl<'a> Credentials<'a> {
             _ => Intent::Resource,
         };
         let cookies = if rt.login.is_some() {
-            let headers: Vec<&str> = view.header_values("cookie").into_iter().flatten().collect();
+            let headers: Vec<&str> = view.header_values("cookie").flatten().collect();
             RequestCookies::parse(&headers)
         } else {
             RequestCookies::default()
@@ -92,11 +92,13 @@ impl<'a> Credentials<'a> {
 
 /// Reads the `Authorization` header.
 pub fn authorization<'a>(view: &CheckView<'a>) -> Authorization<'a> {
-    let values = view.header_values("authorization");
-    let value = match values.as_slice() {
-        [] => return Authorization::None,
-        [Some(v)] => *v,
-        [None] => return Authorization::Malformed("the Authorization header is not valid text"),
+    let mut values = view.header_values("authorization");
+    let value = match (values.next(), values.next()) {
+        (None, _) => return Authorization::None,
+        (Some(Some(v)), None) => v,
+        (Some(None), None) => {
+            return Authorization::Malformed("the Authorization header is not valid text");
+        }
         _ => return Authorization::Malformed("more than one Authorization header"),
     };
     // Envoy's merged map joins repeats with ','; a token never contains one.

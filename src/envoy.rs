@@ -40,16 +40,28 @@ fn answered(a: Answered) -> CheckResponse {
 
 /// OK: Envoy forwards the request with our headers and metadata.
 fn allowed(allow: Allow) -> CheckResponse {
+    // The values are moved into the response, not copied.
     let headers = allow
         .set_headers
-        .iter()
-        .map(|(k, v)| header(k.as_str(), v, HeaderAppendAction::OverwriteIfExistsOrAdd))
+        .into_iter()
+        .map(|(k, v)| {
+            owned_header(
+                k.as_str().to_string(),
+                v,
+                HeaderAppendAction::OverwriteIfExistsOrAdd,
+            )
+        })
         .collect();
     let metadata = (!allow.metadata.is_empty()).then(|| Struct {
         fields: allow
             .metadata
-            .iter()
-            .map(|(k, v)| (k.to_string(), string_value(v)))
+            .into_iter()
+            .map(|(k, v)| {
+                let value = Value {
+                    kind: Some(Kind::StringValue(v)),
+                };
+                (k.to_string(), value)
+            })
             .collect(),
     });
     CheckResponse {
@@ -67,8 +79,10 @@ fn allowed(allow: Allow) -> CheckResponse {
                 .collect(),
             response_headers_to_add: allow
                 .response_headers
-                .iter()
-                .map(|(k, v)| header(k, v, HeaderAppendAction::AppendIfExistsOrAdd))
+                .into_iter()
+                .map(|(k, v)| {
+                    owned_header(k.to_string(), v, HeaderAppendAction::AppendIfExistsOrAdd)
+                })
                 .collect(),
             ..Default::default()
         })),
@@ -140,10 +154,14 @@ fn rpc_code(status: DenyStatus) -> i32 {
 }
 
 fn header(key: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOption {
+    owned_header(key.to_string(), value.to_string(), action)
+}
+
+fn owned_header(key: String, value: String, action: HeaderAppendAction) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(HeaderValue {
-            key: key.to_string(),
-            value: value.to_string(),
+            key,
+            value,
             raw_value: Vec::new(),
         }),
         append_action: action as i32,
@@ -174,12 +192,6 @@ fn answer_headers(first: (&str, &str), set_cookies: &[String]) -> Vec<HeaderValu
         ));
     }
     headers
-}
-
-fn string_value(s: &str) -> Value {
-    Value {
-        kind: Some(Kind::StringValue(s.to_string())),
-    }
 }
 
 #[cfg(test)]

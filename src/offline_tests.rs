@@ -20,6 +20,8 @@ use crate::provider::Endpoint;
 use crate::provider::fake::{FakeAnswer, FakeIdp};
 use crate::request::CheckView;
 use crate::rng::SequenceRng;
+use crate::store::memory::MemoryBackend;
+use crate::store::{Backend, Store, StoreError};
 use crate::telemetry::Metrics;
 
 /// The time of every test (the ManualClock's reading).
@@ -121,16 +123,35 @@ struct World {
 
 impl World {
     fn new() -> Self {
+        Self::with_backend(Box::new(MemoryBackend::new()))
+    }
+
+    /// The world with its shared store over `backend`.
+    fn with_backend(backend: Box<dyn Backend>) -> Self {
+        Self::with_config(CONFIG, backend)
+    }
+
+    /// The world of the config `toml`, its shared store over `backend`.
+    fn with_config(toml: &str, backend: Box<dyn Backend>) -> Self {
         let key = Key::rsa1();
         let idp = Arc::new(FakeIdp::for_issuer(ISSUER));
         idp.jwks(vec![key.jwk.clone()]);
-        let config = Config::from_toml(CONFIG).unwrap_or_else(|e| panic!("{e}"));
-        let authz = Authorizer::with_idp(
+        let config = Config::from_toml(toml).unwrap_or_else(|e| panic!("{e}"));
+        let metrics = Arc::new(Metrics::new());
+        let store = Store::with_backend(
+            backend,
+            &config.store.key_prefix,
+            None,
+            config.store.timeout,
+            metrics.clone(),
+        );
+        let authz = Authorizer::with_store(
             config,
-            Arc::new(Metrics::new()),
+            metrics,
             Arc::new(ManualClock::new(NOW)),
             Arc::new(SequenceRng::new(RNG_START)),
             idp.clone(),
+            Arc::new(store),
         );
         World { authz, idp, key }
     }
@@ -527,6 +548,12 @@ async fn a_callback_with_another_state_is_refused_without_asking_the_provider() 
 
 /// Logs `sub` in on the `web` policy within the provider's session `op_sid`: the session cookie.
 async fn logged_in(w: &World, sub: &str, op_sid: &str) -> String {
+    login_as(w, Some(sub), op_sid).await
+}
+
+/// Logs in on the `web` policy within the provider's session `op_sid`, as `sub` (tokens without one for
+/// `None`): the session cookie.
+async fn login_as(w: &World, sub: Option<&str>, op_sid: &str) -> String {
     let browser = [("accept", "text/html")];
     let start = redirected(w.check(&request("web", "GET", "/app", &browser)).await);
     let q: HashMap<String, String> = url::Url::parse(&start.location)
@@ -534,13 +561,17 @@ async fn logged_in(w: &World, sub: &str, op_sid: &str) -> String {
         .query_pairs()
         .into_owned()
         .collect();
-    let at = w
-        .key
-        .sign(&access_claims(sub, json!({"cid": "oidc-authz"})));
-    let id_token = w.key.sign(&json!({
+    let mut at = access_claims(sub.unwrap_or_default(), json!({"cid": "oidc-authz"}));
+    let mut id = json!({
         "iss": ISSUER, "aud": "oidc-authz", "sub": sub, "sid": op_sid, "nonce": q["nonce"],
         "iat": NOW, "exp": NOW + 3600,
-    }));
+    });
+    if sub.is_none() {
+        for claims in [&mut at, &mut id] {
+            claims.as_object_mut().map(|c| c.remove("sub"));
+        }
+    }
+    let (at, id_token) = (w.key.sign(&at), w.key.sign(&id));
     let tokens = json!({"access_token": at, "id_token": id_token, "token_type": "Bearer", "expires_in": 3600});
     w.idp.answer(Endpoint::Token, 200, tokens);
     let callback = format!("/oauth2/callback?code=c&state={}", q["state"]);
@@ -688,4 +719,283 @@ async fn a_backchannel_logout_token_ends_the_sessions_of_its_provider_session_on
         .await;
     assert_eq!(answered, Decision::Answered(Answered { status: 200 }));
     assert!(!in_session(&w, &other).await);
+}
+
+/// A user logout takes the session out of the index (the admin API no longer lists it); the user's other
+/// session stays listed and usable.
+#[tokio::test]
+async fn a_user_logout_removes_the_session_from_the_index() {
+    let w = World::new();
+    let a = logged_in(&w, "alice", "op-1").await;
+    let b = logged_in(&w, "alice", "op-2").await;
+    let index = w.authz.logins().index().expect("an index");
+    let listed = index.of_sub("alice").await.expect("store");
+    assert_eq!(listed.len(), 2);
+    let headers = [
+        ("cookie", a.as_str()),
+        ("origin", "https://app.example.com"),
+    ];
+    redirected(
+        w.check(&request("web", "POST", "/oauth2/logout", &headers))
+            .await,
+    );
+    assert!(!in_session(&w, &a).await && in_session(&w, &b).await);
+    let left = index.of_sub("alice").await.expect("store");
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(listed.contains(&left[0]) || listed.iter().any(|r| r.id == left[0].id));
+    for r in &listed {
+        let gone = index.get(&r.id).await.expect("store").is_none();
+        assert_eq!(gone, r.id != left[0].id, "{r:?}");
+    }
+}
+
+/// A login whose tokens name no user (`sub`) is indexed under no user: listing the empty `sub` lists nothing,
+/// and a back-channel logout of its provider session still ends it.
+#[tokio::test]
+async fn a_login_without_sub_is_no_users_session_and_still_ends_by_its_provider_session() {
+    let w = World::new();
+    let anonymous = login_as(&w, None, "op-9").await;
+    let alice = logged_in(&w, "alice", "op-1").await;
+    assert!(in_session(&w, &anonymous).await && in_session(&w, &alice).await);
+    let index = w.authz.logins().index().expect("an index");
+    assert!(index.of_sub("").await.expect("store").is_empty());
+    assert_eq!(index.of_sub("alice").await.expect("store").len(), 1);
+    let token = w.key.sign(&json!({
+        "iss": ISSUER, "aud": "oidc-authz", "sid": "op-9", "jti": "j-anon", "iat": NOW, "exp": NOW + 120,
+        "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
+    }));
+    let answered = w
+        .check(&backchannel_post("POST", &format!("logout_token={token}")))
+        .await;
+    assert_eq!(answered, Decision::Answered(Answered { status: 200 }));
+    assert!(!in_session(&w, &anonymous).await && in_session(&w, &alice).await);
+}
+
+/// A memory store that fails every operation once `left` more have run (Redis dying mid-way), until healed.
+#[derive(Debug, Clone)]
+struct Breakable {
+    inner: MemoryBackend,
+    left: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Breakable {
+    fn new() -> Self {
+        Breakable {
+            inner: MemoryBackend::new(),
+            left: Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX)),
+        }
+    }
+
+    fn fail_after(&self, ops: usize) {
+        self.left.store(ops, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn heal(&self) {
+        self.fail_after(usize::MAX);
+    }
+
+    /// How many operations ran since it was last healed.
+    fn ops(&self) -> usize {
+        usize::MAX - self.left.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether this operation may run (counting it).
+    fn up(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.left
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .map(|_| ())
+            .map_err(|_| StoreError::Unavailable("broken".into()))
+    }
+}
+
+impl Backend for Breakable {
+    fn get<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        match self.up() {
+            Ok(()) => self.inner.get(key),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: std::time::Duration,
+    ) -> futures::future::BoxFuture<'a, Result<(), StoreError>> {
+        match self.up() {
+            Ok(()) => self.inner.set(key, value, ttl),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+    fn set_new<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: std::time::Duration,
+    ) -> futures::future::BoxFuture<'a, Result<bool, StoreError>> {
+        match self.up() {
+            Ok(()) => self.inner.set_new(key, value, ttl),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+    fn delete<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<(), StoreError>> {
+        match self.up() {
+            Ok(()) => self.inner.delete(key),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+    fn incr<'a>(
+        &'a self,
+        key: &'a str,
+        ttl: std::time::Duration,
+    ) -> futures::future::BoxFuture<'a, Result<u64, StoreError>> {
+        match self.up() {
+            Ok(()) => self.inner.incr(key, ttl),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+    fn publish<'a>(
+        &'a self,
+        channel: &'a str,
+        message: &'a [u8],
+    ) -> futures::future::BoxFuture<'a, Result<(), StoreError>> {
+        match self.up() {
+            Ok(()) => self.inner.publish(channel, message),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+    fn subscribe(&self, channel: String, to: tokio::sync::broadcast::Sender<Vec<u8>>) {
+        self.inner.subscribe(channel, to)
+    }
+    fn ping(&self) -> futures::future::BoxFuture<'_, Result<(), StoreError>> {
+        match self.up() {
+            Ok(()) => self.inner.ping(),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+    fn add_member<'a>(
+        &'a self,
+        key: &'a str,
+        member: &'a [u8],
+        ttl: std::time::Duration,
+    ) -> futures::future::BoxFuture<'a, Result<(), StoreError>> {
+        match self.up() {
+            Ok(()) => self.inner.add_member(key, member, ttl),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+    fn remove_member<'a>(
+        &'a self,
+        key: &'a str,
+        member: &'a [u8],
+    ) -> futures::future::BoxFuture<'a, Result<(), StoreError>> {
+        match self.up() {
+            Ok(()) => self.inner.remove_member(key, member),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+    fn members<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<Vec<u8>>, StoreError>> {
+        match self.up() {
+            Ok(()) => self.inner.members(key),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+}
+
+/// The store failing at any point of a back-channel logout (Redis dying mid-way, and staying down for the rest
+/// of that request): the answer is a 503, never a 200, and the provider's retry of the same token, once the
+/// store is back, is honoured and ends every session it names; once it is, the token is used.
+#[tokio::test]
+async fn a_store_failing_midway_through_a_backchannel_logout_is_a_503_and_its_retry_ends_every_session()
+ {
+    let mut completed = false;
+    for budget in 0..200 {
+        let store = Breakable::new();
+        let w = World::with_backend(Box::new(store.clone()));
+        let a = logged_in(&w, "alice", "op-1").await;
+        let b = logged_in(&w, "alice", "op-1").await;
+        assert!(in_session(&w, &a).await && in_session(&w, &b).await);
+        let token = w.key.sign(&logout_claims("alice", "op-1", "j-1"));
+        let body = format!("logout_token={token}");
+        store.fail_after(budget);
+        let first = w.check(&backchannel_post("POST", &body)).await;
+        store.heal();
+        match first {
+            Decision::Answered(Answered { status: 200 }) => completed = true,
+            Decision::Deny(d) => {
+                assert_eq!(
+                    d.status.code(),
+                    503,
+                    "store failing after {budget} operations: {d:?}"
+                );
+                let retry = w.check(&backchannel_post("POST", &body)).await;
+                assert_eq!(
+                    retry,
+                    Decision::Answered(Answered { status: 200 }),
+                    "the retry after failing at {budget}"
+                );
+            }
+            other => panic!("store failing after {budget} operations: {other:?}"),
+        }
+        assert!(
+            !in_session(&w, &a).await && !in_session(&w, &b).await,
+            "a session outlived the logout (store failing after {budget} operations)"
+        );
+        let replay = denied(w.check(&backchannel_post("POST", &body)).await);
+        assert_eq!(replay.description, "the logout token was already used");
+        if completed {
+            break;
+        }
+    }
+    assert!(completed, "the logout never completed");
+}
+
+/// Two replicas with `web`'s sessions in their shared store: a logout on A ends the session on B at once, and
+/// drops B's local copy of that session only: B's copy of another session is still used, without a store read.
+#[tokio::test]
+async fn an_ended_event_drops_only_the_ended_sessions_copy() {
+    let config = CONFIG.replace(
+        "backchannel_logout_path = ",
+        "session_storage = \"store\"\nbackchannel_logout_path = ",
+    );
+    let mut checked = false;
+    // The local copies live a second of real time: an attempt slower than half of that proves nothing and is
+    // run again.
+    for _ in 0..10 {
+        let store = Breakable::new();
+        let a = World::with_config(&config, Box::new(store.clone()));
+        let b = World::with_config(&config, Box::new(store.clone()));
+        let alice = logged_in(&a, "alice", "op-1").await;
+        let bob = logged_in(&a, "bob", "op-2").await;
+        let start = std::time::Instant::now();
+        assert!(in_session(&b, &alice).await && in_session(&b, &bob).await);
+        let headers = [
+            ("cookie", alice.as_str()),
+            ("origin", "https://app.example.com"),
+        ];
+        redirected(
+            a.check(&request("web", "POST", "/oauth2/logout", &headers))
+                .await,
+        );
+        assert!(!in_session(&b, &alice).await, "ended on B at once");
+        let before = store.ops();
+        assert!(in_session(&b, &bob).await);
+        let reads = store.ops() - before;
+        if start.elapsed() > std::time::Duration::from_millis(500) {
+            continue;
+        }
+        assert_eq!(reads, 0, "bob's copy on B was dropped");
+        checked = true;
+        break;
+    }
+    assert!(checked, "every attempt was too slow to tell");
 }

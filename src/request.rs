@@ -137,20 +137,32 @@ impl<'a> CheckView<'a> {
         }
     }
 
-    /// Every value of a header. A raw non-UTF-8 value appears as `None`.
-    pub fn header_values(&self, name: &str) -> Vec<Option<&'a str>> {
-        match &self.headers {
-            Headers::Map(m) => m
-                .iter()
-                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| Some(v.as_str()))
-                .collect(),
-            Headers::Raw(v) => v
-                .iter()
-                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| *v)
-                .collect(),
-        }
+    /// Every value of a header (case-insensitive name), without allocating. A raw non-UTF-8 value appears as
+    /// `None`. (A scan: with a dozen headers, comparing lengths first is cheaper than hashing the name.)
+    #[inline]
+    pub fn header_values<'s>(
+        &'s self,
+        name: &'s str,
+    ) -> impl Iterator<Item = Option<&'a str>> + 's {
+        let (map, raw) = match &self.headers {
+            Headers::Map(m) => (
+                Some(
+                    m.iter()
+                        .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
+                        .map(|(_, v)| Some(v.as_str())),
+                ),
+                None,
+            ),
+            Headers::Raw(v) => (
+                None,
+                Some(
+                    v.iter()
+                        .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
+                        .map(|(_, v)| *v),
+                ),
+            ),
+        };
+        map.into_iter().flatten().chain(raw.into_iter().flatten())
     }
 
     /// The names of every header the client sent (as Envoy passed them: lower case), in no particular order.
@@ -164,7 +176,7 @@ impl<'a> CheckView<'a> {
 
     /// Whether the client sent this header at all.
     pub fn has_header(&self, name: &str) -> bool {
-        !self.header_values(name).is_empty()
+        self.header_values(name).next().is_some()
     }
 
     /// The policy Envoy named for this route, if any.
@@ -284,8 +296,42 @@ mod tests {
         let v = CheckView::new(&r);
         assert_eq!(v.host, "h.com");
         assert_eq!(v.method, "POST");
-        assert_eq!(v.header_values("x-a"), vec![Some("1"), Some("2")]);
+        assert_eq!(
+            v.header_values("x-a").collect::<Vec<_>>(),
+            vec![Some("1"), Some("2")]
+        );
         assert_eq!(v.header("x-bad"), None);
         assert!(v.has_header("x-bad"));
+    }
+
+    /// A `headers` map is read in any case: every spelling of a name is found, each one a value.
+    #[test]
+    fn map_headers_in_any_case() {
+        let map = |pairs: &[(&str, &str)]| {
+            req(HttpRequest {
+                path: "/".into(),
+                headers: pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..Default::default()
+            })
+        };
+        let lower = map(&[("authorization", "Bearer a"), ("x-id", "1")]);
+        let v = CheckView::new(&lower);
+        assert_eq!(v.header("authorization"), Some("Bearer a"));
+        assert_eq!(v.header("Authorization"), Some("Bearer a"));
+        assert_eq!(v.header("x-other"), None);
+        assert_eq!(v.header_values("X-Id").collect::<Vec<_>>(), vec![Some("1")]);
+        assert!(v.has_header("x-id") && !v.has_header("x-other"));
+        let mixed = map(&[("Authorization", "Bearer a"), ("authorization", "Bearer b")]);
+        let v = CheckView::new(&mixed);
+        let mut values: Vec<_> = v.header_values("authorization").collect();
+        values.sort();
+        assert_eq!(values, vec![Some("Bearer a"), Some("Bearer b")]);
+        let upper = map(&[("X-Client-Id", "c")]);
+        let v = CheckView::new(&upper);
+        assert_eq!(v.header("x-client-id"), Some("c"));
+        assert!(v.has_header("x-client-id"));
     }
 }

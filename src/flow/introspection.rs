@@ -171,12 +171,14 @@ impl Introspector {
             return Err(IntrospectionError::Malformed);
         }
         // An ID token (or another JWT that says it is no access token) is never sent to be introspected: some
-        // providers would call it active.
-        if unverified_not_access_token(token, provider) {
-            return Err(IntrospectionError::Invalid);
-        }
+        // providers would call it active. Decided on a miss only: such a token is never cached (the cache key
+        // holds the whole token), so a hit is a token that passed.
+        let not_access_token = || unverified_not_access_token(token, provider);
         let caching = policy.cache_introspection_secs > 0 || policy.cache_ttl_neg_secs > 0;
         let answer = if !caching {
+            if not_access_token() {
+                return Err(IntrospectionError::Invalid);
+            }
             self.ask(provider, policy, token)
                 .await
                 .map_err(IntrospectionError::Idp)?
@@ -197,6 +199,9 @@ impl Introspector {
                     a
                 }
                 None => {
+                    if not_access_token() {
+                        return Err(IntrospectionError::Invalid);
+                    }
                     self.metrics.cache_lookup("introspection", false);
                     let answer = self
                         .cache

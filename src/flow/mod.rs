@@ -8,7 +8,8 @@ pub mod claims;
 pub mod client_credentials;
 pub mod introspection;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -128,7 +129,7 @@ impl TokenMethods {
             r.during(method)
         })?;
         id.method = method;
-        id.upstream_token = Some(token);
+        id.upstream_authorization = Some(format!("Bearer {token}"));
         Ok(id)
     }
 
@@ -173,8 +174,11 @@ pub struct Shared {
     store: Arc<Store>,
     /// How long a failed store is left alone ([`SHARED_PAUSE`]).
     pause: Duration,
-    /// No store operation before this instant (after a failure).
-    paused_until: Arc<Mutex<Option<Instant>>>,
+    /// When the pause began counting: `paused_until` is measured from it.
+    base: Instant,
+    /// No store operation before `base` + this many nanoseconds (after a failure; 0: never failed). An atomic,
+    /// so a store operation takes no lock to know.
+    paused_until: Arc<AtomicU64>,
 }
 
 impl Shared {
@@ -188,13 +192,21 @@ impl Shared {
         Shared {
             store,
             pause,
-            paused_until: Arc::new(Mutex::new(None)),
+            base: Instant::now(),
+            paused_until: Arc::new(AtomicU64::new(0)),
         }
     }
 
+    /// Nanoseconds since `base`, at least 1 (0 is "never paused").
+    fn since_base(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
     fn paused(&self) -> bool {
-        let until = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
-        until.is_some_and(|t| Instant::now() < t)
+        let until = self.paused_until.load(Ordering::Relaxed);
+        until != 0 && self.since_base() < until
     }
 
     /// The outcome of one store operation: its value, or `None` (and a pause) when it failed.
@@ -202,14 +214,16 @@ impl Shared {
         match res {
             Ok(v) => Some(v),
             Err(_) => {
-                let mut until = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
-                if until.is_none_or(|t| Instant::now() >= t) {
+                let now = self.since_base();
+                let until =
+                    now.saturating_add(u64::try_from(self.pause.as_nanos()).unwrap_or(u64::MAX));
+                let before = self.paused_until.swap(until, Ordering::Relaxed);
+                if before == 0 || now >= before {
                     tracing::warn!(
                         pause_ms = self.pause.as_millis() as u64,
                         "the shared store failed; token methods use this replica's caches and the identity provider"
                     );
                 }
-                *until = Some(Instant::now() + self.pause);
                 None
             }
         }
@@ -274,7 +288,7 @@ fn token_identity(method: AuthMethod, verified: Arc<Verified>) -> Identity {
     Identity {
         method,
         claims: Claims::Token(verified),
-        upstream_token: None,
+        upstream_authorization: None,
         id_token: None,
         set_cookies: Vec::new(),
     }

@@ -21,8 +21,15 @@ pub const LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logo
 pub const MAX_BODY: usize = 16 * 1024;
 /// How old a logout token may be (by `iat`) before it is refused as stale, in seconds.
 pub const MAX_AGE_SECS: u64 = 300;
-/// How long a `jti` is remembered against replay (longer than any token may be accepted).
+/// How long a `jti` is remembered against replay with no leeway (longer than any token may be accepted).
 const JTI_TTL: Duration = Duration::from_secs(2 * MAX_AGE_SECS + 60);
+
+/// How long a `jti` is remembered against replay under the provider's `leeway` (seconds): longer than its token
+/// may be accepted. A token is accepted up to [`MAX_AGE_SECS`] past its `iat`, which may lie up to the leeway
+/// ahead of its first use: the guard outlives that by [`JTI_TTL`] less [`MAX_AGE_SECS`] (clock skew).
+fn jti_ttl(leeway: u64) -> Duration {
+    JTI_TTL.saturating_add(Duration::from_secs(leeway))
+}
 
 /// Logout tokens: `iat` required-ish (checked when present), `exp` read when present (spec 1.0 requires it; some
 /// providers omit it: `iat` then bounds the token's age).
@@ -44,11 +51,33 @@ pub struct LogoutTarget {
     jti_key: Option<cache::Key>,
 }
 
+/// What the replay guard holds while a token's sessions are being ended: a token found in this state is not a
+/// replay (its first use did not finish: the store failed, or the replica stopped), and is honoured again.
+const PENDING: &[u8] = b"pending";
+/// What the replay guard holds once every session a token names has ended: the token is used.
+const DONE: &[u8] = b"done";
+
 /// Forgets a verified token's `jti` again: its sessions could not all be ended (503), so the provider's retry of the
-/// same token must be honoured, not refused as a replay.
+/// same token must be honoured, not refused as a replay. When this fails too, the guard stays [`PENDING`], which
+/// honours the retry as well.
 pub async fn release(store: &Store, target: &LogoutTarget) -> Result<(), StoreError> {
     match &target.jti_key {
         Some(id) => store.delete(JTI_KIND, id).await,
+        None => Ok(()),
+    }
+}
+
+/// Marks a verified token used, once every session it names has ended: from now on it is a replay.
+pub async fn done(
+    provider: &Provider,
+    store: &Store,
+    target: &LogoutTarget,
+) -> Result<(), StoreError> {
+    match &target.jti_key {
+        Some(id) => {
+            let ttl = jti_ttl(provider.config.leeway_secs);
+            store.put(JTI_KIND, id, DONE, ttl).await
+        }
         None => Ok(()),
     }
 }
@@ -87,7 +116,8 @@ pub fn token_of(body: &[u8]) -> Result<String, BackchannelError> {
     }
 }
 
-/// Verifies a logout token from `provider` at `now`; remembers its `jti` in `store` so it is used once.
+/// Verifies a logout token from `provider` at `now`; remembers its `jti` in `store` so it is used once: a token
+/// whose first use finished ([`done`]) is a replay; one whose first use did not is honoured again.
 pub async fn verify(
     provider: &Provider,
     store: &Store,
@@ -117,11 +147,17 @@ pub async fn verify(
         .ok_or(BackchannelError::Invalid("jti"))?;
     let id = cache::key(&["oidc-authz logout token", provider.name(), jti]);
     let first = store
-        .put_new(JTI_KIND, &id, b"1", JTI_TTL)
+        .put_new(JTI_KIND, &id, PENDING, jti_ttl(provider.config.leeway_secs))
         .await
         .map_err(BackchannelError::Store)?;
     if !first {
-        return Err(BackchannelError::Replayed);
+        let state = store
+            .get(JTI_KIND, &id)
+            .await
+            .map_err(BackchannelError::Store)?;
+        if state.as_deref() != Some(PENDING) {
+            return Err(BackchannelError::Replayed);
+        }
     }
     target.jti_key = Some(id);
     Ok(target)
@@ -181,7 +217,61 @@ fn check_claims(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
     use super::*;
+    use crate::telemetry::Metrics;
+
+    /// Whatever the provider's leeway, a token's `jti` is remembered at least as long as the token is accepted
+    /// (from its first use to the last second `check_claims` accepts it), so it can never be replayed.
+    #[test]
+    fn the_jti_guard_outlives_every_acceptable_token() {
+        const NOW: u64 = 1_800_000_000;
+        for leeway in [0u64, 30, 360, 3_600, 86_400] {
+            let toml = format!(
+                r#"
+[providers.idp]
+issuer = "https://idp.test"
+client_id = "oidc-authz"
+audiences = ["api"]
+leeway_secs = {leeway}
+[policies.api]
+provider = "idp"
+auth_methods = ["bearer"]
+"#
+            );
+            let cfg = crate::config::Config::from_toml(&toml).unwrap_or_else(|e| panic!("{e}"));
+            let provider = Provider::new(
+                cfg.providers[0].clone(),
+                Arc::new(crate::provider::fake::FakeIdp::new()),
+                Arc::new(Metrics::new()),
+            );
+            // issued as far ahead of its first use as the leeway allows, with no `exp` bounding it sooner
+            let iat = NOW + leeway;
+            let claims = json!({
+                "iss": "https://idp.test", "aud": "oidc-authz", "sub": "alice", "jti": "j", "iat": iat,
+                "events": {LOGOUT_EVENT: {}},
+            });
+            let claims = claims.as_object().expect("an object");
+            assert!(check_claims(&provider, claims, NOW).is_ok(), "{leeway}");
+            let mut last = NOW;
+            let mut step = 1 << 40;
+            while step > 0 {
+                if check_claims(&provider, claims, last + step).is_ok() {
+                    last += step;
+                }
+                step /= 2;
+            }
+            assert!(check_claims(&provider, claims, last + 1).is_err());
+            assert!(
+                jti_ttl(leeway) > Duration::from_secs(last - NOW),
+                "leeway {leeway}: accepted for {} s",
+                last - NOW
+            );
+        }
+    }
 
     #[test]
     fn the_body_carries_exactly_one_token() {

@@ -340,13 +340,20 @@ impl<'a> RequestCookies<'a> {
     /// names; None when nothing is left (so the caller removes the header instead of sending an empty one).
     /// Malformed pairs skipped by `parse` are dropped too.
     pub fn without(&self, names: &[&str]) -> Option<String> {
-        let kept: Vec<String> = self
+        let mut kept = String::new();
+        for (n, v) in self
             .pairs
             .iter()
             .filter(|(n, _)| !names.iter().any(|ours| is_name_or_chunk(n, ours)))
-            .map(|(n, v)| format!("{n}={v}"))
-            .collect();
-        (!kept.is_empty()).then(|| kept.join("; "))
+        {
+            if !kept.is_empty() {
+                kept.push_str("; ");
+            }
+            kept.push_str(n);
+            kept.push('=');
+            kept.push_str(v);
+        }
+        (!kept.is_empty()).then_some(kept)
     }
 
     /// Whether any cookie named `name` or `name_<digits>` is present.

@@ -32,7 +32,7 @@ use crate::login::store::{
 use crate::provider::Provider;
 use crate::request::CheckView;
 use crate::rng::Rng;
-use crate::store::sessions::SessionIndex;
+use crate::store::sessions::{SessionIndex, public_id};
 use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
 
@@ -76,7 +76,8 @@ pub struct Logins {
     /// Opened and verified cookie sessions by a hash of (policy, session reference).
     sessions: moka::future::Cache<cache::Key, Arc<OpenedSession>>,
     /// Opened and verified sessions of the shared store, by a hash of (policy, session reference): kept at most
-    /// [`NOT_ENDED_FOR`] (another replica may refresh or end them) and dropped at once by an ended event.
+    /// [`NOT_ENDED_FOR`] (another replica may refresh them); one that ended is refused by the ended sessions
+    /// (which take in every replica's ended events) and dropped.
     shared_sessions: moka::future::Cache<cache::Key, Arc<OpenedSession>>,
     /// Session refreshes in flight or just done (one refresh grant per session at a time).
     refreshes: RefreshCache,
@@ -212,7 +213,15 @@ impl Logins {
         let target = backchannel::verify(provider, &self.store, &token, self.clock.now())
             .await
             .map_err(refused)?;
-        match self.end_named(provider.name(), &target).await {
+        let ended = match self.end_named(provider.name(), &target).await {
+            // Used only once every session it names has ended (until then a retry is honoured).
+            Ok(ended) => backchannel::done(provider, &self.store, &target)
+                .await
+                .map(|()| ended)
+                .map_err(|_| Refusal::unavailable("the session store is unavailable")),
+            Err(refusal) => Err(refusal),
+        };
+        match ended {
             Ok(ended) => {
                 tracing::info!(policy.name = %login.policy.name, provider = %provider.name(), sessions = ended, "back-channel logout: sessions ended");
                 Ok(Authenticated::Answered(Answered { status: 200 }))
@@ -364,17 +373,19 @@ impl Logins {
         login: &Login<'_>,
         reference: &str,
     ) -> Result<ActiveSession, SessionError> {
-        if self.ended.sync() {
-            // A session ended somewhere: no local copy of a shared session may outlive that news.
-            self.shared_sessions.invalidate_all();
-        }
         let opened = self.open_session(login, reference).await?;
+        // `is_ended` takes in the ended events first: a session ended on any replica is refused here, whatever
+        // local copy of it there is (and that copy, of this session only, is dropped).
         if self
             .ended
             .is_ended(opened.ended_key)
             .await
             .map_err(SessionError::Store)?
         {
+            if login.store.server_side() {
+                let key = cache::key(&[login.policy.name.as_str(), reference]);
+                self.shared_sessions.invalidate(&key).await;
+            }
             return Err(SessionError::Gone);
         }
         let active = login.use_session(opened.clone(), &self.refreshes).await?;
@@ -409,22 +420,28 @@ impl Logins {
             return Ok(hit);
         }
         self.metrics.cache_lookup("session", false);
-        let opened = sessions
-            .try_get_with(key, async {
-                login.open_session(reference).await.map(Arc::new)
-            })
+        let entry = sessions
+            .entry(key)
+            .or_try_insert_with(async { login.open_session(reference).await.map(Arc::new) })
             .await
             .map_err(|e| (*e).clone())?;
-        if let Some(index) = self.index.clone() {
+        let fresh = entry.is_fresh();
+        let opened = entry.into_value();
+        // Only the Check that opened it (the others waited for that one, or found it just stored).
+        if fresh && let Some(index) = self.index.clone() {
             // Last seen, to this cache's granularity; best effort on its own task (it decides nothing).
             let (sid, now) = (opened.data.sid.clone(), self.clock.now());
-            tokio::spawn(async move { index.seen(&sid, now).await });
+            let until = opened
+                .data
+                .created
+                .saturating_add(login.settings.absolute_timeout);
+            tokio::spawn(async move { index.seen(&sid, until, now).await });
         }
         Ok(opened)
     }
 
     /// Logout of a session: remembered as ended until its absolute expiry (in the shared store, every replica
-    /// told), removed from where it is kept, and its tokens revoked at the provider (`logout_revoke`). Revocation runs on its own task and is awaited for at most the revoke budget
+    /// told), removed from where it is kept and from the session index, and its tokens revoked at the provider (`logout_revoke`). Revocation runs on its own task and is awaited for at most the revoke budget
     /// (half the Check deadline), so a slow provider never holds the logout up; its failures are logged only. A
     /// session that already ended is not revoked again (a replayed logout costs the provider nothing), and at most
     /// [`MAX_REVOCATIONS_PER_PROVIDER`] revocations run per provider: beyond that, revocation is skipped (logged).
@@ -436,15 +453,21 @@ impl Logins {
         session: &SessionData,
     ) -> Result<(), StoreError> {
         let key = ended_key(&session.sid);
-        if self.ended.is_ended(key).await? {
-            return Ok(());
+        let already = self.ended.is_ended(key).await?;
+        if !already {
+            let until = session
+                .created
+                .saturating_add(flow.settings.absolute_timeout);
+            self.ended.end(key, until).await?;
+            login.store.remove(session).await?;
         }
-        let until = session
-            .created
-            .saturating_add(flow.settings.absolute_timeout);
-        self.ended.end(key, until).await?;
-        login.store.remove(session).await?;
-        if !flow.settings.logout_revoke {
+        // Also when it had ended already: a logout that failed after ending it is retried to here.
+        if let Some(index) = &self.index
+            && let Some(record) = index.get(&public_id(&session.sid)).await?
+        {
+            index.remove(&record).await?;
+        }
+        if already || !flow.settings.logout_revoke {
             return Ok(());
         }
         let policy = &login.policy.name;
@@ -484,10 +507,17 @@ fn session_identity(
     let data = &active.session.data;
     Identity {
         method: AuthMethod::Session,
-        upstream_token: settings
-            .upstream_access_token
-            .then(|| Arc::from(data.at.as_str())),
-        id_token: data.it.clone(),
+        upstream_authorization: settings.upstream_access_token.then(|| {
+            let mut value = String::with_capacity("Bearer ".len() + data.at.len());
+            value.push_str("Bearer ");
+            value.push_str(&data.at);
+            value
+        }),
+        // Copied only for a policy that sends it upstream.
+        id_token: settings
+            .upstream_id_token_header
+            .as_ref()
+            .and_then(|_| data.it.clone()),
         set_cookies: for_request(active.set_cookies, cookies),
         claims: Claims::Session(active.session),
     }

@@ -290,18 +290,22 @@ pub const ENDED_KIND: &str = "ended";
 const ENDED_EVENT: &str = "ended:";
 /// How long this replica trusts its own "checked, not ended" answer.
 pub const NOT_ENDED_FOR: Duration = Duration::from_secs(1);
+/// The most entries each of this replica's copies of the ended sessions holds.
+pub const LOCAL_ENTRIES: u64 = 100_000;
 
 /// Ended sessions in the shared store (`ended` entries: the absolute expiry, living until then), with two local
-/// copies in front: the sessions known ended (ended here, or heard of through an event; never evicted for size,
-/// as an evicted entry would bring a copied cookie back) and the sessions checked and found not ended, trusted
-/// for at most [`NOT_ENDED_FOR`] and dropped at once by an ended event. With the memory backend this is what it
-/// was: one process's set.
+/// copies in front: the sessions known ended (ended here, or heard of through an event; at most
+/// [`LOCAL_ENTRIES`]: one evicted for size is asked of the store again, which keeps it until its expiry) and the
+/// sessions checked and found not ended, trusted for at most [`NOT_ENDED_FOR`] (the Checks of one session that
+/// find no answer share one store read). The sessions known ended are looked at first, so an ended event outranks
+/// any "not ended" answer at once. With the memory backend the store is this process's memory, so nothing is lost
+/// there either.
 pub struct SharedEndedSessions {
     store: Arc<Store>,
     /// Key -> the session's absolute expiry.
     ended: moka::sync::Cache<cache::Key, Until>,
-    /// Keys checked against the store and not ended, for [`NOT_ENDED_FOR`].
-    not_ended: moka::sync::Cache<cache::Key, ()>,
+    /// Keys checked against the store and not ended, for [`NOT_ENDED_FOR`] (an ended one goes to `ended`).
+    not_ended: moka::future::Cache<cache::Key, ()>,
     /// The store's events (ended sessions of every replica).
     events: Mutex<broadcast::Receiver<Vec<u8>>>,
     clock: Arc<dyn Clock>,
@@ -345,14 +349,20 @@ fn parse_ended_event(event: &[u8]) -> Option<(cache::Key, u64)> {
 impl SharedEndedSessions {
     /// The ended sessions of `store`, on `clock`.
     pub fn new(store: Arc<Store>, clock: Arc<dyn Clock>) -> Self {
+        Self::with_capacity(store, clock, LOCAL_ENTRIES)
+    }
+
+    /// The same, each local copy holding at most `entries`.
+    fn with_capacity(store: Arc<Store>, clock: Arc<dyn Clock>, entries: u64) -> Self {
         SharedEndedSessions {
             events: Mutex::new(store.events()),
             store,
             ended: moka::sync::Cache::builder()
+                .max_capacity(entries)
                 .expire_after(Lifetime(clock.clone()))
                 .build(),
-            not_ended: moka::sync::Cache::builder()
-                .max_capacity(100_000)
+            not_ended: moka::future::Cache::builder()
+                .max_capacity(entries)
                 .time_to_live(NOT_ENDED_FOR)
                 .build(),
             clock,
@@ -360,11 +370,14 @@ impl SharedEndedSessions {
     }
 
     fn remember(&self, key: cache::Key, until: u64) {
-        self.not_ended.invalidate(&key);
         self.ended.insert(key, Until(until));
     }
 
     fn known_ended(&self, key: &cache::Key) -> bool {
+        // `contains_key` first: it is no read for the eviction policy (the common answer is "not there").
+        if !self.ended.contains_key(key) {
+            return false;
+        }
         let now = self.clock.now();
         self.ended.get(key).is_some_and(|until| until.0 >= now)
     }
@@ -374,6 +387,7 @@ impl EndedSessions for SharedEndedSessions {
     fn end(&self, key: [u8; 32], until: u64) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             self.remember(key, until);
+            self.not_ended.invalidate(&key).await;
             let ttl = Until(until).ttl(self.clock.now());
             self.store
                 .put(ENDED_KIND, &key, until.to_string().as_bytes(), ttl)
@@ -392,20 +406,23 @@ impl EndedSessions for SharedEndedSessions {
             if self.not_ended.contains_key(&key) {
                 return Ok(false);
             }
-            let until = self
-                .store
-                .get(ENDED_KIND, &key)
-                .await?
-                .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok());
-            match until {
-                Some(until) => {
-                    self.remember(key, until);
-                    Ok(self.known_ended(&key))
+            // The Checks of one session share one read; only a "not ended" answer is kept.
+            let read = async {
+                let stored = self.store.get(ENDED_KIND, &key).await.map_err(Some)?;
+                match stored.and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok()) {
+                    Some(until) => {
+                        self.remember(key, until);
+                        Err(None::<StoreError>)
+                    }
+                    None => Ok(()),
                 }
-                None => {
-                    self.not_ended.insert(key, ());
-                    Ok(false)
-                }
+            };
+            match self.not_ended.try_get_with(key, read).await {
+                Ok(()) => Ok(false),
+                Err(e) => match &*e {
+                    Some(store_error) => Err(store_error.clone()),
+                    None => Ok(self.known_ended(&key)),
+                },
             }
         })
     }
@@ -489,6 +506,33 @@ mod tests {
         assert!(b.sync(), "B heard of the logout");
         assert!(b.known_ended(&key));
         assert!(b.is_ended(key).await.expect("store"));
+    }
+
+    /// The local copy of the ended sessions is bounded; a session evicted from it is still ended (the store
+    /// keeps it), and comes back into the copy.
+    #[tokio::test]
+    async fn the_local_ended_copy_is_bounded_and_loses_no_ended_session() {
+        let clock = Arc::new(crate::clock::ManualClock::new(1_000));
+        let ended = SharedEndedSessions::with_capacity(memory_store(), clock, 8);
+        let keys: Vec<[u8; 32]> = (0..64u8).map(|i| [i; 32]).collect();
+        for key in &keys {
+            ended.end(*key, 5_000).await.expect("store");
+        }
+        ended.ended.run_pending_tasks();
+        assert!(ended.ended.entry_count() <= 8, "bounded");
+        let evicted = keys
+            .iter()
+            .find(|k| !ended.ended.contains_key(*k))
+            .copied()
+            .expect("some entry was evicted");
+        assert!(ended.is_ended(evicted).await.expect("store"), "still ended");
+        assert!(ended.ended.contains_key(&evicted), "known again");
+        for key in &keys {
+            assert!(ended.is_ended(*key).await.expect("store"), "every one");
+        }
+        assert!(!ended.is_ended([200u8; 32]).await.expect("store"));
+        ended.ended.run_pending_tasks();
+        assert!(ended.ended.entry_count() <= 8, "still bounded");
     }
 
     #[test]

@@ -20,15 +20,15 @@ pub fn allow(
     rt: &PolicyRuntime,
     view: &CheckView<'_>,
     creds: &Credentials<'_>,
-    id: Identity,
+    mut id: Identity,
 ) -> Allow {
     let policy = &rt.policy;
     let settings = rt.login.as_ref().map(|flow| &flow.settings);
     let mut allowed = claim_headers(policy, id.method, id.claims());
-    if let Some(token) = &id.upstream_token {
+    if let Some(authorization) = id.upstream_authorization.take() {
         allowed
             .set_headers
-            .insert(0, (http::header::AUTHORIZATION, format!("Bearer {token}")));
+            .insert(0, (http::header::AUTHORIZATION, authorization));
     }
     let id_token_header = settings.and_then(|s| s.upstream_id_token_header.as_ref());
     if id.method == AuthMethod::Session {

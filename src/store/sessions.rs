@@ -6,7 +6,9 @@
 //! key, another hash of the `sid`, is kept inside the sealed record, so a revoke can end the session). Records
 //! are sealed store values (`session-index` kind, keyed by a hash of the public id) living until the session's
 //! absolute expiry; each user's set of public ids (`user-sessions` kind, keyed by a hash of the `sub`) lives as
-//! long as its longest-lived session. No token is ever in the index.
+//! long as its longest-lived session (a session without a `sub` is in no user's set). When a replica last opened a
+//! session is a value of its own (`session-seen` kind), written without reading the record, so it can never bring
+//! back a record a revoke removed. No token is ever in the index.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +23,7 @@ use crate::store::{Store, StoreError};
 const RECORD: &str = "session-index";
 const BY_SUB: &str = "user-sessions";
 const BY_OP_SESSION: &str = "provider-session-sessions";
+const SEEN: &str = "session-seen";
 
 /// One indexed session. No token, no secret id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,7 +122,7 @@ impl SessionIndex {
         Duration::from_secs(record.until.saturating_sub(now).max(1))
     }
 
-    /// Records a new session (at `now`, seconds since the epoch).
+    /// Records a new session (at `now`, seconds since the epoch); by its user only when it has one.
     pub async fn record(&self, record: &SessionRecord, now: u64) -> Result<(), StoreError> {
         let ttl = Self::ttl(record, now);
         let value = serde_json::to_vec(record).unwrap_or_default();
@@ -135,6 +138,9 @@ impl SessionIndex {
                     ttl,
                 )
                 .await?;
+        }
+        if record.sub.is_empty() {
+            return Ok(());
         }
         self.store
             .add_member(BY_SUB, &sub_key(&record.sub), record.id.as_bytes(), ttl)
@@ -192,35 +198,41 @@ impl SessionIndex {
         self.record(&record, now).await
     }
 
-    /// Notes that the session with secret id `sid` was opened at `now`; nothing when it is not indexed (expired
-    /// or revoked: a revoked session is never brought back).
-    pub async fn seen(&self, sid: &str, now: u64) -> Result<(), StoreError> {
-        let Some(mut record) = self.get(&public_id(sid)).await? else {
-            return Ok(());
-        };
-        if record.seen >= now {
-            return Ok(());
-        }
-        record.seen = now;
-        let value = serde_json::to_vec(&record).unwrap_or_default();
+    /// Notes that the session with secret id `sid` (absolute expiry `until`) was opened at `now`: one write of
+    /// its own value, the record untouched (a revoked session's record is never brought back; a time noted after
+    /// a revoke names nothing and lives until `until` at most).
+    pub async fn seen(&self, sid: &str, until: u64, now: u64) -> Result<(), StoreError> {
+        let ttl = Duration::from_secs(until.saturating_sub(now).max(1));
         self.store
             .put(
-                RECORD,
-                &record_key(&record.id),
-                &value,
-                Self::ttl(&record, now),
+                SEEN,
+                &seen_key(&public_id(sid)),
+                now.to_string().as_bytes(),
+                ttl,
             )
             .await
     }
 
-    /// The session with public id `id`.
+    /// The session with public id `id` (with the last time a replica noted it was opened).
     pub async fn get(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
         let raw = self.store.get(RECORD, &record_key(id)).await?;
-        Ok(raw.and_then(|v| serde_json::from_slice(&v).ok()))
+        let Some(mut record) = raw.and_then(|v| serde_json::from_slice::<SessionRecord>(&v).ok())
+        else {
+            return Ok(None);
+        };
+        let seen = self.store.get(SEEN, &seen_key(id)).await?;
+        if let Some(seen) = seen.and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok()) {
+            record.seen = record.seen.max(seen);
+        }
+        Ok(Some(record))
     }
 
-    /// The indexed sessions of `sub`, oldest first (ids of expired sessions are dropped from its set).
+    /// The indexed sessions of `sub`, oldest first (ids of expired sessions are dropped from its set); none for
+    /// the empty `sub` (sessions without one are in no user's set).
     pub async fn of_sub(&self, sub: &str) -> Result<Vec<SessionRecord>, StoreError> {
+        if sub.is_empty() {
+            return Ok(Vec::new());
+        }
         let key = sub_key(sub);
         let mut out = Vec::new();
         for member in self.store.members(BY_SUB, &key).await? {
@@ -249,7 +261,7 @@ impl SessionIndex {
                 let id = String::from_utf8_lossy(&member).into_owned();
                 match self.get(&id).await? {
                     Some(r) if r.op_sid.as_deref() == Some(op_sid) && r.provider == provider => {
-                        if sub.is_none_or(|s| s == r.sub) {
+                        if sub.is_none_or(|s| !r.sub.is_empty() && s == r.sub) {
                             out.push(r);
                         }
                     }
@@ -271,9 +283,10 @@ impl SessionIndex {
         Ok(out)
     }
 
-    /// Forgets a session (it was revoked).
+    /// Forgets a session (it was revoked, or logged out).
     pub async fn remove(&self, record: &SessionRecord) -> Result<(), StoreError> {
         self.store.delete(RECORD, &record_key(&record.id)).await?;
+        self.store.delete(SEEN, &seen_key(&record.id)).await?;
         if let Some(op_sid) = &record.op_sid {
             self.store
                 .remove_member(
@@ -291,6 +304,10 @@ impl SessionIndex {
 
 fn record_key(id: &str) -> cache::Key {
     cache::key(&["oidc-authz session record", id])
+}
+
+fn seen_key(id: &str) -> cache::Key {
+    cache::key(&["oidc-authz session seen", id])
 }
 
 fn op_session_key(provider: &str, op_sid: &str) -> cache::Key {
@@ -328,14 +345,14 @@ mod tests {
         assert_eq!(a.ended_key(), Some(ended));
         let alice = index.of_sub("alice").await.expect("alice");
         assert_eq!(alice, vec![a.clone(), b.clone()]);
-        index.seen("sid-1", 2_000).await.expect("seen");
+        index.seen("sid-1", 4_600, 2_000).await.expect("seen");
         assert_eq!(
             index.get(&a.id).await.expect("get").map(|r| r.seen),
             Some(2_000)
         );
         index.remove(&a).await.expect("remove");
         assert_eq!(index.of_sub("alice").await.expect("alice"), vec![b]);
-        index.seen("sid-1", 3_000).await.expect("seen");
+        index.seen("sid-1", 4_600, 3_000).await.expect("seen");
         assert_eq!(
             index.get(&a.id).await.expect("get"),
             None,
