@@ -15,11 +15,14 @@ use super::model::{
     ServerConfig, SessionStorage, StoreBackendConfig, StoreConfig, TokenEndpointAuth,
     UpstreamHeader,
 };
-use super::raw::{RawPolicy, RawProvider, RawRoute, RawServer, RawStore, SecretList, UrlList};
+use super::raw::{
+    JwkText, RawPolicy, RawProvider, RawRoute, RawServer, RawStore, SecretList, UrlList,
+};
 use super::{ConfigError, is_secret_key};
 use crate::login::cookie::CookieCodec;
 use crate::policy::access::{AccessRules, Requirement};
 use crate::policy::routes::{HostMatch, PathMatch, Route, RouteTable};
+use crate::provider::assertion::{self, ClientKey};
 
 /// Validates a whole configuration: the typed [`Config`], or every problem found.
 pub(super) fn config(value: &Value) -> Result<Config, Vec<ConfigError>> {
@@ -452,20 +455,29 @@ impl Validator {
         );
         let end_session_endpoint =
             self.url(section, "end_session_endpoint", raw.end_session_endpoint);
-        let token_endpoint_auth_method = match raw.token_endpoint_auth_method.as_deref() {
-            None => None,
-            Some("client_secret_basic") => Some(TokenEndpointAuth::ClientSecretBasic),
-            Some("client_secret_post") => Some(TokenEndpointAuth::ClientSecretPost),
-            Some(other) => {
-                self.err(ConfigError::Invalid {
-                    section: section.into(),
-                    message: format!(
-                        "token_endpoint_auth_method must be client_secret_basic or client_secret_post, not {other:?}"
-                    ),
-                });
-                None
-            }
-        };
+        let (token_endpoint_auth_method, client_key) = self.client_auth(
+            section,
+            &raw.client_auth,
+            &raw.token_endpoint_auth_method,
+            raw.client_jwk,
+            raw.client_jwk_file,
+            raw.client_alg.as_deref(),
+        );
+        if token_endpoint_auth_method.is_some_and(|m| m != TokenEndpointAuth::PrivateKeyJwt)
+            && raw.client_id.is_some()
+            && client_secret.is_none()
+        {
+            self.warn(format!(
+                "{section}: client_auth = {:?} but no client_secret: calls with this service's own client fail",
+                token_endpoint_auth_method.map_or("", TokenEndpointAuth::as_str)
+            ));
+        }
+        if client_key.is_some() && raw.client_id.is_none() {
+            self.err(ConfigError::Conflict {
+                section: section.into(),
+                message: "client_auth = \"private_key_jwt\" needs client_id (the assertion's iss and sub)".into(),
+            });
+        }
         let http_timeout_ms = raw.http_timeout_ms.unwrap_or(2000);
         if http_timeout_ms == 0 {
             self.err(ConfigError::Conflict {
@@ -524,11 +536,150 @@ impl Validator {
             jwks_refresh: Duration::from_secs(raw.jwks_refresh_secs.unwrap_or(300).max(1)),
             jwks_min_refetch: Duration::from_secs(raw.jwks_min_refetch_secs.unwrap_or(5)),
             token_endpoint_auth_method,
+            client_key,
             client_lockout_threshold: raw.client_lockout_threshold.unwrap_or(5),
             client_lockout: Duration::from_secs(client_lockout_secs),
             client_credentials_rate,
             client_credentials_burst,
         })
+    }
+
+    /// `client_auth` (Kong's name) or its alias `token_endpoint_auth_method`, and for `private_key_jwt` the private
+    /// JWK (`client_jwk` or `client_jwk_file`) with `client_alg`. Every inconsistency is an error; the key is never
+    /// quoted.
+    fn client_auth(
+        &mut self,
+        section: &str,
+        client_auth: &Option<String>,
+        alias: &Option<String>,
+        jwk: Option<JwkText>,
+        jwk_file: Option<std::path::PathBuf>,
+        alg: Option<&str>,
+    ) -> (Option<TokenEndpointAuth>, Option<ClientKey>) {
+        let names = TokenEndpointAuth::ALL.map(|(_, n)| n).join(", ");
+        let mut parse = |key: &str, value: &Option<String>| -> Option<TokenEndpointAuth> {
+            let v = value.as_deref()?;
+            let m = TokenEndpointAuth::parse(v);
+            if m.is_none() {
+                self.err(ConfigError::Invalid {
+                    section: section.into(),
+                    message: format!("{key} must be one of {names}, not {v:?}"),
+                });
+            }
+            m
+        };
+        let primary = parse("client_auth", client_auth);
+        let aliased = parse("token_endpoint_auth_method", alias);
+        let method = match (primary, aliased) {
+            (Some(a), Some(b)) if a != b => {
+                self.err(ConfigError::Conflict {
+                    section: section.into(),
+                    message: format!(
+                        "client_auth = {:?} and token_endpoint_auth_method = {:?} differ (the second is an alias of the first: give one)",
+                        a.as_str(),
+                        b.as_str()
+                    ),
+                });
+                None
+            }
+            (a, b) => a.or(b),
+        };
+        let text = match (jwk, jwk_file) {
+            (Some(_), Some(_)) => {
+                self.err(ConfigError::Conflict {
+                    section: section.into(),
+                    message: "give client_jwk or client_jwk_file, not both".into(),
+                });
+                return (method, None);
+            }
+            (Some(JwkText::Text(s)), None) => Some(s),
+            (Some(JwkText::Table(t)), None) => {
+                Some(Secret::new(serde_json::Value::Object(t).to_string()))
+            }
+            (None, Some(path)) => match std::fs::read_to_string(&path) {
+                Ok(s) => Some(Secret::new(s)),
+                Err(e) => {
+                    self.err(ConfigError::Invalid {
+                        section: section.into(),
+                        message: format!(
+                            "cannot read client_jwk_file {}: {e}",
+                            path.display()
+                        ),
+                    });
+                    return (method, None);
+                }
+            },
+            (None, None) => None,
+        };
+        let key_alg = match alg {
+            None => None,
+            Some("HS256") if method == Some(TokenEndpointAuth::ClientSecretJwt) => None,
+            Some(a) if method == Some(TokenEndpointAuth::ClientSecretJwt) => {
+                self.err(ConfigError::Invalid {
+                    section: section.into(),
+                    message: format!(
+                        "client_alg {a:?} does not fit client_secret_jwt (HS256, keyed with the client secret)"
+                    ),
+                });
+                None
+            }
+            Some(a) => match assertion::parse_key_alg(a) {
+                Some(alg) => Some(alg),
+                None => {
+                    self.err(ConfigError::Invalid {
+                        section: section.into(),
+                        message: format!(
+                            "client_alg must be RS256, PS256 or ES256 for private_key_jwt (HS256 for client_secret_jwt), not {a:?}"
+                        ),
+                    });
+                    return (method, None);
+                }
+            },
+        };
+        match (method, text) {
+            (Some(TokenEndpointAuth::PrivateKeyJwt), None) => {
+                self.err(ConfigError::Conflict {
+                    section: section.into(),
+                    message: "client_auth = \"private_key_jwt\" needs client_jwk or client_jwk_file (a private JWK)".into(),
+                });
+                (method, None)
+            }
+            (Some(TokenEndpointAuth::PrivateKeyJwt), Some(text)) => {
+                match ClientKey::from_jwk(text.expose(), key_alg) {
+                    Ok(key) => {
+                        if PUBLISHED_CLIENT_KEYS.contains(&key.fingerprint()) {
+                            self.warn(format!(
+                                "{section}: client_jwk is a key published in oidc-authz's repository (examples, tests): anyone can sign as this client; generate your own"
+                            ));
+                        }
+                        (method, Some(key))
+                    }
+                    Err(e) => {
+                        self.err(ConfigError::Invalid {
+                            section: section.into(),
+                            message: e.to_string(),
+                        });
+                        (method, None)
+                    }
+                }
+            }
+            (_, Some(_)) => {
+                self.err(ConfigError::Conflict {
+                    section: section.into(),
+                    message: "client_jwk and client_jwk_file are only used with client_auth = \"private_key_jwt\"".into(),
+                });
+                (method, None)
+            }
+            (_, None) => {
+                if key_alg.is_some() {
+                    self.err(ConfigError::Conflict {
+                        section: section.into(),
+                        message: "client_alg RS256, PS256 or ES256 is only used with client_auth = \"private_key_jwt\"".into(),
+                    });
+                }
+                (method, None)
+            }
+        }
     }
 
     /// A policy taking tokens (`bearer`, `introspection`) needs a provider with `audiences`, or says
@@ -1322,6 +1473,16 @@ const PUBLISHED_SECRETS: &[&str] = &[
     "b2212e8408ee8879638195145d945b97b4fd7213b5d47bd12e7943e38d56aa0a",
 ];
 
+/// SHA-256 (hex) of the `d` member of every private JWK in this repository (examples, tests): published, so
+/// anyone can sign client assertions with them; `check-config` warns when `client_jwk` is one. A test keeps the
+/// list complete (`published_client_keys_are_all_listed`).
+const PUBLISHED_CLIENT_KEYS: &[&str] = &[
+    "a5c74591d05b523c6e94125168258a2ce0ea56c18e172233debea5d5a2c12919",
+    "a589740323085e5720c6c619005fe98c7cd005b07ed98281e8cb9f3fb555a06b",
+    "fe6fbd4d1fa13242be92735c32855f775582c5a0e84d0682b55caf8c8bc72ccb",
+    "13a8dc32d197b8a1e3006aa911608dd6517a41f688a3ce0b17993c33f666b59f",
+];
+
 /// Whether these secret bytes are one of [`PUBLISHED_SECRETS`].
 fn is_published_secret(bytes: &[u8]) -> bool {
     use sha2::Digest;
@@ -1570,6 +1731,44 @@ policy = "ghost"
             }
         }
         assert!(found >= 5, "the scan found only {found} secrets");
+    }
+
+    /// Every private JWK written in this repository (its `d` member, in JSON or TOML) is in
+    /// `PUBLISHED_CLIENT_KEYS`, so `check-config` warns whoever copies one as `client_jwk`.
+    #[test]
+    fn published_client_keys_are_all_listed() {
+        use sha2::Digest;
+        let member = regex::Regex::new(r#"(?:"d"\s*:|\bd\s*=)\s*"([A-Za-z0-9_-]{32,})""#).unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut stack = vec![root.to_path_buf()];
+        let mut found = 0;
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                let name = path.file_name().unwrap().to_string_lossy().to_string();
+                if path.is_dir() {
+                    if !matches!(name.as_str(), "target" | "node_modules" | ".git" | ".venv") {
+                        stack.push(path);
+                    }
+                    continue;
+                }
+                let Ok(text) = std::fs::read_to_string(&path) else {
+                    continue;
+                };
+                for m in member.captures_iter(&text) {
+                    let d = &m[1];
+                    let digest = sha2::Sha256::digest(d.as_bytes());
+                    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+                    found += 1;
+                    assert!(
+                        PUBLISHED_CLIENT_KEYS.contains(&hex.as_str()),
+                        "{}: a private JWK not in PUBLISHED_CLIENT_KEYS (sha256 of d: {hex})",
+                        path.display()
+                    );
+                }
+            }
+        }
+        assert!(found >= 4, "the scan found only {found} private JWKs");
     }
 
     #[test]
