@@ -601,10 +601,7 @@ impl Validator {
                 Err(e) => {
                     self.err(ConfigError::Invalid {
                         section: section.into(),
-                        message: format!(
-                            "cannot read client_jwk_file {}: {e}",
-                            path.display()
-                        ),
+                        message: format!("cannot read client_jwk_file {}: {e}", path.display()),
                     });
                     return (method, None);
                 }
@@ -1583,6 +1580,241 @@ policy = "api"
             Config::from_toml(&both).unwrap_err().0[0].kind(),
             "conflict"
         );
+    }
+
+    fn key_path(name: &str) -> String {
+        format!(
+            "{}/tests/data/client-keys/{name}.json",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    }
+
+    /// `GOOD` with these lines added to `[providers.okta]`.
+    fn with_client_auth(lines: &str) -> String {
+        GOOD.replace(
+            "client_secret = \"very-secret-value\"\n",
+            &format!("client_secret = \"very-secret-value\"\n{lines}\n"),
+        )
+    }
+
+    #[test]
+    fn client_auth_and_its_alias() {
+        let cfg = Config::from_toml(GOOD).unwrap();
+        assert_eq!(cfg.providers[0].token_endpoint_auth_method, None);
+        for (lines, want) in [
+            (
+                "client_auth = \"client_secret_post\"",
+                TokenEndpointAuth::ClientSecretPost,
+            ),
+            (
+                "token_endpoint_auth_method = \"client_secret_post\"",
+                TokenEndpointAuth::ClientSecretPost,
+            ),
+            (
+                "client_auth = \"client_secret_basic\"\ntoken_endpoint_auth_method = \"client_secret_basic\"",
+                TokenEndpointAuth::ClientSecretBasic,
+            ),
+            (
+                "client_auth = \"client_secret_jwt\"",
+                TokenEndpointAuth::ClientSecretJwt,
+            ),
+            (
+                "client_auth = \"client_secret_jwt\"\nclient_alg = \"HS256\"",
+                TokenEndpointAuth::ClientSecretJwt,
+            ),
+            (
+                "token_endpoint_auth_method = \"client_secret_jwt\"",
+                TokenEndpointAuth::ClientSecretJwt,
+            ),
+        ] {
+            let cfg = Config::from_toml(&with_client_auth(lines)).unwrap();
+            assert_eq!(
+                cfg.providers[0].token_endpoint_auth_method,
+                Some(want),
+                "{lines}"
+            );
+            assert!(cfg.providers[0].client_key.is_none());
+        }
+        let file = format!(
+            "client_auth = \"private_key_jwt\"\nclient_jwk_file = \"{}\"",
+            key_path("rsa")
+        );
+        let cfg = Config::from_toml(&with_client_auth(&file)).unwrap();
+        let p = &cfg.providers[0];
+        assert_eq!(
+            p.token_endpoint_auth_method,
+            Some(TokenEndpointAuth::PrivateKeyJwt)
+        );
+        let key = p.client_key.as_ref().unwrap();
+        assert_eq!(
+            (key.alg(), key.kid()),
+            (jsonwebtoken::Algorithm::RS256, Some("test-rsa-1"))
+        );
+        // the repository's keys are published: a warning, not an error
+        assert!(
+            cfg.warnings
+                .iter()
+                .any(|w| w.contains("client_jwk is a key published")),
+            "{:?}",
+            cfg.warnings
+        );
+        // the JWK inline, as a JSON string (e.g. from the environment) or a TOML table, with client_alg
+        let text = std::fs::read_to_string(key_path("ec")).unwrap();
+        let jwk: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let inline = format!(
+            "client_auth = \"private_key_jwt\"\nclient_alg = \"ES256\"\nclient_jwk = '{}'",
+            jwk
+        );
+        let cfg = Config::from_toml(&with_client_auth(&inline)).unwrap();
+        assert_eq!(
+            cfg.providers[0].client_key.as_ref().unwrap().kid(),
+            Some("test-ec-1")
+        );
+        let table: Vec<String> = jwk
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| format!("{k} = {v}"))
+            .collect();
+        let table = format!(
+            "client_auth = \"private_key_jwt\"\nclient_jwk = {{ {} }}",
+            table.join(", ")
+        );
+        let cfg = Config::from_toml(&with_client_auth(&table)).unwrap();
+        assert_eq!(
+            cfg.providers[0].client_key.as_ref().unwrap().alg(),
+            jsonwebtoken::Algorithm::ES256
+        );
+        // private_key_jwt needs no client_secret
+        let no_secret =
+            with_client_auth(&file).replace("client_secret = \"very-secret-value\"\n", "");
+        assert!(Config::from_toml(&no_secret).is_ok());
+    }
+
+    #[test]
+    fn client_auth_errors_are_all_listed_and_never_quote_the_key() {
+        let rsa = std::fs::read_to_string(key_path("rsa")).unwrap();
+        let mut jwk: serde_json::Value = serde_json::from_str(&rsa).unwrap();
+        let d = jwk["d"].as_str().unwrap().to_string();
+        let mut public = jwk.clone();
+        for m in ["d", "p", "q", "dp", "dq", "qi"] {
+            public.as_object_mut().unwrap().remove(m);
+        }
+        let file = format!("client_jwk_file = \"{}\"", key_path("rsa"));
+        let cases = [
+            (
+                "client_auth = \"private_key_jwt\"",
+                "needs client_jwk or client_jwk_file",
+                "conflict",
+            ),
+            (
+                "client_auth = \"magic\"",
+                "client_auth must be one of client_secret_basic, client_secret_post, client_secret_jwt, private_key_jwt",
+                "invalid_value",
+            ),
+            (
+                "client_auth = \"client_secret_post\"\ntoken_endpoint_auth_method = \"client_secret_basic\"",
+                "differ",
+                "conflict",
+            ),
+            (
+                &*format!("client_auth = \"private_key_jwt\"\nclient_jwk = '{public}'"),
+                "public key",
+                "invalid_value",
+            ),
+            (
+                &*format!("client_auth = \"private_key_jwt\"\nclient_alg = \"ES256\"\n{file}"),
+                "does not fit the RSA",
+                "invalid_value",
+            ),
+            (
+                &*format!("client_auth = \"private_key_jwt\"\nclient_alg = \"HS256\"\n{file}"),
+                "client_alg must be RS256, PS256 or ES256",
+                "invalid_value",
+            ),
+            (
+                "client_auth = \"client_secret_jwt\"\nclient_alg = \"RS256\"",
+                "does not fit client_secret_jwt",
+                "invalid_value",
+            ),
+            (
+                &*format!("client_auth = \"client_secret_basic\"\n{file}"),
+                "only used with client_auth = \"private_key_jwt\"",
+                "conflict",
+            ),
+            (
+                &*file,
+                "only used with client_auth = \"private_key_jwt\"",
+                "conflict",
+            ),
+            (
+                &*format!("client_auth = \"private_key_jwt\"\n{file}\nclient_jwk = '{jwk}'"),
+                "not both",
+                "conflict",
+            ),
+            (
+                "client_auth = \"private_key_jwt\"\nclient_jwk_file = \"/nonexistent/key.json\"",
+                "cannot read client_jwk_file",
+                "invalid_value",
+            ),
+            (
+                "client_auth = \"private_key_jwt\"\nclient_jwk = 'not json'",
+                "not a JWK",
+                "invalid_value",
+            ),
+        ];
+        for (lines, want, kind) in cases {
+            let text = with_client_auth(lines);
+            let err = Config::from_toml(&text).unwrap_err();
+            assert_eq!(err.0.len(), 1, "{lines}: {err}");
+            assert_eq!(err.0[0].kind(), kind, "{lines}: {err}");
+            let shown = err.to_string();
+            assert!(
+                shown.contains(want) && shown.contains("providers.okta"),
+                "{lines}: {shown}"
+            );
+            assert!(!shown.contains(&d[..16]), "{shown}");
+        }
+        // a key with its d swapped for another's: the parts do not form a key
+        jwk["d"] = serde_json::from_str::<serde_json::Value>(
+            &std::fs::read_to_string(key_path("rsa-other")).unwrap(),
+        )
+        .unwrap()["d"]
+            .clone();
+        let err = Config::from_toml(&with_client_auth(&format!(
+            "client_auth = \"private_key_jwt\"\nclient_jwk = '{jwk}'"
+        )))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("do not form a valid RSA private key"),
+            "{err}"
+        );
+        // without client_id there is no iss for the assertion
+        let no_id = with_client_auth(&format!("client_auth = \"private_key_jwt\"\n{file}"))
+            .replace("client_id = \"0oa1\"\n", "");
+        assert!(
+            Config::from_toml(&no_id)
+                .unwrap_err()
+                .to_string()
+                .contains("needs client_id")
+        );
+    }
+
+    #[test]
+    fn the_client_key_does_not_debug_print() {
+        let rsa = std::fs::read_to_string(key_path("rsa")).unwrap();
+        let jwk: serde_json::Value = serde_json::from_str(&rsa).unwrap();
+        let cfg = Config::from_toml(&with_client_auth(&format!(
+            "client_auth = \"private_key_jwt\"\nclient_jwk = '{jwk}'"
+        )))
+        .unwrap();
+        let dbg = format!("{cfg:?}");
+        for m in ["d", "p", "q", "dp", "dq", "qi"] {
+            let v = jwk[m].as_str().unwrap();
+            assert!(!dbg.contains(&v[..16]), "{m} in {dbg}");
+        }
+        assert!(dbg.contains("ClientKey"), "{dbg}");
     }
 
     #[test]

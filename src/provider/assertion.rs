@@ -54,7 +54,9 @@ pub enum KeyError {
     #[error("client_jwk: unsupported key {0} (RSA, or EC on P-256)")]
     Unsupported(String),
     /// `client_alg` (or the JWK's `alg`) does not fit the key.
-    #[error("client_alg {alg} does not fit the {kty} client_jwk (RSA: RS256 or PS256; EC P-256: ES256)")]
+    #[error(
+        "client_alg {alg} does not fit the {kty} client_jwk (RSA: RS256 or PS256; EC P-256: ES256)"
+    )]
     AlgMismatch { alg: String, kty: String },
     /// A member missing or not base64url.
     #[error("client_jwk: member {0:?} is missing or not base64url")]
@@ -77,7 +79,11 @@ pub fn parse_key_alg(name: &str) -> Option<Algorithm> {
 fn b64(jwk: &Map<String, Value>, member: &'static str) -> Result<Vec<u8>, KeyError> {
     jwk.get(member)
         .and_then(Value::as_str)
-        .and_then(|s| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).ok())
+        .and_then(|s| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(s)
+                .ok()
+        })
         .filter(|b| !b.is_empty())
         .ok_or(KeyError::Member(member))
 }
@@ -242,12 +248,9 @@ fn ec_key(jwk: &Map<String, Value>, d: &[u8]) -> Result<EncodingKey, KeyError> {
     point.push(0x04);
     point.extend_from_slice(&x);
     point.extend_from_slice(&y);
-    let pair = EcdsaKeyPair::from_private_key_and_public_key(
-        &ECDSA_P256_SHA256_FIXED_SIGNING,
-        d,
-        &point,
-    )
-    .map_err(|_| KeyError::Invalid("EC"))?;
+    let pair =
+        EcdsaKeyPair::from_private_key_and_public_key(&ECDSA_P256_SHA256_FIXED_SIGNING, d, &point)
+            .map_err(|_| KeyError::Invalid("EC"))?;
     let der = pair.to_pkcs8v1().map_err(|_| KeyError::Invalid("EC"))?;
     Ok(EncodingKey::from_ec_der(der.as_ref()))
 }
@@ -355,7 +358,11 @@ mod tests {
             let jwt = assertion(Signer::Key(&key), "svc", TOKEN_URL, "j-1", 1_000).unwrap();
             let (header, claims) = verify(&jwt, &public_key(&text), alg, TOKEN_URL);
             assert_eq!(header.alg, alg);
-            let kid = if file == "ec" { "test-ec-1" } else { "test-rsa-1" };
+            let kid = if file == "ec" {
+                "test-ec-1"
+            } else {
+                "test-rsa-1"
+            };
             assert_eq!(header.kid.as_deref(), Some(kid));
             assert_eq!(
                 claims,
@@ -420,18 +427,31 @@ mod tests {
                 None,
                 "unsupported",
             ),
-            (json!({"kty": "OKP", "d": "AA"}).to_string(), None, "unsupported"),
-            ({
-                // the private exponent of another key: the parts do not belong together
-                let mut v = rsa.clone();
-                v["d"] = serde_json::from_str::<Value>(&key_file("rsa-other")).unwrap()["d"].clone();
-                v.to_string()
-            }, None, "valid RSA"),
-            ({
-                let mut v = ec.clone();
-                v["x"] = rsa["e"].clone();
-                v.to_string()
-            }, None, "valid EC"),
+            (
+                json!({"kty": "OKP", "d": "AA"}).to_string(),
+                None,
+                "unsupported",
+            ),
+            (
+                {
+                    // the private exponent of another key: the parts do not belong together
+                    let mut v = rsa.clone();
+                    v["d"] =
+                        serde_json::from_str::<Value>(&key_file("rsa-other")).unwrap()["d"].clone();
+                    v.to_string()
+                },
+                None,
+                "valid RSA",
+            ),
+            (
+                {
+                    let mut v = ec.clone();
+                    v["x"] = rsa["e"].clone();
+                    v.to_string()
+                },
+                None,
+                "valid EC",
+            ),
         ];
         for (text, alg, want) in cases {
             let err = ClientKey::from_jwk(&text, alg).unwrap_err().to_string();
@@ -475,7 +495,10 @@ mod tests {
         let d = d["d"].as_str().unwrap();
         let key = ClientKey::from_jwk(&text, None).unwrap();
         let shown = format!("{key:?}");
-        assert!(shown.contains("RS256") && shown.contains("test-rsa-1"), "{shown}");
+        assert!(
+            shown.contains("RS256") && shown.contains("test-rsa-1"),
+            "{shown}"
+        );
         assert!(!shown.contains(&d[..16]), "{shown}");
     }
 }

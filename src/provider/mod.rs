@@ -714,4 +714,180 @@ mod tests {
             "counted from zero again"
         );
     }
+
+    fn provider_with(lines: &str) -> (Provider, Arc<fake::FakeIdp>) {
+        let toml = format!(
+            "[providers.okta]\nissuer = \"https://idp.test\"\nclient_id = \"svc\"\naudiences = [\"api\"]\n{lines}\n"
+        );
+        let cfg = crate::config::Config::from_toml(&toml).unwrap();
+        let fake = Arc::new(fake::FakeIdp::for_issuer("https://idp.test"));
+        let p = Provider::new(
+            cfg.providers[0].clone(),
+            fake.clone(),
+            Arc::new(Metrics::new()),
+        )
+        .with_seams(
+            Arc::new(crate::clock::ManualClock::new(1_000)),
+            Arc::new(crate::rng::SequenceRng::new(0)),
+        );
+        (p, fake)
+    }
+
+    fn claims_of(
+        jwt: &str,
+        key: &jsonwebtoken::DecodingKey,
+        alg: jsonwebtoken::Algorithm,
+        aud: &str,
+    ) -> serde_json::Value {
+        let mut v = jsonwebtoken::Validation::new(alg);
+        v.set_audience(&[aud]);
+        v.validate_exp = false;
+        jsonwebtoken::decode::<serde_json::Value>(jwt, key, &v)
+            .unwrap()
+            .claims
+    }
+
+    /// private_key_jwt: every call of this service's own client (token, introspection, revocation) carries a fresh
+    /// assertion for the endpoint called, and no secret; a caller's client (client credentials) cannot sign with
+    /// this key and sends its secret as discovery asks.
+    #[tokio::test]
+    async fn private_key_jwt_signs_every_call_of_the_own_client() {
+        let path = format!(
+            "{}/tests/data/client-keys/rsa.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let (p, fake) = provider_with(&format!(
+            "client_auth = \"private_key_jwt\"\nclient_jwk_file = \"{path}\""
+        ));
+        let jwk: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let public = jsonwebtoken::DecodingKey::from_rsa_components(
+            jwk["n"].as_str().unwrap(),
+            jwk["e"].as_str().unwrap(),
+        )
+        .unwrap();
+        let meta = p.metadata().await.unwrap();
+        let own = p.own_client().expect("no client_secret needed");
+        let auth = p.token_auth(&meta);
+        assert_eq!(auth, TokenEndpointAuth::PrivateKeyJwt);
+        let mut jtis = std::collections::HashSet::new();
+        for (endpoint, path) in [
+            (Endpoint::Token, "/token"),
+            (Endpoint::Introspection, "/introspect"),
+            (Endpoint::Revocation, "/revoke"),
+            (Endpoint::Token, "/token"),
+        ] {
+            let url = Url::parse(&format!("https://idp.test{path}")).unwrap();
+            p.post_form(endpoint, &url, &[("token", "t")], own, auth)
+                .await
+                .unwrap();
+            let call = fake.last(endpoint).unwrap();
+            let sent = call.client.unwrap();
+            assert_eq!((sent.id.as_str(), sent.secret.as_str()), ("svc", ""));
+            let jwt = sent.assertion.unwrap();
+            let header = jsonwebtoken::decode_header(&jwt).unwrap();
+            assert_eq!(
+                (header.alg, header.kid.as_deref()),
+                (jsonwebtoken::Algorithm::RS256, Some("test-rsa-1"))
+            );
+            let c = claims_of(&jwt, &public, jsonwebtoken::Algorithm::RS256, url.as_str());
+            assert_eq!(
+                (c["iss"].as_str(), c["sub"].as_str()),
+                (Some("svc"), Some("svc"))
+            );
+            assert_eq!(
+                (c["iat"].as_u64(), c["exp"].as_u64()),
+                (Some(1000), Some(1060))
+            );
+            assert!(
+                jtis.insert(c["jti"].as_str().unwrap().to_string()),
+                "a jti used twice"
+            );
+        }
+        // a caller's client: its secret, by basic (discovery lists basic)
+        let caller = Secret::new("caller-secret");
+        let url = meta.token_endpoint.clone().unwrap();
+        let grant = [("grant_type", "client_credentials")];
+        p.post_form(Endpoint::Token, &url, &grant, ("caller", &caller), auth)
+            .await
+            .unwrap();
+        let sent = fake.last(Endpoint::Token).unwrap().client.unwrap();
+        assert_eq!(sent.method, TokenEndpointAuth::ClientSecretBasic);
+        assert_eq!(
+            (sent.id.as_str(), sent.secret.as_str(), sent.assertion),
+            ("caller", "caller-secret", None)
+        );
+    }
+
+    /// client_secret_jwt signs with the secret of whichever client calls; basic and post are as before.
+    #[tokio::test]
+    async fn client_secret_jwt_and_the_secret_methods() {
+        let (p, fake) = provider_with(
+            "client_secret = \"own-secret-0123456789\"\nclient_auth = \"client_secret_jwt\"",
+        );
+        let meta = p.metadata().await.unwrap();
+        let url = meta.introspection_endpoint.clone().unwrap();
+        let auth = p.token_auth(&meta);
+        p.post_form(
+            Endpoint::Introspection,
+            &url,
+            &[],
+            p.own_client().unwrap(),
+            auth,
+        )
+        .await
+        .unwrap();
+        let sent = fake.last(Endpoint::Introspection).unwrap().client.unwrap();
+        let key = jsonwebtoken::DecodingKey::from_secret(b"own-secret-0123456789");
+        let c = claims_of(
+            sent.assertion.as_deref().unwrap(),
+            &key,
+            jsonwebtoken::Algorithm::HS256,
+            url.as_str(),
+        );
+        assert_eq!(c["iss"], "svc");
+        assert_eq!(sent.secret, "", "the secret itself is not sent");
+        let caller = Secret::new("caller-secret");
+        p.post_form(Endpoint::Token, &url, &[], ("caller", &caller), auth)
+            .await
+            .unwrap();
+        let sent = fake.last(Endpoint::Token).unwrap().client.unwrap();
+        let key = jsonwebtoken::DecodingKey::from_secret(b"caller-secret");
+        let c = claims_of(
+            sent.assertion.as_deref().unwrap(),
+            &key,
+            jsonwebtoken::Algorithm::HS256,
+            url.as_str(),
+        );
+        assert_eq!(
+            (c["iss"].as_str(), c["sub"].as_str()),
+            (Some("caller"), Some("caller"))
+        );
+
+        for (lines, method) in [
+            (
+                "client_secret = \"own\"",
+                TokenEndpointAuth::ClientSecretBasic,
+            ),
+            (
+                "client_secret = \"own\"\nclient_auth = \"client_secret_post\"",
+                TokenEndpointAuth::ClientSecretPost,
+            ),
+        ] {
+            let (p, fake) = provider_with(lines);
+            let meta = p.metadata().await.unwrap();
+            let auth = p.token_auth(&meta);
+            p.post_form(Endpoint::Token, &url, &[], p.own_client().unwrap(), auth)
+                .await
+                .unwrap();
+            let sent = fake.last(Endpoint::Token).unwrap().client.unwrap();
+            assert_eq!(
+                (sent.method, sent.secret.as_str(), sent.assertion),
+                (method, "own", None)
+            );
+        }
+        // basic or post without a secret: no own client, as before
+        let (p, _) = provider_with("client_auth = \"client_secret_post\"");
+        assert!(p.own_client().is_none());
+    }
 }

@@ -69,7 +69,8 @@ impl Provider {
     pub fn own_client(&self) -> Option<Who<'_>> {
         let id = self.config.client_id.as_deref()?;
         let secret = self.config.client_secret.as_ref();
-        let keyed = self.config.token_endpoint_auth_method == Some(TokenEndpointAuth::PrivateKeyJwt)
+        let keyed = self.config.token_endpoint_auth_method
+            == Some(TokenEndpointAuth::PrivateKeyJwt)
             && self.config.client_key.is_some();
         (secret.is_some() || keyed).then_some(Who::Own { id, secret })
     }
