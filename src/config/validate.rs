@@ -1908,20 +1908,17 @@ policy = "ghost"
             "{text}"
         );
     }
-    /// Every 32-byte base64 secret written in this repository (examples, demo, tests, docs) is in
-    /// `PUBLISHED_SECRETS`, so `check-config` warns whoever copies one; and none of them is weak.
-    #[test]
-    fn published_secrets_are_all_listed() {
-        use base64::Engine;
+    /// Every text file of this repository with its contents (not target/, node_modules/, .git/, .venv/, nor
+    /// tests/data/invalid, which holds deliberately bad values).
+    fn repository_texts() -> Vec<(std::path::PathBuf, String)> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut stack = vec![root.to_path_buf()];
-        let mut found = 0;
+        let mut out = Vec::new();
         while let Some(dir) = stack.pop() {
             for entry in std::fs::read_dir(&dir).unwrap() {
                 let path = entry.unwrap().path();
                 let name = path.file_name().unwrap().to_string_lossy().to_string();
                 if path.is_dir() {
-                    // tests/data/invalid holds deliberately bad values
                     if !matches!(name.as_str(), "target" | "node_modules" | ".git" | ".venv")
                         && !path.ends_with("tests/data/invalid")
                     {
@@ -1929,36 +1926,46 @@ policy = "ghost"
                     }
                     continue;
                 }
-                let Ok(text) = std::fs::read_to_string(&path) else {
-                    continue;
-                };
-                for line in text
-                    .lines()
-                    .filter(|l| l.to_ascii_lowercase().contains("secret"))
-                {
-                    let b = line.as_bytes();
-                    let is_b64 = |c: u8| c.is_ascii_alphanumeric() || c == b'+' || c == b'/';
-                    for start in 0..b.len().saturating_sub(43) {
-                        let run = &b[start..start + 43];
-                        let bounded = (start == 0 || !is_b64(b[start - 1]))
-                            && b.get(start + 43) == Some(&b'=')
-                            && b.get(start + 44).is_none_or(|c| !is_b64(*c) && *c != b'=');
-                        if !bounded || !run.iter().all(|c| is_b64(*c)) {
-                            continue;
-                        }
-                        let value = &line[start..start + 44];
-                        let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(value)
-                        else {
-                            continue;
-                        };
-                        found += 1;
-                        assert!(
-                            is_published_secret(&bytes),
-                            "{}: a secret not in PUBLISHED_SECRETS: {value}",
-                            path.display()
-                        );
-                        assert_eq!(weak_secret(&bytes), None, "{}: {value}", path.display());
+                if let Ok(text) = std::fs::read_to_string(&path) {
+                    out.push((path, text));
+                }
+            }
+        }
+        out
+    }
+
+    /// Every 32-byte base64 secret written in this repository (examples, demo, tests, docs) is in
+    /// `PUBLISHED_SECRETS`, so `check-config` warns whoever copies one; and none of them is weak.
+    #[test]
+    fn published_secrets_are_all_listed() {
+        use base64::Engine;
+        let mut found = 0;
+        for (path, text) in repository_texts() {
+            for line in text
+                .lines()
+                .filter(|l| l.to_ascii_lowercase().contains("secret"))
+            {
+                let b = line.as_bytes();
+                let is_b64 = |c: u8| c.is_ascii_alphanumeric() || c == b'+' || c == b'/';
+                for start in 0..b.len().saturating_sub(43) {
+                    let run = &b[start..start + 43];
+                    let bounded = (start == 0 || !is_b64(b[start - 1]))
+                        && b.get(start + 43) == Some(&b'=')
+                        && b.get(start + 44).is_none_or(|c| !is_b64(*c) && *c != b'=');
+                    if !bounded || !run.iter().all(|c| is_b64(*c)) {
+                        continue;
                     }
+                    let value = &line[start..start + 44];
+                    let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(value) else {
+                        continue;
+                    };
+                    found += 1;
+                    assert!(
+                        is_published_secret(&bytes),
+                        "{}: a secret not in PUBLISHED_SECRETS: {value}",
+                        path.display()
+                    );
+                    assert_eq!(weak_secret(&bytes), None, "{}: {value}", path.display());
                 }
             }
         }
@@ -1971,33 +1978,18 @@ policy = "ghost"
     fn published_client_keys_are_all_listed() {
         use sha2::Digest;
         let member = regex::Regex::new(r#"(?:"d"\s*:|\bd\s*=)\s*"([A-Za-z0-9_-]{32,})""#).unwrap();
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let mut stack = vec![root.to_path_buf()];
         let mut found = 0;
-        while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(&dir).unwrap() {
-                let path = entry.unwrap().path();
-                let name = path.file_name().unwrap().to_string_lossy().to_string();
-                if path.is_dir() {
-                    if !matches!(name.as_str(), "target" | "node_modules" | ".git" | ".venv") {
-                        stack.push(path);
-                    }
-                    continue;
-                }
-                let Ok(text) = std::fs::read_to_string(&path) else {
-                    continue;
-                };
-                for m in member.captures_iter(&text) {
-                    let d = &m[1];
-                    let digest = sha2::Sha256::digest(d.as_bytes());
-                    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-                    found += 1;
-                    assert!(
-                        PUBLISHED_CLIENT_KEYS.contains(&hex.as_str()),
-                        "{}: a private JWK not in PUBLISHED_CLIENT_KEYS (sha256 of d: {hex})",
-                        path.display()
-                    );
-                }
+        for (path, text) in repository_texts() {
+            for m in member.captures_iter(&text) {
+                let d = &m[1];
+                let digest = sha2::Sha256::digest(d.as_bytes());
+                let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+                found += 1;
+                assert!(
+                    PUBLISHED_CLIENT_KEYS.contains(&hex.as_str()),
+                    "{}: a private JWK not in PUBLISHED_CLIENT_KEYS (sha256 of d: {hex})",
+                    path.display()
+                );
             }
         }
         assert!(found >= 4, "the scan found only {found} private JWKs");

@@ -38,6 +38,16 @@ async fn jwt_world(registered: &str, signing: &str) -> (MockIdp, TestServer) {
     (idp, server)
 }
 
+/// cc-app's client credentials grant through policy `cc`.
+async fn cc_app_is_allowed(server: &TestServer) {
+    ask(
+        server,
+        req("/x").policy("cc").basic("cc-app", "cc-app-secret"),
+    )
+    .await
+    .assert_allow();
+}
+
 #[tokio::test]
 async fn private_key_jwt_authenticates_every_call_of_this_service() {
     let (idp, server) = jwt_world("rsa", "rsa").await;
@@ -54,12 +64,7 @@ async fn private_key_jwt_authenticates_every_call_of_this_service() {
     assert_eq!(a.status, 302, "{a:?}");
     assert_eq!(idp.state.revocations.lock().unwrap().len(), 2);
     // a caller's client credentials: its own secret, as before
-    ask(
-        &server,
-        req("/x").policy("cc").basic("cc-app", "cc-app-secret"),
-    )
-    .await
-    .assert_allow();
+    cc_app_is_allowed(&server).await;
 
     let seen = idp.state.assertions.lock().unwrap().clone();
     let paths: Vec<&str> = seen.iter().map(|(p, _, _)| p.as_str()).collect();
@@ -133,12 +138,7 @@ async fn client_secret_jwt_at_the_token_endpoint() {
     .await
     .assert_allow();
     // a caller's grant is signed with the caller's secret
-    ask(
-        &server,
-        req("/x").policy("cc").basic("cc-app", "cc-app-secret"),
-    )
-    .await
-    .assert_allow();
+    cc_app_is_allowed(&server).await;
     let seen = idp.state.assertions.lock().unwrap().clone();
     let who: Vec<(&str, &str, &str)> = seen
         .iter()
