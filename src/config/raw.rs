@@ -68,12 +68,14 @@ pub(super) struct RawProvider {
     pub(super) client_credentials_burst: Option<u32>,
 }
 
-/// `client_jwk`: the private JWK as JSON text (a string, as from the environment) or as a TOML table.
+/// `client_jwk`: the private JWK as JSON text (a string, as from the environment), a TOML table, or a list of one
+/// (Kong's shape).
 #[derive(Deserialize)]
 #[serde(untagged)]
 pub(super) enum JwkText {
     Text(Secret),
     Table(serde_json::Map<String, serde_json::Value>),
+    List(Vec<serde_json::Value>),
 }
 
 /// One `[policies.NAME]`.

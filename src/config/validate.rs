@@ -596,6 +596,9 @@ impl Validator {
             (Some(JwkText::Table(t)), None) => {
                 Some(Secret::new(serde_json::Value::Object(t).to_string()))
             }
+            (Some(JwkText::List(l)), None) => {
+                Some(Secret::new(serde_json::Value::Array(l).to_string()))
+            }
             (None, Some(path)) => match std::fs::read_to_string(&path) {
                 Ok(s) => Some(Secret::new(s)),
                 Err(e) => {
@@ -1684,6 +1687,13 @@ policy = "api"
         assert_eq!(
             cfg.providers[0].client_key.as_ref().unwrap().alg(),
             jsonwebtoken::Algorithm::ES256
+        );
+        // Kong's shape: a list of one JWK (TOML array of tables)
+        let list = table.replace("client_jwk = {", "client_jwk = [{") + "]";
+        let cfg = Config::from_toml(&with_client_auth(&list)).unwrap();
+        assert_eq!(
+            cfg.providers[0].client_key.as_ref().unwrap().kid(),
+            Some("test-ec-1")
         );
         // private_key_jwt needs no client_secret
         let no_secret =

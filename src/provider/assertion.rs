@@ -45,7 +45,7 @@ impl fmt::Debug for ClientKey {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
     /// Not JSON, or not a JWK object.
-    #[error("client_jwk is not a JWK (a JSON object with kty), nor a JWKS holding one")]
+    #[error("client_jwk is not a JWK (a JSON object with kty), nor a JWKS or a list holding one")]
     NotAJwk,
     /// A public key only.
     #[error("client_jwk is a public key: private_key_jwt needs the private JWK (with \"d\")")]
@@ -89,7 +89,7 @@ fn b64(jwk: &Map<String, Value>, member: &'static str) -> Result<Vec<u8>, KeyErr
 }
 
 impl ClientKey {
-    /// Reads a private JWK (or a JWKS holding exactly one key) and checks that it signs with `alg` (`None`: the
+    /// Reads a private JWK (or a JWKS or a JSON list holding exactly one key) and checks that it signs with `alg` (`None`: the
     /// JWK's `alg`, else RS256 for RSA and ES256 for EC).
     pub fn from_jwk(text: &str, alg: Option<Algorithm>) -> Result<ClientKey, KeyError> {
         let value: Value = serde_json::from_str(text).map_err(|_| KeyError::NotAJwk)?;
@@ -102,6 +102,11 @@ impl ClientKey {
                 _ => return Err(KeyError::NotAJwk),
             },
             Value::Object(o) => o,
+            // Kong's `client_jwk` is a list (one JWK per client)
+            Value::Array(mut keys) if keys.len() == 1 => match keys.pop() {
+                Some(Value::Object(k)) => k,
+                _ => return Err(KeyError::NotAJwk),
+            },
             _ => return Err(KeyError::NotAJwk),
         };
         Self::from_map(&jwk, alg)
@@ -398,6 +403,12 @@ mod tests {
             ClientKey::from_jwk(&jwks.to_string(), None).unwrap().kid(),
             Some("test-ec-1")
         );
+        // so is a list of one (Kong's client_jwk)
+        let list = json!([serde_json::from_str::<Value>(&key_file("ec")).unwrap()]);
+        assert_eq!(
+            ClientKey::from_jwk(&list.to_string(), None).unwrap().kid(),
+            Some("test-ec-1")
+        );
     }
 
     #[test]
@@ -416,6 +427,7 @@ mod tests {
         let cases: Vec<(String, Option<Algorithm>, &str)> = vec![
             ("not json".into(), None, "not a JWK"),
             ("[1]".into(), None, "not a JWK"),
+            ("[{}, {}]".into(), None, "not a JWK"),
             (json!({"keys": []}).to_string(), None, "not a JWK"),
             (public, None, "public key"),
             (without(&ec, &["d"]), None, "public key"),
