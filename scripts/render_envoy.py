@@ -9,7 +9,7 @@ A host given as an IP literal makes a STATIC cluster, a name (e.g. localhost, a 
 envoy/envoy.compose.yaml is rendered with 0.0.0.0 (inside a container, loopback is unreachable from the others):
 
     render_envoy.py --out envoy/envoy.compose.yaml --bind-address 0.0.0.0 --listen-port 8080 --admin-port 9901 \
-        --authz oidc-authz:9191 --upstream httpbin:8080
+        --authz oidc-authz-a:9191 --authz oidc-authz-b:9191 --upstream httpbin:8080
 
 Several replicas of oidc-authz: one --authz each (round robin, gRPC health checks, a Check retried on another
 replica when one dies):

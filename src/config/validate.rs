@@ -1471,6 +1471,7 @@ const PUBLISHED_SECRETS: &[&str] = &[
     "3aa8db4bb651750ee7fb50331e448da7f1cc5ccefd1f64ebe98e398bdfa7e312",
     "25335df24f58912c6068465893f703a6eb0a97b582161943812e4f1cfb45af20",
     "b2212e8408ee8879638195145d945b97b4fd7213b5d47bd12e7943e38d56aa0a",
+    "52cc4fa151648c6f8648b0e2602192eb4149a503f62f3038ffc6414935d09902",
 ];
 
 /// SHA-256 (hex) of the `d` member of every private JWK in this repository (examples, tests): published, so

@@ -215,8 +215,10 @@ def start_login(world: World, b: Browser, path: str) -> requests.Response:
     return r
 
 
-def idp_login(world: World, b: Browser, authorize_url: str, user: str) -> str:
-    """Drive the IdP from the authorization URL to the redirect back to us; returns the callback URL."""
+def idp_login(world: World, b: Browser, authorize_url: str, user: str,
+              callback_path: str = "/oauth2/callback") -> str:
+    """Drive the IdP from the authorization URL to the redirect back to us (`callback_path`, the policy's
+    redirect_uri); returns the callback URL."""
     r = b.go(authorize_url)
     loc = r.headers.get("Location", "")
     if r.status_code == 303 and "/interaction/" in loc:
@@ -234,16 +236,17 @@ def idp_login(world: World, b: Browser, authorize_url: str, user: str) -> str:
         r = b.go(urljoin(r.url, r.headers["Location"]))
         loc = r.headers.get("Location", "")
     # oidc-authz is first-party at the mock IdP: no consent page; an error here is oidc-authz's authorize request
-    callback = world.url("/oauth2/callback")
+    callback = world.url(callback_path)
     if r.status_code != 303 or not loc.startswith(callback + "?"):
         raise LoginFailed(b, f"the IdP did not send the browser back to {callback} (rejected the authorize request?)",
                           r)
     return loc
 
 
-def finish_login(world: World, b: Browser, authorize_url: str, user: str) -> requests.Response:
+def finish_login(world: World, b: Browser, authorize_url: str, user: str,
+                 callback_path: str = "/oauth2/callback") -> requests.Response:
     """From the IdP's authorization URL to the response of the original URL after the callback."""
-    b.callback_url = idp_login(world, b, authorize_url, user)
+    b.callback_url = idp_login(world, b, authorize_url, user, callback_path)
     cb = b.go(b.callback_url)
     b.callback = cb
     loc = cb.headers.get("Location", "")
@@ -257,17 +260,19 @@ def finish_login(world: World, b: Browser, authorize_url: str, user: str) -> req
 
 
 def login(world: World, user: str = "alice", start_path: str = "/login/headers",
-          b: Browser | None = None) -> tuple[Browser, requests.Response]:
+          b: Browser | None = None, callback_path: str = "/oauth2/callback") -> tuple[Browser, requests.Response]:
     """Log `user` in through Envoy and the IdP starting from `start_path`; (browser, response to the original URL
-    after the login). The response is not checked (bob on /group/ gets a 403)."""
+    after the login). The response is not checked (bob on /group/ gets a 403). `callback_path`: the path of the
+    policy's redirect_uri."""
     b = b if b is not None else Browser()
     start_login(world, b, start_path)
-    return b, finish_login(world, b, b.authorize_url, user)
+    return b, finish_login(world, b, b.authorize_url, user, callback_path)
 
 
-def login_ok(world: World, user: str = "alice", start_path: str = "/login/headers") -> tuple[Browser, requests.Response]:
+def login_ok(world: World, user: str = "alice", start_path: str = "/login/headers",
+             callback_path: str = "/oauth2/callback") -> tuple[Browser, requests.Response]:
     """`login`, and the original URL must then answer 200."""
-    b, r = login(world, user, start_path)
+    b, r = login(world, user, start_path, callback_path=callback_path)
     if r.status_code != 200:
         raise LoginFailed(b, f"after logging in as {user}, {start_path} did not answer 200", r)
     return b, r

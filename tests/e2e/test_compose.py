@@ -24,16 +24,23 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE_ENVOY = ROOT / "envoy" / "envoy.compose.yaml"
 COMPOSE_AUTHZ = ROOT / "examples" / "compose" / "oidc-authz.toml"
+REDIS_DOCKERFILE = ROOT / "examples" / "compose" / "redis" / "Dockerfile"
+
+# The oidc-authz replicas (one image, one config) and the Redis they share.
+REPLICAS = ["oidc-authz-a", "oidc-authz-b"]
+REDIS = "redis"
 
 # How envoy/envoy.compose.yaml is rendered (the same command is in docker-compose.yml's header).
 COMPOSE_RENDER = ["--bind-address", "0.0.0.0", "--listen-port", "8080", "--admin-port", "9901",
-                  "--authz", "oidc-authz:9191", "--upstream", "httpbin:8080"]
+                  "--authz", "oidc-authz-a:9191", "--authz", "oidc-authz-b:9191", "--upstream", "httpbin:8080"]
 
 # Images a user pulls by building the Dockerfile or running the compose file: official ones only.
 #  - Docker Official Images (Docker Hub's `library/` namespace): rust (build stage), debian (runtime), node (mock IdP)
 #  - images published by the projects themselves: envoyproxy/envoy (the Envoy project's organisation) and
 #    mccutchen/go-httpbin (published by go-httpbin's author from its repository's release workflow; chosen over
 #    kennethreitz/httpbin, unmaintained since 2018 and amd64 only: see docker-compose.yml)
+# Redis is not pulled: examples/compose/redis/Dockerfile builds it on debian (Debian's redis-server package), so the
+# demo needs nothing but the images above (see the redis service in docker-compose.yml for why).
 OFFICIAL_LIBRARY_IMAGES = {"rust", "debian", "node"}
 OFFICIAL_PROJECT_IMAGES = {"envoyproxy/envoy", "mccutchen/go-httpbin"}
 
@@ -130,6 +137,22 @@ def authz_config() -> dict:
     return tomllib.loads(COMPOSE_AUTHZ.read_text())
 
 
+def redis_cmd() -> list[str]:
+    """redis-server's command line: the service's `command`, else the Redis image's CMD."""
+    cmd = service(REDIS).get("command")
+    if cmd:
+        return shlex.split(cmd) if isinstance(cmd, str) else cmd
+    [stage] = dockerfile_stages(REDIS_DOCKERFILE)
+    cmd_lines = [l for l in stage["lines"] if l.upper().startswith("CMD")]
+    assert cmd_lines, f"{REDIS_DOCKERFILE} has no CMD"
+    return json.loads(cmd_lines[-1][3:].strip())
+
+
+def redis_port() -> int:
+    cmd = redis_cmd()
+    return int(cmd[cmd.index("--port") + 1]) if "--port" in cmd else 6379
+
+
 def okta_mock_args() -> dict[str, list[str]]:
     """Flags given to server.mjs in the okta-mock service's command."""
     cmd = service("okta-mock")["command"]
@@ -154,19 +177,30 @@ def envoy_bootstrap() -> dict:
     return yaml.safe_load(COMPOSE_ENVOY.read_text())
 
 
-def envoy_cluster(name: str) -> tuple[str, str, int]:
-    """(type, address, port) of a static cluster's single endpoint."""
+def envoy_cluster_raw(name: str) -> dict:
     for c in envoy_bootstrap()["static_resources"]["clusters"]:
         if c["name"] == name:
-            [ep] = [lb["endpoint"]["address"]["socket_address"]
-                    for e in c["load_assignment"]["endpoints"] for lb in e["lb_endpoints"]]
-            return c["type"], ep["address"], int(ep["port_value"])
+            return c
     raise AssertionError(f"envoy.compose.yaml has no cluster {name!r}")
 
 
-def dockerfile_stages() -> list[dict]:
+def envoy_cluster_endpoints(name: str) -> tuple[str, list[tuple[str, int]]]:
+    """(type, [(address, port), ...]) of a static cluster's endpoints."""
+    c = envoy_cluster_raw(name)
+    eps = [lb["endpoint"]["address"]["socket_address"]
+           for e in c["load_assignment"]["endpoints"] for lb in e["lb_endpoints"]]
+    return c["type"], [(ep["address"], int(ep["port_value"])) for ep in eps]
+
+
+def envoy_cluster(name: str) -> tuple[str, str, int]:
+    """(type, address, port) of a static cluster's single endpoint."""
+    kind, [(address, port)] = envoy_cluster_endpoints(name)
+    return kind, address, port
+
+
+def dockerfile_stages(path: Path = DOCKERFILE) -> list[dict]:
     """[{'image': str, 'name': str|None, 'lines': [instruction lines]}], continuation lines joined."""
-    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    text = re.sub(r"\\\n", " ", path.read_text())
     stages: list[dict] = []
     for raw in text.splitlines():
         line = raw.strip()
@@ -198,9 +232,9 @@ def need_envoy() -> Path:
 # ---------------------------------------------------------------------------------------------------------------
 # the compose file itself
 # ---------------------------------------------------------------------------------------------------------------
-def test_the_four_services_share_one_network():
+def test_the_services_share_one_network():
     c = compose()
-    assert set(c["services"]) == {"envoy", "httpbin", "oidc-authz", "okta-mock"}
+    assert set(c["services"]) == {"envoy", "httpbin", *REPLICAS, REDIS, "okta-mock"}
     nets = set(c.get("networks", {}))
     assert len(nets) == 1, nets
     for name, svc in c["services"].items():
@@ -229,13 +263,18 @@ def test_every_build_context_has_its_dockerfile():
         builds += 1
         ctx, dockerfile = (b, "Dockerfile") if isinstance(b, str) else (b.get("context", "."), b.get("dockerfile", "Dockerfile"))
         assert (ROOT / ctx / dockerfile).is_file(), f"{name}: {ctx}/{dockerfile} missing"
-    assert builds == 1  # oidc-authz
+    assert builds == 2  # oidc-authz (replica A builds the image both replicas run) and redis
 
 
 def test_pulled_images_are_official_and_versioned():
+    built = {svc["image"] for svc in compose()["services"].values() if "build" in svc}
     for name, svc in compose()["services"].items():
         if "build" in svc:
             continue  # built here (its base images are checked in the Dockerfile test)
+        if svc.get("image") in built:
+            # another service builds it (oidc-authz-b runs replica A's image): never pulled
+            assert svc.get("pull_policy") == "never", f"{name} would try to pull {svc['image']}, built here"
+            continue
         assert "image" in svc, f"{name} has neither image nor build"
         assert_official(svc["image"], f"docker-compose.yml service {name}")
 
@@ -276,10 +315,93 @@ def test_envoy_listens_on_all_interfaces_on_its_published_ports():
     assert int(admin["port_value"]) in container_ports, f"admin port {admin['port_value']} not published"
 
 
-def test_envoy_authz_cluster_is_the_oidc_authz_service_on_its_grpc_port():
+def test_envoy_authz_cluster_is_both_replicas_on_their_grpc_port():
     host, port = addr_port(authz_config()["server"]["grpc_addr"])
     assert host in ("0.0.0.0", "::"), f"grpc_addr {host}: Envoy's container cannot reach it"
-    assert envoy_cluster("oidc_authz") == ("STRICT_DNS", "oidc-authz", port)
+    assert envoy_cluster_endpoints("oidc_authz") == ("STRICT_DNS", [(r, port) for r in REPLICAS])
+    # spread over both, and a replica that is not serving (or gone) is left out: round robin, gRPC health checks
+    c = envoy_cluster_raw("oidc_authz")
+    assert c.get("lb_policy", "ROUND_ROBIN") == "ROUND_ROBIN"
+    [hc] = c["health_checks"]
+    assert hc["grpc_health_check"]["service_name"] == "envoy.service.auth.v3.Authorization"
+    # Envoy waits for no replica to start; each is reached by its service name
+    deps = service("envoy")["depends_on"]
+    assert set(REPLICAS) <= set(deps), deps
+
+
+def test_the_replicas_are_one_image_with_one_config():
+    a, b = (service(r) for r in REPLICAS)
+    # A builds the image from ./Dockerfile, B runs it (one build, not two at once) and never pulls it
+    assert a["build"] == "." and "build" not in b and a["image"] == b["image"], (a, b)
+    assert b.get("pull_policy") == "never", b
+    for k in set(a) | set(b):
+        if k not in ("ports", "build", "pull_policy"):
+            assert a.get(k) == b.get(k), f"the replicas differ in {k}: {a.get(k)} / {b.get(k)}"
+    # the same mounted file: the same store, store secret, session secrets and policies on both
+    assert mount_source(a, "/etc/oidc-authz/config.toml") == mount_source(b, "/etc/oidc-authz/config.toml") \
+        == COMPOSE_AUTHZ.resolve()
+
+
+def test_the_replicas_share_the_redis_service_as_their_store():
+    store = authz_config()["store"]
+    assert store["backend"] == "redis"
+    assert "secret" in store or "secret_file" in store, "a Redis store needs the secret that seals its values"
+    u = urlsplit(store["url"])
+    assert u.scheme == "redis" and u.hostname == REDIS, f"store url {store['url']} is not the {REDIS} service"
+    assert u.port == redis_port(), f"store url port {u.port} is not the port redis-server listens on"
+    # the login policies keep their sessions there, so a login through one replica is served by the other
+    cfg = authz_config()
+    logins = [n for n, p in cfg["policies"].items() if "session_secret" in p]
+    assert logins
+    for n in logins:
+        assert cfg["policies"][n].get("session_storage") == "store", f"policy {n} keeps its sessions in the cookie"
+    # the replicas start once Redis answers (they would also start without it and connect later: /readyz says so)
+    for r in REPLICAS:
+        dep = service(r)["depends_on"][REDIS]
+        assert dep["condition"] == "service_healthy", f"{r} does not wait for Redis to be healthy"
+
+
+def test_redis_is_debians_redis_server_non_root_unpublished_with_a_healthcheck():
+    svc = service(REDIS)
+    b = svc["build"]
+    ctx = b if isinstance(b, str) else b["context"]
+    assert (ROOT / ctx / "Dockerfile").resolve() == REDIS_DOCKERFILE.resolve()
+    [stage] = dockerfile_stages(REDIS_DOCKERFILE)
+    assert_official(stage["image"], f"{REDIS_DOCKERFILE.relative_to(ROOT)} FROM {stage['image']}")
+    assert image_name_and_tag(stage["image"])[0] == "debian", stage["image"]
+    installs = " ".join(l for l in stage["lines"] if l.upper().startswith("RUN ") and "apt-get install" in l)
+    assert re.search(r"apt-get install .*\bredis-server\b", installs), "the Redis image is not Debian's redis-server"
+    users = [l.split(None, 1)[1].strip() for l in stage["lines"] if l.upper().startswith("USER ")]
+    assert users and users[-1].split(":")[0] not in ("root", "0"), "the Redis image runs as root"
+    assert users[-1].split(":")[0].isdigit(), f"USER {users[-1]}: numeric, so runAsNonRoot can check it"
+    cmd = redis_cmd()
+    assert cmd[0] == "redis-server"
+    assert cmd[cmd.index("--bind") + 1] == "0.0.0.0", "redis-server must listen on the compose network"
+    assert cmd[cmd.index("--save") + 1] == "", "the demo's Redis needs no persistence"
+    # nothing published: the store has no password and is for the replicas only
+    assert not svc.get("ports"), f"redis publishes {svc.get('ports')}"
+    test = svc["healthcheck"]["test"]
+    text = " ".join(test[1:]) if isinstance(test, list) else test
+    assert re.search(r"\bredis-cli\b.*\bping\b", text) and "PONG" in text, text
+    assert f"-p {redis_port()}" in text or redis_port() == 6379, text
+
+
+def test_the_walk_through_asks_each_replica_if_it_is_ready():
+    """The header's `curl -i http://localhost:PORT/readyz   # 200` lines (the compose rig runs them verbatim) name
+    each replica's published admin port."""
+    header = COMPOSE_FILE.read_text().split("\nname:", 1)[0]
+    asked = {int(p) for p in re.findall(r"curl -i http://localhost:(\d+)/readyz\s+# 200\b", header)}
+    _, admin = addr_port(authz_config()["server"]["admin_addr"])
+    assert asked == {container_port_published(service(r), admin) for r in REPLICAS}, asked
+
+
+def test_every_published_port_is_bound_to_loopback():
+    seen = {}
+    for name, svc in compose()["services"].items():
+        for host_ip, host_port, _ in published(svc):
+            assert host_ip == "127.0.0.1", f"{name} publishes port {host_port} on {host_ip or 'every interface'}"
+            assert host_port not in seen, f"{name} and {seen.get(host_port)} both publish {host_port}"
+            seen[host_port] = name
 
 
 def test_envoy_upstream_cluster_is_the_httpbin_service_on_its_port():
@@ -288,8 +410,9 @@ def test_envoy_upstream_cluster_is_the_httpbin_service_on_its_port():
     assert envoy_cluster("httpbin") == ("STRICT_DNS", "httpbin", port)
 
 
-def test_oidc_authz_mounts_its_config_where_the_image_reads_it():
-    svc = service("oidc-authz")
+@pytest.mark.parametrize("replica", REPLICAS)
+def test_oidc_authz_mounts_its_config_where_the_image_reads_it(replica):
+    svc = service(replica)
     runtime = dockerfile_stages()[-1]
     cmd_lines = [l for l in runtime["lines"] if l.upper().startswith("CMD")]
     assert cmd_lines, "runtime stage has no CMD"
@@ -305,7 +428,9 @@ def test_oidc_authz_mounts_its_config_where_the_image_reads_it():
 def test_oidc_authz_admin_port_is_the_published_one():
     host, port = addr_port(authz_config()["server"]["admin_addr"])
     assert host in ("0.0.0.0", "::")
-    container_port_published(service("oidc-authz"), port)
+    published_ports = [container_port_published(service(r), port) for r in REPLICAS]
+    # replica A keeps the port the walk-through (and the compose rig) asks for /readyz; B is next to it
+    assert published_ports == [9192, 9193], published_ports
 
 
 def test_issuer_is_the_okta_mock_service_as_it_names_itself():

@@ -491,29 +491,114 @@ class World:
 # ---------------------------------------------------------------------------------------------------------------
 # several replicas
 # ---------------------------------------------------------------------------------------------------------------
+# Appended to both replicas' configs (ReplicaWorld only; the single-replica world's policies stay the template's).
+# Placeholders: {{ENVOY_PORT}} {{STORE_LOGIN}} (the path prefix of login_store).
+STORE_POLICIES = """
+# a login whose sessions live in [store]: the cookie holds only the sealed session id
+[policies.login_store]
+provider = "okta"
+auth_methods = ["bearer", "authorization_code", "session"]
+session_storage = "store"
+redirect_uri = "http://127.0.0.1:{{ENVOY_PORT}}{{STORE_LOGIN}}/callback"
+session_secret = "UePTBxfdBegqNEpqNNov35u26T1aGX35JU71DtqTevA="   # published (check-config warns): tests only
+scopes = ["openid", "email", "profile", "groups", "offline_access", "api:read"]
+upstream_headers_claims = ["sub"]
+upstream_headers_names  = ["x-user"]
+logout_path = "{{STORE_LOGIN}}/logout"
+post_logout_redirect_uri = "http://127.0.0.1:{{ENVOY_PORT}}/public/get"
+
+# introspection whose answers are cached long (locally and in the store): a cold burst costs at most one call
+# per replica
+[policies.introspect_shared]
+provider = "okta"
+auth_methods = ["introspection"]
+cache_introspection_secs = 300
+upstream_headers_claims = ["sub"]
+upstream_headers_names  = ["x-user"]
+
+[[routes]]
+path_prefix = "{{STORE_LOGIN}}"
+policy = "login_store"
+
+[[routes]]
+path_prefix = "/anything/introspect-shared"
+policy = "introspect_shared"
+"""
+
+
 def redis_server_bin() -> str | None:
     return shutil.which("redis-server") or next(
         (p for p in ("/usr/bin/redis-server", "/usr/local/bin/redis-server") if os.path.exists(p)), None)
 
 
+def redis_cluster_ports(n: int) -> list[int]:
+    """n free ports for Redis Cluster nodes: each at most 55535, with its cluster bus port (port + 10000) free too
+    (a node on a higher port refuses to start)."""
+    import random
+    picked: list[int] = []
+    for _ in range(10_000):
+        p = random.randint(20_000, 55_535)
+        if p not in picked and p + 10_000 not in picked and port_free(p) and port_free(p + 10_000):
+            picked.append(p)
+            if len(picked) == n:
+                return picked
+    raise RuntimeError(f"no {n} free ports for a Redis Cluster")
+
+
+def redis_command(port: int, *args: str, timeout: float = 2.0) -> bytes | int | str:
+    """One command to the Redis server on 127.0.0.1:port (RESP): a simple string (str), an integer, or a bulk
+    string (bytes). An error reply or a closed connection raises OSError."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(b"".join([f"*{len(args)}\r\n".encode()] +
+                           [f"${len(a.encode())}\r\n{a}\r\n".encode() for a in args]))
+        f = s.makefile("rb")
+        line = f.readline()
+        if not line.endswith(b"\r\n"):
+            raise OSError(f"redis on {port}: connection closed")
+        kind, rest = line[:1], line[1:-2]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            return b"" if n < 0 else f.read(n + 2)[:n]
+        raise OSError(f"redis on {port}: {line[:200]!r}")
+
+
 class ReplicaWorld(World):
     """The World with two oidc-authz replicas, "authz" (A) and "authz_b" (B), sharing one real Redis ("redis";
     `[store] backend = "redis"`), both behind one Envoy (the ext_authz cluster lists both: round robin, gRPC health
-    checks, a Check retried on the other replica when one dies). `kill(name)` SIGKILLs a replica."""
+    checks, a Check retried on the other replica when one dies). `kill(name)` SIGKILLs a replica.
+
+    redis_cluster=True: the store is a three-node Redis Cluster instead ("redis", "redis_2", "redis_3", masters
+    only, created with `redis-cli --cluster create`; `url` lists the nodes, `cluster = true`).
+
+    Both replicas also get STORE_POLICIES (this world only): `login_store`, a login whose sessions live in the
+    store (/anything/store-login/, its own callback and logout path), and `introspect_shared`, introspection with
+    a long cache (/anything/introspect-shared/)."""
 
     NAMES = World.NAMES + ("authz_b", "redis")
+    STORE_LOGIN = "/anything/store-login"
 
-    def __init__(self, tmp: Path, **kw):
+    def __init__(self, tmp: Path, redis_cluster: bool = False, **kw):
         super().__init__(tmp, **kw)
-        self.grpc_b_port, self.authz_b_admin_port, self.redis_port = free_ports(3)
+        self.redis_cluster = redis_cluster
+        self.grpc_b_port, self.authz_b_admin_port = free_ports(2)
+        self.redis_ports = redis_cluster_ports(3) if redis_cluster else free_ports(1)
+        self.redis_port = self.redis_ports[0]
+        self.redis_nodes = ["redis"] + [f"redis_{i + 1}" for i in range(1, len(self.redis_ports))]
+        self._cluster_created = False
         self.store_secret = base64.b64encode(os.urandom(32)).decode()
         mark = {WORLD_DIR_ENV: str(tmp)}
         label = kw.get("label", "e2e")
         self.components["authz_b"] = Component(
             "authz_b", tmp / "oidc-authz-b.log", lambda: self._replica_argv("b"), self._authz_b_ready,
             env={"RUST_LOG": "info", **mark, **(kw.get("authz_env") or {})}, label=label)
-        self.components["redis"] = Component("redis", tmp / "redis.log", self._redis_argv, self._redis_ready,
-                                             env=dict(mark), label=label)
+        for name, port in zip(self.redis_nodes, self.redis_ports):
+            self.components[name] = Component(
+                name, tmp / f"{name}.log", lambda port=port: self._redis_argv(port),
+                lambda c, port=port: self._redis_ready(port), env=dict(mark), label=label)
 
     def start(self, name: str) -> None:
         if name in ("authz", "authz_b"):
@@ -526,9 +611,44 @@ class ReplicaWorld(World):
         if name == "redis":
             if redis_server_bin() is None:
                 raise Unavailable("redis-server not found: run scripts/test-deps.sh")
-            self.components[name].start()
+            if self.redis_cluster and shutil.which("redis-cli") is None:
+                raise Unavailable("redis-cli not found: run scripts/test-deps.sh")
+            for n in self.redis_nodes:
+                self.components[n].start()
+            if self.redis_cluster:
+                self._create_cluster()
             return
         super().start(name)
+
+    def _create_cluster(self) -> None:
+        """`redis-cli --cluster create` once, then wait until every node says the cluster is ok."""
+        if not self._cluster_created:
+            argv = ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.redis_ports),
+                    "--cluster-replicas", "0", "--cluster-yes"]
+            with open(self.tmp / "redis-cluster-create.log", "ab") as f:
+                r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
+                                   timeout=START_TIMEOUT)
+            if r.returncode != 0:
+                raise StartError(f"redis-cli --cluster create failed ({r.returncode}): "
+                                 f"{tail(self.tmp / 'redis-cluster-create.log')}")
+            self._cluster_created = True
+        deadline = time.monotonic() + START_TIMEOUT
+        while not all(self._cluster_ok(p) for p in self.redis_ports):
+            if time.monotonic() > deadline:
+                raise StartError(f"the Redis Cluster on {self.redis_ports} is not ok after {START_TIMEOUT:.0f}s")
+            time.sleep(0.1)
+
+    @staticmethod
+    def _cluster_ok(port: int) -> bool:
+        try:
+            info = redis_command(port, "CLUSTER", "INFO")
+        except OSError:
+            return False
+        return isinstance(info, bytes) and b"cluster_state:ok" in info
+
+    def _idp_argv(self) -> list[str]:
+        # login_store's own callback (the callback is the policy's redirect_uri path)
+        return super()._idp_argv() + ["--redirect-uri", self.url(f"{self.STORE_LOGIN}/callback")]
 
     def kill(self, name: str) -> None:
         """SIGKILL a component (no drain, no goodbye), then reap it."""
@@ -540,11 +660,15 @@ class ReplicaWorld(World):
 
     def close(self) -> None:
         super().close()
-        for n in ("authz_b", "redis"):
+        for n in ("authz_b", *self.redis_nodes):
             try:
                 self.components[n].stop()
             except Exception as e:  # keep stopping the rest
                 print(f"{self.components[n].label}: stopping {n} failed: {e}", file=sys.stderr)
+
+    def redis_command(self, node: str, *args: str) -> bytes | int | str:
+        """One command to a Redis node of this world ("redis", or "redis_2"/"redis_3" of a cluster)."""
+        return redis_command(self.redis_ports[self.redis_nodes.index(node)], *args)
 
     def admin_url(self, replica: str, path: str) -> str:
         port = self.authz_admin_port if replica == "authz" else self.authz_b_admin_port
@@ -569,9 +693,14 @@ class ReplicaWorld(World):
             "ISSUER": self.issuer or "",
             "ENVOY_PORT": str(self.envoy_port),
         })
+        if self.redis_cluster:
+            url = "[" + ", ".join(f'"redis://127.0.0.1:{p}/"' for p in self.redis_ports) + "]\ncluster = true"
+        else:
+            url = f'"redis://127.0.0.1:{self.redis_port}/0"'
         with open(out, "a") as f:
-            f.write(f'\n[store]\nbackend = "redis"\nurl = "redis://127.0.0.1:{self.redis_port}/0"\n'
-                    f'secret = "{self.store_secret}"\n')
+            f.write(f'\n[store]\nbackend = "redis"\nurl = {url}\nsecret = "{self.store_secret}"\n')
+            f.write(STORE_POLICIES.replace("{{ENVOY_PORT}}", str(self.envoy_port))
+                    .replace("{{STORE_LOGIN}}", self.STORE_LOGIN))
         return out
 
     def authz_config(self) -> Path:
@@ -595,17 +724,20 @@ class ReplicaWorld(World):
         return [str(VENV_BIN / "envoy"), "-c", str(cfg), "--disable-hot-restart",
                 "--base-id", str(self.envoy_port), "--concurrency", "1", "-l", "warning"]
 
-    def _redis_argv(self) -> list[str]:
-        d = self.tmp / "redis"
+    def _redis_argv(self, port: int) -> list[str]:
+        d = self.tmp / ("redis" if port == self.redis_port else f"redis-{port}")
         d.mkdir(exist_ok=True)
-        return [redis_server_bin() or "redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
+        argv = [redis_server_bin() or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "no", "--dir", str(d)]
+        if self.redis_cluster:
+            argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                     "--cluster-node-timeout", "2000"]
+        return argv
 
-    def _redis_ready(self, c: Component) -> bool:
+    @staticmethod
+    def _redis_ready(port: int) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.redis_port), timeout=1) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
+            return redis_command(port, "PING", timeout=1) == "PONG"
         except OSError:
             return False
 
