@@ -96,7 +96,10 @@ impl Authorizer {
             .iter()
             .map(|p| {
                 let p = Provider::new(p.clone(), idp.clone(), metrics.clone());
-                Arc::new(p.with_shared(shared.clone()))
+                Arc::new(
+                    p.with_shared(shared.clone())
+                        .with_seams(clock.clone(), rng.clone()),
+                )
             })
             .collect();
         // A token policy on a provider without `audiences` is a config error unless it says

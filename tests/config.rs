@@ -392,3 +392,44 @@ fn policies_sharing_a_callback_must_be_interchangeable_there() {
         "{err}"
     );
 }
+
+/// `client_auth = "private_key_jwt"` from the CLI: a bad key exits 64 listing every provider's error, without the
+/// key; the JWK from the environment (JSON text, verbatim) is accepted and never echoed.
+#[test]
+fn private_key_jwt_errors_exit_64_and_the_key_is_never_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/client-keys/rsa.json"),
+    )
+    .unwrap();
+    let jwk: serde_json::Value = serde_json::from_str(&key).unwrap();
+    let d = jwk["d"].as_str().unwrap();
+    let cfg = dir.path().join("c.toml");
+    let base = VALID.replace(
+        "client_secret_file = \"SECRET_FILE\"",
+        "client_auth = \"private_key_jwt\"",
+    );
+    std::fs::write(&cfg, &base).unwrap();
+    let (code, all) = run_check(&cfg, &[]);
+    assert_eq!(code, Some(64), "{all}");
+    assert!(all.contains("needs client_jwk or client_jwk_file"), "{all}");
+    // ES256 asked of an RSA key
+    let (code, all) = run_check(
+        &cfg,
+        &[
+            ("OIDC_AUTHZ_PROVIDERS__OKTA__CLIENT_JWK", key.as_str()),
+            ("OIDC_AUTHZ_PROVIDERS__OKTA__CLIENT_ALG", "ES256"),
+        ],
+    );
+    assert_eq!(code, Some(64), "{all}");
+    assert!(all.contains("does not fit the RSA client_jwk"), "{all}");
+    assert!(!all.contains(&d[..12]), "{all}");
+    // the same key, fine: exit 0, a warning that it is published, and still no key in the output
+    let (code, all) = run_check(
+        &cfg,
+        &[("OIDC_AUTHZ_PROVIDERS__OKTA__CLIENT_JWK", key.as_str())],
+    );
+    assert_eq!(code, Some(0), "{all}");
+    assert!(all.contains("client_jwk is a key published"), "{all}");
+    assert!(!all.contains(&d[..12]), "{all}");
+}

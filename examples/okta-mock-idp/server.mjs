@@ -126,6 +126,19 @@ const CLIENT_RESOURCE_SCOPES = {
 };
 
 const GATEWAY_CLIENT = 'oidc-authz';
+// The gateway registered as Okta recommends for service apps: public-key client authentication (private_key_jwt,
+// RFC 7523). oidc-authz signs its assertions with the private half (tests/e2e/oidc-authz.template.toml,
+// providers.okta_jwt.client_jwk: published, tests and demo only); no secret at all.
+const GATEWAY_JWT_CLIENT = 'oidc-authz-service';
+const GATEWAY_JWT_KEY = {
+  'kty': 'RSA',
+  'n': '2reucpk13jGqhXq9zILXboPIfMsqEDhnXi9CCVR5yaF4OIXr-GCwfe8W73e_acWiCB6fC0X81bVZyu69-YsnZzDllXzd_CUoUBJIpusWXsQzxVyovb5CyUPcOBxrgVGBqG7VF4gPkqPXEJwnTFxSmxur4RuPUEjWALwyLIy3jfrN7LKpP_qBpzRxCnYXzBeCdWpmol8d_l4qg1nqOWFGhef1C8pDqEvtwXAHVjHgNK1Ck19caImgBsmVZJ8Rw9Vgdar-yWl70pfAqkURL7JloXAnmJhiflexeg46e2vg0p2fBa6nZ_EkjzD7ztBHH9x7JVPVx48jvKSf72bgkxeswQ',
+  'e': 'AQAB',
+  'kid': 'oidc-authz-service-1',
+  'alg': 'RS256',
+  'use': 'sig',
+};
+const GATEWAYS = [GATEWAY_CLIENT, GATEWAY_JWT_CLIENT];
 const OIDC_SCOPES = ['openid', 'profile', 'email', 'groups', 'offline_access'];
 
 const ccClient = (id) => ({
@@ -153,6 +166,14 @@ const CLIENTS = [
       : {}),
     scope: OIDC_SCOPES.join(' '), // api:read / api:write are resource scopes, granted per resource
     token_endpoint_auth_method: 'client_secret_basic', // client_secret_post is accepted too
+  },
+  {
+    client_id: GATEWAY_JWT_CLIENT,
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    token_endpoint_auth_method: 'private_key_jwt',
+    jwks: { keys: [GATEWAY_JWT_KEY] },
   },
 ];
 
@@ -242,7 +263,7 @@ async function buildProvider(issuer) {
     conformIdTokenClaims: false,
     pkce: { required: () => true }, // S256 is the only method oidc-provider accepts
     responseTypes: ['code'],
-    clientAuthMethods: ['client_secret_basic', 'client_secret_post'],
+    clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'private_key_jwt'],
     // Outgoing calls (the back-channel logout POSTs) go to loopback RPs here: oidc-provider refuses special-use
     // addresses (its SSRF guard rides on `options.dispatcher`); this mock, for tests and the demo only, allows them.
     fetch: (url, options) => {
@@ -256,13 +277,13 @@ async function buildProvider(issuer) {
       introspection: {
         enabled: true,
         // the gateway's client may introspect any token; others only their own
-        allowedPolicy: async (ctx, client, token) => client.clientId === GATEWAY_CLIENT
+        allowedPolicy: async (ctx, client, token) => GATEWAYS.includes(client.clientId)
           || token.clientId === client.clientId,
       },
       revocation: {
         enabled: true,
         allowedPolicy: async (ctx, client, token) => {
-          if (client.clientId === GATEWAY_CLIENT || token.clientId === client.clientId) return true;
+          if (GATEWAYS.includes(client.clientId) || token.clientId === client.clientId) return true;
           throw new errors.InvalidRequest('client is not authorized to revoke the presented token');
         },
       },

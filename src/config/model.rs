@@ -93,8 +93,12 @@ pub struct ProviderConfig {
     pub jwks_refresh: Duration,
     /// Least time between two JWKS fetches caused by an unknown `kid`.
     pub jwks_min_refetch: Duration,
-    /// How to authenticate at the token endpoint; `None`: as discovery says (basic preferred).
+    /// How to authenticate at the token, introspection and revocation endpoints (`client_auth`, alias
+    /// `token_endpoint_auth_method`); `None`: as discovery says (basic preferred).
     pub token_endpoint_auth_method: Option<TokenEndpointAuth>,
+    /// The private key of `client_auth = "private_key_jwt"` (from `client_jwk` or `client_jwk_file`); `Debug`
+    /// never shows it.
+    pub client_key: Option<crate::provider::assertion::ClientKey>,
     /// This many client-credentials grants of one client id refused as `invalid_client` within `client_lockout`
     /// lock that client id out for `client_lockout` (0: never).
     pub client_lockout_threshold: u32,
@@ -106,13 +110,40 @@ pub struct ProviderConfig {
     pub client_credentials_burst: u32,
 }
 
-/// Client authentication at the token and introspection endpoints.
+/// Client authentication at the token, introspection and revocation endpoints (Kong's `client_auth`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenEndpointAuth {
     /// `Authorization: Basic` (RFC 6749 2.3.1).
     ClientSecretBasic,
     /// `client_id` and `client_secret` in the form body.
     ClientSecretPost,
+    /// A JWT assertion (RFC 7523) signed HS256 with the client secret.
+    ClientSecretJwt,
+    /// A JWT assertion (RFC 7523) signed with the private key `client_jwk`.
+    PrivateKeyJwt,
+}
+
+impl TokenEndpointAuth {
+    /// Every method with its name (config values, discovery's `token_endpoint_auth_methods_supported`).
+    pub const ALL: [(TokenEndpointAuth, &'static str); 4] = [
+        (TokenEndpointAuth::ClientSecretBasic, "client_secret_basic"),
+        (TokenEndpointAuth::ClientSecretPost, "client_secret_post"),
+        (TokenEndpointAuth::ClientSecretJwt, "client_secret_jwt"),
+        (TokenEndpointAuth::PrivateKeyJwt, "private_key_jwt"),
+    ];
+
+    /// The method of a name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(_, n)| *n == name).map(|(m, _)| *m)
+    }
+
+    /// The name.
+    pub fn as_str(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(m, _)| *m == self)
+            .map_or("client_secret_basic", |(_, n)| n)
+    }
 }
 
 /// The auth methods of Kong's `auth_methods`.

@@ -58,10 +58,24 @@ pub(super) struct RawProvider {
     pub(super) jwks_refresh_secs: Option<u64>,
     pub(super) jwks_min_refetch_secs: Option<u64>,
     pub(super) token_endpoint_auth_method: Option<String>,
+    pub(super) client_auth: Option<String>,
+    pub(super) client_jwk: Option<JwkText>,
+    pub(super) client_jwk_file: Option<PathBuf>,
+    pub(super) client_alg: Option<String>,
     pub(super) client_lockout_threshold: Option<u32>,
     pub(super) client_lockout_secs: Option<u64>,
     pub(super) client_credentials_rate: Option<u32>,
     pub(super) client_credentials_burst: Option<u32>,
+}
+
+/// `client_jwk`: the private JWK as JSON text (a string, as from the environment), a TOML table, or a list of one
+/// (Kong's shape).
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum JwkText {
+    Text(Secret),
+    Table(serde_json::Map<String, serde_json::Value>),
+    List(Vec<serde_json::Value>),
 }
 
 /// One `[policies.NAME]`.

@@ -15,11 +15,14 @@ use super::model::{
     ServerConfig, SessionStorage, StoreBackendConfig, StoreConfig, TokenEndpointAuth,
     UpstreamHeader,
 };
-use super::raw::{RawPolicy, RawProvider, RawRoute, RawServer, RawStore, SecretList, UrlList};
+use super::raw::{
+    JwkText, RawPolicy, RawProvider, RawRoute, RawServer, RawStore, SecretList, UrlList,
+};
 use super::{ConfigError, is_secret_key};
 use crate::login::cookie::CookieCodec;
 use crate::policy::access::{AccessRules, Requirement};
 use crate::policy::routes::{HostMatch, PathMatch, Route, RouteTable};
+use crate::provider::assertion::{self, ClientKey};
 
 /// Validates a whole configuration: the typed [`Config`], or every problem found.
 pub(super) fn config(value: &Value) -> Result<Config, Vec<ConfigError>> {
@@ -452,20 +455,29 @@ impl Validator {
         );
         let end_session_endpoint =
             self.url(section, "end_session_endpoint", raw.end_session_endpoint);
-        let token_endpoint_auth_method = match raw.token_endpoint_auth_method.as_deref() {
-            None => None,
-            Some("client_secret_basic") => Some(TokenEndpointAuth::ClientSecretBasic),
-            Some("client_secret_post") => Some(TokenEndpointAuth::ClientSecretPost),
-            Some(other) => {
-                self.err(ConfigError::Invalid {
-                    section: section.into(),
-                    message: format!(
-                        "token_endpoint_auth_method must be client_secret_basic or client_secret_post, not {other:?}"
-                    ),
-                });
-                None
-            }
-        };
+        let (token_endpoint_auth_method, client_key) = self.client_auth(
+            section,
+            &raw.client_auth,
+            &raw.token_endpoint_auth_method,
+            raw.client_jwk,
+            raw.client_jwk_file,
+            raw.client_alg.as_deref(),
+        );
+        if token_endpoint_auth_method.is_some_and(|m| m != TokenEndpointAuth::PrivateKeyJwt)
+            && raw.client_id.is_some()
+            && client_secret.is_none()
+        {
+            self.warn(format!(
+                "{section}: client_auth = {:?} but no client_secret: calls with this service's own client fail",
+                token_endpoint_auth_method.map_or("", TokenEndpointAuth::as_str)
+            ));
+        }
+        if client_key.is_some() && raw.client_id.is_none() {
+            self.err(ConfigError::Conflict {
+                section: section.into(),
+                message: "client_auth = \"private_key_jwt\" needs client_id (the assertion's iss and sub)".into(),
+            });
+        }
         let http_timeout_ms = raw.http_timeout_ms.unwrap_or(2000);
         if http_timeout_ms == 0 {
             self.err(ConfigError::Conflict {
@@ -524,11 +536,150 @@ impl Validator {
             jwks_refresh: Duration::from_secs(raw.jwks_refresh_secs.unwrap_or(300).max(1)),
             jwks_min_refetch: Duration::from_secs(raw.jwks_min_refetch_secs.unwrap_or(5)),
             token_endpoint_auth_method,
+            client_key,
             client_lockout_threshold: raw.client_lockout_threshold.unwrap_or(5),
             client_lockout: Duration::from_secs(client_lockout_secs),
             client_credentials_rate,
             client_credentials_burst,
         })
+    }
+
+    /// `client_auth` (Kong's name) or its alias `token_endpoint_auth_method`, and for `private_key_jwt` the private
+    /// JWK (`client_jwk` or `client_jwk_file`) with `client_alg`. Every inconsistency is an error; the key is never
+    /// quoted.
+    fn client_auth(
+        &mut self,
+        section: &str,
+        client_auth: &Option<String>,
+        alias: &Option<String>,
+        jwk: Option<JwkText>,
+        jwk_file: Option<std::path::PathBuf>,
+        alg: Option<&str>,
+    ) -> (Option<TokenEndpointAuth>, Option<ClientKey>) {
+        let names = TokenEndpointAuth::ALL.map(|(_, n)| n).join(", ");
+        let mut parse = |key: &str, value: &Option<String>| -> Option<TokenEndpointAuth> {
+            let v = value.as_deref()?;
+            let m = TokenEndpointAuth::parse(v);
+            if m.is_none() {
+                self.err(ConfigError::Invalid {
+                    section: section.into(),
+                    message: format!("{key} must be one of {names}, not {v:?}"),
+                });
+            }
+            m
+        };
+        let primary = parse("client_auth", client_auth);
+        let aliased = parse("token_endpoint_auth_method", alias);
+        let method = match (primary, aliased) {
+            (Some(a), Some(b)) if a != b => {
+                self.err(ConfigError::Conflict {
+                    section: section.into(),
+                    message: format!(
+                        "client_auth = {:?} and token_endpoint_auth_method = {:?} differ (the second is an alias of the first: give one)",
+                        a.as_str(),
+                        b.as_str()
+                    ),
+                });
+                None
+            }
+            (a, b) => a.or(b),
+        };
+        let text = match (jwk, jwk_file) {
+            (Some(_), Some(_)) => {
+                self.err(ConfigError::Conflict {
+                    section: section.into(),
+                    message: "give client_jwk or client_jwk_file, not both".into(),
+                });
+                return (method, None);
+            }
+            (Some(JwkText::Text(s)), None) => Some(s),
+            (Some(JwkText::Table(t)), None) => {
+                Some(Secret::new(serde_json::Value::Object(t).to_string()))
+            }
+            (Some(JwkText::List(l)), None) => {
+                Some(Secret::new(serde_json::Value::Array(l).to_string()))
+            }
+            (None, Some(path)) => match std::fs::read_to_string(&path) {
+                Ok(s) => Some(Secret::new(s)),
+                Err(e) => {
+                    self.err(ConfigError::Invalid {
+                        section: section.into(),
+                        message: format!("cannot read client_jwk_file {}: {e}", path.display()),
+                    });
+                    return (method, None);
+                }
+            },
+            (None, None) => None,
+        };
+        let key_alg = match alg {
+            None => None,
+            Some("HS256") if method == Some(TokenEndpointAuth::ClientSecretJwt) => None,
+            Some(a) if method == Some(TokenEndpointAuth::ClientSecretJwt) => {
+                self.err(ConfigError::Invalid {
+                    section: section.into(),
+                    message: format!(
+                        "client_alg {a:?} does not fit client_secret_jwt (HS256, keyed with the client secret)"
+                    ),
+                });
+                None
+            }
+            Some(a) => match assertion::parse_key_alg(a) {
+                Some(alg) => Some(alg),
+                None => {
+                    self.err(ConfigError::Invalid {
+                        section: section.into(),
+                        message: format!(
+                            "client_alg must be RS256, PS256 or ES256 for private_key_jwt (HS256 for client_secret_jwt), not {a:?}"
+                        ),
+                    });
+                    return (method, None);
+                }
+            },
+        };
+        match (method, text) {
+            (Some(TokenEndpointAuth::PrivateKeyJwt), None) => {
+                self.err(ConfigError::Conflict {
+                    section: section.into(),
+                    message: "client_auth = \"private_key_jwt\" needs client_jwk or client_jwk_file (a private JWK)".into(),
+                });
+                (method, None)
+            }
+            (Some(TokenEndpointAuth::PrivateKeyJwt), Some(text)) => {
+                match ClientKey::from_jwk(text.expose(), key_alg) {
+                    Ok(key) => {
+                        if PUBLISHED_CLIENT_KEYS.contains(&key.fingerprint()) {
+                            self.warn(format!(
+                                "{section}: client_jwk is a key published in oidc-authz's repository (examples, tests): anyone can sign as this client; generate your own"
+                            ));
+                        }
+                        (method, Some(key))
+                    }
+                    Err(e) => {
+                        self.err(ConfigError::Invalid {
+                            section: section.into(),
+                            message: e.to_string(),
+                        });
+                        (method, None)
+                    }
+                }
+            }
+            (_, Some(_)) => {
+                self.err(ConfigError::Conflict {
+                    section: section.into(),
+                    message: "client_jwk and client_jwk_file are only used with client_auth = \"private_key_jwt\"".into(),
+                });
+                (method, None)
+            }
+            (_, None) => {
+                if key_alg.is_some() {
+                    self.err(ConfigError::Conflict {
+                        section: section.into(),
+                        message: "client_alg RS256, PS256 or ES256 is only used with client_auth = \"private_key_jwt\"".into(),
+                    });
+                }
+                (method, None)
+            }
+        }
     }
 
     /// A policy taking tokens (`bearer`, `introspection`) needs a provider with `audiences`, or says
@@ -1323,6 +1474,16 @@ const PUBLISHED_SECRETS: &[&str] = &[
     "52cc4fa151648c6f8648b0e2602192eb4149a503f62f3038ffc6414935d09902",
 ];
 
+/// SHA-256 (hex) of the `d` member of every private JWK in this repository (examples, tests): published, so
+/// anyone can sign client assertions with them; `check-config` warns when `client_jwk` is one. A test keeps the
+/// list complete (`published_client_keys_are_all_listed`).
+const PUBLISHED_CLIENT_KEYS: &[&str] = &[
+    "a5c74591d05b523c6e94125168258a2ce0ea56c18e172233debea5d5a2c12919",
+    "a589740323085e5720c6c619005fe98c7cd005b07ed98281e8cb9f3fb555a06b",
+    "fe6fbd4d1fa13242be92735c32855f775582c5a0e84d0682b55caf8c8bc72ccb",
+    "13a8dc32d197b8a1e3006aa911608dd6517a41f688a3ce0b17993c33f666b59f",
+];
+
 /// Whether these secret bytes are one of [`PUBLISHED_SECRETS`].
 fn is_published_secret(bytes: &[u8]) -> bool {
     use sha2::Digest;
@@ -1425,6 +1586,248 @@ policy = "api"
         );
     }
 
+    fn key_path(name: &str) -> String {
+        format!(
+            "{}/tests/data/client-keys/{name}.json",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    }
+
+    /// `GOOD` with these lines added to `[providers.okta]`.
+    fn with_client_auth(lines: &str) -> String {
+        GOOD.replace(
+            "client_secret = \"very-secret-value\"\n",
+            &format!("client_secret = \"very-secret-value\"\n{lines}\n"),
+        )
+    }
+
+    #[test]
+    fn client_auth_and_its_alias() {
+        let cfg = Config::from_toml(GOOD).unwrap();
+        assert_eq!(cfg.providers[0].token_endpoint_auth_method, None);
+        for (lines, want) in [
+            (
+                "client_auth = \"client_secret_post\"",
+                TokenEndpointAuth::ClientSecretPost,
+            ),
+            (
+                "token_endpoint_auth_method = \"client_secret_post\"",
+                TokenEndpointAuth::ClientSecretPost,
+            ),
+            (
+                "client_auth = \"client_secret_basic\"\ntoken_endpoint_auth_method = \"client_secret_basic\"",
+                TokenEndpointAuth::ClientSecretBasic,
+            ),
+            (
+                "client_auth = \"client_secret_jwt\"",
+                TokenEndpointAuth::ClientSecretJwt,
+            ),
+            (
+                "client_auth = \"client_secret_jwt\"\nclient_alg = \"HS256\"",
+                TokenEndpointAuth::ClientSecretJwt,
+            ),
+            (
+                "token_endpoint_auth_method = \"client_secret_jwt\"",
+                TokenEndpointAuth::ClientSecretJwt,
+            ),
+        ] {
+            let cfg = Config::from_toml(&with_client_auth(lines)).unwrap();
+            assert_eq!(
+                cfg.providers[0].token_endpoint_auth_method,
+                Some(want),
+                "{lines}"
+            );
+            assert!(cfg.providers[0].client_key.is_none());
+        }
+        let file = format!(
+            "client_auth = \"private_key_jwt\"\nclient_jwk_file = \"{}\"",
+            key_path("rsa")
+        );
+        let cfg = Config::from_toml(&with_client_auth(&file)).unwrap();
+        let p = &cfg.providers[0];
+        assert_eq!(
+            p.token_endpoint_auth_method,
+            Some(TokenEndpointAuth::PrivateKeyJwt)
+        );
+        let key = p.client_key.as_ref().unwrap();
+        assert_eq!(
+            (key.alg(), key.kid()),
+            (jsonwebtoken::Algorithm::RS256, Some("test-rsa-1"))
+        );
+        // the repository's keys are published: a warning, not an error
+        assert!(
+            cfg.warnings
+                .iter()
+                .any(|w| w.contains("client_jwk is a key published")),
+            "{:?}",
+            cfg.warnings
+        );
+        // the JWK inline, as a JSON string (e.g. from the environment) or a TOML table, with client_alg
+        let text = std::fs::read_to_string(key_path("ec")).unwrap();
+        let jwk: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let inline = format!(
+            "client_auth = \"private_key_jwt\"\nclient_alg = \"ES256\"\nclient_jwk = '{}'",
+            jwk
+        );
+        let cfg = Config::from_toml(&with_client_auth(&inline)).unwrap();
+        assert_eq!(
+            cfg.providers[0].client_key.as_ref().unwrap().kid(),
+            Some("test-ec-1")
+        );
+        let table: Vec<String> = jwk
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| format!("{k} = {v}"))
+            .collect();
+        let table = format!(
+            "client_auth = \"private_key_jwt\"\nclient_jwk = {{ {} }}",
+            table.join(", ")
+        );
+        let cfg = Config::from_toml(&with_client_auth(&table)).unwrap();
+        assert_eq!(
+            cfg.providers[0].client_key.as_ref().unwrap().alg(),
+            jsonwebtoken::Algorithm::ES256
+        );
+        // Kong's shape: a list of one JWK (TOML array of tables)
+        let list = table.replace("client_jwk = {", "client_jwk = [{") + "]";
+        let cfg = Config::from_toml(&with_client_auth(&list)).unwrap();
+        assert_eq!(
+            cfg.providers[0].client_key.as_ref().unwrap().kid(),
+            Some("test-ec-1")
+        );
+        // private_key_jwt needs no client_secret
+        let no_secret =
+            with_client_auth(&file).replace("client_secret = \"very-secret-value\"\n", "");
+        assert!(Config::from_toml(&no_secret).is_ok());
+    }
+
+    #[test]
+    fn client_auth_errors_are_all_listed_and_never_quote_the_key() {
+        let rsa = std::fs::read_to_string(key_path("rsa")).unwrap();
+        let mut jwk: serde_json::Value = serde_json::from_str(&rsa).unwrap();
+        let d = jwk["d"].as_str().unwrap().to_string();
+        let mut public = jwk.clone();
+        for m in ["d", "p", "q", "dp", "dq", "qi"] {
+            public.as_object_mut().unwrap().remove(m);
+        }
+        let file = format!("client_jwk_file = \"{}\"", key_path("rsa"));
+        let cases = [
+            (
+                "client_auth = \"private_key_jwt\"",
+                "needs client_jwk or client_jwk_file",
+                "conflict",
+            ),
+            (
+                "client_auth = \"magic\"",
+                "client_auth must be one of client_secret_basic, client_secret_post, client_secret_jwt, private_key_jwt",
+                "invalid_value",
+            ),
+            (
+                "client_auth = \"client_secret_post\"\ntoken_endpoint_auth_method = \"client_secret_basic\"",
+                "differ",
+                "conflict",
+            ),
+            (
+                &*format!("client_auth = \"private_key_jwt\"\nclient_jwk = '{public}'"),
+                "public key",
+                "invalid_value",
+            ),
+            (
+                &*format!("client_auth = \"private_key_jwt\"\nclient_alg = \"ES256\"\n{file}"),
+                "does not fit the RSA",
+                "invalid_value",
+            ),
+            (
+                &*format!("client_auth = \"private_key_jwt\"\nclient_alg = \"HS256\"\n{file}"),
+                "client_alg must be RS256, PS256 or ES256",
+                "invalid_value",
+            ),
+            (
+                "client_auth = \"client_secret_jwt\"\nclient_alg = \"RS256\"",
+                "does not fit client_secret_jwt",
+                "invalid_value",
+            ),
+            (
+                &*format!("client_auth = \"client_secret_basic\"\n{file}"),
+                "only used with client_auth = \"private_key_jwt\"",
+                "conflict",
+            ),
+            (
+                &*file,
+                "only used with client_auth = \"private_key_jwt\"",
+                "conflict",
+            ),
+            (
+                &*format!("client_auth = \"private_key_jwt\"\n{file}\nclient_jwk = '{jwk}'"),
+                "not both",
+                "conflict",
+            ),
+            (
+                "client_auth = \"private_key_jwt\"\nclient_jwk_file = \"/nonexistent/key.json\"",
+                "cannot read client_jwk_file",
+                "invalid_value",
+            ),
+            (
+                "client_auth = \"private_key_jwt\"\nclient_jwk = 'not json'",
+                "not a JWK",
+                "invalid_value",
+            ),
+        ];
+        for (lines, want, kind) in cases {
+            let text = with_client_auth(lines);
+            let err = Config::from_toml(&text).unwrap_err();
+            assert_eq!(err.0.len(), 1, "{lines}: {err}");
+            assert_eq!(err.0[0].kind(), kind, "{lines}: {err}");
+            let shown = err.to_string();
+            assert!(
+                shown.contains(want) && shown.contains("providers.okta"),
+                "{lines}: {shown}"
+            );
+            assert!(!shown.contains(&d[..16]), "{shown}");
+        }
+        // a key with its d swapped for another's: the parts do not form a key
+        jwk["d"] = serde_json::from_str::<serde_json::Value>(
+            &std::fs::read_to_string(key_path("rsa-other")).unwrap(),
+        )
+        .unwrap()["d"]
+            .clone();
+        let err = Config::from_toml(&with_client_auth(&format!(
+            "client_auth = \"private_key_jwt\"\nclient_jwk = '{jwk}'"
+        )))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("do not form a valid RSA private key"),
+            "{err}"
+        );
+        // without client_id there is no iss for the assertion
+        let no_id = with_client_auth(&format!("client_auth = \"private_key_jwt\"\n{file}"))
+            .replace("client_id = \"0oa1\"\n", "");
+        assert!(
+            Config::from_toml(&no_id)
+                .unwrap_err()
+                .to_string()
+                .contains("needs client_id")
+        );
+    }
+
+    #[test]
+    fn the_client_key_does_not_debug_print() {
+        let rsa = std::fs::read_to_string(key_path("rsa")).unwrap();
+        let jwk: serde_json::Value = serde_json::from_str(&rsa).unwrap();
+        let cfg = Config::from_toml(&with_client_auth(&format!(
+            "client_auth = \"private_key_jwt\"\nclient_jwk = '{jwk}'"
+        )))
+        .unwrap();
+        let dbg = format!("{cfg:?}");
+        for m in ["d", "p", "q", "dp", "dq", "qi"] {
+            let v = jwk[m].as_str().unwrap();
+            assert!(!dbg.contains(&v[..16]), "{m} in {dbg}");
+        }
+        assert!(dbg.contains("ClientKey"), "{dbg}");
+    }
+
     #[test]
     fn secrets_do_not_debug_print() {
         let cfg = Config::from_toml(GOOD).unwrap();
@@ -1516,20 +1919,17 @@ policy = "ghost"
             "{text}"
         );
     }
-    /// Every 32-byte base64 secret written in this repository (examples, demo, tests, docs) is in
-    /// `PUBLISHED_SECRETS`, so `check-config` warns whoever copies one; and none of them is weak.
-    #[test]
-    fn published_secrets_are_all_listed() {
-        use base64::Engine;
+    /// Every text file of this repository with its contents (not target/, node_modules/, .git/, .venv/, nor
+    /// tests/data/invalid, which holds deliberately bad values).
+    fn repository_texts() -> Vec<(std::path::PathBuf, String)> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut stack = vec![root.to_path_buf()];
-        let mut found = 0;
+        let mut out = Vec::new();
         while let Some(dir) = stack.pop() {
             for entry in std::fs::read_dir(&dir).unwrap() {
                 let path = entry.unwrap().path();
                 let name = path.file_name().unwrap().to_string_lossy().to_string();
                 if path.is_dir() {
-                    // tests/data/invalid holds deliberately bad values
                     if !matches!(name.as_str(), "target" | "node_modules" | ".git" | ".venv")
                         && !path.ends_with("tests/data/invalid")
                     {
@@ -1537,40 +1937,73 @@ policy = "ghost"
                     }
                     continue;
                 }
-                let Ok(text) = std::fs::read_to_string(&path) else {
-                    continue;
-                };
-                for line in text
-                    .lines()
-                    .filter(|l| l.to_ascii_lowercase().contains("secret"))
-                {
-                    let b = line.as_bytes();
-                    let is_b64 = |c: u8| c.is_ascii_alphanumeric() || c == b'+' || c == b'/';
-                    for start in 0..b.len().saturating_sub(43) {
-                        let run = &b[start..start + 43];
-                        let bounded = (start == 0 || !is_b64(b[start - 1]))
-                            && b.get(start + 43) == Some(&b'=')
-                            && b.get(start + 44).is_none_or(|c| !is_b64(*c) && *c != b'=');
-                        if !bounded || !run.iter().all(|c| is_b64(*c)) {
-                            continue;
-                        }
-                        let value = &line[start..start + 44];
-                        let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(value)
-                        else {
-                            continue;
-                        };
-                        found += 1;
-                        assert!(
-                            is_published_secret(&bytes),
-                            "{}: a secret not in PUBLISHED_SECRETS: {value}",
-                            path.display()
-                        );
-                        assert_eq!(weak_secret(&bytes), None, "{}: {value}", path.display());
+                if let Ok(text) = std::fs::read_to_string(&path) {
+                    out.push((path, text));
+                }
+            }
+        }
+        out
+    }
+
+    /// Every 32-byte base64 secret written in this repository (examples, demo, tests, docs) is in
+    /// `PUBLISHED_SECRETS`, so `check-config` warns whoever copies one; and none of them is weak.
+    #[test]
+    fn published_secrets_are_all_listed() {
+        use base64::Engine;
+        let mut found = 0;
+        for (path, text) in repository_texts() {
+            for line in text
+                .lines()
+                .filter(|l| l.to_ascii_lowercase().contains("secret"))
+            {
+                let b = line.as_bytes();
+                let is_b64 = |c: u8| c.is_ascii_alphanumeric() || c == b'+' || c == b'/';
+                for start in 0..b.len().saturating_sub(43) {
+                    let run = &b[start..start + 43];
+                    let bounded = (start == 0 || !is_b64(b[start - 1]))
+                        && b.get(start + 43) == Some(&b'=')
+                        && b.get(start + 44).is_none_or(|c| !is_b64(*c) && *c != b'=');
+                    if !bounded || !run.iter().all(|c| is_b64(*c)) {
+                        continue;
                     }
+                    let value = &line[start..start + 44];
+                    let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(value) else {
+                        continue;
+                    };
+                    found += 1;
+                    assert!(
+                        is_published_secret(&bytes),
+                        "{}: a secret not in PUBLISHED_SECRETS: {value}",
+                        path.display()
+                    );
+                    assert_eq!(weak_secret(&bytes), None, "{}: {value}", path.display());
                 }
             }
         }
         assert!(found >= 5, "the scan found only {found} secrets");
+    }
+
+    /// Every private JWK written in this repository (its `d` member, in JSON or TOML) is in
+    /// `PUBLISHED_CLIENT_KEYS`, so `check-config` warns whoever copies one as `client_jwk`.
+    #[test]
+    fn published_client_keys_are_all_listed() {
+        use sha2::Digest;
+        let member = regex::Regex::new(r#"(?:"d"\s*:|\bd\s*=)\s*"([A-Za-z0-9_-]{32,})""#).unwrap();
+        let mut found = 0;
+        for (path, text) in repository_texts() {
+            for m in member.captures_iter(&text) {
+                let d = &m[1];
+                let digest = sha2::Sha256::digest(d.as_bytes());
+                let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+                found += 1;
+                assert!(
+                    PUBLISHED_CLIENT_KEYS.contains(&hex.as_str()),
+                    "{}: a private JWK not in PUBLISHED_CLIENT_KEYS (sha256 of d: {hex})",
+                    path.display()
+                );
+            }
+        }
+        assert!(found >= 4, "the scan found only {found} private JWKs");
     }
 
     #[test]

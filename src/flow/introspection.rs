@@ -280,14 +280,10 @@ impl Introspector {
             .introspection_endpoint
             .clone()
             .ok_or(IdpError::NoEndpoint("introspection_endpoint"))?;
-        let (client_id, secret) = match (&provider.config.client_id, &provider.config.client_secret)
-        {
-            (Some(id), Some(secret)) => (id.as_str(), secret),
-            _ => {
-                return Err(IdpError::NoEndpoint(
-                    "client_id and client_secret for introspection",
-                ));
-            }
+        let Some(client) = provider.own_client() else {
+            return Err(IdpError::NoEndpoint(
+                "client_id and client_secret for introspection",
+            ));
         };
         let form = [("token", token), ("token_type_hint", "access_token")];
         let auth = provider.token_auth(&meta);
@@ -296,7 +292,7 @@ impl Introspector {
                 crate::provider::Endpoint::Introspection,
                 &url,
                 &form,
-                (client_id, secret),
+                client,
                 auth,
             )
             .await?;

@@ -51,22 +51,43 @@ impl Endpoint {
     }
 }
 
-/// This service's client at the provider, and how it authenticates at the token endpoint.
+/// How a client proves who it is in one POST (the assertion is made above the seam, where the clock and the
+/// randomness are).
+#[derive(Clone, Copy)]
+pub enum Proof<'a> {
+    /// `Authorization: Basic` with the secret (RFC 6749 2.3.1).
+    Basic(&'a Secret),
+    /// `client_id` and `client_secret` in the form body.
+    Post(&'a Secret),
+    /// `client_assertion_type` and `client_assertion` (a signed JWT, RFC 7523) in the form body; no secret sent.
+    Assertion(&'a str),
+}
+
+impl Proof<'_> {
+    /// The method this proof is sent with (an assertion: either JWT method, both look alike on the wire).
+    pub fn method(&self) -> TokenEndpointAuth {
+        match self {
+            Proof::Basic(_) => TokenEndpointAuth::ClientSecretBasic,
+            Proof::Post(_) => TokenEndpointAuth::ClientSecretPost,
+            Proof::Assertion(_) => TokenEndpointAuth::PrivateKeyJwt,
+        }
+    }
+}
+
+/// A client at the provider (this service's own, or a caller's in the client credentials grant), and its proof.
 #[derive(Clone, Copy)]
 pub struct ClientAuth<'a> {
     /// `client_id`.
     pub id: &'a str,
-    /// `client_secret`.
-    pub secret: &'a Secret,
-    /// HTTP Basic or form fields.
-    pub method: TokenEndpointAuth,
+    /// The secret or the assertion.
+    pub proof: Proof<'a>,
 }
 
 impl fmt::Debug for ClientAuth<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientAuth")
             .field("id", &self.id)
-            .field("method", &self.method)
+            .field("method", &self.proof.method())
             .finish_non_exhaustive()
     }
 }
@@ -157,20 +178,25 @@ impl IdpClient for ReqwestIdp {
         let client = form.client;
         let mut fields: Vec<(&str, &str)> = form.fields.to_vec();
         let mut req = self.http.post(to.url.clone());
-        match client.method {
-            TokenEndpointAuth::ClientSecretBasic => {
+        match client.proof {
+            Proof::Basic(secret) => {
                 // RFC 6749 2.3.1: form-encode id and secret, then base64 the pair.
                 use base64::Engine;
                 let enc = |s: &str| {
                     url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
                 };
-                let pair = format!("{}:{}", enc(client.id), enc(client.secret.expose()));
+                let pair = format!("{}:{}", enc(client.id), enc(secret.expose()));
                 let b64 = base64::engine::general_purpose::STANDARD.encode(pair);
                 req = req.header(http::header::AUTHORIZATION, format!("Basic {b64}"));
             }
-            TokenEndpointAuth::ClientSecretPost => {
+            Proof::Post(secret) => {
                 fields.push(("client_id", client.id));
-                fields.push(("client_secret", client.secret.expose()));
+                fields.push(("client_secret", secret.expose()));
+            }
+            Proof::Assertion(jwt) => {
+                // RFC 7523 2.2: the assertion names the client (iss, sub); client_id is optional and left out.
+                fields.push(("client_assertion_type", super::assertion::ASSERTION_TYPE));
+                fields.push(("client_assertion", jwt));
             }
         }
         Box::pin(Self::send(to, req.form(&fields)))

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use url::Url;
 
 use super::IdpError;
-use super::client::{Endpoint, Form, IdpClient, Pending, Reply, Target};
+use super::client::{Endpoint, Form, IdpClient, Pending, Proof, Reply, Target};
 use crate::config::TokenEndpointAuth;
 
 /// What the fake answers one call.
@@ -42,10 +42,12 @@ impl FakeAnswer {
 pub struct SentClient {
     /// `client_id`.
     pub id: String,
-    /// `client_secret`.
+    /// `client_secret` (empty when an assertion was sent).
     pub secret: String,
-    /// HTTP Basic or form fields.
+    /// HTTP Basic, form fields, or an assertion (shown as `PrivateKeyJwt` for either JWT method).
     pub method: TokenEndpointAuth,
+    /// `client_assertion`, when one was sent.
+    pub assertion: Option<String>,
 }
 
 impl fmt::Debug for SentClient {
@@ -229,8 +231,15 @@ impl IdpClient for FakeIdp {
                 .collect(),
             client: Some(SentClient {
                 id: client.id.to_string(),
-                secret: client.secret.expose().to_string(),
-                method: client.method,
+                secret: match client.proof {
+                    Proof::Basic(s) | Proof::Post(s) => s.expose().to_string(),
+                    Proof::Assertion(_) => String::new(),
+                },
+                method: client.proof.method(),
+                assertion: match client.proof {
+                    Proof::Assertion(jwt) => Some(jwt.to_string()),
+                    _ => None,
+                },
             }),
         };
         Box::pin(std::future::ready(self.serve(to.endpoint, call)))
@@ -261,8 +270,7 @@ mod tests {
             fields,
             client: ClientAuth {
                 id: "app",
-                secret: &secret,
-                method: TokenEndpointAuth::ClientSecretPost,
+                proof: Proof::Post(&secret),
             },
         };
         let cc = [("grant_type", "client_credentials"), ("code", "c0de")];

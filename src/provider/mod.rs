@@ -6,6 +6,7 @@
 //! a lock in the store for `jwks_min_refetch`, so the replicas together make at most one per window (each keeps
 //! its own keys; one that did not get the lock answers as within its own window).
 
+pub mod assertion;
 pub mod client;
 pub mod fake;
 pub mod jwks;
@@ -18,10 +19,13 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use url::Url;
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::{ProviderConfig, Secret, TokenEndpointAuth};
 use crate::flow::Shared;
+use crate::rng::{Rng, SystemRng};
 use crate::telemetry::Metrics;
-pub use client::{ClientAuth, Endpoint, Form, IdpClient, ReqwestIdp, Target};
+use assertion::Signer;
+pub use client::{ClientAuth, Endpoint, Form, IdpClient, Proof, ReqwestIdp, Target};
 use jwks::{KeySet, VerifyKey};
 
 /// An identity provider call that failed. Never carries a token or a secret.
@@ -48,6 +52,34 @@ pub enum IdpError {
     /// An endpoint neither configured nor discovered.
     #[error("the provider has no {0}")]
     NoEndpoint(&'static str),
+    /// This service's client cannot authenticate as configured (no secret, or the assertion could not be signed).
+    #[error("cannot authenticate the client: {0}")]
+    ClientAuth(&'static str),
+}
+
+/// Who a POST to the IdP authenticates as.
+#[derive(Clone, Copy)]
+pub enum Who<'a> {
+    /// This service's own client (`client_id`, with `client_secret` or the `client_jwk` of `private_key_jwt`).
+    Own {
+        /// `client_id`.
+        id: &'a str,
+        /// `client_secret`, if configured.
+        secret: Option<&'a Secret>,
+    },
+    /// A caller's client in the client credentials grant: the id and secret it sent.
+    Caller {
+        /// Its `client_id`.
+        id: &'a str,
+        /// Its secret.
+        secret: &'a Secret,
+    },
+}
+
+impl<'a> From<(&'a str, &'a Secret)> for Who<'a> {
+    fn from((id, secret): (&'a str, &'a Secret)) -> Self {
+        Who::Caller { id, secret }
+    }
 }
 
 /// The provider's endpoints: configured overrides win over discovery.
@@ -112,6 +144,10 @@ pub struct Provider {
     ready: AtomicBool,
     /// The store the replicas share (Redis), holding the refetch lock; `None`: this replica's gate alone.
     shared: Option<Shared>,
+    /// `iat` of client assertions.
+    clock: Arc<dyn Clock>,
+    /// `jti` of client assertions.
+    rng: Arc<dyn Rng>,
 }
 
 /// First wait after a failed IdP call; it doubles with every failure in a row, up to [`BACKOFF_MAX`].
@@ -190,7 +226,16 @@ impl Provider {
             discovering: tokio::sync::Mutex::new(DiscoveryState::default()),
             ready: AtomicBool::new(false),
             shared: None,
+            clock: Arc::new(SystemClock),
+            rng: Arc::new(SystemRng),
         }
+    }
+
+    /// The same provider, its client assertions dated by `clock` and their `jti` drawn from `rng`.
+    pub fn with_seams(mut self, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -> Self {
+        self.clock = clock;
+        self.rng = rng;
+        self
     }
 
     /// The same provider, its unknown-`kid` refetches also limited across the replicas sharing `shared`.
@@ -248,12 +293,17 @@ impl Provider {
         Ok(body)
     }
 
-    /// How to authenticate this client at the token endpoint: configured, else basic unless discovery lists only
-    /// `client_secret_post`.
+    /// How to authenticate this client at the token, introspection and revocation endpoints: configured
+    /// (`client_auth`), else basic unless discovery lists only `client_secret_post`.
     pub fn token_auth(&self, meta: &Metadata) -> TokenEndpointAuth {
         if let Some(m) = self.config.token_endpoint_auth_method {
             return m;
         }
+        Self::secret_auth(meta)
+    }
+
+    /// The secret method discovery asks for: basic unless it lists only `client_secret_post`.
+    fn secret_auth(meta: &Metadata) -> TokenEndpointAuth {
         let methods = &meta.token_endpoint_auth_methods;
         let has = |m: &str| methods.iter().any(|x| x == m);
         if !has("client_secret_basic") && has("client_secret_post") {
@@ -264,30 +314,69 @@ impl Provider {
     }
 
     /// POSTs a form with client authentication; returns the status and body (any status: the caller reads OAuth
-    /// errors). Transport failures and oversized bodies are errors. Neither the secret nor the form is ever logged.
-    pub async fn post_form(
+    /// errors). Transport failures and oversized bodies are errors. Neither the secret, the assertion nor the form
+    /// is ever logged. `auth` is [`Provider::token_auth`]; a caller's client (client credentials) cannot sign with
+    /// this service's key, so under `private_key_jwt` it sends its secret as discovery asks.
+    pub async fn post_form<'c>(
         &self,
         endpoint: Endpoint,
         url: &Url,
         form: &[(&str, &str)],
-        client: (&str, &Secret),
+        client: impl Into<Who<'c>>,
         auth: TokenEndpointAuth,
     ) -> Result<(u16, Vec<u8>), IdpError> {
         let start = Instant::now();
-        let (id, secret) = client;
+        let who = client.into();
+        let (id, secret, own) = match who {
+            Who::Own { id, secret } => (id, secret, true),
+            Who::Caller { id, secret } => (id, Some(secret), false),
+        };
+        let method = match auth {
+            TokenEndpointAuth::PrivateKeyJwt if !own => self
+                .lasting_metadata()
+                .map_or(TokenEndpointAuth::ClientSecretBasic, |m| {
+                    Self::secret_auth(&m)
+                }),
+            m => m,
+        };
+        let no_secret = IdpError::ClientAuth("no client_secret");
+        let jwt;
+        let proof = match method {
+            TokenEndpointAuth::ClientSecretBasic => Proof::Basic(secret.ok_or(no_secret)?),
+            TokenEndpointAuth::ClientSecretPost => Proof::Post(secret.ok_or(no_secret)?),
+            TokenEndpointAuth::ClientSecretJwt => {
+                jwt = self.assertion(Signer::Secret(secret.ok_or(no_secret)?), id, url)?;
+                Proof::Assertion(&jwt)
+            }
+            TokenEndpointAuth::PrivateKeyJwt => {
+                let key = self
+                    .config
+                    .client_key
+                    .as_ref()
+                    .ok_or(IdpError::ClientAuth("no client_jwk"))?;
+                jwt = self.assertion(Signer::Key(key), id, url)?;
+                Proof::Assertion(&jwt)
+            }
+        };
         let form = Form {
             fields: form,
-            client: ClientAuth {
-                id,
-                secret,
-                method: auth,
-            },
+            client: ClientAuth { id, proof },
         };
         let res = self.idp.post_form(self.target(endpoint, url), form).await;
         let ok = matches!(&res, Ok((s, _)) if !token::idp_unwell(*s));
         self.metrics
             .idp_call(self.name(), endpoint.as_str(), ok, start.elapsed());
         res
+    }
+
+    /// A fresh client assertion for a call to `url` (its `aud`: the endpoint called, the token endpoint for every
+    /// grant, as Okta requires).
+    fn assertion(&self, signer: Signer<'_>, id: &str, url: &Url) -> Result<String, IdpError> {
+        let jti = assertion::new_jti(self.rng.as_ref());
+        assertion::assertion(signer, id, url.as_str(), &jti, self.clock.now()).map_err(|e| {
+            tracing::error!(provider = %self.name(), error = %e, "cannot sign the client assertion");
+            IdpError::ClientAuth("the client assertion could not be signed")
+        })
     }
 
     fn discovery_urls(&self) -> Vec<Url> {
@@ -624,5 +713,181 @@ mod tests {
             g.closed(t1 + ms(999)) && !g.closed(t1 + ms(1000)),
             "counted from zero again"
         );
+    }
+
+    fn provider_with(lines: &str) -> (Provider, Arc<fake::FakeIdp>) {
+        let toml = format!(
+            "[providers.okta]\nissuer = \"https://idp.test\"\nclient_id = \"svc\"\naudiences = [\"api\"]\n{lines}\n"
+        );
+        let cfg = crate::config::Config::from_toml(&toml).unwrap();
+        let fake = Arc::new(fake::FakeIdp::for_issuer("https://idp.test"));
+        let p = Provider::new(
+            cfg.providers[0].clone(),
+            fake.clone(),
+            Arc::new(Metrics::new()),
+        )
+        .with_seams(
+            Arc::new(crate::clock::ManualClock::new(1_000)),
+            Arc::new(crate::rng::SequenceRng::new(0)),
+        );
+        (p, fake)
+    }
+
+    fn claims_of(
+        jwt: &str,
+        key: &jsonwebtoken::DecodingKey,
+        alg: jsonwebtoken::Algorithm,
+        aud: &str,
+    ) -> serde_json::Value {
+        let mut v = jsonwebtoken::Validation::new(alg);
+        v.set_audience(&[aud]);
+        v.validate_exp = false;
+        jsonwebtoken::decode::<serde_json::Value>(jwt, key, &v)
+            .unwrap()
+            .claims
+    }
+
+    /// private_key_jwt: every call of this service's own client (token, introspection, revocation) carries a fresh
+    /// assertion for the endpoint called, and no secret; a caller's client (client credentials) cannot sign with
+    /// this key and sends its secret as discovery asks.
+    #[tokio::test]
+    async fn private_key_jwt_signs_every_call_of_the_own_client() {
+        let path = format!(
+            "{}/tests/data/client-keys/rsa.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let (p, fake) = provider_with(&format!(
+            "client_auth = \"private_key_jwt\"\nclient_jwk_file = \"{path}\""
+        ));
+        let jwk: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let public = jsonwebtoken::DecodingKey::from_rsa_components(
+            jwk["n"].as_str().unwrap(),
+            jwk["e"].as_str().unwrap(),
+        )
+        .unwrap();
+        let meta = p.metadata().await.unwrap();
+        let own = p.own_client().expect("no client_secret needed");
+        let auth = p.token_auth(&meta);
+        assert_eq!(auth, TokenEndpointAuth::PrivateKeyJwt);
+        let mut jtis = std::collections::HashSet::new();
+        for (endpoint, path) in [
+            (Endpoint::Token, "/token"),
+            (Endpoint::Introspection, "/introspect"),
+            (Endpoint::Revocation, "/revoke"),
+            (Endpoint::Token, "/token"),
+        ] {
+            let url = Url::parse(&format!("https://idp.test{path}")).unwrap();
+            p.post_form(endpoint, &url, &[("token", "t")], own, auth)
+                .await
+                .unwrap();
+            let call = fake.last(endpoint).unwrap();
+            let sent = call.client.unwrap();
+            assert_eq!((sent.id.as_str(), sent.secret.as_str()), ("svc", ""));
+            let jwt = sent.assertion.unwrap();
+            let header = jsonwebtoken::decode_header(&jwt).unwrap();
+            assert_eq!(
+                (header.alg, header.kid.as_deref()),
+                (jsonwebtoken::Algorithm::RS256, Some("test-rsa-1"))
+            );
+            let c = claims_of(&jwt, &public, jsonwebtoken::Algorithm::RS256, url.as_str());
+            assert_eq!(
+                (c["iss"].as_str(), c["sub"].as_str()),
+                (Some("svc"), Some("svc"))
+            );
+            assert_eq!(
+                (c["iat"].as_u64(), c["exp"].as_u64()),
+                (Some(1000), Some(1060))
+            );
+            assert!(
+                jtis.insert(c["jti"].as_str().unwrap().to_string()),
+                "a jti used twice"
+            );
+        }
+        // a caller's client: its secret, by basic (discovery lists basic)
+        let caller = Secret::new("caller-secret");
+        let url = meta.token_endpoint.clone().unwrap();
+        let grant = [("grant_type", "client_credentials")];
+        p.post_form(Endpoint::Token, &url, &grant, ("caller", &caller), auth)
+            .await
+            .unwrap();
+        let sent = fake.last(Endpoint::Token).unwrap().client.unwrap();
+        assert_eq!(sent.method, TokenEndpointAuth::ClientSecretBasic);
+        assert_eq!(
+            (sent.id.as_str(), sent.secret.as_str(), sent.assertion),
+            ("caller", "caller-secret", None)
+        );
+    }
+
+    /// client_secret_jwt signs with the secret of whichever client calls; basic and post are as before.
+    #[tokio::test]
+    async fn client_secret_jwt_and_the_secret_methods() {
+        let (p, fake) = provider_with(
+            "client_secret = \"own-secret-0123456789\"\nclient_auth = \"client_secret_jwt\"",
+        );
+        let meta = p.metadata().await.unwrap();
+        let url = meta.introspection_endpoint.clone().unwrap();
+        let auth = p.token_auth(&meta);
+        p.post_form(
+            Endpoint::Introspection,
+            &url,
+            &[],
+            p.own_client().unwrap(),
+            auth,
+        )
+        .await
+        .unwrap();
+        let sent = fake.last(Endpoint::Introspection).unwrap().client.unwrap();
+        let key = jsonwebtoken::DecodingKey::from_secret(b"own-secret-0123456789");
+        let c = claims_of(
+            sent.assertion.as_deref().unwrap(),
+            &key,
+            jsonwebtoken::Algorithm::HS256,
+            url.as_str(),
+        );
+        assert_eq!(c["iss"], "svc");
+        assert_eq!(sent.secret, "", "the secret itself is not sent");
+        let caller = Secret::new("caller-secret");
+        p.post_form(Endpoint::Token, &url, &[], ("caller", &caller), auth)
+            .await
+            .unwrap();
+        let sent = fake.last(Endpoint::Token).unwrap().client.unwrap();
+        let key = jsonwebtoken::DecodingKey::from_secret(b"caller-secret");
+        let c = claims_of(
+            sent.assertion.as_deref().unwrap(),
+            &key,
+            jsonwebtoken::Algorithm::HS256,
+            url.as_str(),
+        );
+        assert_eq!(
+            (c["iss"].as_str(), c["sub"].as_str()),
+            (Some("caller"), Some("caller"))
+        );
+
+        for (lines, method) in [
+            (
+                "client_secret = \"own\"",
+                TokenEndpointAuth::ClientSecretBasic,
+            ),
+            (
+                "client_secret = \"own\"\nclient_auth = \"client_secret_post\"",
+                TokenEndpointAuth::ClientSecretPost,
+            ),
+        ] {
+            let (p, fake) = provider_with(lines);
+            let meta = p.metadata().await.unwrap();
+            let auth = p.token_auth(&meta);
+            p.post_form(Endpoint::Token, &url, &[], p.own_client().unwrap(), auth)
+                .await
+                .unwrap();
+            let sent = fake.last(Endpoint::Token).unwrap().client.unwrap();
+            assert_eq!(
+                (sent.method, sent.secret.as_str(), sent.assertion),
+                (method, "own", None)
+            );
+        }
+        // basic or post without a secret: no own client, as before
+        let (p, _) = provider_with("client_auth = \"client_secret_post\"");
+        assert!(p.own_client().is_none());
     }
 }

@@ -5,8 +5,8 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Endpoint, IdpError, Provider};
-use crate::config::Secret;
+use super::{Endpoint, IdpError, Provider, Who};
+use crate::config::TokenEndpointAuth;
 
 /// Whether an HTTP status from the provider says it is unwell (server trouble, rate limiting, a timeout) rather
 /// than giving a verdict on the request: such an answer is an IdP failure (a 503, a failed call in the metrics),
@@ -64,21 +64,24 @@ struct ErrorResponse {
 }
 
 impl Provider {
-    /// This service's own client at the provider (`client_id` and `client_secret`), when both are configured.
-    pub fn own_client(&self) -> Option<(&str, &Secret)> {
-        match (&self.config.client_id, &self.config.client_secret) {
-            (Some(id), Some(secret)) => Some((id.as_str(), secret)),
-            _ => None,
-        }
+    /// This service's own client at the provider: `client_id` with `client_secret`, or with the private key of
+    /// `client_auth = "private_key_jwt"`; `None` when it cannot authenticate.
+    pub fn own_client(&self) -> Option<Who<'_>> {
+        let id = self.config.client_id.as_deref()?;
+        let secret = self.config.client_secret.as_ref();
+        let keyed = self.config.token_endpoint_auth_method
+            == Some(TokenEndpointAuth::PrivateKeyJwt)
+            && self.config.client_key.is_some();
+        (secret.is_some() || keyed).then_some(Who::Own { id, secret })
     }
 
     /// POSTs one grant (`form`) to the token endpoint, authenticated as `client` (`None`: this service's own client
     /// is not configured, an error). A 200 gives the tokens and any other status a refusal, except that an
     /// unreachable or [`idp_unwell`] provider, or an answer that does not parse, is an error.
-    pub async fn token_grant(
+    pub async fn token_grant<'c>(
         &self,
         form: &[(&str, &str)],
-        client: Option<(&str, &Secret)>,
+        client: Option<impl Into<Who<'c>>>,
     ) -> Result<TokenAnswer, IdpError> {
         let meta = self.metadata().await?;
         let url = meta

@@ -6,6 +6,7 @@
 mod support;
 
 mod admin;
+mod client_auth;
 mod client_credentials;
 mod grpc;
 mod introspection;

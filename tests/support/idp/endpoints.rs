@@ -136,7 +136,7 @@ async fn token(
     if forced != 0 {
         return oauth_error(StatusCode::from_u16(forced).unwrap(), "server_error");
     }
-    let id = match client_auth(&s, &headers, &form) {
+    let id = match client_auth(&s, &headers, &form, "/v1/token") {
         Ok(id) => id,
         Err(r) => return r,
     };
@@ -268,12 +268,14 @@ fn refresh_grant(s: &IdpState, client: &str, form: &HashMap<String, String>) -> 
     }
 }
 
-/// Client authentication as the token endpoint does it; `Err` is the 401 answer.
+/// Client authentication as the token endpoint does it; `Err` is the 401 answer. `endpoint` is the path called
+/// (under the issuer): a client assertion must name its URL in `aud`, as Okta requires.
 #[allow(clippy::result_large_err)]
 fn client_auth(
     s: &IdpState,
     headers: &axum::http::HeaderMap,
     form: &HashMap<String, String>,
+    endpoint: &str,
 ) -> Result<String, Response> {
     use base64::Engine;
     let methods = s.token_auth_methods.lock().unwrap().clone();
@@ -287,6 +289,14 @@ fn client_auth(
             p.split_once(':')
                 .map(|(a, b)| (pct_decode(a), pct_decode(b)))
         });
+    if let Some(jwt) = form.get("client_assertion") {
+        if basic.is_some() || form.contains_key("client_secret") {
+            return Err(oauth_error(StatusCode::BAD_REQUEST, "invalid_request"));
+        }
+        let aud = format!("{}{endpoint}", s.issuer.lock().unwrap());
+        return client_assertion(s, form, jwt, &aud, endpoint)
+            .ok_or_else(|| oauth_error(StatusCode::UNAUTHORIZED, "invalid_client"));
+    }
     let (id, secret) = match (basic, form.get("client_id"), form.get("client_secret")) {
         (Some(pair), None, None) if methods.iter().any(|m| m == "client_secret_basic") => pair,
         (None, Some(id), Some(sec)) if methods.iter().any(|m| m == "client_secret_post") => {
@@ -294,10 +304,83 @@ fn client_auth(
         }
         _ => return Err(oauth_error(StatusCode::UNAUTHORIZED, "invalid_client")),
     };
+    if s.jwt_clients.lock().unwrap().contains_key(&id) {
+        return Err(oauth_error(StatusCode::UNAUTHORIZED, "invalid_client"));
+    }
     match s.clients.lock().unwrap().get(&id) {
         Some((want, _)) if *want == secret => Ok(id),
         _ => Err(oauth_error(StatusCode::UNAUTHORIZED, "invalid_client")),
     }
+}
+
+/// RFC 7523 client authentication: `private_key_jwt` for a client in `jwt_clients` (verified with its public
+/// JWK), `client_secret_jwt` (HS256 with its secret) for one in `clients` when discovery lists it. iss = sub =
+/// the client, `aud` the URL called, a short `exp`, a `jti` never seen before. The client id, or `None`.
+fn client_assertion(
+    s: &IdpState,
+    form: &HashMap<String, String>,
+    jwt: &str,
+    aud: &str,
+    endpoint: &str,
+) -> Option<String> {
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+    if form.get("client_assertion_type").map(String::as_str)
+        != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+    {
+        return None;
+    }
+    let header = jsonwebtoken::decode_header(jwt).ok()?;
+    let unverified: Value = {
+        use base64::Engine;
+        let payload = jwt.split('.').nth(1)?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .ok()?;
+        serde_json::from_slice(&bytes).ok()?
+    };
+    let id = unverified["sub"].as_str()?.to_string();
+    if form.get("client_id").is_some_and(|c| *c != id) {
+        return None;
+    }
+    let public = s.jwt_clients.lock().unwrap().get(&id).cloned();
+    let key = match (public, header.alg) {
+        (Some(jwk), Algorithm::RS256 | Algorithm::PS256) if jwk["kty"] == "RSA" => {
+            DecodingKey::from_rsa_components(jwk["n"].as_str()?, jwk["e"].as_str()?).ok()?
+        }
+        (Some(jwk), Algorithm::ES256) if jwk["kty"] == "EC" => {
+            DecodingKey::from_ec_components(jwk["x"].as_str()?, jwk["y"].as_str()?).ok()?
+        }
+        (None, Algorithm::HS256)
+            if s.token_auth_methods
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|m| m == "client_secret_jwt") =>
+        {
+            let secret = s.clients.lock().unwrap().get(&id)?.0.clone();
+            DecodingKey::from_secret(secret.as_bytes())
+        }
+        _ => return None,
+    };
+    let mut v = Validation::new(header.alg);
+    v.set_audience(&[aud]);
+    v.set_issuer(&[id.as_str()]);
+    v.sub = Some(id.clone());
+    v.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+    v.leeway = 5;
+    let claims = jsonwebtoken::decode::<Value>(jwt, &key, &v).ok()?.claims;
+    let (iat, exp) = (claims["iat"].as_u64()?, claims["exp"].as_u64()?);
+    if exp.saturating_sub(iat) > 300 {
+        return None;
+    }
+    let jti = claims["jti"].as_str()?.to_string();
+    let mut seen = s.assertions.lock().unwrap();
+    if seen.iter().any(|(_, _, c)| c["jti"] == jti.as_str()) {
+        return None;
+    }
+    let header = serde_json::to_value(&header).ok()?;
+    seen.push((endpoint.to_string(), header, claims));
+    Some(id)
 }
 
 /// RFC 7009 revocation (client authentication as at the token endpoint): the token no longer refreshes or
@@ -311,7 +394,7 @@ async fn revoke(
     if let Some(r) = gate(&s).await {
         return r;
     }
-    if let Err(r) = client_auth(&s, &headers, &form) {
+    if let Err(r) = client_auth(&s, &headers, &form, "/v1/revoke") {
         return r;
     }
     let forced = s.revoke_status.load(Ordering::SeqCst);
@@ -336,7 +419,7 @@ async fn introspect(
     if let Some(r) = gate(&s).await {
         return r;
     }
-    match client_auth(&s, &headers, &form) {
+    match client_auth(&s, &headers, &form, "/v1/introspect") {
         Ok(id) if id == "oidc-authz" => {}
         Ok(_) => return oauth_error(StatusCode::FORBIDDEN, "access_denied"),
         Err(r) => return r,

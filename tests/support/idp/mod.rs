@@ -82,6 +82,11 @@ pub struct IdpState {
     pub revoke_status: std::sync::atomic::AtomicU16,
     /// Seconds added to the real time in the user tokens it issues (to follow a test's ManualClock).
     pub clock_offset: std::sync::atomic::AtomicU64,
+    /// Clients registered for `private_key_jwt` (Okta's public-key client authentication): id -> public JWK. Such
+    /// a client authenticates by a signed assertion only, never by a secret.
+    pub jwt_clients: Mutex<HashMap<String, Value>>,
+    /// Every client assertion accepted: (the endpoint path, its header, its claims).
+    pub assertions: Mutex<Vec<(String, Value, Value)>>,
 }
 
 /// What an authorization code stands for.
@@ -159,6 +164,8 @@ impl MockIdp {
             revoke_hits: AtomicUsize::new(0),
             revoke_status: std::sync::atomic::AtomicU16::new(0),
             clock_offset: std::sync::atomic::AtomicU64::new(0),
+            jwt_clients: Mutex::new(HashMap::new()),
+            assertions: Mutex::new(Vec::new()),
         });
         let app = endpoints::router(state.clone());
         let (tx, rx) = oneshot::channel::<()>();
@@ -249,6 +256,20 @@ impl MockIdp {
     /// Forgets every refresh token (a refresh now fails).
     pub fn revoke_refresh_tokens(&self) {
         self.state.refresh_tokens.lock().unwrap().clear();
+    }
+
+    /// Registers `id` as a `private_key_jwt` client with the public half of the private JWK `jwk` (from then on
+    /// it authenticates by assertion only).
+    pub fn register_jwt_client(&self, id: &str, jwk: &Value) {
+        let mut public = jwk.clone();
+        for m in ["d", "p", "q", "dp", "dq", "qi"] {
+            public.as_object_mut().unwrap().remove(m);
+        }
+        self.state
+            .jwt_clients
+            .lock()
+            .unwrap()
+            .insert(id.to_string(), public);
     }
 
     pub fn introspect_hits(&self) -> usize {
