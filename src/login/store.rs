@@ -304,8 +304,10 @@ pub struct SharedEndedSessions {
     store: Arc<Store>,
     /// Key -> the session's absolute expiry.
     ended: moka::sync::Cache<cache::Key, Until>,
-    /// Keys checked against the store and not ended, for [`NOT_ENDED_FOR`] (an ended one goes to `ended`).
-    not_ended: moka::future::Cache<cache::Key, ()>,
+    /// Keys checked against the store and not ended, with when that read was sent: trusted for [`NOT_ENDED_FOR`]
+    /// counted from the read's start, not from its answer, so a slow read cannot stretch the second (an ended one
+    /// goes to `ended`).
+    not_ended: moka::future::Cache<cache::Key, std::time::Instant>,
     /// The store's events (ended sessions of every replica).
     events: Mutex<broadcast::Receiver<Vec<u8>>>,
     clock: Arc<dyn Clock>,
@@ -403,22 +405,28 @@ impl EndedSessions for SharedEndedSessions {
             if self.known_ended(&key) {
                 return Ok(true);
             }
-            if self.not_ended.contains_key(&key) {
-                return Ok(false);
+            let fresh = |asked: std::time::Instant| asked.elapsed() < NOT_ENDED_FOR;
+            match self.not_ended.get(&key).await {
+                Some(asked) if fresh(asked) => return Ok(false),
+                Some(_) => self.not_ended.invalidate(&key).await,
+                None => {}
             }
             // The Checks of one session share one read; only a "not ended" answer is kept.
             let read = async {
+                let asked = std::time::Instant::now();
                 let stored = self.store.get(ENDED_KIND, &key).await.map_err(Some)?;
                 match stored.and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok()) {
                     Some(until) => {
                         self.remember(key, until);
                         Err(None::<StoreError>)
                     }
-                    None => Ok(()),
+                    None => Ok(asked),
                 }
             };
+            // An answer older than the second (a read that took longer) is used for this Check, which waited for
+            // it, and not trusted by the next ones: the next Check reads again.
             match self.not_ended.try_get_with(key, read).await {
-                Ok(()) => Ok(false),
+                Ok(_) => Ok(false),
                 Err(e) => match &*e {
                     Some(store_error) => Err(store_error.clone()),
                     None => Ok(self.known_ended(&key)),
