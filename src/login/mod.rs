@@ -214,24 +214,20 @@ impl Logins {
             .await
             .map_err(refused)?;
         let ended = match self.end_named(provider.name(), &target).await {
-            // Used only once every session it names has ended (until then a retry is honoured).
-            Ok(ended) => backchannel::done(provider, &self.store, &target)
-                .await
-                .map(|()| ended)
-                .map_err(|_| Refusal::unavailable("the session store is unavailable")),
-            Err(refusal) => Err(refusal),
-        };
-        match ended {
-            Ok(ended) => {
-                tracing::info!(policy.name = %login.policy.name, provider = %provider.name(), sessions = ended, "back-channel logout: sessions ended");
-                Ok(Authenticated::Answered(Answered { status: 200 }))
-            }
+            Ok(ended) => ended,
             Err(refusal) => {
                 // Not every session ended: the provider's retry of this token must be honoured, not a replay.
                 let _ = backchannel::release(&self.store, &target).await;
-                Err(refusal)
+                return Err(refusal);
             }
-        }
+        };
+        // Used only once every session it names has ended. If marking it used fails, it stays pending (never
+        // released: every session has ended, so nothing is left for a retry to do).
+        backchannel::done(provider, &self.store, &target)
+            .await
+            .map_err(|_| Refusal::unavailable("the session store is unavailable"))?;
+        tracing::info!(policy.name = %login.policy.name, provider = %provider.name(), sessions = ended, "back-channel logout: sessions ended");
+        Ok(Authenticated::Answered(Answered { status: 200 }))
     }
 
     /// Ends every session a verified logout token names, on every replica: how many.
