@@ -296,6 +296,9 @@ impl SessionIndex {
                 )
                 .await?;
         }
+        if record.sub.is_empty() {
+            return Ok(()); // in no user's set (see `record`)
+        }
         self.store
             .remove_member(BY_SUB, &sub_key(&record.sub), record.id.as_bytes())
             .await
