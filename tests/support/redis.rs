@@ -16,11 +16,19 @@ fn free_port() -> u16 {
 
 /// A free port for a Redis Cluster node: Redis refuses a cluster node on a port above 55535 ("Redis port number
 /// too high": its cluster bus listens on port + 10000), and the bus port must be free too. The kernel hands out
-/// ports up to 60999 here, so about one in five picks would fail without this.
-fn free_cluster_port() -> u16 {
+/// ports up to 60999 here, so about one in five picks would fail without this. No two nodes of one cluster share
+/// a port or a bus port (`taken`).
+fn free_cluster_port(taken: &mut Vec<u16>) -> u16 {
     loop {
         let port = free_port();
-        if port <= 55535 && std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+        let clash = taken
+            .iter()
+            .any(|&t| [t, t + 10000].contains(&port) || [t, t + 10000].contains(&(port + 10000)));
+        if port <= 55535
+            && !clash
+            && std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok()
+        {
+            taken.push(port);
             return port;
         }
     }
@@ -172,8 +180,9 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub async fn start() -> Self {
+        let mut taken = Vec::new();
         let nodes: Vec<RedisServer> = (0..3)
-            .map(|_| RedisServer::spawn(free_cluster_port(), true))
+            .map(|_| RedisServer::spawn(free_cluster_port(&mut taken), true))
             .collect();
         for n in &nodes {
             wait_ready(n.port, false).await;
