@@ -698,7 +698,9 @@ class ReplicaWorld(World):
         else:
             url = f'"redis://127.0.0.1:{self.redis_port}/0"'
         with open(out, "a") as f:
-            f.write(f'\n[store]\nbackend = "redis"\nurl = {url}\nsecret = "{self.store_secret}"\n')
+            # timeout_ms: a generous budget for a loaded CI machine (the default 250 ms is for production); still
+            # inside the Check deadline (900 ms), so a slow store is a 503, never Envoy's own failure answer.
+            f.write(f'\n[store]\nbackend = "redis"\nurl = {url}\nsecret = "{self.store_secret}"\ntimeout_ms = 700\n')
             f.write(STORE_POLICIES.replace("{{ENVOY_PORT}}", str(self.envoy_port))
                     .replace("{{STORE_LOGIN}}", self.STORE_LOGIN))
         return out
