@@ -15,7 +15,6 @@ use tonic::{Response, Status};
 use crate::authz::Authorizer;
 use crate::config::AuthMethod;
 use crate::credentials::{Authorization, Credentials, Intent};
-use crate::flow::bearer::BearerVerifier;
 use crate::login::authcode::is_browser;
 use crate::policy::access::{claim_value, claim_words};
 use crate::policy::runtime::PolicyRuntime;
@@ -283,19 +282,17 @@ fn would_use(
     let cc = policy.allows(AuthMethod::ClientCredentials);
     let header_client = creds.header_client.is_some() && cc;
     match creds.authorization {
-        Authorization::Bearer(token)
-            if policy.allows(AuthMethod::Bearer) || policy.allows(AuthMethod::Introspection) =>
-        {
-            let jwt = BearerVerifier::is_jwt(token);
-            let introspect = policy.allows(AuthMethod::Introspection)
-                && (!jwt || policy.introspect_jwt_tokens || !policy.allows(AuthMethod::Bearer));
-            if introspect {
-                (
+        Authorization::Bearer(token) if crate::flow::takes_tokens(policy) => {
+            match crate::flow::token_chain(policy, token).first() {
+                Some(AuthMethod::Introspection) => (
                     Some(AuthMethod::Introspection),
                     "a bearer token, introspected",
-                )
-            } else {
-                (Some(AuthMethod::Bearer), "a bearer JWT, verified locally")
+                ),
+                Some(AuthMethod::Userinfo) => (
+                    Some(AuthMethod::Userinfo),
+                    "a bearer token, checked at the userinfo endpoint",
+                ),
+                _ => (Some(AuthMethod::Bearer), "a bearer JWT, verified locally"),
             }
         }
         Authorization::Basic(_) if cc => (

@@ -244,8 +244,7 @@ fn with_challenges(mut deny: Deny, policy: Option<&Policy>) -> Deny {
     let Some(policy) = policy else { return deny };
     if policy.allows(AuthMethod::ClientCredentials) {
         let basic = format!("Basic realm=\"{}\"", policy.name);
-        let token_methods =
-            policy.allows(AuthMethod::Bearer) || policy.allows(AuthMethod::Introspection);
+        let token_methods = crate::flow::takes_tokens(policy);
         deny.www_authenticate = Some(match deny.www_authenticate.take() {
             Some(bearer) if token_methods => format!("{basic}, {bearer}"),
             _ => basic,

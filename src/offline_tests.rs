@@ -999,3 +999,6 @@ async fn an_ended_event_drops_only_the_ended_sessions_copy() {
     }
     assert!(checked, "every attempt was too slow to tell");
 }
+
+#[path = "offline_userinfo_tests.rs"]
+mod userinfo;

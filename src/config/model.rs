@@ -85,6 +85,8 @@ pub struct ProviderConfig {
     pub authorization_endpoint: Option<Url>,
     /// End-session endpoint override.
     pub end_session_endpoint: Option<Url>,
+    /// Userinfo endpoint override (the `userinfo` auth method); https unless the issuer is http on loopback.
+    pub userinfo_endpoint: Option<Url>,
     /// Clock skew allowed on exp/nbf/iat.
     pub leeway_secs: u64,
     /// Timeout of each HTTP call to the provider.
@@ -159,17 +161,20 @@ pub enum AuthMethod {
     AuthorizationCode,
     /// Session cookie.
     Session,
+    /// An opaque token checked by a call to the provider's userinfo endpoint (Kong's `userinfo`).
+    Userinfo,
 }
 
 impl AuthMethod {
     /// Every auth method with its name in config, metrics and logs, in declaration order: the one table of the
     /// names, which [`AuthMethod::as_str`], [`AuthMethod::parse`], the config error and the metric labels read.
-    pub const ALL: [(AuthMethod, &'static str); 5] = [
+    pub const ALL: [(AuthMethod, &'static str); 6] = [
         (AuthMethod::Bearer, "bearer"),
         (AuthMethod::Introspection, "introspection"),
         (AuthMethod::ClientCredentials, "client_credentials"),
         (AuthMethod::AuthorizationCode, "authorization_code"),
         (AuthMethod::Session, "session"),
+        (AuthMethod::Userinfo, "userinfo"),
     ];
 
     /// The name used in config, metrics and logs.
@@ -253,6 +258,12 @@ pub struct Policy {
     /// when it sends one, the ID-token and client-credential headers), lower case: on an allow, a client-sent
     /// header spelled like one of these (any case, `_` for `-`) never reaches the upstream.
     pub controlled_headers: Vec<HeaderName>,
+    /// `upstream_user_info_header`: on an allow by the `userinfo` method, the userinfo answer as base64url (no
+    /// padding) JSON in this header (lower case); a controlled header.
+    pub upstream_user_info_header: Option<HeaderName>,
+    /// Positive userinfo cache lifetime (`cache_user_info_secs`, default `cache_introspection_secs`; 0 = ask
+    /// every time). Refusals are kept `cache_ttl_neg_secs`.
+    pub cache_user_info_secs: u64,
 }
 
 /// Where a session's claims come from, in order of precedence.
@@ -391,6 +402,7 @@ mod tests {
             AuthMethod::ClientCredentials,
             AuthMethod::AuthorizationCode,
             AuthMethod::Session,
+            AuthMethod::Userinfo,
         ];
         for m in all {
             match m {
@@ -398,7 +410,8 @@ mod tests {
                 | AuthMethod::Introspection
                 | AuthMethod::ClientCredentials
                 | AuthMethod::AuthorizationCode
-                | AuthMethod::Session => {}
+                | AuthMethod::Session
+                | AuthMethod::Userinfo => {}
             }
             assert_ne!(m.as_str(), "-", "{m:?}");
             assert_eq!(AuthMethod::parse(m.as_str()), Some(m));
@@ -406,7 +419,7 @@ mod tests {
         assert_eq!(AuthMethod::ALL.len(), all.len());
         assert_eq!(
             AuthMethod::names(),
-            "bearer, introspection, client_credentials, authorization_code, session"
+            "bearer, introspection, client_credentials, authorization_code, session, userinfo"
         );
         assert_eq!(AuthMethod::parse("magic"), None);
     }

@@ -53,6 +53,7 @@ pub(super) struct RawProvider {
     pub(super) introspection_endpoint: Option<String>,
     pub(super) authorization_endpoint: Option<String>,
     pub(super) end_session_endpoint: Option<String>,
+    pub(super) userinfo_endpoint: Option<String>,
     pub(super) leeway_secs: Option<u64>,
     pub(super) http_timeout_ms: Option<u64>,
     pub(super) jwks_refresh_secs: Option<u64>,
@@ -127,6 +128,8 @@ pub(super) struct RawPolicy {
     pub(super) logout_revoke: Option<bool>,
     pub(super) session_storage: Option<String>,
     pub(super) backchannel_logout_path: Option<String>,
+    pub(super) upstream_user_info_header: Option<String>,
+    pub(super) cache_user_info_secs: Option<u64>,
 }
 
 /// `session_secret` may be one secret or a list (newest first).

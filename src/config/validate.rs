@@ -455,6 +455,8 @@ impl Validator {
         );
         let end_session_endpoint =
             self.url(section, "end_session_endpoint", raw.end_session_endpoint);
+        let userinfo_endpoint =
+            self.userinfo_endpoint(section, raw.userinfo_endpoint, issuer.as_deref());
         let (token_endpoint_auth_method, client_key) = self.client_auth(
             section,
             &raw.client_auth,
@@ -531,6 +533,7 @@ impl Validator {
             introspection_endpoint,
             authorization_endpoint,
             end_session_endpoint,
+            userinfo_endpoint,
             leeway_secs: raw.leeway_secs.unwrap_or(30),
             http_timeout: Duration::from_millis(http_timeout_ms),
             jwks_refresh: Duration::from_secs(raw.jwks_refresh_secs.unwrap_or(300).max(1)),
@@ -788,17 +791,24 @@ impl Validator {
         let login = self.login_settings(section, &raw, redirect_uri, codec, needs_login);
         for (key, value) in [
             ("cache_introspection_secs", raw.cache_introspection_secs),
+            ("cache_user_info_secs", raw.cache_user_info_secs),
             ("cache_ttl_neg_secs", raw.cache_ttl_neg_secs),
             ("refresh_leeway_secs", raw.refresh_leeway_secs),
         ] {
             self.at_most_a_day(section, key, value);
         }
-        let controlled_headers = self.controlled_headers(
+        let mut controlled_headers = self.controlled_headers(
             section,
             &upstream_headers,
             login.as_ref(),
             client_credential_headers.as_ref(),
             &auth_methods,
+        );
+        let upstream_user_info_header = self.upstream_user_info_header(
+            section,
+            raw.upstream_user_info_header.as_deref(),
+            &auth_methods,
+            &mut controlled_headers,
         );
         if self.errors.len() != before {
             return None;
@@ -819,6 +829,11 @@ impl Validator {
             client_credential_headers,
             login,
             controlled_headers,
+            upstream_user_info_header,
+            cache_user_info_secs: raw
+                .cache_user_info_secs
+                .or(raw.cache_introspection_secs)
+                .unwrap_or(300),
         })
     }
 
@@ -1142,6 +1157,66 @@ impl Validator {
         claims_source
     }
 
+    /// A provider's `userinfo_endpoint` override: a URL, and https unless the issuer itself is plain http on
+    /// loopback (a test or demo IdP): the caller's token goes there as a bearer credential.
+    fn userinfo_endpoint(
+        &mut self,
+        section: &str,
+        raw: Option<String>,
+        issuer: Option<&str>,
+    ) -> Option<Url> {
+        let u = self.url(section, "userinfo_endpoint", raw)?;
+        let loopback_issuer = issuer
+            .and_then(|i| Url::parse(i).ok())
+            .is_some_and(|i| i.scheme() == "http" && is_loopback(&i));
+        if u.scheme() != "https" && !loopback_issuer {
+            self.err(ConfigError::BadUrl {
+                section: section.into(),
+                field: "userinfo_endpoint",
+                reason: "must be https (plain http only when the issuer is http on loopback)"
+                    .into(),
+            });
+            return None;
+        }
+        Some(u)
+    }
+
+    /// `upstream_user_info_header`, lower case, added to the controlled headers; a warning when the policy has no
+    /// `userinfo` method (it is then only removed from client requests).
+    fn upstream_user_info_header(
+        &mut self,
+        section: &str,
+        raw: Option<&str>,
+        auth_methods: &[AuthMethod],
+        controlled: &mut Vec<HeaderName>,
+    ) -> Option<HeaderName> {
+        let h = raw?;
+        let Ok(name) = HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) else {
+            self.err(ConfigError::BadHeaderName {
+                section: section.into(),
+                name: h.to_string(),
+            });
+            return None;
+        };
+        if !auth_methods.contains(&AuthMethod::Userinfo) {
+            self.warn(format!(
+                "{section}: upstream_user_info_header is set but auth_methods has no `userinfo`: the header is never set (client copies are still removed)"
+            ));
+        }
+        if name == http::header::AUTHORIZATION || name == http::header::COOKIE {
+            self.err(ConfigError::Invalid {
+                section: section.into(),
+                message: format!("upstream_user_info_header cannot be `{name}`"),
+            });
+            return None;
+        }
+        if !controlled.contains(&name) {
+            controlled.push(name.clone());
+            controlled.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        }
+        Some(name)
+    }
+
     /// `upstream_id_token_header`, lower case.
     fn upstream_id_token_header(&mut self, section: &str, raw: Option<&str>) -> Option<HeaderName> {
         let h = raw?;
@@ -1283,13 +1358,7 @@ impl Validator {
         if u.scheme() != "http" {
             return;
         }
-        let loopback = match u.host() {
-            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            None => false,
-        };
-        if !loopback {
+        if !is_loopback(u) {
             self.warn(format!(
                 "{section}: {field} uses plain http:// on a host that is not loopback: tokens, codes and cookies cross the network in clear"
             ));
@@ -1506,6 +1575,16 @@ fn is_hop_or_reserved(name: &str) -> bool {
     )
 }
 
+/// Whether a URL's host is loopback (`localhost`, 127.0.0.0/8, ::1).
+fn is_loopback(u: &Url) -> bool {
+    match u.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -1584,6 +1663,84 @@ policy = "api"
             Config::from_toml(&both).unwrap_err().0[0].kind(),
             "conflict"
         );
+    }
+
+    /// `userinfo`: the method, the endpoint override (https unless the issuer is http on loopback), the header
+    /// (a controlled header) and its cache lifetime (default `cache_introspection_secs`); errors name their keys.
+    #[test]
+    fn userinfo_settings() {
+        let ui = GOOD.replace(
+            "auth_methods = [\"bearer\"]",
+            "auth_methods = [\"bearer\", \"userinfo\"]\nupstream_user_info_header = \"X-Userinfo\"\ncache_introspection_secs = 60",
+        );
+        let cfg = Config::from_toml(&ui).unwrap();
+        let p = &cfg.policies[0];
+        assert_eq!(p.auth_methods, [AuthMethod::Bearer, AuthMethod::Userinfo]);
+        assert_eq!(
+            p.upstream_user_info_header.as_ref().unwrap().as_str(),
+            "x-userinfo"
+        );
+        assert!(
+            p.controlled_headers
+                .iter()
+                .any(|h| h.as_str() == "x-userinfo")
+        );
+        assert_eq!(p.cache_user_info_secs, 60);
+        let own = ui.replace("cache_introspection_secs = 60", "cache_user_info_secs = 5");
+        assert_eq!(
+            Config::from_toml(&own).unwrap().policies[0].cache_user_info_secs,
+            5
+        );
+        let long = ui.replace(
+            "cache_introspection_secs = 60",
+            "cache_user_info_secs = 86401",
+        );
+        let err = Config::from_toml(&long).unwrap_err().to_string();
+        assert!(
+            err.contains("policies.api") && err.contains("cache_user_info_secs"),
+            "{err}"
+        );
+
+        let endpoint = |url: &str, issuer: &str| {
+            ui.replace(
+                "client_id = \"0oa1\"",
+                &format!("client_id = \"0oa1\"\nuserinfo_endpoint = \"{url}\""),
+            )
+            .replace("https://dev-123.okta.com/oauth2/default", issuer)
+        };
+        let okta = "https://dev-123.okta.com/oauth2/default";
+        let cfg = Config::from_toml(&endpoint("https://idp.example.com/userinfo", okta)).unwrap();
+        assert_eq!(
+            cfg.providers[0]
+                .userinfo_endpoint
+                .as_ref()
+                .unwrap()
+                .as_str(),
+            "https://idp.example.com/userinfo"
+        );
+        let loopback = "http://127.0.0.1:9000/oauth2/default";
+        assert!(Config::from_toml(&endpoint("http://127.0.0.1:9000/userinfo", loopback)).is_ok());
+        for (url, issuer) in [
+            ("http://idp.example.com/userinfo", okta),
+            (
+                "http://idp.example.com/userinfo",
+                "http://idp.example.com/oauth2/default",
+            ),
+            ("not a url", okta),
+        ] {
+            let err = Config::from_toml(&endpoint(url, issuer)).unwrap_err();
+            assert_eq!(err.0[0].kind(), "bad_url", "{url}: {err}");
+            let shown = err.to_string();
+            assert!(
+                shown.contains("providers.okta") && shown.contains("userinfo_endpoint"),
+                "{shown}"
+            );
+        }
+        for bad in ["bad header", "authorization"] {
+            let t = ui.replace("\"X-Userinfo\"", &format!("{bad:?}"));
+            let err = Config::from_toml(&t).unwrap_err().to_string();
+            assert!(err.contains("policies.api") && err.contains(bad), "{err}");
+        }
     }
 
     fn key_path(name: &str) -> String {

@@ -1,5 +1,6 @@
-//! The token methods: `bearer` (JWTs verified locally), `introspection` (RFC 7662) and `client_credentials`
-//! (the grant run for the client, its token then verified like any other). [`TokenMethods::authenticate`] turns a
+//! The token methods: `bearer` (JWTs verified locally), `introspection` (RFC 7662), `userinfo` (the provider's
+//! userinfo endpoint) and `client_credentials` (the grant run for the client, its token then verified like any
+//! other; [`token_chain`] says which method checks a token). [`TokenMethods::authenticate`] turns a
 //! request's credentials into an [`Identity`] or a [`Refusal`]; each method's own errors become a refusal here.
 //! With a shared store (Redis), [`Shared`] is the second level of their caches, under each replica's own.
 
@@ -7,6 +8,7 @@ pub mod bearer;
 pub mod claims;
 pub mod client_credentials;
 pub mod introspection;
+pub mod userinfo;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +23,7 @@ use crate::credentials::{Authorization, Credentials};
 use crate::flow::bearer::{BearerVerifier, Verified};
 use crate::flow::client_credentials::{ClientCredentials, ClientCreds, CredsError};
 use crate::flow::introspection::Introspector;
+use crate::flow::userinfo::UserinfoClient;
 use crate::policy::runtime::PolicyRuntime;
 use crate::provider::IdpError;
 use crate::store::Store;
@@ -32,6 +35,8 @@ pub struct TokenMethods {
     bearer: BearerVerifier,
     cc: ClientCredentials,
     introspector: Introspector,
+    /// The `userinfo` method's client and cache.
+    userinfo: UserinfoClient,
 }
 
 impl TokenMethods {
@@ -56,7 +61,13 @@ impl TokenMethods {
                 metrics.clone(),
                 shared.clone(),
             ),
-            introspector: Introspector::new(100_000, clock, metrics, shared),
+            introspector: Introspector::new(
+                100_000,
+                clock.clone(),
+                metrics.clone(),
+                shared.clone(),
+            ),
+            userinfo: UserinfoClient::new(100_000, clock, metrics, shared),
         }
     }
 
@@ -71,10 +82,7 @@ impl TokenMethods {
         let cc_allowed = policy.allows(AuthMethod::ClientCredentials);
         let header_client = creds.header_client.as_ref().filter(|_| cc_allowed);
         match (creds.authorization, header_client) {
-            (Authorization::Bearer(token), _)
-                if policy.allows(AuthMethod::Bearer)
-                    || policy.allows(AuthMethod::Introspection) =>
-            {
+            (Authorization::Bearer(token), _) if takes_tokens(policy) => {
                 self.token(rt, token).await
             }
             (Authorization::Basic(b64), _) if cc_allowed => {
@@ -133,31 +141,79 @@ impl TokenMethods {
         Ok(id)
     }
 
-    /// A token from `Authorization: Bearer`: verified locally when it is a JWT and the policy allows `bearer`
-    /// (unless `introspect_jwt_tokens`), else introspected when the policy allows `introspection`.
+    /// A token from `Authorization: Bearer`, checked by the methods of [`token_chain`] in its order: a method
+    /// that finds the token invalid (401) hands it to the next one; the last one's refusal, or any method's
+    /// outage (503, fail closed), is the answer.
     async fn token(&self, rt: &PolicyRuntime, token: &str) -> Result<Identity, Refusal> {
         let (policy, provider) = (&rt.policy, rt.provider.as_ref());
-        let jwt = BearerVerifier::is_jwt(token);
-        let introspect = policy.allows(AuthMethod::Introspection)
-            && (!jwt || policy.introspect_jwt_tokens || !policy.allows(AuthMethod::Bearer));
         let name = provider.name();
-        let (method, verified) = if introspect {
-            let verified = self.introspector.introspect(provider, policy, token).await;
-            (
-                AuthMethod::Introspection,
-                verified.map_err(|e| token_refusal(name, e)),
-            )
-        } else {
-            let verified = self.bearer.verify(provider, token).await;
-            (
-                AuthMethod::Bearer,
-                verified.map_err(|e| token_refusal(name, e)),
-            )
-        };
-        match verified {
-            Ok(verified) => Ok(token_identity(method, verified)),
-            Err(refusal) => Err(refusal.during(method)),
+        let chain = token_chain(policy, token);
+        let mut refusal = None;
+        for method in chain {
+            let verified = match method {
+                AuthMethod::Introspection => self
+                    .introspector
+                    .introspect(provider, policy, token)
+                    .await
+                    .map_err(|e| token_refusal(name, e)),
+                AuthMethod::Userinfo => self
+                    .userinfo
+                    .userinfo(provider, policy, token)
+                    .await
+                    .map_err(|e| token_refusal(name, e)),
+                _ => self
+                    .bearer
+                    .verify(provider, token)
+                    .await
+                    .map_err(|e| token_refusal(name, e)),
+            };
+            match verified {
+                Ok(verified) => return Ok(token_identity(method, verified)),
+                Err(r) => {
+                    let unavailable = r.kind == RefusalKind::Unavailable;
+                    refusal = Some(r.during(method));
+                    if unavailable {
+                        break;
+                    }
+                }
+            }
         }
+        Err(refusal.unwrap_or_else(|| {
+            Refusal::unauthenticated("invalid_token", "this route does not accept bearer tokens")
+        }))
+    }
+}
+
+/// Whether a policy takes `Authorization: Bearer` tokens (`bearer`, `introspection` or `userinfo`).
+pub fn takes_tokens(policy: &crate::config::Policy) -> bool {
+    policy.allows(AuthMethod::Bearer)
+        || policy.allows(AuthMethod::Introspection)
+        || policy.allows(AuthMethod::Userinfo)
+}
+
+/// The methods that check a bearer token, in the order they are asked:
+/// - a JWT goes to `bearer` alone when the policy allows `bearer`, unless `introspect_jwt_tokens` is set and the
+///   policy allows `introspection` (a JWT that fails local verification is refused, never sent to the IdP);
+/// - any other token (opaque, or a JWT the rule above does not keep) goes to `introspection` and `userinfo`, those
+///   of them the policy allows, in the order of its `auth_methods`;
+/// - with neither of those allowed, to `bearer` (which refuses what is not a JWT).
+pub fn token_chain(policy: &crate::config::Policy, token: &str) -> Vec<AuthMethod> {
+    let jwt = BearerVerifier::is_jwt(token);
+    let local = policy.allows(AuthMethod::Bearer)
+        && !(policy.introspect_jwt_tokens && policy.allows(AuthMethod::Introspection));
+    if jwt && local {
+        return vec![AuthMethod::Bearer];
+    }
+    let remote: Vec<AuthMethod> = policy
+        .auth_methods
+        .iter()
+        .copied()
+        .filter(|m| matches!(m, AuthMethod::Introspection | AuthMethod::Userinfo))
+        .collect();
+    if remote.is_empty() {
+        vec![AuthMethod::Bearer]
+    } else {
+        remote
     }
 }
 
@@ -304,6 +360,61 @@ mod tests {
     use super::*;
     use crate::cache;
     use crate::store::{Backend, StoreError};
+
+    /// The order of the token methods: a JWT to `bearer` alone when the policy allows it (unless
+    /// `introspect_jwt_tokens` with `introspection`), anything else to `introspection` and `userinfo` in config order.
+    #[test]
+    fn token_chain_follows_the_rule() {
+        use AuthMethod::{Bearer, Introspection, Userinfo};
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln";
+        let opaque = "opaque-token";
+        let toml = |methods: &str, ijt: bool| {
+            format!(
+                "[providers.idp]\nissuer = \"https://idp.test\"\nclient_id = \"c\"\nclient_secret = \"s\"\naudiences = [\"a\"]\n[policies.p]\nprovider = \"idp\"\nauth_methods = {methods}\nintrospect_jwt_tokens = {ijt}\n"
+            )
+        };
+        let cases: &[(&str, bool, &str, &[AuthMethod])] = &[
+            (
+                r#"["bearer", "introspection", "userinfo"]"#,
+                false,
+                jwt,
+                &[Bearer],
+            ),
+            (
+                r#"["bearer", "introspection", "userinfo"]"#,
+                false,
+                opaque,
+                &[Introspection, Userinfo],
+            ),
+            (
+                r#"["userinfo", "bearer", "introspection"]"#,
+                false,
+                opaque,
+                &[Userinfo, Introspection],
+            ),
+            (
+                r#"["userinfo", "bearer", "introspection"]"#,
+                true,
+                jwt,
+                &[Userinfo, Introspection],
+            ),
+            (r#"["bearer", "userinfo"]"#, true, jwt, &[Bearer]),
+            (r#"["userinfo"]"#, false, jwt, &[Userinfo]),
+            (r#"["bearer"]"#, false, opaque, &[Bearer]),
+            (r#"["introspection"]"#, false, jwt, &[Introspection]),
+        ];
+        for (methods, ijt, token, want) in cases {
+            let config = crate::config::Config::from_toml(&toml(methods, *ijt)).unwrap();
+            let policy = &config.policies[0];
+            assert!(takes_tokens(policy));
+            assert_eq!(
+                token_chain(policy, token),
+                want.to_vec(),
+                "{methods} ijt={ijt} jwt={}",
+                *token == jwt
+            );
+        }
+    }
 
     /// A Redis that hangs: every operation is counted and never answers.
     #[derive(Debug)]

@@ -25,6 +25,7 @@ pub fn allow(
     let policy = &rt.policy;
     let settings = rt.login.as_ref().map(|flow| &flow.settings);
     let mut allowed = claim_headers(policy, id.method, id.claims());
+    user_info_header(&mut allowed, policy, &id);
     if let Some(authorization) = id.upstream_authorization.take() {
         allowed
             .set_headers
@@ -59,6 +60,35 @@ pub fn allow(
         .collect();
     remove_spellings(&mut allowed, policy, view);
     allowed
+}
+
+/// Largest `upstream_user_info_header` value sent (encoded bytes): well inside Envoy's and common upstreams'
+/// header limits (Envoy: 60 KiB for all headers; nginx: 8 KiB per line by default).
+pub const MAX_USER_INFO_HEADER: usize = 8 * 1024;
+
+/// `upstream_user_info_header`: the userinfo answer of a request the `userinfo` method authenticated, as base64url
+/// (no padding) JSON. An answer encoding to more than [`MAX_USER_INFO_HEADER`] bytes is not sent (logged; client
+/// copies are still removed): a partial JSON would mislead, and an oversized header would make Envoy or the
+/// upstream refuse a request that passed every rule.
+fn user_info_header(allowed: &mut Allow, policy: &Policy, id: &Identity) {
+    use base64::Engine;
+    let Some(h) = &policy.upstream_user_info_header else {
+        return;
+    };
+    if id.method != AuthMethod::Userinfo {
+        return;
+    }
+    let Ok(json) = serde_json::to_vec(id.claims()) else {
+        return;
+    };
+    let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
+    if value.len() > MAX_USER_INFO_HEADER {
+        tracing::warn!(policy.name = %policy.name, bytes = value.len(), max = MAX_USER_INFO_HEADER, "the userinfo answer is too large for upstream_user_info_header: not sent");
+        return;
+    }
+    allowed.set_headers.retain(|(k, _)| k != h);
+    allowed.remove_headers.retain(|k| k != h);
+    allowed.set_headers.push((h.clone(), value));
 }
 
 /// The session and login cookies never go upstream: rewrite the `Cookie` header without them (or drop it).

@@ -1,5 +1,5 @@
 //! The I/O seam to identity providers: [`IdpClient`] is the only thing that talks to an IdP (discovery, JWKS,
-//! token, introspection and revocation calls); [`ReqwestIdp`] does it over HTTP, [`super::fake::FakeIdp`] in
+//! token, introspection, revocation and userinfo calls); [`ReqwestIdp`] does it over HTTP, [`super::fake::FakeIdp`] in
 //! memory for tests. Metrics and JSON parsing stay above the seam, in [`super::Provider`].
 
 use std::fmt;
@@ -27,16 +27,19 @@ pub enum Endpoint {
     Introspection,
     /// RFC 7009 revocation (POST).
     Revocation,
+    /// OpenID Connect userinfo (GET with the caller's bearer token).
+    Userinfo,
 }
 
 impl Endpoint {
     /// Every endpoint kind.
-    pub const ALL: [Endpoint; 5] = [
+    pub const ALL: [Endpoint; 6] = [
         Endpoint::Discovery,
         Endpoint::Jwks,
         Endpoint::Token,
         Endpoint::Introspection,
         Endpoint::Revocation,
+        Endpoint::Userinfo,
     ];
 
     /// The name in errors, logs and metrics.
@@ -47,6 +50,7 @@ impl Endpoint {
             Endpoint::Token => "token",
             Endpoint::Introspection => "introspection",
             Endpoint::Revocation => "revocation",
+            Endpoint::Userinfo => "userinfo",
         }
     }
 }
@@ -129,6 +133,10 @@ pub trait IdpClient: Send + Sync + fmt::Debug {
 
     /// POSTs a form (token, introspection or revocation) with client authentication.
     fn post_form<'a>(&'a self, to: Target<'a>, form: Form<'a>) -> Pending<'a>;
+
+    /// GETs a resource with `Authorization: Bearer <token>` (RFC 6750 2.1; the userinfo endpoint), no client
+    /// authentication. The token is never logged.
+    fn get_bearer<'a>(&'a self, to: Target<'a>, token: &'a str) -> Pending<'a>;
 }
 
 /// The production [`IdpClient`]: one `reqwest::Client` for every provider of the process (no redirects, bounded
@@ -172,6 +180,14 @@ impl ReqwestIdp {
 impl IdpClient for ReqwestIdp {
     fn get<'a>(&'a self, to: Target<'a>) -> Pending<'a> {
         Box::pin(Self::send(to, self.http.get(to.url.clone())))
+    }
+
+    fn get_bearer<'a>(&'a self, to: Target<'a>, token: &'a str) -> Pending<'a> {
+        let req = self
+            .http
+            .get(to.url.clone())
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        Box::pin(Self::send(to, req))
     }
 
     fn post_form<'a>(&'a self, to: Target<'a>, form: Form<'a>) -> Pending<'a> {

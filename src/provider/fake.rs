@@ -69,6 +69,8 @@ pub struct Call {
     pub form: Vec<(String, String)>,
     /// The client authentication of a POST.
     pub client: Option<SentClient>,
+    /// The bearer token of a GET with one (userinfo).
+    pub bearer: Option<String>,
 }
 
 impl Call {
@@ -88,6 +90,7 @@ impl fmt::Debug for Call {
             .field("url", &self.url.as_str())
             .field("fields", &fields)
             .field("client", &self.client)
+            .field("bearer", &self.bearer.is_some())
             .finish()
     }
 }
@@ -126,7 +129,7 @@ impl FakeIdp {
     }
 
     /// A fake whose discovery document names `issuer` and endpoints under it ([`FakeIdp::discovery_document`]),
-    /// with an empty JWKS; token, introspection and revocation answer 404 until told otherwise.
+    /// with an empty JWKS; token, introspection, revocation and userinfo answer 404 until told otherwise.
     pub fn for_issuer(issuer: &str) -> Self {
         let fake = Self::new();
         fake.answer(Endpoint::Discovery, 200, Self::discovery_document(issuer));
@@ -135,7 +138,7 @@ impl FakeIdp {
     }
 
     /// A discovery document for `issuer`: `{issuer}/keys`, `/token`, `/introspect`, `/authorize`, `/logout`,
-    /// `/revoke`, and both client authentication methods.
+    /// `/revoke`, `/userinfo`, and both client authentication methods.
     pub fn discovery_document(issuer: &str) -> Value {
         json!({
             "issuer": issuer,
@@ -145,6 +148,7 @@ impl FakeIdp {
             "authorization_endpoint": format!("{issuer}/authorize"),
             "end_session_endpoint": format!("{issuer}/logout"),
             "revocation_endpoint": format!("{issuer}/revoke"),
+            "userinfo_endpoint": format!("{issuer}/userinfo"),
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         })
     }
@@ -216,6 +220,17 @@ impl IdpClient for FakeIdp {
             url: to.url.clone(),
             form: Vec::new(),
             client: None,
+            bearer: None,
+        };
+        Box::pin(std::future::ready(self.serve(to.endpoint, call)))
+    }
+
+    fn get_bearer<'a>(&'a self, to: Target<'a>, token: &'a str) -> Pending<'a> {
+        let call = Call {
+            url: to.url.clone(),
+            form: Vec::new(),
+            client: None,
+            bearer: Some(token.to_string()),
         };
         Box::pin(std::future::ready(self.serve(to.endpoint, call)))
     }
@@ -241,6 +256,7 @@ impl IdpClient for FakeIdp {
                     _ => None,
                 },
             }),
+            bearer: None,
         };
         Box::pin(std::future::ready(self.serve(to.endpoint, call)))
     }

@@ -97,6 +97,8 @@ pub struct Metadata {
     pub end_session_endpoint: Option<Url>,
     /// RFC 7009 token revocation endpoint (discovery only).
     pub revocation_endpoint: Option<Url>,
+    /// OpenID Connect userinfo endpoint (the `userinfo` auth method).
+    pub userinfo_endpoint: Option<Url>,
     /// Client authentication methods the token endpoint accepts.
     pub token_endpoint_auth_methods: Vec<String>,
 }
@@ -110,6 +112,7 @@ struct RawMetadata {
     authorization_endpoint: Option<String>,
     end_session_endpoint: Option<String>,
     revocation_endpoint: Option<String>,
+    userinfo_endpoint: Option<String>,
     #[serde(default)]
     token_endpoint_auth_methods_supported: Vec<String>,
 }
@@ -369,6 +372,22 @@ impl Provider {
         res
     }
 
+    /// GETs `url` with the caller's token as `Authorization: Bearer` (the userinfo endpoint): the status and the
+    /// body, whatever the status; the call is counted in the IdP metrics (a 5xx as a failure).
+    pub async fn get_bearer(
+        &self,
+        endpoint: Endpoint,
+        url: &Url,
+        token: &str,
+    ) -> Result<(u16, Vec<u8>), IdpError> {
+        let start = Instant::now();
+        let res = self.idp.get_bearer(self.target(endpoint, url), token).await;
+        let ok = matches!(&res, Ok((s, _)) if !token::idp_unwell(*s));
+        self.metrics
+            .idp_call(self.name(), endpoint.as_str(), ok, start.elapsed());
+        res
+    }
+
     /// A fresh client assertion for a call to `url` (its `aud`: the endpoint called, the token endpoint for every
     /// grant, as Okta requires).
     fn assertion(&self, signer: Signer<'_>, id: &str, url: &Url) -> Result<String, IdpError> {
@@ -513,6 +532,10 @@ impl Provider {
                 .clone()
                 .or_else(|| parse(raw.end_session_endpoint)),
             revocation_endpoint: parse(raw.revocation_endpoint),
+            userinfo_endpoint: c
+                .userinfo_endpoint
+                .clone()
+                .or_else(|| parse(raw.userinfo_endpoint)),
             token_endpoint_auth_methods: raw.token_endpoint_auth_methods_supported,
         };
         Ok((m, true))
@@ -527,6 +550,7 @@ impl Provider {
             authorization_endpoint: c.authorization_endpoint.clone(),
             end_session_endpoint: c.end_session_endpoint.clone(),
             revocation_endpoint: None,
+            userinfo_endpoint: c.userinfo_endpoint.clone(),
             token_endpoint_auth_methods: Vec::new(),
         }
     }

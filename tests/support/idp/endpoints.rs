@@ -30,6 +30,7 @@ pub(super) fn router(state: Arc<IdpState>) -> Router {
         .route("/oauth2/default/v1/token", post(token))
         .route("/oauth2/default/v1/introspect", post(introspect))
         .route("/oauth2/default/v1/revoke", post(revoke))
+        .route("/oauth2/default/v1/userinfo", get(userinfo))
         .with_state(state)
 }
 
@@ -86,6 +87,7 @@ async fn discovery(State(s): State<Arc<IdpState>>) -> Response {
         "authorization_endpoint": format!("{issuer}/v1/authorize"),
         "end_session_endpoint": format!("{issuer}/v1/logout"),
         "revocation_endpoint": format!("{issuer}/v1/revoke"),
+        "userinfo_endpoint": format!("{issuer}/v1/userinfo"),
         "token_endpoint_auth_methods_supported": s.token_auth_methods.lock().unwrap().clone(),
     }))
     .into_response()
@@ -432,5 +434,27 @@ async fn introspect(
             axum::Json(c).into_response()
         }
         _ => axum::Json(json!({"active": false})).into_response(),
+    }
+}
+
+/// OpenID Connect userinfo: the claims of a token it knows (`Authorization: Bearer`), else 401 with RFC 6750's
+/// challenge. Every request is counted on arrival.
+async fn userinfo(State(s): State<Arc<IdpState>>, headers: axum::http::HeaderMap) -> Response {
+    s.userinfo_hits.fetch_add(1, Ordering::SeqCst);
+    if let Some(r) = gate(&s).await {
+        return r;
+    }
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    match s.userinfo.lock().unwrap().get(token).cloned() {
+        Some(c) => axum::Json(c).into_response(),
+        None => (
+            StatusCode::UNAUTHORIZED,
+            [("www-authenticate", "Bearer error=\"invalid_token\"")],
+        )
+            .into_response(),
     }
 }

@@ -1,5 +1,5 @@
 //! The mock IdP: Okta-style discovery, JWKS, token (client credentials, authorization code with PKCE, refresh),
-//! introspection and revocation, with switchable failure modes ([`Mode`]) and knobs in [`IdpState`].
+//! introspection, revocation and userinfo, with switchable failure modes ([`Mode`]) and knobs in [`IdpState`].
 
 mod endpoints;
 
@@ -87,6 +87,10 @@ pub struct IdpState {
     pub jwt_clients: Mutex<HashMap<String, Value>>,
     /// Every client assertion accepted: (the endpoint path, its header, its claims).
     pub assertions: Mutex<Vec<(String, Value, Value)>>,
+    /// Tokens the userinfo endpoint knows: token -> its answer.
+    pub userinfo: Mutex<HashMap<String, Value>>,
+    /// Userinfo endpoint calls, counted on arrival.
+    pub userinfo_hits: AtomicUsize,
 }
 
 /// What an authorization code stands for.
@@ -166,6 +170,8 @@ impl MockIdp {
             clock_offset: std::sync::atomic::AtomicU64::new(0),
             jwt_clients: Mutex::new(HashMap::new()),
             assertions: Mutex::new(Vec::new()),
+            userinfo: Mutex::new(HashMap::new()),
+            userinfo_hits: AtomicUsize::new(0),
         });
         let app = endpoints::router(state.clone());
         let (tx, rx) = oneshot::channel::<()>();
@@ -270,6 +276,21 @@ impl MockIdp {
             .lock()
             .unwrap()
             .insert(id.to_string(), public);
+    }
+
+    /// An opaque token only the userinfo endpoint knows, answered with `answer`.
+    pub fn userinfo_token(&self, answer: Value) -> String {
+        let t = format!("ui-{:x}{:x}", rand_u64(), rand_u64());
+        self.state
+            .userinfo
+            .lock()
+            .unwrap()
+            .insert(t.clone(), answer);
+        t
+    }
+
+    pub fn userinfo_hits(&self) -> usize {
+        self.state.userinfo_hits.load(Ordering::SeqCst)
     }
 
     pub fn introspect_hits(&self) -> usize {
