@@ -7,6 +7,7 @@ pub mod bearer;
 pub mod claims;
 pub mod client_credentials;
 pub mod introspection;
+pub mod issuer;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -140,6 +141,22 @@ impl TokenMethods {
         let jwt = BearerVerifier::is_jwt(token);
         let introspect = policy.allows(AuthMethod::Introspection)
             && (!jwt || policy.introspect_jwt_tokens || !policy.allows(AuthMethod::Bearer));
+        // Several issuers: a JWT's `iss` picks its provider (locally verified or introspected there); one naming no
+        // listed issuer is refused before any call. Opaque tokens go to the first provider.
+        let provider = if jwt {
+            let Some(picked) = rt.issuers.for_jwt(token) else {
+                let method = if introspect {
+                    AuthMethod::Introspection
+                } else {
+                    AuthMethod::Bearer
+                };
+                let why = bearer::BearerError::Issuer.to_string();
+                return Err(Refusal::unauthenticated("invalid_token", why).during(method));
+            };
+            picked.as_ref()
+        } else {
+            provider
+        };
         let name = provider.name();
         let (method, verified) = if introspect {
             let verified = self.introspector.introspect(provider, policy, token).await;
