@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -87,8 +86,9 @@ def issuers(world: World):
     require(world, "httpbin", "envoy", "idp")
     second, third = ExtraIdp(world, "idp2"), ExtraIdp(world, "idp3")
     try:
-        with ThreadPoolExecutor(2) as pool:  # both node processes start at once
-            list(pool.map(lambda i: i.component.start(), (second, third)))
+        # from this thread: a process dies with the thread that started it (PR_SET_PDEATHSIG), so no thread pool
+        second.component.start()
+        third.component.start()
         world.authz_extra = EXTRA.format(issuer=second.issuer)
         world.stop("authz")
         require(world, "authz")
