@@ -393,5 +393,22 @@ introspect_jwt_tokens = true
         assert_eq!(status, DenyStatus::Unauthorized);
         let call = w.idp.last(Endpoint::Introspection).unwrap();
         assert!(call.url.as_str().starts_with(A), "{}", call.url);
+        // an answer without `iss`: the provider that answered is shown as the issuer
+        w.idp.answer(
+            Endpoint::Introspection,
+            200,
+            json!({"active": true, "aud": "api://a", "sub": "carol", "exp": NOW + 60}),
+        );
+        match w.check("intro", "opaque-token-2").await {
+            Decision::Allow(a) => {
+                let iss = a
+                    .metadata
+                    .iter()
+                    .find(|(k, _)| *k == "iss")
+                    .map(|(_, v)| v.as_str());
+                assert_eq!(iss, Some(A));
+            }
+            other => panic!("not an allow: {other:?}"),
+        }
     }
 }
