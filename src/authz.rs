@@ -41,6 +41,8 @@ struct Outcome {
     decision: Decision,
     method: Option<AuthMethod>,
     sub: Option<String>,
+    /// The verified `iss` of the identity (for the log line): the issuer actually used.
+    iss: Option<String>,
 }
 
 impl Outcome {
@@ -50,6 +52,7 @@ impl Outcome {
             method: refusal.method,
             decision: Decision::Deny(refusal.deny(rt.map(|rt| &rt.policy))),
             sub: None,
+            iss: None,
         }
     }
 }
@@ -166,6 +169,7 @@ impl Authorizer {
             }
             Err(refusal) => Outcome::refused(None, refusal),
         };
+        record.issuer(outcome.iss);
         record.finish(&outcome.decision, outcome.method, outcome.sub.as_deref());
         outcome.decision
     }
@@ -215,6 +219,7 @@ impl Authorizer {
                     decision: Decision::Redirect(r),
                     method: Some(AuthMethod::AuthorizationCode),
                     sub: None,
+                    iss: None,
                 };
             }
             Ok(Authenticated::Answered(a)) => {
@@ -222,17 +227,24 @@ impl Authorizer {
                     decision: Decision::Answered(a),
                     method: Some(AuthMethod::Session),
                     sub: None,
+                    iss: None,
                 };
             }
             Err(refusal) => return Outcome::refused(Some(rt), refusal),
         };
         let (method, sub) = (id.method, id.sub());
+        let iss = id
+            .claims()
+            .get("iss")
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
         if let Err(denied) = rt.policy.access.check(id.claims()) {
             let refusal = Refusal::insufficient(denied.to_string())
                 .during(method)
                 .with_cookies(id.set_cookies);
             return Outcome {
                 sub,
+                iss,
                 ..Outcome::refused(Some(rt), refusal)
             };
         }
@@ -240,6 +252,7 @@ impl Authorizer {
             decision: Decision::Allow(headers::allow(rt, view, &creds, id)),
             method: Some(method),
             sub,
+            iss,
         }
     }
 }

@@ -75,6 +75,8 @@ pub struct CheckRecord<'a> {
     /// The selected policy's name, `-` until one is selected, and its counters.
     policy: &'a str,
     counters: &'a PolicyCounters,
+    /// The issuer of the verified token or session (`iss`), once authenticated: the provider actually used.
+    issuer: Option<String>,
     finished: bool,
 }
 
@@ -92,6 +94,7 @@ impl<'a> CheckRecord<'a> {
             start: Instant::now(),
             policy: "-",
             counters: unselected,
+            issuer: None,
             finished: false,
         }
     }
@@ -100,6 +103,11 @@ impl<'a> CheckRecord<'a> {
     pub fn selected(&mut self, name: &'a str, counters: &'a PolicyCounters) {
         self.policy = name;
         self.counters = counters;
+    }
+
+    /// The request authenticated with a token or session of this issuer (its verified `iss`).
+    pub fn issuer(&mut self, iss: Option<String>) {
+        self.issuer = iss;
     }
 
     /// The Check is answered: `decision`, by `method`, for `sub`.
@@ -131,6 +139,7 @@ impl<'a> CheckRecord<'a> {
             policy.name = self.policy,
             auth.method = method,
             auth.sub = sub,
+            auth.iss = self.issuer.as_deref().unwrap_or(""),
             decision = result,
             reason,
             request.id = view.request_id,

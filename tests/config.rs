@@ -433,3 +433,46 @@ fn private_key_jwt_errors_exit_64_and_the_key_is_never_echoed() {
     assert!(all.contains("client_jwk is a key published"), "{all}");
     assert!(!all.contains(&d[..12]), "{all}");
 }
+
+#[test]
+fn several_issuers_on_one_policy_errors_name_their_key_paths() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/invalid/providers-list.toml");
+    let err = Config::load(&path).unwrap_err();
+    let text = err.to_string();
+    for want in [
+        "policies.both_keys: give `provider` or `providers`, not both",
+        "policies.neither: missing `provider`",
+        "policies.empty: providers must name at least one provider",
+        "policies.twice.providers[2]: provider `okta` is listed twice",
+        "policies.unknown.providers[1]: unknown provider `nobody`",
+        "policies.same_issuer.providers: providers `okta` and `okta_again` have the same issuer",
+        "policies.no_audiences: provider `open` has no `audiences`",
+        "policies.any_but_all_have_them: allow_any_audience = true, but every provider in `providers` lists",
+    ] {
+        assert!(text.contains(want), "{want:?} not in:\n{text}");
+    }
+    assert_eq!(err.0.len(), 8, "{text}");
+    // valid: the first listed provider is `provider`, every one is in `providers`, in config order; a provider
+    // without audiences is fine with allow_any_audience (a warning says the others' audiences are still checked)
+    let text = std::fs::read_to_string(&path).unwrap();
+    let valid = format!(
+        "{}\n[policies.ok]\nproviders = [\"open\", \"entra\", \"okta\"]\nauth_methods = [\"bearer\", \"introspection\"]\nallow_any_audience = true\n",
+        &text[..text.find("[policies.both_keys]").unwrap()]
+    );
+    let cfg = Config::from_toml(&valid).unwrap_or_else(|e| panic!("{e}"));
+    let ok = &cfg.policies[cfg.policy_index("ok").unwrap()];
+    let names: Vec<&str> = ok
+        .providers
+        .iter()
+        .map(|&i| cfg.providers[i].name.as_str())
+        .collect();
+    assert_eq!(names, ["open", "entra", "okta"]);
+    assert_eq!(cfg.providers[ok.provider].name, "open");
+    assert!(
+        cfg.warnings
+            .iter()
+            .any(|w| w.contains("policies.ok: allow_any_audience = true accepts any audience only from providers without `audiences` (open)")),
+        "{:?}",
+        cfg.warnings
+    );
+}

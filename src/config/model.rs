@@ -226,8 +226,12 @@ pub struct UpstreamHeader {
 pub struct Policy {
     /// The name under `[policies.NAME]`.
     pub name: String,
-    /// Index into [`Config::providers`].
+    /// Index into [`Config::providers`]: the policy's first provider, used by introspection of opaque tokens,
+    /// client credentials and the browser login.
     pub provider: usize,
+    /// Indexes into [`Config::providers`] of every provider whose tokens the policy accepts, in config order
+    /// (`providers = [...]`, or just `provider`); a JWT's `iss` picks one. The first is [`Policy::provider`].
+    pub providers: Vec<usize>,
     /// Accepted ways to authenticate, in config order.
     pub auth_methods: Vec<AuthMethod>,
     /// Claim requirements (scopes, groups, roles, audience).

@@ -83,6 +83,8 @@ pub(super) enum JwkText {
 #[derive(Deserialize)]
 pub(super) struct RawPolicy {
     pub(super) provider: Option<String>,
+    /// Several issuers on one policy (instead of `provider`): a JWT's `iss` picks one.
+    pub(super) providers: Option<Vec<String>>,
     #[serde(default)]
     pub(super) auth_methods: Vec<String>,
     pub(super) scopes_claim: Option<Vec<String>>,

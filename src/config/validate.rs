@@ -190,6 +190,7 @@ impl Validator {
         self.shared_callbacks(&policies);
         for p in &policies {
             self.audiences(p, providers);
+            self.distinct_issuers(p, providers);
         }
         (policies, declared)
     }
@@ -689,24 +690,44 @@ impl Validator {
     /// `allow_any_audience = true`; saying it while the provider has audiences (which are still checked) is a
     /// contradiction.
     fn audiences(&mut self, p: &Policy, providers: &[ProviderConfig]) {
-        let Some(provider) = providers.get(p.provider) else {
+        // Every listed provider (`providers`): a JWT's `iss` may pick any of them.
+        let listed: Vec<&ProviderConfig> = p
+            .providers
+            .iter()
+            .filter_map(|&i| providers.get(i))
+            .collect();
+        let Some(provider) = listed.first() else {
             return;
         };
         let section = format!("policies.{}", p.name);
         let takes_tokens = p.allows(AuthMethod::Bearer) || p.allows(AuthMethod::Introspection);
-        if takes_tokens && provider.audiences.is_empty() && !p.allow_any_audience {
-            self.err(ConfigError::NoAudiences {
-                section,
-                provider: provider.name.clone(),
-            });
-        } else if p.allow_any_audience && !provider.audiences.is_empty() {
-            self.err(ConfigError::Conflict {
-                section,
-                message: format!(
+        let without: Vec<&str> = listed
+            .iter()
+            .filter(|c| c.audiences.is_empty())
+            .map(|c| c.name.as_str())
+            .collect();
+        if takes_tokens && !without.is_empty() && !p.allow_any_audience {
+            for name in &without {
+                self.err(ConfigError::NoAudiences {
+                    section: section.clone(),
+                    provider: name.to_string(),
+                });
+            }
+        } else if p.allow_any_audience && without.is_empty() {
+            let message = if listed.len() == 1 {
+                format!(
                     "allow_any_audience = true, but provider `{}` lists `audiences`, which are checked for every policy: remove one of the two",
                     provider.name
-                ),
-            });
+                )
+            } else {
+                "allow_any_audience = true, but every provider in `providers` lists `audiences`, which are checked for every policy: remove allow_any_audience".into()
+            };
+            self.err(ConfigError::Conflict { section, message });
+        } else if p.allow_any_audience && without.len() < listed.len() {
+            self.warn(format!(
+                "{section}: allow_any_audience = true accepts any audience only from providers without `audiences` ({}); the others' audiences are still checked",
+                without.join(", ")
+            ));
         }
     }
 
@@ -753,7 +774,13 @@ impl Validator {
         providers: &[String],
     ) -> Option<Policy> {
         let before = self.errors.len();
-        let provider = self.policy_provider(section, raw.provider.as_deref(), declared, providers);
+        let provider = self.policy_providers(
+            section,
+            raw.provider.as_deref(),
+            raw.providers.as_deref(),
+            declared,
+            providers,
+        );
         let auth_methods = self.auth_methods(section, &raw.auth_methods);
         let access = self.access_rules(section, &raw);
         let upstream_headers = self.upstream_headers(
@@ -813,9 +840,11 @@ impl Validator {
         if self.errors.len() != before {
             return None;
         }
+        let providers = provider?;
         Some(Policy {
             name: name.to_string(),
-            provider: provider?,
+            provider: *providers.first()?,
+            providers,
             auth_methods,
             access,
             upstream_headers,
@@ -835,6 +864,78 @@ impl Validator {
                 .or(raw.cache_introspection_secs)
                 .unwrap_or(300),
         })
+    }
+
+    /// The policy's providers (`provider = "x"`, or `providers = ["x", "y"]`; exactly one of the two), as indexes
+    /// into the valid providers sorted by name, in config order; `None` when any is missing or invalid.
+    fn policy_providers(
+        &mut self,
+        section: &str,
+        provider: Option<&str>,
+        list: Option<&[String]>,
+        declared: &BTreeSet<String>,
+        providers: &[String],
+    ) -> Option<Vec<usize>> {
+        let names = match (provider, list) {
+            (Some(_), Some(_)) => {
+                self.err(ConfigError::Conflict {
+                    section: section.into(),
+                    message: "give `provider` or `providers`, not both".into(),
+                });
+                return None;
+            }
+            (_, None) => {
+                return self
+                    .policy_provider(section, provider, declared, providers)
+                    .map(|i| vec![i]);
+            }
+            (None, Some(names)) => names,
+        };
+        if names.is_empty() {
+            self.err(ConfigError::Invalid {
+                section: section.into(),
+                message: "providers must name at least one provider".into(),
+            });
+            return None;
+        }
+        let mut out = Vec::with_capacity(names.len());
+        let mut valid = true;
+        for (i, name) in names.iter().enumerate() {
+            let key = format!("{section}.providers[{i}]");
+            if names[..i].contains(name) {
+                self.err(ConfigError::Invalid {
+                    section: key,
+                    message: format!("provider `{name}` is listed twice"),
+                });
+                valid = false;
+                continue;
+            }
+            match self.policy_provider(&key, Some(name), declared, providers) {
+                Some(index) => out.push(index),
+                None => valid = false,
+            }
+        }
+        valid.then_some(out)
+    }
+
+    /// Every provider of a policy with `providers` has its own issuer: a JWT's `iss` must pick exactly one.
+    fn distinct_issuers(&mut self, p: &Policy, providers: &[ProviderConfig]) {
+        for (i, &a) in p.providers.iter().enumerate() {
+            for &b in &p.providers[..i] {
+                let (Some(a), Some(b)) = (providers.get(a), providers.get(b)) else {
+                    continue;
+                };
+                if a.issuer == b.issuer {
+                    self.err(ConfigError::Conflict {
+                        section: format!("policies.{}.providers", p.name),
+                        message: format!(
+                            "providers `{}` and `{}` have the same issuer {}: a token's `iss` could not pick one",
+                            b.name, a.name, a.issuer
+                        ),
+                    });
+                }
+            }
+        }
     }
 
     /// The policy's provider, as an index into the valid providers sorted by name.

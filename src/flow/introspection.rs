@@ -306,7 +306,7 @@ impl Introspector {
                 status,
             });
         }
-        let claims: Map<String, Value> =
+        let mut claims: Map<String, Value> =
             serde_json::from_slice(&body).map_err(|e| IdpError::Garbage {
                 endpoint: "introspection",
                 reason: e.to_string(),
@@ -332,6 +332,11 @@ impl Introspector {
                 return Ok(Arc::new(Answer::Refused { until: neg }));
             }
         };
+        // An answer without `iss` (RFC 7662 makes it optional): the provider that vouched for the token is its issuer,
+        // so headers, metadata and the decision log show the issuer actually used (a policy may have several).
+        claims
+            .entry("iss")
+            .or_insert_with(|| Value::String(provider.config.issuer.clone()));
         let mut ttl = policy.cache_introspection_secs;
         if let Some(e) = exp {
             ttl = ttl.min(e.saturating_sub(now));

@@ -8,6 +8,7 @@ pub mod bearer;
 pub mod claims;
 pub mod client_credentials;
 pub mod introspection;
+pub mod issuer;
 pub mod userinfo;
 
 use std::sync::Arc;
@@ -146,8 +147,20 @@ impl TokenMethods {
     /// outage (503, fail closed), is the answer.
     async fn token(&self, rt: &PolicyRuntime, token: &str) -> Result<Identity, Refusal> {
         let (policy, provider) = (&rt.policy, rt.provider.as_ref());
-        let name = provider.name();
         let chain = token_chain(policy, token);
+        // Several issuers: a JWT's `iss` picks its provider (locally verified or introspected there); one naming no
+        // listed issuer is refused before any call. Opaque tokens go to the first provider.
+        let provider = if BearerVerifier::is_jwt(token) {
+            let Some(picked) = rt.issuers.for_jwt(token) else {
+                let method = chain.first().copied().unwrap_or(AuthMethod::Bearer);
+                let why = bearer::BearerError::Issuer.to_string();
+                return Err(Refusal::unauthenticated("invalid_token", why).during(method));
+            };
+            picked.as_ref()
+        } else {
+            provider
+        };
+        let name = provider.name();
         let mut refusal = None;
         for method in chain {
             let verified = match method {

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use crate::config::{Config, Policy};
+use crate::flow::issuer::Issuers;
 use crate::login::{LoginFlow, MAX_REVOCATIONS_PER_PROVIDER};
 use crate::provider::Provider;
 use crate::telemetry::{Metrics, PolicyCounters};
@@ -16,8 +17,10 @@ pub struct PolicyRuntime {
     /// The configured policy: methods, access rules, header plan. Its login settings are not here but in
     /// [`PolicyRuntime::login`] (taken out at compile time, so they live in one place).
     pub policy: Policy,
-    /// Its provider.
+    /// Its provider (the first of `providers`): introspection of opaque tokens, client credentials, the login.
     pub provider: Arc<Provider>,
+    /// Every provider whose tokens it accepts (`providers`, or just `provider`): a JWT's `iss` picks one.
+    pub issuers: Issuers,
     /// Its browser login, when it allows `authorization_code` or `session`.
     pub login: Option<LoginFlow>,
     /// Its decision counters.
@@ -47,6 +50,7 @@ pub fn compile(
             PolicyRuntime {
                 decisions: metrics.policy_counters(&policy.name),
                 provider: providers[p.provider].clone(),
+                issuers: Issuers::new(p.providers.iter().map(|&i| providers[i].clone()).collect()),
                 policy,
                 login,
             }

@@ -301,6 +301,9 @@ class World:
         (self.envoy_port, self.envoy_admin_port, self.httpbin_port, self.idp_port,
          self.grpc_port, self.authz_admin_port) = (self.ports[n] for n in PORT_NAMES)
         self._authz_bin = authz_bin
+        # TOML appended to the rendered oidc-authz config (tests that need more providers, e.g. a second IdP, set it
+        # and restart authz; they clear it and stop authz when done)
+        self.authz_extra = ""
         self.issuer: str | None = None
         self._discovery: dict | None = None
         self.failed = False
@@ -474,12 +477,16 @@ class World:
         """Render tests/e2e/oidc-authz.template.toml (the one policy set of the e2e suite and the demo) for this
         World's ports and the IdP's issuer."""
         assert self.issuer, "IdP must be up before oidc-authz's config is rendered"
-        return render(E2E / "oidc-authz.template.toml", self.tmp / "oidc-authz.toml", {
+        out = render(E2E / "oidc-authz.template.toml", self.tmp / "oidc-authz.toml", {
             "GRPC_PORT": str(self.grpc_port),
             "ADMIN_PORT": str(self.authz_admin_port),
             "ISSUER": self.issuer,
             "ENVOY_PORT": str(self.envoy_port),
         })
+        if self.authz_extra:
+            with open(out, "a") as f:
+                f.write("\n" + self.authz_extra)
+        return out
 
     def _authz_argv(self) -> list[str]:
         return [str(self.authz_bin), "serve", "--config", str(self.authz_config())]

@@ -10,6 +10,7 @@ mod client_auth;
 mod client_credentials;
 mod grpc;
 mod introspection;
+mod issuers;
 mod login;
 mod provider;
 mod sessions;
