@@ -127,6 +127,8 @@ pub(super) struct RawPolicy {
     pub(super) logout_revoke: Option<bool>,
     pub(super) session_storage: Option<String>,
     pub(super) backchannel_logout_path: Option<String>,
+    pub(super) bearer_token_param_type: Option<Vec<String>>,
+    pub(super) bearer_token_cookie_name: Option<String>,
 }
 
 /// `session_secret` may be one secret or a list (newest first).

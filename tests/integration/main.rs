@@ -15,3 +15,4 @@ mod provider;
 mod sessions;
 mod shared_caches;
 mod store;
+mod token_places;
