@@ -109,7 +109,7 @@ pub fn read<'a>(
         found.push((TokenPlace::Cookie, f));
     }
     if let Some((place, Err(why))) = found.iter().find(|(_, f)| f.is_err()) {
-        return (Authorization::Malformed(*why), Some(*place));
+        return (Authorization::Malformed(why), Some(*place));
     }
     let header_place = (header != Authorization::None).then_some(TokenPlace::Header);
     match (header, found.len()) {
