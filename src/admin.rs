@@ -281,7 +281,7 @@ fn would_use(
     }
     let cc = policy.allows(AuthMethod::ClientCredentials);
     let header_client = creds.header_client.is_some() && cc;
-    match creds.authorization {
+    match &creds.authorization {
         Authorization::Bearer(token) if crate::flow::takes_tokens(policy) => {
             match crate::flow::token_chain(policy, token).first() {
                 Some(AuthMethod::Introspection) => (
@@ -303,7 +303,7 @@ fn would_use(
             Some(AuthMethod::ClientCredentials),
             "client credentials in the policy's headers",
         ),
-        Authorization::Malformed(why) => (None, why),
+        Authorization::Malformed(why) => (None, *why),
         Authorization::None => (None, "no credentials in the request: 401"),
         Authorization::Bearer(_) | Authorization::Basic(_) => {
             (None, "this route does not accept these credentials: 401")

@@ -272,7 +272,7 @@ mod tests {
             set_cookies: vec!["session=secret-cookie; Path=/".into()],
         };
         let refusal = Refusal::insufficient("no").with_cookies(id.set_cookies.clone());
-        let auth = Authorization::Bearer("secret-bearer");
+        let auth = Authorization::Bearer("secret-bearer".into());
         for shown in [
             format!("{id:?}"),
             format!("{refusal:?}"),

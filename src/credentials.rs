@@ -2,21 +2,27 @@
 //! header, the policy's client-credential headers, the cookies, and what the request is for (the login's
 //! callback or logout path, or anything else).
 
+pub mod token_places;
+
+use std::borrow::Cow;
+
 use crate::flow::client_credentials::{self, ClientCreds, CredsError};
 use crate::login::cookie::RequestCookies;
 use crate::policy::runtime::PolicyRuntime;
 use crate::request::CheckView;
 
-/// What the `Authorization` header carries. `Debug` shows the scheme, never the credentials.
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// The request's credentials: what the `Authorization` header carries, or a bearer token from another place the
+/// policy names ([`token_places`]). `Debug` shows the scheme, never the credentials.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Authorization<'a> {
-    /// No `Authorization` header.
+    /// No `Authorization` header (and no token elsewhere).
     None,
-    /// `Bearer <token>`.
-    Bearer(&'a str),
+    /// `Bearer <token>`, or a token from the query, the form body or a cookie (percent-decoded when it was
+    /// encoded, hence owned then).
+    Bearer(Cow<'a, str>),
     /// `Basic <base64>`.
     Basic(&'a str),
-    /// Present but unusable (repeated, not UTF-8, unknown scheme, empty).
+    /// Present but unusable (repeated, not UTF-8, unknown scheme, empty, in more than one place).
     Malformed(&'static str),
 }
 
@@ -47,8 +53,10 @@ pub enum Intent {
 /// Everything a Check's auth methods read from the request, parsed once.
 #[derive(Debug)]
 pub struct Credentials<'a> {
-    /// The `Authorization` header.
+    /// The `Authorization` header, or the token from another place the policy reads (`bearer_token_param_type`).
     pub authorization: Authorization<'a>,
+    /// Where `authorization` came from (`None`: no credentials); `Query` removes the parameter upstream.
+    pub token_place: Option<token_places::TokenPlace>,
     /// Client credentials from the policy's headers (`client_credentials_param_type = ["header"]`); `None` when
     /// the client sent neither header (or the policy names none).
     pub header_client: Option<Result<ClientCreds, CredsError>>,
@@ -59,7 +67,8 @@ pub struct Credentials<'a> {
 }
 
 impl<'a> Credentials<'a> {
-    /// Reads the request for the policy `rt` (its cookies only when it has a login: nothing else reads them).
+    /// Reads the request for the policy `rt` (its cookies only when it has a login or a token cookie: nothing else
+    /// reads them).
     pub fn parse(view: &CheckView<'a>, rt: &PolicyRuntime) -> Self {
         let policy = &rt.policy;
         let intent = match &rt.login {
@@ -70,14 +79,17 @@ impl<'a> Credentials<'a> {
             }
             _ => Intent::Resource,
         };
-        let cookies = if rt.login.is_some() {
+        let places = &policy.bearer_token_places;
+        let cookies = if rt.login.is_some() || places.cookie.is_some() {
             let headers: Vec<&str> = view.header_values("cookie").flatten().collect();
             RequestCookies::parse(&headers)
         } else {
             RequestCookies::default()
         };
+        let (authorization, token_place) = token_places::read(view, places, &cookies);
         Credentials {
-            authorization: authorization(view),
+            authorization,
+            token_place,
             header_client: client_credentials::from_headers(view, policy),
             cookies,
             intent,
@@ -90,7 +102,7 @@ impl<'a> Credentials<'a> {
     }
 }
 
-/// Reads the `Authorization` header.
+/// Reads the `Authorization` header alone.
 pub fn authorization<'a>(view: &CheckView<'a>) -> Authorization<'a> {
     let mut values = view.header_values("authorization");
     let value = match (values.next(), values.next()) {
@@ -109,7 +121,7 @@ pub fn authorization<'a>(view: &CheckView<'a>) -> Authorization<'a> {
         return Authorization::Malformed("the Authorization header has no credentials");
     }
     if scheme.eq_ignore_ascii_case("bearer") {
-        Authorization::Bearer(rest)
+        Authorization::Bearer(Cow::Borrowed(rest))
     } else if scheme.eq_ignore_ascii_case("basic") {
         Authorization::Basic(rest)
     } else {

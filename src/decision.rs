@@ -43,6 +43,8 @@ pub struct Allow {
     pub metadata: Vec<(&'static str, String)>,
     /// Headers added to the response the client gets (`Set-Cookie` of a refreshed session).
     pub response_headers: Vec<(&'static str, String)>,
+    /// Query parameters removed from the path sent upstream (the `access_token` a token came in).
+    pub remove_query_params: Vec<&'static str>,
 }
 
 /// The HTTP status of a deny.

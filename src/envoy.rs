@@ -84,6 +84,11 @@ fn allowed(allow: Allow) -> CheckResponse {
                     owned_header(k.to_string(), v, HeaderAppendAction::AppendIfExistsOrAdd)
                 })
                 .collect(),
+            query_parameters_to_remove: allow
+                .remove_query_params
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
             ..Default::default()
         })),
     }
@@ -259,6 +264,7 @@ mod tests {
             remove_headers: vec![HeaderName::from_static("x-groups")],
             metadata: vec![("sub", "alice".into())],
             response_headers: vec![("set-cookie", "s=1".into())],
+            remove_query_params: vec!["access_token"],
         }));
         assert_eq!(r.status.unwrap().code, 0);
         let Some(HttpResponse::OkResponse(ok)) = r.http_response else {
@@ -269,6 +275,10 @@ mod tests {
             HeaderAppendAction::OverwriteIfExistsOrAdd as i32
         );
         assert_eq!(ok.headers_to_remove, vec!["x-groups".to_string()]);
+        assert_eq!(
+            ok.query_parameters_to_remove,
+            vec!["access_token".to_string()]
+        );
         assert!(r.dynamic_metadata.unwrap().fields.contains_key("sub"));
         assert_eq!(
             ok.response_headers_to_add[0].header.as_ref().unwrap().key,

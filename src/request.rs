@@ -34,6 +34,8 @@ pub struct CheckView<'a> {
     /// The request body, when the route sends it (`with_request_body`; `raw_body` with `pack_as_bytes`); empty
     /// otherwise.
     pub body: &'a [u8],
+    /// The request's size in bytes as Envoy knew it (`-1`: unknown); more than `body` holds means a cut body.
+    pub size: i64,
     headers: Headers<'a>,
 }
 
@@ -59,6 +61,7 @@ impl<'a> CheckView<'a> {
                 request_id: "",
                 context_extensions,
                 body: &[],
+                size: -1,
                 headers: Headers::Map(&EMPTY),
             };
         };
@@ -96,6 +99,7 @@ impl<'a> CheckView<'a> {
             } else {
                 &http.raw_body
             },
+            size: http.size,
             headers,
         };
         if view.host.is_empty() {

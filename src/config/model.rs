@@ -256,6 +256,9 @@ pub struct Policy {
     /// Client credentials may also come from these request headers (Kong's `client_credentials_param_type =
     /// ["header"]` with `client_arg` / `client_secret_arg`); `None`: only `Authorization: Basic`.
     pub client_credential_headers: Option<(HeaderName, HeaderName)>,
+    /// Where a bearer token is read (Kong's `bearer_token_param_type`, default `["header"]`, and
+    /// `bearer_token_cookie_name`).
+    pub bearer_token_places: crate::credentials::token_places::TokenPlaces,
     /// Browser login and sessions (present when the policy allows `authorization_code` or `session`).
     pub login: Option<LoginSettings>,
     /// Every request header this policy sets or promises to control upstream (claim headers, `authorization`

@@ -132,6 +132,8 @@ pub(super) struct RawPolicy {
     pub(super) backchannel_logout_path: Option<String>,
     pub(super) upstream_user_info_header: Option<String>,
     pub(super) cache_user_info_secs: Option<u64>,
+    pub(super) bearer_token_param_type: Option<Vec<String>>,
+    pub(super) bearer_token_cookie_name: Option<String>,
 }
 
 /// `session_secret` may be one secret or a list (newest first).

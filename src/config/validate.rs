@@ -19,6 +19,7 @@ use super::raw::{
     JwkText, RawPolicy, RawProvider, RawRoute, RawServer, RawStore, SecretList, UrlList,
 };
 use super::{ConfigError, is_secret_key};
+use crate::credentials::token_places::TokenPlaces;
 use crate::login::cookie::CookieCodec;
 use crate::policy::access::{AccessRules, Requirement};
 use crate::policy::routes::{HostMatch, PathMatch, Route, RouteTable};
@@ -816,6 +817,8 @@ impl Validator {
         let codec = self.secret_codec(section, "session_secret", &session_secrets);
         let client_credential_headers = self.client_credential_headers(section, &raw);
         let login = self.login_settings(section, &raw, redirect_uri, codec, needs_login);
+        let bearer_token_places =
+            self.bearer_token_places(section, &raw, &auth_methods, login.as_ref());
         for (key, value) in [
             ("cache_introspection_secs", raw.cache_introspection_secs),
             ("cache_user_info_secs", raw.cache_user_info_secs),
@@ -856,6 +859,7 @@ impl Validator {
             logout_path: raw.logout_path,
             session_secrets,
             client_credential_headers,
+            bearer_token_places,
             login,
             controlled_headers,
             upstream_user_info_header,
@@ -1196,6 +1200,96 @@ impl Validator {
             }
         }
         client_credential_headers
+    }
+
+    /// `bearer_token_param_type` (default `["header"]`; any of `header`, `query`, `body`, `cookie`) and
+    /// `bearer_token_cookie_name` (required with `cookie`, and only then; never the session's own cookie).
+    fn bearer_token_places(
+        &mut self,
+        section: &str,
+        raw: &RawPolicy,
+        auth_methods: &[AuthMethod],
+        login: Option<&LoginSettings>,
+    ) -> TokenPlaces {
+        let mut places = TokenPlaces::default();
+        let Some(types) = &raw.bearer_token_param_type else {
+            if raw.bearer_token_cookie_name.is_some() {
+                self.err(ConfigError::Invalid {
+                    section: section.into(),
+                    message: "bearer_token_cookie_name is set but bearer_token_param_type does not list \"cookie\"".into(),
+                });
+            }
+            return places;
+        };
+        let invalid = |message: String| ConfigError::Invalid {
+            section: section.into(),
+            message,
+        };
+        let mut errors = Vec::new();
+        places.header = false;
+        let mut cookie = false;
+        for t in types {
+            match t.as_str() {
+                "header" => places.header = true,
+                "query" => places.query = true,
+                "body" => places.body = true,
+                "cookie" => cookie = true,
+                other => errors.push(invalid(format!(
+                    "bearer_token_param_type entries must be \"header\", \"query\", \"body\" or \"cookie\", not {other:?}"
+                ))),
+            }
+        }
+        if types.is_empty() {
+            errors.push(invalid(
+                "bearer_token_param_type lists no place; leave it out for [\"header\"]".into(),
+            ));
+        }
+        match (&raw.bearer_token_cookie_name, cookie) {
+            (None, true) => errors.push(ConfigError::Missing {
+                section: section.into(),
+                field: "bearer_token_cookie_name",
+            }),
+            (Some(_), false) => errors.push(invalid(
+                "bearer_token_cookie_name is set but bearer_token_param_type does not list \"cookie\"".into(),
+            )),
+            (Some(name), true) => {
+                let token_char = |c: char| {
+                    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
+                };
+                let session = login.map(|l| l.cookie_name.as_str());
+                if name.is_empty() || !name.chars().all(token_char) {
+                    errors.push(invalid(format!(
+                        "bearer_token_cookie_name {name:?} is not a valid cookie name"
+                    )));
+                } else if session.is_some_and(|s| {
+                    name == s || name.strip_prefix(s).is_some_and(|rest| rest.starts_with('_'))
+                }) || name == crate::login::authcode::LOGIN_COOKIE
+                {
+                    errors.push(invalid(format!(
+                        "bearer_token_cookie_name {name:?} is one of the login's own cookies"
+                    )));
+                } else {
+                    places.cookie = Some(name.clone());
+                }
+            }
+            (None, false) => {}
+        }
+        let token_methods = auth_methods.iter().any(|m| {
+            matches!(
+                m,
+                AuthMethod::Bearer | AuthMethod::Introspection | AuthMethod::Userinfo
+            )
+        });
+        if !token_methods && places != TokenPlaces::default() && errors.is_empty() {
+            errors.push(invalid(
+                "bearer_token_param_type needs auth_methods with \"bearer\", \"introspection\" or \"userinfo\""
+                    .into(),
+            ));
+        }
+        for e in errors {
+            self.err(e);
+        }
+        places
     }
 
     /// The browser login and session settings, checked on every policy; `Some` for a policy that allows

@@ -82,7 +82,7 @@ impl TokenMethods {
         let policy = &rt.policy;
         let cc_allowed = policy.allows(AuthMethod::ClientCredentials);
         let header_client = creds.header_client.as_ref().filter(|_| cc_allowed);
-        match (creds.authorization, header_client) {
+        match (&creds.authorization, header_client) {
             (Authorization::Bearer(token), _) if takes_tokens(policy) => {
                 self.token(rt, token).await
             }
@@ -96,7 +96,7 @@ impl TokenMethods {
                     .await
             }
             (Authorization::Malformed(why), _) => {
-                Err(Refusal::unauthenticated("invalid_token", why))
+                Err(Refusal::unauthenticated("invalid_token", *why))
             }
             (Authorization::None, None) => Err(Refusal::unauthenticated(
                 "invalid_token",

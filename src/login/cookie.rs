@@ -356,6 +356,14 @@ impl<'a> RequestCookies<'a> {
         (!kept.is_empty()).then_some(kept)
     }
 
+    /// The value of every cookie called `name`, in request order, without surrounding double quotes.
+    pub fn get_all<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a str> + 's {
+        self.pairs
+            .iter()
+            .filter(move |(n, _)| *n == name)
+            .map(|(_, v)| unquote(v))
+    }
+
     /// Whether any cookie named `name` or `name_<digits>` is present.
     pub fn has(&self, name: &str) -> bool {
         self.pairs.iter().any(|(n, _)| is_name_or_chunk(n, name))

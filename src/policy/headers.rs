@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 use crate::authn::Identity;
 use crate::config::{AuthMethod, LoginSettings, Policy};
 use crate::credentials::Credentials;
+use crate::credentials::token_places::{ACCESS_TOKEN_PARAM, TokenPlace};
 use crate::decision::Allow;
 use crate::login::authcode::LOGIN_COOKIE;
 use crate::login::cookie::RequestCookies;
@@ -59,6 +60,10 @@ pub fn allow(
         .map(|c| ("set-cookie", c))
         .collect();
     remove_spellings(&mut allowed, policy, view);
+    // A token from the query never reaches the upstream (RFC 6750 2.3), whatever else goes there.
+    if creds.token_place == Some(TokenPlace::Query) {
+        allowed.remove_query_params.push(ACCESS_TOKEN_PARAM);
+    }
     allowed
 }
 

@@ -16,4 +16,5 @@ mod provider;
 mod sessions;
 mod shared_caches;
 mod store;
+mod token_places;
 mod userinfo;

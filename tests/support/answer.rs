@@ -16,6 +16,8 @@ pub struct Answer {
     pub status: u16,
     pub headers: Vec<(String, String, i32)>,
     pub remove: Vec<String>,
+    /// Query parameters removed from the path sent upstream (allow only).
+    pub remove_query: Vec<String>,
     pub body: String,
     pub metadata: HashMap<String, String>,
     /// Headers added to the client's response (allow only).
@@ -57,6 +59,7 @@ impl Answer {
                 status: 200,
                 headers: hv(&allow.headers),
                 remove: allow.headers_to_remove,
+                remove_query: allow.query_parameters_to_remove,
                 body: String::new(),
                 metadata,
                 response_headers: hv(&allow.response_headers_to_add),
@@ -75,6 +78,7 @@ impl Answer {
                     status,
                     headers: hv(&d.headers),
                     remove: Vec::new(),
+                    remove_query: Vec::new(),
                     body: d.body,
                     metadata,
                     response_headers: Vec::new(),

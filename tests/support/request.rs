@@ -16,6 +16,7 @@ pub struct Req {
     headers: Vec<(String, Vec<u8>)>,
     raw: bool,
     ext: HashMap<String, String>,
+    body: String,
 }
 
 pub fn req(path: &str) -> Req {
@@ -56,6 +57,11 @@ impl Req {
     pub fn bearer(self, t: &str) -> Self {
         self.header("authorization", &format!("Bearer {t}"))
     }
+    /// The request body as Envoy sends it with `with_request_body` (the `body` field).
+    pub fn body(mut self, b: &str) -> Self {
+        self.body = b.into();
+        self
+    }
     /// Sends headers in `header_map` (Envoy's `encode_raw_headers: true`) instead of the `headers` map.
     pub fn raw(mut self) -> Self {
         self.raw = true;
@@ -69,6 +75,7 @@ impl Req {
             path: self.path,
             scheme: "https".into(),
             protocol: "HTTP/1.1".into(),
+            body: self.body,
             ..Default::default()
         };
         if self.raw {

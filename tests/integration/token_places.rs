@@ -1,0 +1,209 @@
+//! Tokens from the query, a form body and a cookie (`bearer_token_param_type`): verified like a header token, the
+//! query parameter removed upstream, and every second place or repeat refused without echoing the token.
+
+use serde_json::json;
+
+use crate::support::*;
+
+/// A policy reading tokens everywhere, one reading them in the query alone, and one login policy with a token
+/// cookie; each sends the token upstream under its own name.
+const PLACES: &str = r#"
+[policies.places]
+provider = "okta"
+auth_methods = ["bearer", "introspection"]
+bearer_token_param_type = ["header", "query", "body", "cookie"]
+bearer_token_cookie_name = "access_token"
+upstream_headers_claims = ["sub"]
+upstream_headers_names = ["x-user"]
+
+[policies.query_only]
+provider = "okta"
+auth_methods = ["bearer"]
+bearer_token_param_type = ["query"]
+
+[policies.login_cookie]
+provider = "okta"
+auth_methods = ["bearer", "authorization_code", "session"]
+bearer_token_param_type = ["header", "cookie"]
+bearer_token_cookie_name = "at"
+redirect_uri = "https://app.example.com/oauth2/cookie-callback"
+session_secret = "fJfkZusK6AM6PHtnD6Ew4TnBmJQNhuiVxOTv7w0voXg="
+"#;
+
+const FORM: &str = "application/x-www-form-urlencoded";
+
+#[tokio::test]
+async fn a_query_token_is_allowed_and_removed_upstream() {
+    let (idp, server) = world_with(|s| s.extra(PLACES)).await;
+    let token = idp.mint(json!({}));
+    for policy in ["places", "query_only"] {
+        for raw in [false, true] {
+            let mut r = req(&format!("/get?a=1&access_token={token}&b=2")).policy(policy);
+            if raw {
+                r = r.raw();
+            }
+            let a = ask(&server, r).await;
+            a.assert_allow();
+            assert_eq!(a.remove_query, vec!["access_token".to_string()], "{policy}");
+            assert_eq!(
+                a.metadata.get("auth_method").map(String::as_str),
+                Some("bearer")
+            );
+            a.assert_not_echoing(&token);
+        }
+    }
+    // A header token removes nothing from the query.
+    let a = ask(&server, req("/get?a=1").policy("places").bearer(&token)).await;
+    a.assert_allow();
+    assert!(a.remove_query.is_empty());
+    assert_eq!(a.header("x-user"), Some("alice@example.com"));
+}
+
+#[tokio::test]
+async fn opaque_tokens_from_any_place_are_introspected() {
+    let (idp, server) = world_with(|s| s.extra(PLACES)).await;
+    let token = idp.opaque(json!({}));
+    let body = format!("x=1&access_token={token}");
+    for r in [
+        req(&format!("/get?access_token={token}")),
+        req("/get").header("cookie", &format!("a=b; access_token={token}")),
+        req("/post")
+            .method("POST")
+            .header("content-type", FORM)
+            .header("content-length", &body.len().to_string())
+            .body(&body),
+    ] {
+        let a = ask(&server, r.policy("places")).await;
+        a.assert_allow();
+        assert_eq!(
+            a.metadata.get("auth_method").map(String::as_str),
+            Some("introspection")
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_bad_token_anywhere_is_401_without_the_token() {
+    let (idp, server) = world_with(|s| s.extra(PLACES)).await;
+    let good = idp.mint(json!({}));
+    let bad = format!("{good}x");
+    for r in [
+        req(&format!("/get?access_token={bad}")),
+        req("/get").header("cookie", &format!("access_token={bad}")),
+    ] {
+        let a = ask(&server, r.policy("places")).await;
+        a.assert_deny(401, "invalid_token");
+        a.assert_not_echoing(&bad);
+    }
+}
+
+/// RFC 6750: one method only, and the header is not a token place where the policy does not list it.
+#[tokio::test]
+async fn two_places_a_repeat_or_an_unlisted_header_is_401() {
+    let (idp, server) = world_with(|s| s.extra(PLACES)).await;
+    let token = idp.mint(json!({}));
+    let q = format!("/get?access_token={token}");
+    for (policy, r, why) in [
+        ("places", req(&q).bearer(&token), "more than one place"),
+        (
+            "places",
+            req(&q).header("cookie", &format!("access_token={token}")),
+            "more than one place",
+        ),
+        (
+            "places",
+            req(&format!("{q}&access_token={token}")),
+            "repeated",
+        ),
+        (
+            "places",
+            req("/get").header(
+                "cookie",
+                &format!("access_token={token}; access_token={token}"),
+            ),
+            "repeated",
+        ),
+        (
+            "query_only",
+            req("/get").bearer(&token),
+            "does not take a token in the Authorization header",
+        ),
+        ("query_only", req(&q).bearer(&token), "more than one place"),
+    ] {
+        let a = ask(&server, r.policy(policy)).await;
+        a.assert_deny(401, "invalid_token");
+        assert!(a.body.contains(why), "{policy} {why}: {}", a.body);
+        a.assert_not_echoing(&token);
+    }
+}
+
+/// A form body must reach us whole: absent or cut, the request is refused, never allowed on another token.
+#[tokio::test]
+async fn a_form_body_that_did_not_arrive_whole_is_401() {
+    let (idp, server) = world_with(|s| s.extra(PLACES)).await;
+    let token = idp.mint(json!({}));
+    let body = format!("access_token={token}");
+    let post = || {
+        req("/post")
+            .policy("places")
+            .method("POST")
+            .header("content-type", FORM)
+    };
+    let a = ask(
+        &server,
+        post().header("content-length", "50").bearer(&token),
+    )
+    .await;
+    a.assert_deny(401, "invalid_token");
+    assert!(a.body.contains("with_request_body"), "{}", a.body);
+    let a = ask(
+        &server,
+        post()
+            .header("x-envoy-auth-partial-body", "true")
+            .body(&body),
+    )
+    .await;
+    a.assert_deny(401, "invalid_token");
+    assert!(a.body.contains("truncated"), "{}", a.body);
+    a.assert_not_echoing(&token);
+    // Whole, it is read; a GET's form body is not a token place.
+    let whole = post()
+        .header("x-envoy-auth-partial-body", "false")
+        .header("content-length", &body.len().to_string())
+        .body(&body);
+    ask(&server, whole).await.assert_allow();
+    let get = req("/get")
+        .policy("places")
+        .header("content-type", FORM)
+        .body(&body);
+    let a = ask(&server, get).await;
+    a.assert_deny(401, "invalid_token");
+    assert!(a.body.contains("no access token"), "{}", a.body);
+}
+
+/// On a login policy, a token cookie wins over the session (as an `Authorization` token does) and the browser is
+/// not sent to log in; without it, the login goes on as before.
+#[tokio::test]
+async fn a_token_cookie_on_a_login_policy_wins_over_logging_in() {
+    let (idp, server) = world_with(|s| s.extra(PLACES)).await;
+    let token = idp.mint(json!({}));
+    let browser = |r: Req| r.policy("login_cookie").header("accept", "text/html");
+    let a = ask(
+        &server,
+        browser(req("/app")).header("cookie", &format!("at={token}")),
+    )
+    .await;
+    a.assert_allow();
+    assert_eq!(
+        a.metadata.get("auth_method").map(String::as_str),
+        Some("bearer")
+    );
+    let a = ask(&server, browser(req("/app")).header("cookie", "other=1")).await;
+    assert_eq!(a.status, 302, "{a:?}");
+    let a = ask(
+        &server,
+        browser(req("/app")).header("cookie", &format!("at={token}x")),
+    )
+    .await;
+    a.assert_deny(401, "invalid_token");
+}
