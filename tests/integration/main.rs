@@ -12,6 +12,7 @@ mod grpc;
 mod introspection;
 mod login;
 mod provider;
+mod rules;
 mod sessions;
 mod shared_caches;
 mod store;
