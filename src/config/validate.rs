@@ -803,7 +803,7 @@ impl Validator {
             client_credential_headers.as_ref(),
             &auth_methods,
         );
-        let extra = self.issue15_settings(
+        let extra = self.claim_rules_and_headers(
             section,
             &raw,
             &auth_methods,
@@ -1511,8 +1511,8 @@ fn is_published_secret(bytes: &[u8]) -> bool {
     PUBLISHED_SECRETS.contains(&hex.as_str())
 }
 
-/// The settings of issue 15 items 3, 5 and 7 of one policy, validated.
-struct Issue15 {
+/// A policy's forbidden claims, consumer, token/introspection/consumer headers and error answers, validated.
+struct ClaimRulesAndHeaders {
     /// `claims_forbidden` as claim paths.
     forbidden: Vec<Vec<String>>,
     /// `consumer_claim` and `consumer_optional`.
@@ -1536,7 +1536,7 @@ impl Validator {
     /// `claims_forbidden`, `consumer_claim`, `consumer_optional`, `upstream_consumer_header`,
     /// `upstream_access_token_header`, `upstream_introspection_header`, `display_errors`,
     /// `unauthorized_error_message`, `forbidden_error_message`.
-    fn issue15_settings(
+    fn claim_rules_and_headers(
         &mut self,
         section: &str,
         raw: &RawPolicy,
@@ -1544,7 +1544,7 @@ impl Validator {
         upstream_headers: &[UpstreamHeader],
         login: Option<&LoginSettings>,
         client_credential_headers: Option<&(HeaderName, HeaderName)>,
-    ) -> Issue15 {
+    ) -> ClaimRulesAndHeaders {
         fn bad_path(p: &[String]) -> bool {
             p.is_empty() || p.iter().any(|k| k.is_empty())
         }
@@ -1681,7 +1681,7 @@ impl Validator {
                 "{section}: display_errors = true: unauthorized_error_message and forbidden_error_message are not used"
             ));
         }
-        Issue15 {
+        ClaimRulesAndHeaders {
             forbidden,
             consumer,
             token_header,

@@ -114,6 +114,8 @@ def test_default_error_answers_name_no_check_and_messages_apply(authz: World):
     r = requests.get(authz.url("/anything/rules-token"), auth=("cc-app", "wrong"), timeout=HTTP_TIMEOUT,
                      allow_redirects=False)
     assert_generic_deny(r, 401, "invalid_client", "Please authenticate")
-    # display_errors = true (policy `login`) keeps the detail
-    r = authz.get("/login/headers", headers={"Accept": "application/json"})
-    assert r.status_code == 401 and json.loads(r.text)["error_description"] == "login required", r.text
+    # display_errors = true (rules_optional) keeps the detail
+    r = authz.get("/anything/rules-optional")
+    assert r.status_code == 401, r.text
+    assert json.loads(r.text)["error_description"] == "no access token in the request", r.text
+    assert 'error_description="no access token in the request"' in r.headers.get("www-authenticate", "")
