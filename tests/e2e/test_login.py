@@ -369,7 +369,7 @@ def test_api_without_session_is_401_with_login_uri(authz: World, headers: dict):
     www = r.headers.get("www-authenticate", "")
     assert www.startswith("Bearer "), www
     assert www_params(www) == {
-        "realm": "login", "error": "invalid_token", "error_description": "Unauthorized",  # display_errors = false
+        "realm": "login", "error": "invalid_token", "error_description": "login required",
         "login_uri": authz.url(path),
     }, www
     assert "no-store" in r.headers.get("cache-control", "").lower(), dict(r.headers)
