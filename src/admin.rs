@@ -16,7 +16,7 @@ use crate::authz::Authorizer;
 use crate::config::AuthMethod;
 use crate::credentials::{Authorization, Credentials, Intent};
 use crate::login::authcode::is_browser;
-use crate::policy::access::{claim_value, claim_words};
+use crate::policy::access::{Consumer, claim_value, claim_words};
 use crate::policy::runtime::PolicyRuntime;
 use crate::request::CheckView;
 use crate::store::StoreError;
@@ -231,10 +231,53 @@ pub fn explain(authorizer: &Authorizer, r: pb::ExplainRequest) -> pb::ExplainRes
             }
         })
         .collect();
+    out.rules.extend(claim_rule_results(rt, claims.as_ref()));
     out.access_allowed = match &claims {
-        Some(c) => rt.policy.access.check(c).is_ok(),
+        Some(c) => match rt.policy.access.check(c) {
+            Ok(()) => true,
+            Err(denied) => {
+                out.access_reason = denied.to_string();
+                false
+            }
+        },
         None => rt.policy.access.is_empty(),
     };
+    if let Some(Consumer::Named(c)) = claims.as_ref().map(|c| rt.policy.access.consumer(c)) {
+        out.consumer = c;
+    }
+    out
+}
+
+/// The `claims_forbidden` and `consumer_claim` rules as rule results (no alternatives): a forbidden claim is
+/// satisfied when absent, the consumer rule when the claims name a usable consumer (or none, when optional).
+fn claim_rule_results(
+    rt: &PolicyRuntime,
+    claims: Option<&Map<String, Value>>,
+) -> Vec<pb::RuleResult> {
+    let access = &rt.policy.access;
+    let mut out: Vec<pb::RuleResult> = access
+        .forbidden()
+        .iter()
+        .map(|path| pb::RuleResult {
+            what: "claims_forbidden".into(),
+            claim: path.join("."),
+            satisfied: claims.is_some_and(|c| claim_value(c, path).is_none()),
+            alternatives: Vec::new(),
+        })
+        .collect();
+    if let Some(rule) = access.consumer_rule() {
+        let satisfied = claims.is_some_and(|c| match rule.consumer(c) {
+            Consumer::Named(_) => true,
+            Consumer::Absent => rule.optional,
+            Consumer::Unusable => false,
+        });
+        out.push(pb::RuleResult {
+            what: "consumer_claim".into(),
+            claim: rule.claim.join("."),
+            satisfied,
+            alternatives: Vec::new(),
+        });
+    }
     out
 }
 

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::config::{AuthMethod, Policy};
-use crate::decision::{Answered, Deny, Redirect};
+use crate::config::{AuthMethod, ErrorAnswers, Policy};
+use crate::decision::{Answered, Deny, DenyStatus, Redirect};
 use crate::flow::bearer::Verified;
 use crate::login::OpenedSession;
 use crate::provider::IdpError;
@@ -18,7 +18,8 @@ pub struct Identity {
     /// Where its verified claims live.
     pub claims: Claims,
     /// The `Authorization` value to send upstream, `Bearer` and a token (the client-credentials grant's token, a
-    /// session's access token with `upstream_access_token`): made once, moved into the header.
+    /// session's access token with `upstream_access_token`): made once, moved into the header, or written again
+    /// in the policy's `upstream_access_token_header` (the token after `Bearer `).
     pub upstream_authorization: Option<String>,
     /// A session's ID token, for the policy's `upstream_id_token_header`.
     pub id_token: Option<String>,
@@ -199,7 +200,25 @@ impl Refusal {
 
     /// The answer the client gets. The policy (when one was selected) names the realm and, for a 401, decides
     /// the challenges: `Basic` when it accepts client credentials, `Bearer` when it accepts tokens or nothing else.
+    ///
+    /// Unless the policy says `display_errors = true`, a 401 or 403 tells the client only the policy's
+    /// `unauthorized_error_message` / `forbidden_error_message` (Kong's "Unauthorized" / "Forbidden", also when no
+    /// policy was selected): which check failed goes to the log line only. The status, the `error` code and the
+    /// challenges stay; 400 and 503 answers keep their texts (they name no check).
     pub fn deny(self, policy: Option<&Policy>) -> Deny {
+        let defaults = ErrorAnswers::default();
+        let answers = policy.map_or(&defaults, |p| &p.error_answers);
+        let deny = self.detailed_deny(policy);
+        match deny.status {
+            _ if answers.display => deny,
+            DenyStatus::Unauthorized => deny.hiding_reason(&answers.unauthorized),
+            DenyStatus::Forbidden => deny.hiding_reason(&answers.forbidden),
+            DenyStatus::BadRequest | DenyStatus::Unavailable => deny,
+        }
+    }
+
+    /// The answer with the full reason (`display_errors = true`).
+    fn detailed_deny(self, policy: Option<&Policy>) -> Deny {
         let realm = policy.map_or("oidc-authz", |p| p.name.as_str());
         let mut deny = match self.kind {
             RefusalKind::Unauthenticated(error) => {
@@ -257,6 +276,128 @@ fn with_challenges(mut deny: Deny, policy: Option<&Policy>) -> Deny {
 mod tests {
     use super::*;
     use crate::credentials::Authorization;
+
+    fn policy(extra: &str) -> Policy {
+        let cfg = crate::config::Config::from_toml(&format!(
+            r#"
+[providers.p]
+issuer = "https://idp.example.com"
+audiences = ["api"]
+[policies.api]
+provider = "p"
+auth_methods = ["bearer", "client_credentials"]
+{extra}
+"#
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        cfg.policies[0].clone()
+    }
+
+    /// `display_errors = false` (the default) hides which check failed from 401 and 403 answers, keeps it for the
+    /// log line, and leaves 400 and 503 answers alone; the messages replace the description.
+    #[test]
+    fn denies_hide_the_reason_unless_display_errors() {
+        let quiet = policy("");
+        let d = Refusal::unauthenticated("invalid_client", "the client secret is wrong")
+            .deny(Some(&quiet));
+        assert_eq!((d.status.code(), d.error), (401, "invalid_client"));
+        assert_eq!(d.description, "Unauthorized");
+        assert_eq!(d.log_reason(), "the client secret is wrong");
+        let www = d.www_authenticate.unwrap();
+        assert!(
+            www.starts_with("Basic realm=\"api\", Bearer realm=\"api\""),
+            "{www}"
+        );
+        assert!(!www.contains("secret"), "{www}");
+        let d = Refusal::insufficient("the token does not meet the scopes requirement")
+            .deny(Some(&quiet));
+        assert_eq!(
+            (d.status.code(), d.description.as_str()),
+            (403, "Forbidden")
+        );
+        // no policy selected: Kong's defaults
+        let d = Refusal::forbidden("no policy is configured for this route").deny(None);
+        assert_eq!(d.description, "Forbidden");
+        assert_eq!(d.log_reason(), "no policy is configured for this route");
+        for kept in [
+            Refusal::unavailable("the identity provider is unavailable"),
+            Refusal::bad_request("the logout token was already used"),
+        ] {
+            let text = kept.description.clone();
+            let d = kept.deny(Some(&quiet));
+            assert_eq!(
+                (d.description.as_str(), d.log_reason()),
+                (text.as_str(), text.as_str())
+            );
+        }
+
+        let custom = policy(
+            "unauthorized_error_message = \"Please sign in\"\nforbidden_error_message = \"Not here\"",
+        );
+        let d = Refusal::login_required(Some("https://app/x".into())).deny(Some(&custom));
+        assert_eq!(d.description, "Please sign in");
+        assert!(
+            d.www_authenticate
+                .unwrap()
+                .ends_with("error_description=\"Please sign in\", login_uri=\"https://app/x\"")
+        );
+        let d = Refusal::insufficient("x").deny(Some(&custom));
+        assert_eq!(d.description, "Not here");
+
+        let loud = policy("display_errors = true");
+        let d =
+            Refusal::unauthenticated("invalid_token", "the token has expired").deny(Some(&loud));
+        assert_eq!(d.description, "the token has expired");
+        assert!(d.reason.is_none());
+        assert!(
+            d.www_authenticate
+                .unwrap()
+                .contains("the token has expired")
+        );
+    }
+
+    /// The decision's log line carries the full reason the client no longer reads.
+    #[test]
+    fn the_log_line_keeps_the_hidden_reason() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || writer.clone())
+            .finish();
+        let deny = Refusal::insufficient("the token carries the forbidden claim act")
+            .deny(Some(&policy("")));
+        assert_eq!(deny.description, "Forbidden");
+        let metrics = crate::telemetry::Metrics::new();
+        let unselected = metrics.policy_counters("-");
+        let req = crate::request::get_with_headers(&[]);
+        let view = crate::request::CheckView::new(&req);
+        tracing::subscriber::with_default(subscriber, || {
+            let mut record = crate::telemetry::CheckRecord::start(&metrics, &unselected, &view);
+            record.finish(
+                &crate::decision::Decision::Deny(deny),
+                Some(AuthMethod::Bearer),
+                None,
+            );
+        });
+        let line = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            line.contains("the token carries the forbidden claim act") && line.contains("deny_403"),
+            "{line}"
+        );
+    }
 
     /// Debug output (a log line with `?`) never carries a token or a cookie value.
     #[test]

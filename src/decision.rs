@@ -39,7 +39,8 @@ pub struct Allow {
     pub set_headers: Vec<(HeaderName, String)>,
     /// Headers removed from the upstream request (configured header names with no value for this request).
     pub remove_headers: Vec<HeaderName>,
-    /// Verified facts for `dynamic_metadata` (sub, iss, client_id, policy, auth_method).
+    /// Verified facts for `dynamic_metadata` (sub, iss, client_id, policy, auth_method, and consumer with
+    /// `consumer_claim`).
     pub metadata: Vec<(&'static str, String)>,
     /// Headers added to the response the client gets (`Set-Cookie` of a refreshed session).
     pub response_headers: Vec<(&'static str, String)>,
@@ -90,6 +91,9 @@ pub struct Deny {
     /// Seconds for `retry-after` (a client locked out, a throttled grant); a 503 without one says 5. (u16 keeps
     /// `Deny` small; longer waits are said as 65535 and said again on the next try.)
     pub retry_after: Option<u16>,
+    /// The full reason when `description` hides it (`display_errors = false`): for the log line and the
+    /// metrics, never sent to the client.
+    pub reason: Option<String>,
 }
 
 impl Deny {
@@ -104,6 +108,7 @@ impl Deny {
             page: None,
             set_cookies: Vec::new(),
             retry_after: None,
+            reason: None,
         }
     }
 
@@ -123,6 +128,7 @@ impl Deny {
             page: None,
             set_cookies: Vec::new(),
             retry_after: None,
+            reason: None,
         }
     }
 
@@ -136,6 +142,7 @@ impl Deny {
             page: None,
             set_cookies: Vec::new(),
             retry_after: None,
+            reason: None,
         }
     }
 
@@ -149,6 +156,7 @@ impl Deny {
             page: None,
             set_cookies: Vec::new(),
             retry_after: None,
+            reason: None,
         }
     }
 
@@ -162,6 +170,7 @@ impl Deny {
             page: None,
             set_cookies: Vec::new(),
             retry_after: None,
+            reason: None,
         }
     }
 
@@ -182,6 +191,36 @@ impl Deny {
         }
     }
 
+    /// The reason for the log line: the full one, even when the client reads only a generic message.
+    pub fn log_reason(&self) -> &str {
+        self.reason.as_deref().unwrap_or(&self.description)
+    }
+
+    /// The same deny telling the client only `message` (401 and 403 with `display_errors = false`): the
+    /// description and the challenge's `error_description` become `message`, an HTML page says it instead, and
+    /// the full reason is kept for the log line. The status, the `error` code, `login_uri`, cookies and
+    /// `retry-after` stay.
+    pub fn hiding_reason(mut self, message: &str) -> Self {
+        if self.description == message {
+            return self;
+        }
+        // Realms and error codes carry no `"` (the challenge removes them), so the parameter is found once.
+        if let Some(w) = &self.www_authenticate {
+            let ours = format!(
+                "error_description=\"{}\"",
+                challenge_text(&self.description)
+            );
+            let generic = format!("error_description=\"{}\"", challenge_text(message));
+            self.www_authenticate = Some(w.replacen(&ours, &generic, 1));
+        }
+        if self.page.is_some() {
+            self.page = Some(crate::login::error_page(message));
+        }
+        let reason = std::mem::replace(&mut self.description, message.to_string());
+        self.reason = Some(reason);
+        self
+    }
+
     /// Seconds for the `retry-after` header: this deny's own (at least 1, never `retry-after: 0`), else 5 on a
     /// 503, else none.
     pub fn retry_after_secs(&self) -> Option<u16> {
@@ -195,11 +234,7 @@ impl Deny {
 
 /// `Bearer realm="r", error="e", error_description="d"` with quotes and backslashes removed from the parts.
 pub fn challenge(scheme: &str, realm: &str, error: &str, description: &str) -> String {
-    let clean = |s: &str| {
-        s.chars()
-            .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
-            .collect::<String>()
-    };
+    let clean = challenge_text;
     format!(
         "{scheme} realm=\"{}\", error=\"{}\", error_description=\"{}\"",
         clean(realm),
@@ -208,9 +243,51 @@ pub fn challenge(scheme: &str, realm: &str, error: &str, description: &str) -> S
     )
 }
 
+/// A text as a challenge's quoted string carries it: quotes, backslashes and control characters removed.
+fn challenge_text(s: &str) -> String {
+    s.chars()
+        .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hiding_the_reason_keeps_status_code_and_challenge_parameters() {
+        let mut d = Deny::unauthorized("api", "invalid_token", "the token has expired");
+        d.www_authenticate = d
+            .www_authenticate
+            .map(|w| format!("Basic realm=\"api\", {w}, login_uri=\"https://a/x\""));
+        d.retry_after = Some(3);
+        let h = d.hiding_reason("Unauthorized");
+        assert_eq!(
+            (h.status, h.error, h.description.as_str()),
+            (DenyStatus::Unauthorized, "invalid_token", "Unauthorized")
+        );
+        assert_eq!(
+            h.www_authenticate.as_deref(),
+            Some(
+                r#"Basic realm="api", Bearer realm="api", error="invalid_token", error_description="Unauthorized", login_uri="https://a/x""#
+            )
+        );
+        assert_eq!(h.log_reason(), "the token has expired");
+        assert_eq!(h.retry_after, Some(3));
+        let (_, body) = h.body();
+        assert!(
+            !body.contains("expired") && body.contains("Unauthorized"),
+            "{body}"
+        );
+        // a page says the message too
+        let mut p = Deny::unauthorized("web", "access_denied", "the login state does not match");
+        p.page = Some(crate::login::error_page(&p.description));
+        let p = p.hiding_reason("Unauthorized");
+        assert!(!p.page.unwrap().contains("state"));
+        // nothing hidden: the description is the log's reason
+        let f = Deny::forbidden("access_denied", "no policy");
+        assert_eq!(f.log_reason(), "no policy");
+    }
 
     #[test]
     fn challenge_strips_quotes() {

@@ -42,6 +42,7 @@ jwks_min_refetch_secs = 0
 [policies.api]
 provider = "idp"
 auth_methods = ["bearer"]
+display_errors = true   # these tests read the detailed error_description
 scopes_claim = ["scp"]
 scopes_required = ["api:read"]
 upstream_headers_claims = ["sub", "iss"]
@@ -57,6 +58,7 @@ upstream_headers_names = ["x-client-id"]
 [policies.intro]
 provider = "idp"
 auth_methods = ["introspection"]
+display_errors = true   # these tests read the detailed error_description
 cache_introspection_secs = 300
 upstream_headers_claims = ["sub"]
 upstream_headers_names = ["x-user"]
@@ -64,6 +66,7 @@ upstream_headers_names = ["x-user"]
 [policies.web]
 provider = "idp"
 auth_methods = ["authorization_code", "session"]
+display_errors = true   # these tests read the detailed error_description
 scopes = ["openid", "profile", "offline_access"]
 redirect_uri = "https://app.example.com/oauth2/callback"
 logout_path = "/oauth2/logout"

@@ -117,10 +117,10 @@ impl<'a> CheckRecord<'a> {
             Decision::Redirect(_) => ("redirect", ""),
             Decision::Answered(_) => ("answered", ""),
             Decision::Deny(d) => match d.status {
-                DenyStatus::BadRequest => ("deny_400", d.description.as_str()),
-                DenyStatus::Unauthorized => ("deny_401", d.description.as_str()),
-                DenyStatus::Forbidden => ("deny_403", d.description.as_str()),
-                DenyStatus::Unavailable => ("deny_503", d.description.as_str()),
+                DenyStatus::BadRequest => ("deny_400", d.log_reason()),
+                DenyStatus::Unauthorized => ("deny_401", d.log_reason()),
+                DenyStatus::Forbidden => ("deny_403", d.log_reason()),
+                DenyStatus::Unavailable => ("deny_503", d.log_reason()),
             },
         };
         let method = method.map_or("-", AuthMethod::as_str);

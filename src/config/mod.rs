@@ -21,6 +21,7 @@ pub use model::{
     ServerConfig, SessionStorage, StoreBackendConfig, StoreConfig, TokenEndpointAuth,
     UpstreamHeader,
 };
+pub use model::{ErrorAnswers, TokenHeader};
 
 /// Environment variable that may name the config file.
 pub const CONFIG_ENV: &str = "OIDC_AUTHZ_CONFIG";

@@ -271,6 +271,70 @@ pub struct Policy {
     /// Positive userinfo cache lifetime (`cache_user_info_secs`, default `cache_introspection_secs`; 0 = ask
     /// every time). Refusals are kept `cache_ttl_neg_secs`.
     pub cache_user_info_secs: u64,
+    /// Where the access token goes upstream (Kong's `upstream_access_token_header`, default
+    /// `authorization:bearer`).
+    pub upstream_access_token_header: TokenHeader,
+    /// Header carrying the introspection answer (base64url JSON) on an allow by `introspection`.
+    pub upstream_introspection_header: Option<HeaderName>,
+    /// Header carrying the consumer (the value of `consumer_claim`).
+    pub upstream_consumer_header: Option<HeaderName>,
+    /// What 401 and 403 answers tell the client (`display_errors` and the two messages).
+    pub error_answers: ErrorAnswers,
+}
+
+/// Kong's `header[:prefix]` for a token sent upstream: `authorization:bearer` is `Authorization: Bearer <token>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenHeader {
+    /// The header, lower case.
+    pub name: HeaderName,
+    /// The word before the token and a space (`bearer` is written `Bearer`); `None`: the token alone.
+    pub prefix: Option<String>,
+}
+
+impl Default for TokenHeader {
+    fn default() -> Self {
+        TokenHeader {
+            name: http::header::AUTHORIZATION,
+            prefix: Some("Bearer".into()),
+        }
+    }
+}
+
+impl TokenHeader {
+    /// Whether the token goes in `Authorization` (the client's own `Authorization` then goes upstream as it is).
+    pub fn is_authorization(&self) -> bool {
+        self.name == http::header::AUTHORIZATION
+    }
+
+    /// The header value for `token`.
+    pub fn value(&self, token: &str) -> String {
+        match &self.prefix {
+            Some(p) => format!("{p} {token}"),
+            None => token.to_string(),
+        }
+    }
+}
+
+/// What 401 and 403 answers say (Kong's `display_errors`, `unauthorized_error_message`, `forbidden_error_message`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorAnswers {
+    /// `true`: the body and challenge say which check failed; `false` (default): only the messages below (the
+    /// reason still goes to the log line).
+    pub display: bool,
+    /// The `error_description` of a 401 when the detail is hidden (default `Unauthorized`).
+    pub unauthorized: String,
+    /// The `error_description` of a 403 when the detail is hidden (default `Forbidden`).
+    pub forbidden: String,
+}
+
+impl Default for ErrorAnswers {
+    fn default() -> Self {
+        ErrorAnswers {
+            display: false,
+            unauthorized: "Unauthorized".into(),
+            forbidden: "Forbidden".into(),
+        }
+    }
 }
 
 /// Where a session's claims come from, in order of precedence.

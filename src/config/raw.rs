@@ -134,6 +134,27 @@ pub(super) struct RawPolicy {
     pub(super) cache_user_info_secs: Option<u64>,
     pub(super) bearer_token_param_type: Option<Vec<String>>,
     pub(super) bearer_token_cookie_name: Option<String>,
+    // Access rules, upstream headers and error answers of issue 15 (items 3, 5, 7).
+    #[serde(default)]
+    pub(super) claims_forbidden: Vec<ClaimName>,
+    pub(super) consumer_claim: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) consumer_optional: bool,
+    pub(super) upstream_consumer_header: Option<String>,
+    pub(super) upstream_access_token_header: Option<String>,
+    pub(super) upstream_introspection_header: Option<String>,
+    pub(super) display_errors: Option<bool>,
+    pub(super) unauthorized_error_message: Option<String>,
+    pub(super) forbidden_error_message: Option<String>,
+}
+
+/// One `claims_forbidden` entry: a top-level claim name as Kong writes it (taken whole: `https://x.example/role`
+/// keeps its dots), or a claim path as a list of keys like the `*_claim` settings.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum ClaimName {
+    Name(String),
+    Path(Vec<String>),
 }
 
 /// `session_secret` may be one secret or a list (newest first).

@@ -15,12 +15,15 @@ use super::model::{
     ServerConfig, SessionStorage, StoreBackendConfig, StoreConfig, TokenEndpointAuth,
     UpstreamHeader,
 };
+use super::model::{ErrorAnswers, TokenHeader};
+use super::raw::ClaimName;
 use super::raw::{
     JwkText, RawPolicy, RawProvider, RawRoute, RawServer, RawStore, SecretList, UrlList,
 };
 use super::{ConfigError, is_secret_key};
 use crate::credentials::token_places::TokenPlaces;
 use crate::login::cookie::CookieCodec;
+use crate::policy::access::ConsumerRule;
 use crate::policy::access::{AccessRules, Requirement};
 use crate::policy::routes::{HostMatch, PathMatch, Route, RouteTable};
 use crate::provider::assertion::{self, ClientKey};
@@ -840,6 +843,18 @@ impl Validator {
             &auth_methods,
             &mut controlled_headers,
         );
+        let extra = self.claim_rules_and_headers(
+            section,
+            &raw,
+            &auth_methods,
+            &upstream_headers,
+            login.as_ref(),
+            client_credential_headers.as_ref(),
+        );
+        let access = access.with_claim_rules(extra.forbidden, extra.consumer);
+        controlled_headers.extend(extra.controlled);
+        controlled_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        controlled_headers.dedup();
         if self.errors.len() != before {
             return None;
         }
@@ -867,6 +882,10 @@ impl Validator {
                 .cache_user_info_secs
                 .or(raw.cache_introspection_secs)
                 .unwrap_or(300),
+            upstream_access_token_header: extra.token_header,
+            upstream_introspection_header: extra.introspection_header,
+            upstream_consumer_header: extra.consumer_header,
+            error_answers: extra.error_answers,
         })
     }
 
@@ -1756,6 +1775,250 @@ fn is_published_secret(bytes: &[u8]) -> bool {
     PUBLISHED_SECRETS.contains(&hex.as_str())
 }
 
+/// A policy's forbidden claims, consumer, token/introspection/consumer headers and error answers, validated.
+struct ClaimRulesAndHeaders {
+    /// `claims_forbidden` as claim paths.
+    forbidden: Vec<Vec<String>>,
+    /// `consumer_claim` and `consumer_optional`.
+    consumer: Option<ConsumerRule>,
+    /// `upstream_access_token_header`.
+    token_header: TokenHeader,
+    /// `upstream_introspection_header`.
+    introspection_header: Option<HeaderName>,
+    /// `upstream_consumer_header`.
+    consumer_header: Option<HeaderName>,
+    /// `display_errors` and the two messages.
+    error_answers: ErrorAnswers,
+    /// The headers above that the policy sets, for `controlled_headers`.
+    controlled: Vec<HeaderName>,
+}
+
+/// The longest `unauthorized_error_message` / `forbidden_error_message`, in bytes.
+const MAX_ERROR_MESSAGE_BYTES: usize = 256;
+
+impl Validator {
+    /// `claims_forbidden`, `consumer_claim`, `consumer_optional`, `upstream_consumer_header`,
+    /// `upstream_access_token_header`, `upstream_introspection_header`, `display_errors`,
+    /// `unauthorized_error_message`, `forbidden_error_message`.
+    fn claim_rules_and_headers(
+        &mut self,
+        section: &str,
+        raw: &RawPolicy,
+        auth_methods: &[AuthMethod],
+        upstream_headers: &[UpstreamHeader],
+        login: Option<&LoginSettings>,
+        client_credential_headers: Option<&(HeaderName, HeaderName)>,
+    ) -> ClaimRulesAndHeaders {
+        fn bad_path(p: &[String]) -> bool {
+            p.is_empty() || p.iter().any(|k| k.is_empty())
+        }
+        let mut forbidden = Vec::new();
+        for (i, entry) in raw.claims_forbidden.iter().enumerate() {
+            let path = match entry {
+                ClaimName::Name(n) => vec![n.clone()],
+                ClaimName::Path(p) => p.clone(),
+            };
+            if bad_path(&path) {
+                self.err(ConfigError::Invalid {
+                    section: section.into(),
+                    message: format!(
+                        "claims_forbidden[{i}] must be a claim name or a non-empty list of non-empty keys"
+                    ),
+                });
+            } else if !forbidden.contains(&path) {
+                forbidden.push(path);
+            }
+        }
+        let consumer = match &raw.consumer_claim {
+            Some(path) if bad_path(path) => {
+                self.err(ConfigError::Invalid {
+                    section: section.into(),
+                    message: "consumer_claim must be a non-empty list of non-empty keys".into(),
+                });
+                None
+            }
+            Some(path) => Some(ConsumerRule {
+                claim: path.clone(),
+                optional: raw.consumer_optional,
+            }),
+            None => {
+                for (key, set) in [
+                    ("consumer_optional", raw.consumer_optional),
+                    (
+                        "upstream_consumer_header",
+                        raw.upstream_consumer_header.is_some(),
+                    ),
+                ] {
+                    if set {
+                        self.err(ConfigError::Conflict {
+                            section: section.into(),
+                            message: format!("{key} needs consumer_claim"),
+                        });
+                    }
+                }
+                None
+            }
+        };
+        let mut taken: Vec<(&str, HeaderName)> = upstream_headers
+            .iter()
+            .map(|h| ("upstream_headers_names", h.name.clone()))
+            .collect();
+        if let Some(h) = login.and_then(|l| l.upstream_id_token_header.clone()) {
+            taken.push(("upstream_id_token_header", h));
+        }
+        if let Some((a, b)) = client_credential_headers {
+            taken.push(("client_arg", a.clone()));
+            taken.push(("client_secret_arg", b.clone()));
+        }
+        let mut controlled = Vec::new();
+        let mut own_header = |v: &mut Validator, key: &'static str, h: &str| {
+            let name = v.set_header_name(section, key, h)?;
+            if let Some((other, _)) = taken.iter().find(|(_, t)| *t == name) {
+                v.err(ConfigError::Conflict {
+                    section: section.into(),
+                    message: format!("{key} `{name}` is also {other}: give each its own header"),
+                });
+                return None;
+            }
+            taken.push((key, name.clone()));
+            controlled.push(name.clone());
+            Some(name)
+        };
+        let consumer_header = raw
+            .upstream_consumer_header
+            .as_deref()
+            .and_then(|h| own_header(self, "upstream_consumer_header", h));
+        let introspection_header = raw.upstream_introspection_header.as_deref().and_then(|h| {
+            if !auth_methods.contains(&AuthMethod::Introspection) {
+                self.warn(format!(
+                    "{section}: upstream_introspection_header is set but the policy does not allow introspection: it is never sent (only removed from client requests)"
+                ));
+            }
+            own_header(self, "upstream_introspection_header", h)
+        });
+        let mut token_header = TokenHeader::default();
+        if let Some(spec) = raw.upstream_access_token_header.as_deref() {
+            let (name, prefix) = match spec.split_once(':') {
+                Some((n, p)) => (n, Some(p)),
+                None => (spec, None),
+            };
+            let prefix_ok = prefix.is_none_or(|p| {
+                !p.is_empty()
+                    && p.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            });
+            if !prefix_ok {
+                self.err(ConfigError::Invalid {
+                    section: section.into(),
+                    message: format!(
+                        "upstream_access_token_header must be `header` or `header:prefix` (prefix: letters, digits, '-', '_', '.'), got {spec:?}"
+                    ),
+                });
+            } else if name.eq_ignore_ascii_case("authorization") {
+                token_header.prefix = prefix.map(token_prefix);
+            } else if let Some(h) = own_header(self, "upstream_access_token_header", name) {
+                token_header = TokenHeader {
+                    name: h,
+                    prefix: prefix.map(token_prefix),
+                };
+            }
+        }
+        let error_answers = ErrorAnswers {
+            display: raw.display_errors.unwrap_or(false),
+            unauthorized: self.error_message(
+                section,
+                "unauthorized_error_message",
+                raw.unauthorized_error_message.as_deref(),
+                "Unauthorized",
+            ),
+            forbidden: self.error_message(
+                section,
+                "forbidden_error_message",
+                raw.forbidden_error_message.as_deref(),
+                "Forbidden",
+            ),
+        };
+        if error_answers.display
+            && (raw.unauthorized_error_message.is_some() || raw.forbidden_error_message.is_some())
+        {
+            self.warn(format!(
+                "{section}: display_errors = true: unauthorized_error_message and forbidden_error_message are not used"
+            ));
+        }
+        ClaimRulesAndHeaders {
+            forbidden,
+            consumer,
+            token_header,
+            introspection_header,
+            consumer_header,
+            error_answers,
+            controlled,
+        }
+    }
+
+    /// A header name the policy sets upstream: lower case, not a pseudo-header, a hop-by-hop or reserved one, nor
+    /// `cookie`.
+    fn set_header_name(&mut self, section: &str, key: &str, h: &str) -> Option<HeaderName> {
+        match HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
+            Ok(name)
+                if !h.starts_with(':')
+                    && !is_hop_or_reserved(name.as_str())
+                    && name != http::header::COOKIE =>
+            {
+                if name.as_str().contains('_') {
+                    self.warn(format!(
+                        "{section}: {key} `{name}` has '_': many upstreams (nginx, CGI/WSGI servers) drop or rename such headers; prefer '-'"
+                    ));
+                }
+                Some(name)
+            }
+            _ => {
+                self.err(ConfigError::BadHeaderName {
+                    section: format!("{section}.{key}"),
+                    name: h.to_string(),
+                });
+                None
+            }
+        }
+    }
+
+    /// An error message for 401/403 answers: it goes into the JSON body and the `WWW-Authenticate` quoted
+    /// string, so visible ASCII and spaces only, no `"` or `\`, not empty, at most [`MAX_ERROR_MESSAGE_BYTES`].
+    fn error_message(
+        &mut self,
+        section: &str,
+        key: &str,
+        raw: Option<&str>,
+        default: &str,
+    ) -> String {
+        let Some(m) = raw else {
+            return default.to_string();
+        };
+        let ok = !m.trim().is_empty()
+            && m.len() <= MAX_ERROR_MESSAGE_BYTES
+            && m.bytes()
+                .all(|b| (b == b' ' || b.is_ascii_graphic()) && b != b'"' && b != b'\\');
+        if !ok {
+            self.err(ConfigError::Invalid {
+                section: section.into(),
+                message: format!(
+                    "{key} must be 1 to {MAX_ERROR_MESSAGE_BYTES} visible ASCII characters or spaces, without '\"' or '\\' (it goes into the WWW-Authenticate header)"
+                ),
+            });
+        }
+        m.to_string()
+    }
+}
+
+/// The prefix word of a token header: `bearer` in any case is written `Bearer` (RFC 6750), others as given.
+fn token_prefix(p: &str) -> String {
+    if p.eq_ignore_ascii_case("bearer") {
+        "Bearer".into()
+    } else {
+        p.to_string()
+    }
+}
+
 /// Headers that must never be set from a claim.
 fn is_hop_or_reserved(name: &str) -> bool {
     matches!(
@@ -1819,6 +2082,78 @@ policy = "api"
             "x-issuer"
         );
         assert_eq!(cfg.providers[0].leeway_secs, 30);
+    }
+
+    /// Issue 15 items 3, 5, 7: the settings land in the model, their headers are controlled, and the defaults are
+    /// Kong's.
+    #[test]
+    fn access_rule_and_header_settings() {
+        let cfg = Config::from_toml(&format!(
+            "{GOOD}\n{}",
+            r#"
+[policies.more]
+provider = "okta"
+auth_methods = ["bearer", "introspection"]
+claims_forbidden = ["act", ["realm", "admin"], "https://x.example/role", "act"]
+consumer_claim = ["ext", "consumer"]
+consumer_optional = true
+upstream_consumer_header = "X-Consumer"
+upstream_access_token_header = "X-Access-Token:BEARER"
+upstream_introspection_header = "X-Introspection"
+unauthorized_error_message = "Please sign in"
+"#
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let api = &cfg.policies[0];
+        assert_eq!(api.upstream_access_token_header, TokenHeader::default());
+        assert_eq!(api.error_answers, ErrorAnswers::default());
+        assert!(!api.error_answers.display);
+        assert!(api.access.forbidden().is_empty() && api.access.consumer_rule().is_none());
+        let more = &cfg.policies[1];
+        assert_eq!(more.name, "more");
+        let paths: Vec<String> = more
+            .access
+            .forbidden()
+            .iter()
+            .map(|p| p.join("."))
+            .collect();
+        assert_eq!(paths, ["act", "realm.admin", "https://x.example/role"]);
+        assert_eq!(
+            more.access.consumer_rule(),
+            Some(&ConsumerRule {
+                claim: vec!["ext".into(), "consumer".into()],
+                optional: true
+            })
+        );
+        assert_eq!(
+            more.upstream_access_token_header,
+            TokenHeader {
+                name: HeaderName::from_static("x-access-token"),
+                prefix: Some("Bearer".into())
+            }
+        );
+        assert_eq!(more.upstream_access_token_header.value("t"), "Bearer t");
+        assert_eq!(
+            more.error_answers.unauthorized, "Please sign in",
+            "the 403 message keeps its default"
+        );
+        assert_eq!(more.error_answers.forbidden, "Forbidden");
+        for h in ["x-access-token", "x-consumer", "x-introspection"] {
+            assert!(
+                more.controlled_headers.iter().any(|c| c == h),
+                "{h}: {:?}",
+                more.controlled_headers
+            );
+        }
+        let bare = Config::from_toml(&GOOD.replace(
+            "scopes_claim = [\"scp\"]",
+            "scopes_claim = [\"scp\"]\nupstream_access_token_header = \"authorization\"\ndisplay_errors = true",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let th = &bare.policies[0].upstream_access_token_header;
+        assert!(th.is_authorization() && th.prefix.is_none());
+        assert_eq!(th.value("t"), "t");
+        assert!(bare.policies[0].error_answers.display);
     }
 
     #[test]

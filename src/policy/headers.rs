@@ -6,13 +6,13 @@ use http::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
 use crate::authn::Identity;
-use crate::config::{AuthMethod, LoginSettings, Policy};
-use crate::credentials::Credentials;
+use crate::config::{AuthMethod, LoginSettings, Policy, TokenHeader};
 use crate::credentials::token_places::{ACCESS_TOKEN_PARAM, TokenPlace};
+use crate::credentials::{Authorization, Credentials};
 use crate::decision::Allow;
 use crate::login::authcode::LOGIN_COOKIE;
 use crate::login::cookie::RequestCookies;
-use crate::policy::access::{claim_header_value, claim_value};
+use crate::policy::access::{Consumer, claim_header_value, claim_value};
 use crate::policy::runtime::PolicyRuntime;
 use crate::request::CheckView;
 
@@ -27,11 +27,7 @@ pub fn allow(
     let settings = rt.login.as_ref().map(|flow| &flow.settings);
     let mut allowed = claim_headers(policy, id.method, id.claims());
     user_info_header(&mut allowed, policy, &id);
-    if let Some(authorization) = id.upstream_authorization.take() {
-        allowed
-            .set_headers
-            .insert(0, (http::header::AUTHORIZATION, authorization));
-    }
+    token_headers(&mut allowed, policy, creds, &mut id);
     let id_token_header = settings.and_then(|s| s.upstream_id_token_header.as_ref());
     if id.method == AuthMethod::Session {
         if let (Some(h), Some(it)) = (id_token_header, id.id_token) {
@@ -94,6 +90,91 @@ fn user_info_header(allowed: &mut Allow, policy: &Policy, id: &Identity) {
     allowed.set_headers.retain(|(k, _)| k != h);
     allowed.remove_headers.retain(|k| k != h);
     allowed.set_headers.push((h.clone(), value));
+}
+
+/// The largest `upstream_introspection_header` value sent, in bytes; a larger answer is left out (and logged),
+/// never cut (a cut JSON is not JSON) and never a reason to refuse a request the rules allowed.
+pub const MAX_INTROSPECTION_HEADER_BYTES: usize = 8 * 1024;
+
+/// The access token in `upstream_access_token_header`, the introspection answer in
+/// `upstream_introspection_header`, and the consumer in `dynamic_metadata` and `upstream_consumer_header`.
+///
+/// The token sent is the one that authenticated: the client's own for `bearer` and `introspection`, the grant's
+/// for `client_credentials`, the session's for a session with `upstream_access_token`. With the default
+/// (`authorization:bearer`) a client's own `Authorization` goes upstream as it is; with another header the token
+/// goes there (after the prefix and a space) and the client's `Authorization` is removed, so the credential
+/// reaches the upstream in one place only (and a client's `Basic` secret never does).
+fn token_headers(allowed: &mut Allow, policy: &Policy, creds: &Credentials<'_>, id: &mut Identity) {
+    let th = &policy.upstream_access_token_header;
+    let ours = id.upstream_authorization.take();
+    let token = match (&ours, id.method, &creds.authorization) {
+        // `upstream_authorization` is `Bearer <token>` (see [`Identity`]).
+        (Some(a), _, _) => Some(a.strip_prefix("Bearer ").unwrap_or(a)),
+        (
+            None,
+            AuthMethod::Bearer | AuthMethod::Introspection | AuthMethod::Userinfo,
+            Authorization::Bearer(t),
+        ) => {
+            // The client's own header already says it as the default would; a token from the query, a form body
+            // or a cookie is sent in the configured header (the query parameter itself is removed).
+            (*th != TokenHeader::default() || !sent_authorization(creds)).then_some(&**t)
+        }
+        _ => None,
+    };
+    if let Some(token) = token {
+        allowed
+            .set_headers
+            .insert(0, (th.name.clone(), th.value(token)));
+        if !th.is_authorization() && sent_authorization(creds) {
+            allowed.remove_headers.push(http::header::AUTHORIZATION);
+        }
+    }
+    if let Some(h) = &policy.upstream_introspection_header {
+        let value = if id.method == AuthMethod::Introspection {
+            introspection_value(id.claims())
+        } else {
+            None
+        };
+        match value {
+            Some(v) => allowed.set_headers.push((h.clone(), v)),
+            None => allowed.remove_headers.push(h.clone()),
+        }
+    }
+    if let Consumer::Named(consumer) = policy.access.consumer(id.claims()) {
+        if let Some(h) = &policy.upstream_consumer_header {
+            allowed.set_headers.push((h.clone(), consumer.clone()));
+        }
+        allowed.metadata.push(("consumer", consumer));
+    } else if let Some(h) = &policy.upstream_consumer_header {
+        allowed.remove_headers.push(h.clone());
+    }
+}
+
+/// Whether the request came with an `Authorization` header (which a non-default token header must not let
+/// through).
+fn sent_authorization(creds: &Credentials<'_>) -> bool {
+    match creds.authorization {
+        Authorization::None => false,
+        // A bearer token read from the query, a form body or a cookie did not come in `Authorization`.
+        Authorization::Bearer(_) => matches!(creds.token_place, None | Some(TokenPlace::Header)),
+        _ => true,
+    }
+}
+
+/// The introspection answer as base64url (no padding) of its JSON; `None` (logged) when it is larger than
+/// [`MAX_INTROSPECTION_HEADER_BYTES`].
+fn introspection_value(answer: &Map<String, Value>) -> Option<String> {
+    use base64::Engine;
+    let json = serde_json::to_vec(answer).ok()?;
+    if json.len().div_ceil(3) * 4 > MAX_INTROSPECTION_HEADER_BYTES {
+        tracing::warn!(
+            json_bytes = json.len(),
+            limit = MAX_INTROSPECTION_HEADER_BYTES,
+            "introspection answer too large for upstream_introspection_header: header left out"
+        );
+        return None;
+    }
+    Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json))
 }
 
 /// The session and login cookies never go upstream: rewrite the `Cookie` header without them (or drop it).
@@ -224,6 +305,31 @@ upstream_headers_names = ["x-user"]
         )
         .unwrap_or_else(|e| panic!("{e}"));
         cfg.policies[0].clone()
+    }
+
+    /// The introspection answer goes upstream whole or not at all.
+    #[test]
+    fn introspection_header_is_whole_or_left_out() {
+        use base64::Engine;
+        let small: Map<String, Value> =
+            serde_json::from_value(serde_json::json!({"active": true, "sub": "a"})).unwrap();
+        let v = introspection_value(&small).unwrap();
+        let back = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(v)
+            .unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Map<String, Value>>(&back).unwrap(),
+            small
+        );
+        let mut big = small.clone();
+        big.insert("blob".into(), Value::String("x".repeat(6 * 1024)));
+        assert!(
+            introspection_value(&big).is_none(),
+            "8 KiB encoded is the limit"
+        );
+        let mut edge = small.clone();
+        edge.insert("blob".into(), Value::String("x".repeat(5 * 1024)));
+        assert!(introspection_value(&edge).unwrap().len() <= MAX_INTROSPECTION_HEADER_BYTES);
     }
 
     /// A header we set only sometimes (the ID token of a session that has none) never comes from the client, in

@@ -93,6 +93,8 @@ OKTA_TUNABLES = {
     "introspect_jwt_tokens",     # Okta access tokens are JWTs; the mock's introspected tokens are opaque
     "backchannel_logout_path",   # the mock provider sends OpenID Connect back-channel logout; an Okta org's
                                  # default authorization server does not (set it where your provider does)
+    "display_errors",            # the e2e `login` policy shows the detailed texts its tests read; production keeps
+                                 # the default (false: 401/403 answers name no check)
 }
 ADDRESSES = {"redirect_uri", "post_logout_redirect_uri"}  # the same path on another origin
 SECRETS = {"session_secret", "session_secret_file", "client_secret", "client_secret_file"}

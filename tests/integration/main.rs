@@ -13,6 +13,7 @@ mod introspection;
 mod issuers;
 mod login;
 mod provider;
+mod rules;
 mod sessions;
 mod shared_caches;
 mod store;

@@ -40,6 +40,7 @@ jwks_min_refetch_secs = 0
 [policies.api]
 provider = "okta"
 auth_methods = ["bearer"]
+display_errors = true   # these tests read the detailed error_description
 scopes_claim = ["scp"]
 scopes_required = ["api:read"]
 upstream_headers_claims = ["iss", "sub", "groups"]
@@ -65,6 +66,7 @@ upstream_headers_names = ["Issuer_Header", "x-client-id"]
 [policies.intro]
 provider = "okta"
 auth_methods = ["introspection", "bearer"]
+display_errors = true   # these tests read the detailed error_description
 cache_introspection_secs = 300
 cache_ttl_neg_secs = 30
 scopes_claim = ["scp"]
@@ -87,6 +89,7 @@ cache_introspection_secs = 2
 [policies.login]
 provider = "okta"
 auth_methods = ["bearer", "authorization_code", "session"]
+display_errors = true   # these tests read the detailed error_description
 scopes = ["openid", "profile", "offline_access"]
 redirect_uri = "https://app.example.com/oauth2/callback"
 logout_path = "/oauth2/logout"
@@ -102,6 +105,7 @@ upstream_headers_names = ["x-user", "x-email"]
 [policies.group]
 provider = "okta"
 auth_methods = ["authorization_code", "session"]
+display_errors = true   # these tests read the detailed error_description
 # its own callback: it shares the session cookie with `login` but not all of its secrets (rotation tests)
 redirect_uri = "https://app.example.com/oauth2/group-callback"
 session_secret = "YgkhMaR/YTZqwk13q1w36bx3iMsjriSao8q4VdYNeSs="
