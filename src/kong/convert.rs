@@ -550,7 +550,7 @@ fn plugin(
     }
 }
 
-/// The provider's name: `okta` for an Okta issuer, else the issuer host's first label.
+/// The provider's name: `okta` for an Okta issuer, else the issuer host's first label (`idp` for an address).
 fn provider_name(provider: &Table) -> String {
     let host = provider
         .get("issuer")
@@ -561,7 +561,10 @@ fn provider_name(provider: &Table) -> String {
     if host.contains("okta") {
         return "okta".into();
     }
-    sanitize(host.split('.').next().unwrap_or("idp"))
+    match host.split('.').next() {
+        Some(label) if label.starts_with(|c: char| c.is_ascii_alphabetic()) => sanitize(label),
+        _ => "idp".into(),
+    }
 }
 
 /// The plain (non-regex) paths of the routes a plugin covers.
