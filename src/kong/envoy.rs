@@ -121,7 +121,7 @@ pub(super) fn render(deck: &Deck, policies: &[Option<String>], notes: &mut Vec<N
             .flat_map(|(_, e)| e.iter())
             .collect();
         // stable: equal keys keep file order
-        routes.sort_by(|a, b| b.key.cmp(&a.key));
+        routes.sort_by_key(|e| std::cmp::Reverse(e.key));
         json!({
             "name": name,
             "domains": domains,

@@ -914,7 +914,7 @@ pub fn import_with(text: &str, secret: &mut dyn FnMut() -> String) -> Result<Imp
     let deck = deck::Deck::read(&doc, &mut notes)?;
     let out = convert::convert(&deck, secret, &mut notes);
     let envoy_yaml = envoy::render(&deck, &out.route_policies, &mut notes);
-    notes.sort_by(|a, b| b.severity.cmp(&a.severity));
+    notes.sort_by_key(|n| std::cmp::Reverse(n.severity));
     Ok(Import {
         config_toml: out.toml,
         envoy_yaml,
