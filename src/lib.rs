@@ -27,6 +27,8 @@
 //! and revoke sessions, explain a request) on the admin address; [`login::backchannel`] verifies the provider's
 //! back-channel logout tokens.
 //!
+//! [`kong`] imports a Kong declarative config (`openid-connect` plugins) into a config and Envoy routes.
+//!
 //! [`config`] turns figment input into validated types once. The I/O seams are [`provider::client::IdpClient`]
 //! (every call to an identity provider; [`provider::fake::FakeIdp`] in tests), [`clock`] and [`rng`]; [`cache`]
 //! gives every cache one key function and one per-entry lifetime.
@@ -41,6 +43,7 @@ pub mod credentials;
 pub mod decision;
 pub mod envoy;
 pub mod flow;
+pub mod kong;
 pub mod login;
 #[cfg(test)]
 mod offline_tests;

@@ -10,6 +10,8 @@ use oidc_authz::telemetry::init_logging;
 
 /// Exit status for a bad configuration (EX_CONFIG is 78; 64 is EX_USAGE, the contract's choice).
 const EXIT_BAD_CONFIG: u8 = 64;
+/// `import-kong`: a security-relevant Kong parameter could not be mapped (EX_DATAERR).
+const EXIT_IMPORT_UNSAFE: u8 = 65;
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +38,71 @@ enum Command {
         #[arg(long, short, env = CONFIG_ENV)]
         config: PathBuf,
     },
+    /// Import a Kong declarative config (decK YAML or JSON) with openid-connect plugins: writes the oidc-authz
+    /// config and Envoy's routes, lists every parameter not carried over on stderr. Exit 0 when everything that
+    /// restricts access was mapped, 65 when not (the outputs are still written), 64 when FILE cannot be read.
+    ImportKong {
+        /// The decK file (YAML or JSON).
+        file: PathBuf,
+        /// Write `oidc-authz.toml` and `envoy-routes.yaml` into this directory (default: both to stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// `import-kong FILE [--out DIR]`.
+fn import_kong(file: &std::path::Path, out: Option<&std::path::Path>) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: {e}", file.display());
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let import = match oidc_authz::kong::import(&text) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("{}: {e}", file.display());
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    for n in &import.notes {
+        eprintln!("{}: {n}", file.display());
+    }
+    match out {
+        Some(dir) => {
+            let write = |name: &str, text: &str| {
+                let path = dir.join(name);
+                std::fs::write(&path, text).map(|()| path)
+            };
+            for (name, text) in [
+                ("oidc-authz.toml", &import.config_toml),
+                ("envoy-routes.yaml", &import.envoy_yaml),
+            ] {
+                match write(name, text) {
+                    Ok(path) => eprintln!("wrote {}", path.display()),
+                    Err(e) => {
+                        eprintln!("{}: {e}", dir.join(name).display());
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+        }
+        None => {
+            println!("# ===== oidc-authz.toml =====");
+            println!("{}", import.config_toml);
+            println!("# ===== envoy-routes.yaml =====");
+            println!("{}", import.envoy_yaml);
+        }
+    }
+    if import.has_errors() {
+        eprintln!(
+            "{}: security-relevant Kong settings were not imported (ERROR lines above): exit {EXIT_IMPORT_UNSAFE}",
+            file.display()
+        );
+        return ExitCode::from(EXIT_IMPORT_UNSAFE);
+    }
+    ExitCode::SUCCESS
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
@@ -48,6 +115,7 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::ImportKong { file, out } => import_kong(&file, out.as_deref()),
         Command::CheckConfig { config } => match load(&config) {
             Ok(cfg) => {
                 for w in &cfg.warnings {
