@@ -185,7 +185,8 @@ pub struct Generated {
 }
 
 const EXT_AUTHZ: &str = "envoy.filters.http.ext_authz";
-const EXT_AUTHZ_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";
+const EXT_AUTHZ_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";
 const EXT_AUTHZ_PER_ROUTE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute";
 
@@ -226,8 +227,7 @@ fn duration(ms: u64) -> String {
 pub fn ext_authz_per_route(policy: &Policy, with_body: Option<u32>) -> Value {
     let mut check = json!({ "context_extensions": { "policy": policy.name } });
     if let Some(max) = with_body {
-        check["with_request_body"] =
-            json!({ "max_request_bytes": max, "allow_partial_message": false, "pack_as_bytes": true });
+        check["with_request_body"] = json!({ "max_request_bytes": max, "allow_partial_message": false, "pack_as_bytes": true });
     }
     json!({ EXT_AUTHZ: { "@type": EXT_AUTHZ_PER_ROUTE, "check_settings": check } })
 }
@@ -411,7 +411,10 @@ backchannel_logout_path = "/oauth2/backchannel-logout"
         assert_eq!(f["transport_api_version"], "V3");
         assert_eq!(f["failure_mode_allow"], false);
         assert_eq!(f["include_peer_certificate"], false);
-        assert_eq!(f["grpc_service"]["envoy_grpc"]["cluster_name"], "oidc_authz");
+        assert_eq!(
+            f["grpc_service"]["envoy_grpc"]["cluster_name"],
+            "oidc_authz"
+        );
         assert_eq!(f["grpc_service"]["timeout"], "1s");
         let api = &g.doc["per_route"]["api"][EXT_AUTHZ];
         assert_eq!(api["@type"], EXT_AUTHZ_PER_ROUTE);
@@ -504,8 +507,9 @@ client_secret_arg = "X-Client-Secret"
     #[test]
     fn every_header_read_is_listed() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-        let call = regex::Regex::new(r"\.(header|header_values|has_header)\(\s*([^,()]*(?:\(\))?)\s*\)")
-            .unwrap();
+        let call =
+            regex::Regex::new(r"\.(header|header_values|has_header)\(\s*([^,()]*(?:\(\))?)\s*\)")
+                .unwrap();
         // the policy's client-credential header names (allowed_headers adds them)
         let dynamic = ["id_h.as_str()", "secret_h.as_str()", "h.as_str()", "name"];
         let mut files = vec![root.clone()];

@@ -149,7 +149,8 @@ fn jwt_provider(p: &Policy, provider: &ProviderConfig, jwks: &Url, cluster: &str
         },
         "forward": true,
         "payload_in_metadata": PAYLOAD_KEY,
-        "clock_skew_seconds": provider.leeway_secs,
+        // 0 reads as unset, which jwt_authn takes as 60 s: 1 s is the nearest to no leeway it can do
+        "clock_skew_seconds": provider.leeway_secs.max(1),
         "jwt_cache_config": { "jwt_cache_size": 1000 },
     });
     if !p.allow_any_audience {
