@@ -216,7 +216,7 @@ pub fn ext_authz_filter(cfg: &Config, opts: &Options) -> Value {
 
 /// A protobuf JSON duration of `ms` milliseconds (`1s`, `0.25s`).
 fn duration(ms: u64) -> String {
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{}s", ms as f64 / 1000.0)
@@ -529,7 +529,7 @@ client_secret_arg = "X-Client-Secret"
             let text = std::fs::read_to_string(&p).unwrap();
             // unit tests read whatever headers they build
             let text = text.split("#[cfg(test)]\nmod tests").next().unwrap_or("");
-            for c in call.captures_iter(&text) {
+            for c in call.captures_iter(text) {
                 let arg = c[2].trim();
                 seen += 1;
                 if let Some(lit) = arg.strip_prefix('"').and_then(|a| a.strip_suffix('"')) {
