@@ -8,6 +8,12 @@ direct_response (Envoy answers 200 itself: no upstream server in the measurement
   jwt-cached        Envoy's jwt_authn, jwt_cache_config on, the same token every request
   jwt-distinct      Envoy's jwt_authn, no cache, 2000 distinct tokens in rotation
   noop              ext_authz -> the no-op Check server (`loadgen noop`, answers OK without looking): the ceiling
+                    (Envoy as shipped: allowed_headers, encode_raw_headers, no peer certificate)
+  noop-all          the same with Envoy sending every request header (no allowed_headers), as shipped before
+  noop-browser-*    the no-op with a browser's ~15 request headers: -allowed (as shipped), -all (every header),
+                    -all-map (every header, encode_raw_headers off), -allowed-map (allowed_headers, raw off)
+  jwt-offload       `oidc-authz envoy-config --offload-bearer` of the api policy: jwt_authn (remote JWKS from the
+                    IdP, jwt_cache_config) + RBAC on the scopes and groups + claim_to_headers, no ext_authz hop
   bearer-same       ext_authz -> oidc-authz, bearer JWT, the same token every request
   bearer-distinct   ext_authz -> oidc-authz, bearer JWT, 2000 distinct tokens, its token cache 1 entry (each
                     Check verifies a signature, as a never-seen token does)
@@ -66,6 +72,57 @@ class Scenario:
     cache_entries: int = 100_000  # oidc-authz's verified-token cache
 
 
+# What a browser sends besides its credential (Chrome 131's navigation headers, cookies of the site's own).
+BROWSER = {
+    "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8",
+    "Accept-Encoding": "gzip, deflate, br, zstd",
+    "Accept-Language": "en-GB,en;q=0.9,fr;q=0.8",
+    "Cache-Control": "max-age=0",
+    "Cookie": "_ga=GA1.1.1234567890.1733000000; theme=dark; consent=yes",
+    "Referer": "https://app.example.com/orders",
+    "Sec-Ch-Ua": '"Chromium";v="131", "Not_A Brand";v="24"',
+    "Sec-Ch-Ua-Mobile": "?0",
+    "Sec-Ch-Ua-Platform": '"Linux"',
+    "Sec-Fetch-Dest": "document",
+    "Sec-Fetch-Mode": "navigate",
+    "Sec-Fetch-Site": "same-origin",
+    "Sec-Fetch-User": "?1",
+    "Upgrade-Insecure-Requests": "1",
+    "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+}
+
+# ext_authz variants (bootstrap kind ext-authz-<name>): what the filter sends the Check server.
+EXT_AUTHZ_VARIANTS = {
+    "allowed": "allowed_headers, raw",
+    "all": "all headers, raw",
+    "all-map": "all headers, map",
+    "allowed-map": "allowed_headers, map",
+}
+
+# `oidc-authz envoy-config` of `loadgen config` (policies api, intro, cc, web): the headers its policies read.
+ALLOWED_HEADERS = """              allowed_headers:
+                patterns:
+                - exact: "authorization"
+                - exact: "cookie"
+                - exact: "accept"
+                - exact: "x-requested-with"
+                - exact: "origin"
+                - exact: "sec-fetch-site"
+                - safe_regex: { regex: "x[-_]issuer" }
+                - safe_regex: { regex: "x[-_]user" }
+                - safe_regex: { regex: "x[-_]client[-_]id" }
+"""
+
+
+def ext_authz_options(variant: str) -> str:
+    """The lines of the ext_authz filter that vary: allowed_headers or not, encode_raw_headers on or off."""
+    allowed = variant in ("allowed", "allowed-map")
+    raw = not variant.endswith("-map")
+    return ((ALLOWED_HEADERS if allowed else "              # no allowed_headers: every request header is sent\n")
+            + f"              encode_raw_headers: {'true' if raw else 'false'}\n"
+            + "              include_peer_certificate: false")
+
+
 def scenarios(kit: Path, distinct: int) -> list[Scenario]:
     def read(name: str) -> str:
         return (kit / name).read_text().strip()
@@ -82,6 +139,13 @@ def scenarios(kit: Path, distinct: int) -> list[Scenario]:
                  "/api/orders?limit=10", api, bearer_bad, distinct=True),
         Scenario("noop", "ext_authz -> no-op Check server", "ext-authz", "noop", "/api/orders?limit=10",
                  {**api, "Authorization": f"Bearer {same}"}),
+        Scenario("noop-all", "ext_authz (all headers sent) -> no-op Check server", "ext-authz-all", "noop",
+                 "/api/orders?limit=10", {**api, "Authorization": f"Bearer {same}"}),
+        *[Scenario(f"noop-browser-{v}", f"ext_authz ({what}) -> no-op, browser headers", f"ext-authz-{v}", "noop",
+                   "/api/orders?limit=10", {**BROWSER, "Authorization": f"Bearer {same}"})
+          for v, what in EXT_AUTHZ_VARIANTS.items()],
+        Scenario("jwt-offload", "envoy-config --offload-bearer: jwt_authn + RBAC, same token", "jwt-offload", None,
+                 "/api/orders?limit=10", {**api, "Authorization": f"Bearer {same}"}, bearer_bad),
         Scenario("bearer-same", "ext_authz -> oidc-authz bearer, same token", "ext-authz", "authz",
                  "/api/orders?limit=10", {**api, "Authorization": f"Bearer {same}"}, bearer_bad),
         Scenario("bearer-distinct", f"ext_authz -> oidc-authz bearer, {distinct} distinct tokens (cache of 1)",
@@ -199,12 +263,89 @@ def bootstrap(kind: str, listen: int, admin: int, *, issuer: str = "", jwks: Pat
                  else "# no jwt_cache_config: every request verifies its token's signature")
         return render("envoy-jwt-authn.yaml", {**ports, "ISSUER": issuer, "JWKS_FILE": str(jwks),
                                                "JWT_CACHE_CONFIG": cache})
-    if kind == "ext-authz":
-        return render("envoy-ext-authz.yaml", {**ports, "AUTHZ_PORT": str(authz_port)})
+    if kind == "ext-authz" or kind.startswith("ext-authz-"):
+        variant = "allowed" if kind == "ext-authz" else kind[len("ext-authz-"):]
+        return render("envoy-ext-authz.yaml", {**ports, "AUTHZ_PORT": str(authz_port),
+                                               "EXT_AUTHZ_OPTIONS": ext_authz_options(variant)})
+    if kind == "jwt-offload":
+        return offload_bootstrap(listen, admin, issuer)
     raise ValueError(kind)
 
 
-BOOTSTRAP_KINDS = ["direct", "jwt-cached", "jwt-nocache", "ext-authz"]
+BOOTSTRAP_KINDS = ["direct", "jwt-cached", "jwt-nocache", "ext-authz",
+                   *[f"ext-authz-{v}" for v in EXT_AUTHZ_VARIANTS], "jwt-offload"]
+
+OIDC_AUTHZ_BIN = Path()
+LOADGEN_BIN = Path()
+
+
+# The api policy of `loadgen config` (examples/loadgen/main.rs), with the jwks_uri jwt_authn needs (it does no
+# discovery): the fake IdP's.
+OFFLOAD_CONFIG = """
+[server]
+grpc_addr = "127.0.0.1:1"
+admin_addr = "127.0.0.1:2"
+
+[providers.okta]
+issuer = "{{ISSUER}}"
+jwks_uri = "{{ISSUER}}/v1/keys"
+audiences = ["api://default"]
+
+[policies.api]
+provider = "okta"
+auth_methods = ["bearer"]
+scopes_claim = ["scp"]
+scopes_required = ["api:read"]
+groups_claim = ["groups"]
+groups_required = ["admins"]
+upstream_headers_claims = ["iss", "sub", "cid"]
+upstream_headers_names = ["x-issuer", "x-user", "x-client-id"]
+"""
+
+
+def offload_bootstrap(listen: int, admin: int, issuer: str) -> str:
+    """A bootstrap (JSON, which Envoy reads as YAML) around `oidc-authz envoy-config --offload-bearer` of the
+    benchmark's config: its filters, the api policy's per-route config on /api/ (a direct_response), its JWKS
+    cluster (the fake IdP's /v1/keys)."""
+    with tempfile.TemporaryDirectory(prefix="bench-offload-") as d:
+        cfg = Path(d) / "authz.toml"
+        cfg.write_text(OFFLOAD_CONFIG.replace("{{ISSUER}}", issuer))
+        gen = json.loads(subprocess.run([str(OIDC_AUTHZ_BIN), "envoy-config", "--config", str(cfg),
+                                         "--offload-bearer", "--cluster", "check_server", "--format", "json"],
+                                        check=True, capture_output=True, text=True).stdout)
+    if "envoy.filters.http.jwt_authn" not in gen["per_route"]["api"]:
+        raise SystemExit(f"envoy-config did not offload the api policy: {json.dumps(gen)[:2000]}")
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+                 "HttpConnectionManager",
+        "stat_prefix": "ingress_http", "codec_type": "AUTO", "use_remote_address": True,
+        "normalize_path": True, "merge_slashes": True,
+        "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
+        "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST"},
+        "route_config": {"name": "bench", "virtual_hosts": [{"name": "bench", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/api/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}},
+             "typed_per_filter_config": gen["per_route"]["api"]}]}]},
+        "http_filters": [*gen["http_filters"], {"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+    }
+    check_server = {"name": "check_server", "type": "STATIC", "connect_timeout": "0.25s",
+                    "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {}}}},
+                    "load_assignment": {"cluster_name": "check_server", "endpoints": [{"lb_endpoints": [
+                        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1",
+                                                                     "port_value": 1}}}}]}]}}
+    boot = {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {
+            "listeners": [{"name": "http", "address": {"socket_address": {"address": "127.0.0.1",
+                                                                          "port_value": listen}},
+                           "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                           "typed_config": hcm}]}]}],
+            "clusters": [*gen.get("clusters", []), check_server],
+        },
+    }
+    return json.dumps(boot, indent=1) + "\n"
 
 
 def test_jwks() -> str:
@@ -464,6 +605,8 @@ def main() -> int:
                     help="only render every Envoy bootstrap and check it with `envoy --mode validate`")
     args = ap.parse_args()
 
+    global OIDC_AUTHZ_BIN, LOADGEN_BIN
+    OIDC_AUTHZ_BIN, LOADGEN_BIN = Path(args.bin), Path(args.loadgen)
     if args.validate_only:
         return 1 if validate(Path(args.envoy)) else 0
     for tool in (args.envoy, args.bin, args.loadgen):

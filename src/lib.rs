@@ -32,6 +32,10 @@
 //! [`config`] turns figment input into validated types once. The I/O seams are [`provider::client::IdpClient`]
 //! (every call to an identity provider; [`provider::fake::FakeIdp`] in tests), [`clock`] and [`rng`]; [`cache`]
 //! gives every cache one key function and one per-entry lifetime.
+//!
+//! [`envoy_config`] prints the Envoy side of a config (`oidc-authz envoy-config`): the ext_authz filter sending only
+//! the headers the policies read, per-route snippets, and with [`envoy_offload`] jwt_authn + RBAC for bearer-only
+//! policies.
 
 pub mod admin;
 pub mod authn;
@@ -42,6 +46,8 @@ pub mod config;
 pub mod credentials;
 pub mod decision;
 pub mod envoy;
+pub mod envoy_config;
+pub mod envoy_offload;
 pub mod flow;
 pub mod kong;
 pub mod login;
