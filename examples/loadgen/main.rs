@@ -101,6 +101,30 @@ enum Cmd {
         /// Verified-token cache size (1: every distinct token misses it, as a never-seen token does).
         #[arg(long, default_value_t = 100_000)]
         cache_entries: u64,
+        /// Share the Redis on this loopback port (`[store] backend = "redis"`), as the session-store scenario needs.
+        #[arg(long)]
+        redis: Option<u16>,
+    },
+    /// Send exactly N Checks of one scenario to a running server, one at a time over one connection, and fail
+    /// unless every one is allowed: a fixed amount of work to count instructions per Check under callgrind
+    /// (scripts/callgrind_checks.sh). The server runs `config`'s configuration for ISSUER (`idp`).
+    Count {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        issuer: String,
+        /// same-jwt, fresh-jwt (a never-seen token each Check), session, session-store (needs --redis),
+        /// cc-cached, intro-cached.
+        #[arg(long)]
+        scenario: String,
+        #[arg(long)]
+        n: u64,
+        /// fresh-jwt: the number of the first token (runs against one server must not repeat tokens).
+        #[arg(long, default_value_t = 1)]
+        first: u64,
+        /// The Redis port the server shares (session-store).
+        #[arg(long)]
+        redis: Option<u16>,
     },
     /// Drive a running server with one token.
     Run {
@@ -1075,6 +1099,67 @@ async fn bench(
     ok
 }
 
+/// The requests of `count`: `n` of them, for the scenario `name` (`None`: an unknown scenario).
+async fn count_requests(
+    issuer: &Issuer,
+    name: &str,
+    n: u64,
+    first: u64,
+    redis: Option<u16>,
+) -> Option<Vec<CheckRequest>> {
+    use base64::Engine;
+    let one = match name {
+        "same-jwt" => check_request(&issuer.token(0), "api"),
+        "fresh-jwt" => {
+            return Some(
+                (first..first + n)
+                    .map(|i| check_request(&issuer.token(i), "api"))
+                    .collect(),
+            );
+        }
+        "session" => session_request(issuer),
+        "session-store" => store_session_request(issuer, redis?).await,
+        "cc-cached" => {
+            let basic = base64::engine::general_purpose::STANDARD
+                .encode(format!("0oabench:{CLIENT_SECRET}"));
+            check_request_auth(&format!("Basic {basic}"), "cc")
+        }
+        "intro-cached" => check_request("opq-bench-warm", "intro"),
+        _ => return None,
+    };
+    Some(vec![one; n as usize])
+}
+
+/// Sends `n` Checks of `scenario` to `addr` one after another; fails unless every one is allowed.
+async fn count(
+    addr: SocketAddr,
+    issuer: String,
+    scenario: &str,
+    n: u64,
+    first: u64,
+    redis: Option<u16>,
+) -> std::process::ExitCode {
+    let issuer = Issuer::offline(issuer);
+    let Some(requests) = count_requests(&issuer, scenario, n, first, redis).await else {
+        eprintln!("unknown scenario {scenario} (or session-store without --redis)");
+        return std::process::ExitCode::FAILURE;
+    };
+    let mut client = connect(addr, 1).await.remove(0);
+    let mut allowed = 0u64;
+    for r in requests {
+        if matches!(client.check(r).await.map(|r| r.into_inner().status), Ok(Some(s)) if s.code == 0)
+        {
+            allowed += 1;
+        }
+    }
+    println!("scenario={scenario} checks={n} allowed={allowed}");
+    if allowed == n {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -1116,10 +1201,22 @@ fn main() -> std::process::ExitCode {
                 grpc,
                 admin,
                 cache_entries,
+                redis,
             } => {
                 print!("{}", authz_config(grpc, admin, &issuer, cache_entries));
+                if let Some(port) = redis {
+                    print!("{}", store_config(port));
+                }
                 std::process::ExitCode::SUCCESS
             }
+            Cmd::Count {
+                addr,
+                issuer,
+                scenario,
+                n,
+                first,
+                redis,
+            } => count(addr, issuer, &scenario, n, first, redis).await,
             Cmd::Run {
                 addr,
                 token,
