@@ -29,8 +29,9 @@ SCENARIOS=("$@")
 [ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(noop same-jwt same-jwt-log fresh-jwt session session-store cc-cached intro-cached)
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 1 1200); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.25; done; echo "never ready: $1" >&2; return 1; }
-wait_tcp() { for _ in $(seq 1 1200); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.25; done; echo "nothing on port $1" >&2; return 1; }
+# wait_http URL PID / wait_tcp PORT PID: until it answers (PID still running), at most 5 minutes.
+wait_http() { for _ in $(seq 1 1200); do kill -0 "$2" || break; curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.25; done; echo "never ready: $1" >&2; return 1; }
+wait_tcp() { for _ in $(seq 1 1200); do kill -0 "$2" || break; (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.25; done; echo "nothing on port $1" >&2; return 1; }
 
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
@@ -39,7 +40,7 @@ trap cleanup EXIT
 IDP_PORT=$(free_port)
 "$LOADGEN" idp --addr "127.0.0.1:$IDP_PORT" >"$OUT/idp.out" 2>&1 &
 PIDS+=($!)
-wait_tcp "$IDP_PORT"
+wait_tcp "$IDP_PORT" $!
 ISSUER=$(head -1 "$OUT/idp.out")
 
 REDIS_PORT=""
@@ -48,7 +49,7 @@ for s in "${SCENARIOS[@]}"; do
     REDIS_PORT=$(free_port)
     redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >/dev/null 2>&1 &
     PIDS+=($!)
-    wait_tcp "$REDIS_PORT"
+    wait_tcp "$REDIS_PORT" $!
   fi
 done
 
@@ -66,7 +67,7 @@ for s in "${SCENARIOS[@]}"; do
       >"$OUT/$s.stdout" 2>"$OUT/$s.stderr" &
     pid=$!
     PIDS+=("$pid")
-    wait_tcp "$grpc"
+    wait_tcp "$grpc" "$pid"
   else
     "$LOADGEN" config --issuer "$ISSUER" --grpc "127.0.0.1:$grpc" --admin "127.0.0.1:$admin" \
       "${redis_args[@]}" >"$OUT/$s.toml"
@@ -74,7 +75,7 @@ for s in "${SCENARIOS[@]}"; do
       >"$OUT/$s.stdout" 2>"$OUT/$s.stderr" &
     pid=$!
     PIDS+=("$pid")
-    wait_http "http://127.0.0.1:$admin/readyz"
+    wait_http "http://127.0.0.1:$admin/readyz" "$pid"
   fi
   "$LOADGEN" count --addr "127.0.0.1:$grpc" --issuer "$ISSUER" --scenario "$drive" --n "$W" --first 1000000 \
     "${redis_args[@]}" >/dev/null
