@@ -8,7 +8,7 @@
 # logging as shipped: `info`, one line per decision, to a file; every other scenario runs with RUST_LOG=warn like
 # `loadgen bench`). Default: all of them.
 #
-# Each scenario starts the server under `valgrind --tool=callgrind`, sends W warm-up Checks (`loadgen count`),
+# Each scenario starts the server under `valgrind --tool=callgrind`; `loadgen count` sends W warm-up Checks,
 # zeroes the counters (`callgrind_control -z`), sends N Checks one at a time, and dumps (`callgrind_control -d`):
 # the dump holds exactly those N Checks (startup and warm-up excluded), and
 # `callgrind_annotate OUT/SCENARIO.PID.1` shows where they went. Prints `SCENARIO instructions_per_check`.
@@ -77,12 +77,8 @@ for s in "${SCENARIOS[@]}"; do
     PIDS+=("$pid")
     wait_http "http://127.0.0.1:$admin/readyz" "$pid"
   fi
-  "$LOADGEN" count --addr "127.0.0.1:$grpc" --issuer "$ISSUER" --scenario "$drive" --n "$W" --first 1000000 \
-    "${redis_args[@]}" >/dev/null
-  callgrind_control -z "$pid" >/dev/null
-  "$LOADGEN" count --addr "127.0.0.1:$grpc" --issuer "$ISSUER" --scenario "$drive" --n "$N" --first 1 \
-    "${redis_args[@]}" >/dev/null
-  callgrind_control -d "$pid" >/dev/null
+  "$LOADGEN" count --addr "127.0.0.1:$grpc" --issuer "$ISSUER" --scenario "$drive" --n "$N" \
+    --callgrind-pid "$pid" --warmup "$W" "${redis_args[@]}" >/dev/null
   kill "$pid"; wait "$pid" 2>/dev/null || true
   total=$(awk '/^(summary|totals):/ {print $2; exit}' "$OUT/$s.$pid.1")
   echo "$s $((total / N))"

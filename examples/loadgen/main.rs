@@ -125,6 +125,14 @@ enum Cmd {
         /// The Redis port the server shares (session-store).
         #[arg(long)]
         redis: Option<u16>,
+        /// The server runs under callgrind with this pid: send `warmup` Checks first (the same credentials, so
+        /// caches are warm), then zero its counters (`callgrind_control -z`), send the N Checks, and dump them
+        /// (`callgrind_control -d`): the dump holds exactly the N Checks.
+        #[arg(long)]
+        callgrind_pid: Option<u32>,
+        /// Warm-up Checks before the counted ones (with --callgrind-pid).
+        #[arg(long, default_value_t = 50)]
+        warmup: u64,
     },
     /// Drive a running server with one token.
     Run {
@@ -1130,7 +1138,17 @@ async fn count_requests(
     Some(vec![one; n as usize])
 }
 
-/// Sends `n` Checks of `scenario` to `addr` one after another; fails unless every one is allowed.
+/// Runs `callgrind_control ARG PID` and waits for callgrind to have done it.
+fn callgrind_control(arg: &str, pid: u32) -> bool {
+    Command::new("callgrind_control")
+        .args([arg, &pid.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Sends `n` Checks of `scenario` to `addr` one after another; fails unless every one is allowed. With
+/// `callgrind` (pid, warm-up Checks): warm-up first, then the `n` Checks between a zero and a dump of its counters.
 async fn count(
     addr: SocketAddr,
     issuer: String,
@@ -1138,19 +1156,39 @@ async fn count(
     n: u64,
     first: u64,
     redis: Option<u16>,
+    callgrind: Option<(u32, u64)>,
 ) -> std::process::ExitCode {
     let issuer = Issuer::offline(issuer);
-    let Some(requests) = count_requests(&issuer, scenario, n, first, redis).await else {
+    let warmup = callgrind.map_or(0, |(_, w)| w);
+    // The warm-up's fresh tokens are never the counted ones.
+    let Some(mut requests) = count_requests(&issuer, scenario, warmup + n, first, redis).await
+    else {
         eprintln!("unknown scenario {scenario} (or session-store without --redis)");
         return std::process::ExitCode::FAILURE;
     };
+    let counted = requests.split_off(warmup as usize);
     let mut client = connect(addr, 1).await.remove(0);
-    let mut allowed = 0u64;
     for r in requests {
+        let _ = client.check(r).await;
+    }
+    if let Some((pid, _)) = callgrind
+        && !callgrind_control("-z", pid)
+    {
+        eprintln!("callgrind_control -z {pid} failed");
+        return std::process::ExitCode::FAILURE;
+    }
+    let mut allowed = 0u64;
+    for r in counted {
         if matches!(client.check(r).await.map(|r| r.into_inner().status), Ok(Some(s)) if s.code == 0)
         {
             allowed += 1;
         }
+    }
+    if let Some((pid, _)) = callgrind
+        && !callgrind_control("-d", pid)
+    {
+        eprintln!("callgrind_control -d {pid} failed");
+        return std::process::ExitCode::FAILURE;
     }
     println!("scenario={scenario} checks={n} allowed={allowed}");
     if allowed == n {
@@ -1216,7 +1254,12 @@ fn main() -> std::process::ExitCode {
                 n,
                 first,
                 redis,
-            } => count(addr, issuer, &scenario, n, first, redis).await,
+                callgrind_pid,
+                warmup,
+            } => {
+                let callgrind = callgrind_pid.map(|pid| (pid, warmup));
+                count(addr, issuer, &scenario, n, first, redis, callgrind).await
+            }
             Cmd::Run {
                 addr,
                 token,
