@@ -15,15 +15,17 @@
 #
 # Environment: REL (the release target dir, default target/release; build it with
 # `cargo build --release --bin oidc-authz --example loadgen`), N (default 1000), W (default 50), OUT (default
-# /tmp/callgrind-checks).
+# /tmp/callgrind-checks); BIN, LOADGEN and NOOP override the server, the client and the no-op server's binary
+# (the client needs `loadgen count`; an older server or no-op can be measured with a newer client).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 REL=${REL:-$ROOT/target/release}
 N=${N:-1000}
 W=${W:-50}
 OUT=${OUT:-/tmp/callgrind-checks}
-LOADGEN=$REL/examples/loadgen
-BIN=$REL/oidc-authz
+LOADGEN=${LOADGEN:-$REL/examples/loadgen}   # the client (any build: its speed is not counted)
+NOOP=${NOOP:-$LOADGEN}                      # the loadgen whose `noop` is measured (a release build)
+BIN=${BIN:-$REL/oidc-authz}
 mkdir -p "$OUT"
 SCENARIOS=("$@")
 [ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(noop same-jwt same-jwt-log fresh-jwt session session-store cc-cached intro-cached)
@@ -63,7 +65,7 @@ for s in "${SCENARIOS[@]}"; do
   rm -f "$OUT/$s".*
   if [ "$s" = noop ]; then
     drive=same-jwt
-    valgrind --tool=callgrind --callgrind-out-file="$OUT/$s.%p" "$LOADGEN" noop --addr "127.0.0.1:$grpc" \
+    valgrind --tool=callgrind --callgrind-out-file="$OUT/$s.%p" "$NOOP" noop --addr "127.0.0.1:$grpc" \
       >"$OUT/$s.stdout" 2>"$OUT/$s.stderr" &
     pid=$!
     PIDS+=("$pid")
