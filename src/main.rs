@@ -204,7 +204,8 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            init_logging(cfg.server.log_format);
+            // Held until the server stops: dropping it writes out the lines still queued.
+            let _logs = init_logging(cfg.server.log_format);
             for w in &cfg.warnings {
                 tracing::warn!(config = %config.display(), "{w}");
             }

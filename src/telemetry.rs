@@ -15,11 +15,25 @@ use crate::config::{AuthMethod, LogFormat};
 use crate::decision::{Decision, DenyStatus};
 use crate::request::CheckView;
 
+/// Keeps the log writer's thread alive; dropping it writes out every line still queued (hold it until exit).
+#[must_use = "dropping the guard stops the log writer"]
+pub struct LogGuard {
+    _worker: tracing_appender::non_blocking::WorkerGuard,
+}
+
 /// Installs the global tracing subscriber (`RUST_LOG` filters; default `info`). Safe to call twice.
-pub fn init_logging(format: LogFormat) {
+///
+/// Lines go to stderr from a writer thread of their own (tracing-appender's non-blocking writer), so a Check
+/// never waits on the write: the thread writes them through a buffer, flushed whenever the queue is empty. The
+/// queue is not lossy: when 128k lines are waiting, a Check waits rather than a line being dropped.
+pub fn init_logging(format: LogFormat) -> LogGuard {
     use tracing_subscriber::{EnvFilter, fmt};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let (writer, worker) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("oidc-authz-log")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
+    let builder = fmt().with_env_filter(filter).with_writer(writer);
     let _ = match format {
         LogFormat::Json => builder
             .json()
@@ -28,6 +42,7 @@ pub fn init_logging(format: LogFormat) {
             .try_init(),
         LogFormat::Pretty => builder.compact().try_init(),
     };
+    LogGuard { _worker: worker }
 }
 
 /// Labels of one decision.

@@ -101,6 +101,38 @@ enum Cmd {
         /// Verified-token cache size (1: every distinct token misses it, as a never-seen token does).
         #[arg(long, default_value_t = 100_000)]
         cache_entries: u64,
+        /// Share the Redis on this loopback port (`[store] backend = "redis"`), as the session-store scenario needs.
+        #[arg(long)]
+        redis: Option<u16>,
+    },
+    /// Send exactly N Checks of one scenario to a running server, one at a time over one connection, and fail
+    /// unless every one is allowed: a fixed amount of work to count instructions per Check under callgrind
+    /// (scripts/callgrind_checks.sh). The server runs `config`'s configuration for ISSUER (`idp`).
+    Count {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        issuer: String,
+        /// same-jwt, fresh-jwt (a never-seen token each Check), session, session-store (needs --redis),
+        /// cc-cached, intro-cached.
+        #[arg(long)]
+        scenario: String,
+        #[arg(long)]
+        n: u64,
+        /// fresh-jwt: the number of the first token (runs against one server must not repeat tokens).
+        #[arg(long, default_value_t = 1)]
+        first: u64,
+        /// The Redis port the server shares (session-store).
+        #[arg(long)]
+        redis: Option<u16>,
+        /// The server runs under callgrind with this pid: send `warmup` Checks first (the same credentials, so
+        /// caches are warm), then zero its counters (`callgrind_control -z`), send the N Checks, and dump them
+        /// (`callgrind_control -d`): the dump holds exactly the N Checks.
+        #[arg(long)]
+        callgrind_pid: Option<u32>,
+        /// Warm-up Checks before the counted ones (with --callgrind-pid).
+        #[arg(long, default_value_t = 50)]
+        warmup: u64,
     },
     /// Drive a running server with one token.
     Run {
@@ -1075,6 +1107,97 @@ async fn bench(
     ok
 }
 
+/// The requests of `count`: `n` of them, for the scenario `name` (`None`: an unknown scenario).
+async fn count_requests(
+    issuer: &Issuer,
+    name: &str,
+    n: u64,
+    first: u64,
+    redis: Option<u16>,
+) -> Option<Vec<CheckRequest>> {
+    use base64::Engine;
+    let one = match name {
+        "same-jwt" => check_request(&issuer.token(0), "api"),
+        "fresh-jwt" => {
+            return Some(
+                (first..first + n)
+                    .map(|i| check_request(&issuer.token(i), "api"))
+                    .collect(),
+            );
+        }
+        "session" => session_request(issuer),
+        "session-store" => store_session_request(issuer, redis?).await,
+        "cc-cached" => {
+            let basic = base64::engine::general_purpose::STANDARD
+                .encode(format!("0oabench:{CLIENT_SECRET}"));
+            check_request_auth(&format!("Basic {basic}"), "cc")
+        }
+        "intro-cached" => check_request("opq-bench-warm", "intro"),
+        _ => return None,
+    };
+    Some(vec![one; n as usize])
+}
+
+/// Runs `callgrind_control ARG PID` and waits for callgrind to have done it.
+fn callgrind_control(arg: &str, pid: u32) -> bool {
+    Command::new("callgrind_control")
+        .args([arg, &pid.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Sends `n` Checks of `scenario` to `addr` one after another; fails unless every one is allowed. With
+/// `callgrind` (pid, warm-up Checks): warm-up first, then the `n` Checks between a zero and a dump of its counters.
+async fn count(
+    addr: SocketAddr,
+    issuer: String,
+    scenario: &str,
+    n: u64,
+    first: u64,
+    redis: Option<u16>,
+    callgrind: Option<(u32, u64)>,
+) -> std::process::ExitCode {
+    let issuer = Issuer::offline(issuer);
+    let warmup = callgrind.map_or(0, |(_, w)| w);
+    // The warm-up's fresh tokens are never the counted ones.
+    let Some(mut requests) = count_requests(&issuer, scenario, warmup + n, first, redis).await
+    else {
+        eprintln!("unknown scenario {scenario} (or session-store without --redis)");
+        return std::process::ExitCode::FAILURE;
+    };
+    let counted = requests.split_off(warmup as usize);
+    let mut client = connect(addr, 1).await.remove(0);
+    for r in requests {
+        let _ = client.check(r).await;
+    }
+    if let Some((pid, _)) = callgrind
+        && !callgrind_control("-z", pid)
+    {
+        eprintln!("callgrind_control -z {pid} failed");
+        return std::process::ExitCode::FAILURE;
+    }
+    let mut allowed = 0u64;
+    for r in counted {
+        if matches!(client.check(r).await.map(|r| r.into_inner().status), Ok(Some(s)) if s.code == 0)
+        {
+            allowed += 1;
+        }
+    }
+    if let Some((pid, _)) = callgrind
+        && !callgrind_control("-d", pid)
+    {
+        eprintln!("callgrind_control -d {pid} failed");
+        return std::process::ExitCode::FAILURE;
+    }
+    println!("scenario={scenario} checks={n} allowed={allowed}");
+    if allowed == n {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -1116,9 +1239,26 @@ fn main() -> std::process::ExitCode {
                 grpc,
                 admin,
                 cache_entries,
+                redis,
             } => {
                 print!("{}", authz_config(grpc, admin, &issuer, cache_entries));
+                if let Some(port) = redis {
+                    print!("{}", store_config(port));
+                }
                 std::process::ExitCode::SUCCESS
+            }
+            Cmd::Count {
+                addr,
+                issuer,
+                scenario,
+                n,
+                first,
+                redis,
+                callgrind_pid,
+                warmup,
+            } => {
+                let callgrind = callgrind_pid.map(|pid| (pid, warmup));
+                count(addr, issuer, &scenario, n, first, redis, callgrind).await
             }
             Cmd::Run {
                 addr,
