@@ -34,6 +34,10 @@ pub const READ_HEADERS: &[(&str, Need)] = &[
     ("origin", Need::Login),
     ("sec-fetch-site", Need::Login),
     ("content-type", Need::Body),
+    // a token in a form body: refused when the body was cut, compressed or not sent whole
+    ("content-length", Need::Body),
+    ("content-encoding", Need::Body),
+    ("x-envoy-auth-partial-body", Need::Body),
     ("host", Need::Attribute),
     (":authority", Need::Attribute),
     (":method", Need::Attribute),
@@ -51,10 +55,13 @@ pub enum BodyNeed {
     Every,
 }
 
-/// The one place that decides whether a policy needs request bodies: the back-channel logout path reads the
-/// provider's `logout_token` from a form body. (A policy taking its bearer token from the body would answer
-/// [`BodyNeed::Every`].)
+/// The one place that decides whether a policy needs request bodies: a policy that reads its bearer token from a
+/// form body (`bearer_token_param_type` with `body`) needs every request's; otherwise only the back-channel logout
+/// path, which reads the provider's `logout_token` from a form body.
 pub fn needs_body(policy: &Policy) -> BodyNeed {
+    if policy.bearer_token_places.body {
+        return BodyNeed::Every;
+    }
     let paths: Vec<String> = policy
         .login
         .iter()
@@ -114,6 +121,9 @@ pub fn allowed_headers(cfg: &Config) -> Vec<HeaderPattern> {
         .collect();
     let mut spellings: Vec<String> = Vec::new();
     for p in cfg.policies.iter() {
+        if p.bearer_token_places.cookie.is_some() {
+            exact.push("cookie".to_string());
+        }
         if let Some((id, secret)) = &p.client_credential_headers {
             exact.push(id.as_str().to_string());
             exact.push(secret.as_str().to_string());

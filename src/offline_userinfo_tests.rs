@@ -14,6 +14,7 @@ leeway_secs = 0
 [policies.ui]
 provider = "idp"
 auth_methods = ["userinfo"]
+display_errors = true
 cache_user_info_secs = 300
 cache_ttl_neg_secs = 30
 scopes_claim = ["scope"]
@@ -27,17 +28,20 @@ upstream_user_info_header = "X-Userinfo"
 [policies.ui_nocache]
 provider = "idp"
 auth_methods = ["userinfo"]
+display_errors = true
 cache_user_info_secs = 0
 cache_ttl_neg_secs = 0
 
 [policies.intro_first]
 provider = "idp"
 auth_methods = ["bearer", "introspection", "userinfo"]
+display_errors = true
 upstream_user_info_header = "x-userinfo"
 
 [policies.ui_first]
 provider = "idp"
 auth_methods = ["userinfo", "introspection"]
+display_errors = true
 "#;
 
 const GOOD: &str = "opaque-good";

@@ -190,7 +190,6 @@ fn form_token<'a>(form: &'a [u8], texts: &FormTexts) -> Option<Found<'a>> {
 }
 
 /// Envoy's flag on a Check whose body it cut at `max_request_bytes` (`allow_partial_message`).
-const PARTIAL_BODY: &str = "x-envoy-auth-partial-body";
 
 /// The `access_token` field of an RFC 6750 form body: only a non-GET (and non-HEAD) request with an
 /// `application/x-www-form-urlencoded` body is read; `None` for any other request or a form without the field.
@@ -220,7 +219,7 @@ pub fn body_token<'a>(view: &CheckView<'a>) -> Option<Found<'a>> {
     }
     let body = view.body;
     let partial = view
-        .header(PARTIAL_BODY)
+        .header("x-envoy-auth-partial-body")
         .is_some_and(|p| !p.trim().eq_ignore_ascii_case("false"));
     let length = view
         .header("content-length")

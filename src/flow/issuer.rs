@@ -123,12 +123,14 @@ jwks_min_refetch_secs = 0
 [policies.both]
 providers = ["b", "a"]
 auth_methods = ["bearer"]
+display_errors = true
 upstream_headers_claims = ["iss"]
 upstream_headers_names = ["x-issuer"]
 
 [policies.intro]
 providers = ["a", "b"]
 auth_methods = ["introspection"]
+display_errors = true
 introspect_jwt_tokens = true
 "#;
 
