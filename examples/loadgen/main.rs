@@ -1110,7 +1110,7 @@ async fn send_each(
 /// Check `n` of the rss-valid scenario: a distinct valid token, a JWT (Ed25519) on the bearer policy for even
 /// `n`, an opaque token the issuer calls active on the introspection policy for odd `n`.
 fn valid_check(issuer: &Issuer, n: u64) -> CheckRequest {
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         check_request(&issuer.ed_token(n), "api")
     } else {
         check_request(&format!("opq-rss-{n}"), "intro")
