@@ -1053,6 +1053,29 @@ fn route_request(token: &str, host: &str, path: &str, method: &str) -> CheckRequ
     r
 }
 
+/// In-process cost of `RouteTable::find` (no server, one thread): ns per call over the 1000 route requests, for
+/// each route-selection configuration.
+fn route_find_timing(issuer: &str) {
+    for &(name, routes, policies) in ROUTE_SCENARIOS {
+        let text = routes_config(free_addr(), free_addr(), issuer, routes, policies);
+        let config = oidc_authz::config::Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}"));
+        let reqs: Vec<(String, String, &str)> = (0..1000).map(|k| bench_route(k).1).collect();
+        let mut found = 0usize;
+        let start = Instant::now();
+        let passes = 200;
+        for _ in 0..passes {
+            for (host, path, method) in &reqs {
+                found += config.routes.find(host, path, method).is_some() as usize;
+            }
+        }
+        let ns = start.elapsed().as_nanos() as f64 / (passes * reqs.len()) as f64;
+        println!(
+            "{name}: RouteTable::find in-process: {ns:.0} ns per call ({found} of {} requests matched a route)",
+            passes * reqs.len()
+        );
+    }
+}
+
 /// The server's resident memory now and at its peak, from /proc/PID/status.
 fn memory(pid: u32) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -1232,6 +1255,9 @@ async fn bench(
         )
     };
     let mut route_ratios: Vec<(&str, f64)> = Vec::new();
+    if ROUTE_SCENARIOS.iter().any(|(n, ..)| named(n)) {
+        route_find_timing(&issuer.issuer);
+    }
     // Scenarios run in rounds (noop, same-jwt, fresh-jwt, cc-cached, then again), so a slow spell of the machine
     // does not land on one scenario only; each scenario reports its median round.
     let mut all: Vec<Summary> = Vec::new();
