@@ -57,8 +57,17 @@ enum Cmd {
         #[arg(long, default_value = "target/release/oidc-authz")]
         bin: PathBuf,
         /// Only these scenarios (comma-separated): noop, same-jwt, fresh-jwt, cc-cached, intro-cached, session, session-redis, session-store (the last two start a redis-server of their own).
+        /// Run only when named: routes-1, routes-1000-p1, routes-1000-p10, routes-1000-p100 (route selection:
+        /// no policy hint, 1 or 1000 `[[routes]]` over 1, 10 or 100 policies) and rss-valid, rss-garbage (the
+        /// server's memory after --rss-tokens distinct valid or garbage tokens).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Distinct tokens the rss-* scenarios send.
+        #[arg(long, default_value_t = 1_000_000)]
+        rss_tokens: u64,
+        /// The rss-* scenarios also read the server's memory after this many tokens.
+        #[arg(long, default_value_t = 100_000)]
+        rss_checkpoint: u64,
         /// Rounds of all scenarios; each scenario reports its median round.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
@@ -376,6 +385,9 @@ async fn drive(
 struct Issuer {
     issuer: String,
     key: Arc<EncodingKey>,
+    /// An Ed25519 key the JWKS also publishes (kid "bench-ed"): signing a million distinct tokens with it takes
+    /// seconds, with RSA minutes.
+    ed_key: Arc<EncodingKey>,
     /// Calls to the token endpoint (client credentials).
     token_hits: Arc<std::sync::atomic::AtomicUsize>,
     /// Calls to the introspection endpoint.
@@ -383,12 +395,23 @@ struct Issuer {
 }
 
 fn sign(issuer: &str, key: &EncodingKey, n: u64, sub: &str) -> String {
+    sign_as(issuer, key, (Algorithm::RS256, "bench"), n, sub)
+}
+
+/// [`sign`] with another algorithm and kid.
+fn sign_as(
+    issuer: &str,
+    key: &EncodingKey,
+    (alg, kid): (Algorithm, &str),
+    n: u64,
+    sub: &str,
+) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let mut h = Header::new(Algorithm::RS256);
-    h.kid = Some("bench".into());
+    let mut h = Header::new(alg);
+    h.kid = Some(kid.into());
     let claims = json!({
         "iss": issuer, "aud": "api://default", "sub": sub, "cid": "0oabench",
         "uid": format!("00u{n}"), "scp": ["api:read", "api:write"], "groups": ["Everyone", "admins"],
@@ -403,6 +426,26 @@ fn bench_key(file: &str) -> EncodingKey {
     EncodingKey::from_rsa_pem(&std::fs::read(path).unwrap()).unwrap()
 }
 
+/// The benchmark's Ed25519 key (test value).
+fn bench_ed_key() -> EncodingKey {
+    let path = format!(
+        "{}/tests/support/keys/ed25519.pem",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    EncodingKey::from_ed_pem(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// The JWKS the benchmark's issuer serves: `key` as kid "bench" and `ed` as kid "bench-ed".
+fn served_jwks(key: &EncodingKey, ed: &EncodingKey) -> String {
+    let mut keys: serde_json::Value = serde_json::from_str(&jwks(key)).unwrap();
+    let mut jwk =
+        serde_json::to_value(Jwk::from_encoding_key(ed, Algorithm::EdDSA).unwrap()).unwrap();
+    jwk["kid"] = json!("bench-ed");
+    jwk["use"] = json!("sig");
+    keys["keys"].as_array_mut().unwrap().push(jwk);
+    keys.to_string()
+}
+
 /// The JWKS publishing `key` as kid "bench".
 fn jwks(key: &EncodingKey) -> String {
     let mut jwk =
@@ -411,6 +454,9 @@ fn jwks(key: &EncodingKey) -> String {
     jwk["use"] = json!("sig");
     json!({"keys": [jwk]}).to_string()
 }
+
+/// The benchmark issuer's introspection latency (50 ms; the rss-* scenarios set 0 to get through a million).
+static INTROSPECT_DELAY_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(50);
 
 /// The benchmark client's secret at the token endpoint; any other secret is refused (401 invalid_client).
 const CLIENT_SECRET: &str = "bench-secret";
@@ -448,6 +494,7 @@ impl Issuer {
         Issuer {
             issuer,
             key: Arc::new(bench_key("rsa1.pem")),
+            ed_key: Arc::new(bench_ed_key()),
             token_hits: Default::default(),
             introspect_hits: Default::default(),
         }
@@ -464,7 +511,8 @@ impl Issuer {
             "introspection_endpoint": format!("{issuer}/v1/introspect"),
         })
         .to_string();
-        let keys = jwks(&key);
+        let ed_key = Arc::new(bench_ed_key());
+        let keys = served_jwks(&key, &ed_key);
         let token_hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (hits, k, iss) = (token_hits.clone(), key.clone(), issuer.clone());
         // Client credentials: any client id with the secret `bench-secret` gets a token (the benchmark measures the
@@ -503,7 +551,10 @@ impl Issuer {
             }
             .to_string();
             async move {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                let ms = INTROSPECT_DELAY_MS.load(Ordering::Relaxed);
+                if ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
                 body
             }
         };
@@ -522,6 +573,7 @@ impl Issuer {
         Issuer {
             issuer,
             key,
+            ed_key,
             token_hits,
             introspect_hits,
         }
@@ -529,6 +581,17 @@ impl Issuer {
 
     fn token(&self, n: u64) -> String {
         sign(&self.issuer, &self.key, n, &format!("user-{n}@example.com"))
+    }
+
+    /// A distinct valid access token signed with the Ed25519 key (fast to sign).
+    fn ed_token(&self, n: u64) -> String {
+        sign_as(
+            &self.issuer,
+            &self.ed_key,
+            (Algorithm::EdDSA, "bench-ed"),
+            n,
+            &format!("user-{n}@example.com"),
+        )
     }
 
     /// An ID token for the benchmark's client (sessions verify its audience).
@@ -611,7 +674,20 @@ fn start_authz(
     if let Some(port) = redis {
         cfg.push_str(&store_config(port));
     }
-    let path = dir.join(format!("authz-{cache_entries}-{}.toml", redis.unwrap_or(0)));
+    let name = format!("authz-{cache_entries}-{}", redis.unwrap_or(0));
+    let child = start_with_config(cpus, bin, dir, &name, &cfg);
+    (child, grpc, admin)
+}
+
+/// Starts `bin serve` on the configuration `cfg` (written to DIR/NAME.toml).
+fn start_with_config(
+    cpus: &Option<String>,
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    name: &str,
+    cfg: &str,
+) -> Proc {
+    let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, cfg).unwrap();
     let child = server_command(bin, cpus)
         .args(["serve", "--config"])
@@ -626,7 +702,7 @@ fn start_authz(
                 bin.display()
             )
         });
-    (Proc(child), grpc, admin)
+    Proc(child)
 }
 
 /// The benchmark store secret (base64 of 32 bytes; test value).
@@ -894,6 +970,280 @@ async fn cold_burst(
     lines.join("\n")
 }
 
+// ------------------------------------------------------------------------------------------------
+// Route selection and memory
+// ------------------------------------------------------------------------------------------------
+
+/// The route-selection scenarios: (name, `[[routes]]` entries, policies). Each sends the same 1000 requests,
+/// with no policy hint, so the server selects the policy by route.
+const ROUTE_SCENARIOS: &[(&str, usize, usize)] = &[
+    ("routes-1", 1, 1),
+    ("routes-1000-p1", 1000, 1),
+    ("routes-1000-p10", 1000, 10),
+    ("routes-1000-p100", 1000, 100),
+];
+
+/// Entry `k` of the 1000-route table (its matcher lines) and a request (host, path, method) it answers. The
+/// kinds cycle: exact host + prefix, wildcard host + regex, any host + prefix, exact host + exact path +
+/// methods, any host + regex (200 regexes in the any-host group).
+fn bench_route(k: usize) -> (String, (String, String, &'static str)) {
+    match k % 5 {
+        0 => (
+            format!("hosts = [\"h{k}.example.com\"]\npath_prefix = \"/p{k}\""),
+            (format!("h{k}.example.com"), format!("/p{k}/orders"), "GET"),
+        ),
+        1 => (
+            format!("hosts = [\"*.t{k}.example.com\"]\npath_regex = \"/r{k}/[0-9]+\""),
+            (
+                format!("eu.t{k}.example.com:443"),
+                format!("/r{k}/42"),
+                "GET",
+            ),
+        ),
+        2 => (
+            format!("path_prefix = \"/any{k}/api\""),
+            (
+                "api.example.com".into(),
+                format!("/any{k}/api/orders"),
+                "GET",
+            ),
+        ),
+        3 => (
+            format!(
+                "hosts = [\"h{k}.example.com\"]\npath_exact = \"/e{k}\"\nmethods = [\"GET\", \"POST\"]"
+            ),
+            (format!("h{k}.example.com"), format!("/e{k}"), "POST"),
+        ),
+        _ => (
+            format!("path_regex = \"/q{k}/[a-z]+/[0-9]+\""),
+            ("api.example.com".into(), format!("/q{k}/items/7"), "GET"),
+        ),
+    }
+}
+
+/// A configuration with `policies` bearer policies (p0, p1, ...) and `routes` `[[routes]]` entries spreading
+/// over them (with 1 route: `/` to p0).
+fn routes_config(
+    grpc: SocketAddr,
+    admin: SocketAddr,
+    issuer: &str,
+    routes: usize,
+    policies: usize,
+) -> String {
+    let mut cfg = format!(
+        r#"
+[server]
+grpc_addr = "{grpc}"
+admin_addr = "{admin}"
+
+[providers.okta]
+issuer = "{issuer}"
+audiences = ["api://default"]
+client_id = "oidc-authz"
+client_secret = "bench-secret"
+"#
+    );
+    for p in 0..policies {
+        cfg.push_str(&format!(
+            r#"
+[policies.p{p}]
+provider = "okta"
+auth_methods = ["bearer"]
+scopes_claim = ["scp"]
+scopes_required = ["api:read"]
+upstream_headers_claims = ["iss", "sub", "cid"]
+upstream_headers_names = ["x-issuer", "x-user", "x-client-id"]
+"#
+        ));
+    }
+    if routes == 1 {
+        cfg.push_str("\n[[routes]]\npath_prefix = \"/\"\npolicy = \"p0\"\n");
+    } else {
+        for k in 0..routes {
+            let (matcher, _) = bench_route(k);
+            cfg.push_str(&format!(
+                "\n[[routes]]\n{matcher}\npolicy = \"p{}\"\n",
+                k % policies.max(1)
+            ));
+        }
+    }
+    cfg
+}
+
+/// A Check with `token` for `method host path` and no policy hint (route selection decides).
+fn route_request(token: &str, host: &str, path: &str, method: &str) -> CheckRequest {
+    let mut r = check_request(token, "");
+    let attrs = r.attributes.as_mut().unwrap();
+    attrs.context_extensions.clear();
+    let http = attrs.request.as_mut().unwrap().http.as_mut().unwrap();
+    http.host = host.into();
+    http.path = path.into();
+    http.method = method.into();
+    for (k, v) in [(":authority", host), (":path", path), (":method", method)] {
+        http.headers.insert(k.into(), v.into());
+    }
+    r
+}
+
+/// In-process cost of `RouteTable::find` (no server, one thread): ns per call over the 1000 route requests, for
+/// each route-selection configuration.
+fn route_find_timing(issuer: &str) {
+    for &(name, routes, policies) in ROUTE_SCENARIOS {
+        let text = routes_config(free_addr(), free_addr(), issuer, routes, policies);
+        let config = oidc_authz::config::Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}"));
+        let reqs: Vec<(String, String, &str)> = (0..1000).map(|k| bench_route(k).1).collect();
+        let mut found = 0usize;
+        let start = Instant::now();
+        let passes = 200;
+        for _ in 0..passes {
+            for (host, path, method) in &reqs {
+                found += config.routes.find(host, path, method).is_some() as usize;
+            }
+        }
+        let ns = start.elapsed().as_nanos() as f64 / (passes * reqs.len()) as f64;
+        println!(
+            "{name}: RouteTable::find in-process: {ns:.0} ns per call ({found} of {} requests matched a route)",
+            passes * reqs.len()
+        );
+    }
+}
+
+/// The server's resident memory now and at its peak, from /proc/PID/status.
+fn memory(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| format!("{:.1} MiB", kb as f64 / 1024.0))
+            .unwrap_or_else(|| "?".into())
+    };
+    format!("VmRSS={} VmHWM={}", field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Sends one Check per `n` in `range` (each built by `make(n)`) over `concurrency` streams; answers
+/// (allow, deny, errors) and the Checks per second.
+async fn send_each(
+    addr: SocketAddr,
+    range: std::ops::Range<u64>,
+    concurrency: usize,
+    connections: usize,
+    make: Arc<dyn Fn(u64) -> CheckRequest + Send + Sync>,
+) -> ((u64, u64, u64), f64) {
+    let clients = connect(addr, connections).await;
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(range.start));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..concurrency.max(1) {
+        let mut client = clients[i % clients.len()].clone();
+        let (next, make, end) = (next.clone(), make.clone(), range.end);
+        tasks.push(tokio::spawn(async move {
+            let mut t = (0, 0, 0);
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= end {
+                    break t;
+                }
+                match client.check(make(n)).await {
+                    Ok(r) if matches!(r.get_ref().status, Some(ref s) if s.code == 0) => t.0 += 1,
+                    Ok(_) => t.1 += 1,
+                    Err(_) => t.2 += 1,
+                }
+            }
+        }));
+    }
+    let mut total = (0, 0, 0);
+    for t in tasks {
+        let t = t.await.unwrap();
+        total = (total.0 + t.0, total.1 + t.1, total.2 + t.2);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    (total, (range.end - range.start) as f64 / secs.max(1e-9))
+}
+
+/// Check `n` of the rss-valid scenario: a distinct valid token, a JWT (Ed25519) on the bearer policy for even
+/// `n`, an opaque token the issuer calls active on the introspection policy for odd `n`.
+fn valid_check(issuer: &Issuer, n: u64) -> CheckRequest {
+    if n.is_multiple_of(2) {
+        check_request(&issuer.ed_token(n), "api")
+    } else {
+        check_request(&format!("opq-rss-{n}"), "intro")
+    }
+}
+
+/// Check `n` of the rss-garbage scenario: a distinct token that must be refused, in four kinds: a valid JWT with
+/// its signature changed, a non-JWT string, a JWT naming an unknown key (bearer policy), and an opaque token the
+/// issuer calls inactive (introspection policy: its negative cache).
+fn garbage_check(issuer: &Issuer, n: u64) -> CheckRequest {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    match n % 4 {
+        0 => {
+            let token = issuer.ed_token(n);
+            let (head, sig) = token.rsplit_once('.').unwrap();
+            let first = if sig.starts_with('A') { 'B' } else { 'A' };
+            check_request(&format!("{head}.{first}{}", &sig[1..]), "api")
+        }
+        1 => check_request(
+            &format!("garbage-{n}-{:x}", n.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            "api",
+        ),
+        2 => {
+            let head = b64(&format!(r#"{{"alg":"EdDSA","kid":"k{n}"}}"#));
+            check_request(
+                &format!("{head}.{}.{}", b64("{}"), b64(&n.to_string())),
+                "api",
+            )
+        }
+        _ => check_request(&format!("bad-rss-{n}"), "intro"),
+    }
+}
+
+/// The rss-* scenario `name`: a fresh server (default cache sizes) gets `tokens` distinct tokens; its memory is
+/// printed after start, after `checkpoint` tokens and after all. Whether every answer was the expected one.
+async fn rss_scenario(
+    name: &str,
+    issuer: &Arc<Issuer>,
+    (cpus, bin, dir): (&Option<String>, &std::path::Path, &std::path::Path),
+    tokens: u64,
+    checkpoint: u64,
+    concurrency: usize,
+    connections: usize,
+) -> bool {
+    // The issuer answers introspection at once, so a million calls fit in minutes.
+    INTROSPECT_DELAY_MS.store(0, Ordering::Relaxed);
+    let (p, grpc, admin) = start_authz(cpus, bin, dir, &issuer.issuer, 100_000, None);
+    wait_ready(admin).await;
+    let pid = p.0.id();
+    println!("{name}: after start: {}", memory(pid));
+    let valid = name == "rss-valid";
+    let iss = issuer.clone();
+    let make: Arc<dyn Fn(u64) -> CheckRequest + Send + Sync> = if valid {
+        Arc::new(move |n| valid_check(&iss, n))
+    } else {
+        Arc::new(move |n| garbage_check(&iss, n))
+    };
+    let mut ok = true;
+    let mut sent = 0;
+    for upto in [checkpoint.min(tokens), tokens] {
+        if upto <= sent {
+            continue;
+        }
+        let ((allow, deny, errors), rate) =
+            send_each(grpc, sent..upto, concurrency, connections, make.clone()).await;
+        sent = upto;
+        println!(
+            "{name}: after {upto} distinct tokens: {} (this stretch: allow={allow} deny={deny} errors={errors}, {rate:.0} Checks/s)",
+            memory(pid)
+        );
+        ok &= errors == 0 && if valid { deny == 0 } else { allow == 0 };
+    }
+    INTROSPECT_DELAY_MS.store(50, Ordering::Relaxed);
+    ok
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn bench(
     duration: u64,
     concurrency: usize,
@@ -902,10 +1252,13 @@ async fn bench(
     only: Vec<String>,
     rounds: usize,
     server_cpus: Option<String>,
+    (rss_tokens, rss_checkpoint): (u64, u64),
 ) -> bool {
     let wanted = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
+    let named = |s: &str| only.iter().any(|o| o == s);
+    let mut ok = true;
     let duration = Duration::from_secs(duration);
-    let issuer = Issuer::start().await;
+    let issuer = Arc::new(Issuer::start().await);
     let dir = tempfile::tempdir().unwrap();
     let same = Arc::new(vec![check_request(&issuer.token(0), "api")]);
     // A pool of distinct tokens, signed before the clock starts (RS256 signing is far slower than verifying).
@@ -921,6 +1274,22 @@ async fn bench(
         Some((_, port)) => Some(Arc::new(vec![store_session_request(&issuer, *port).await])),
         None => None,
     };
+    // The route-selection scenarios' requests: one per entry of the 1000-route table, all with the same token.
+    let route_reqs: Arc<Vec<CheckRequest>> = {
+        let token = issuer.token(0);
+        Arc::new(
+            (0..1000)
+                .map(|k| {
+                    let (_, (host, path, method)) = bench_route(k);
+                    route_request(&token, &host, &path, method)
+                })
+                .collect(),
+        )
+    };
+    let mut route_ratios: Vec<(&str, f64)> = Vec::new();
+    if ROUTE_SCENARIOS.iter().any(|(n, ..)| named(n)) {
+        route_find_timing(&issuer.issuer);
+    }
     // Scenarios run in rounds (noop, same-jwt, fresh-jwt, cc-cached, then again), so a slow spell of the machine
     // does not land on one scenario only; each scenario reports its median round.
     let mut all: Vec<Summary> = Vec::new();
@@ -1028,6 +1397,37 @@ async fn bench(
                 );
             }
         }
+        for &(name, routes, policies) in ROUTE_SCENARIOS {
+            if !named(name) {
+                continue;
+            }
+            let (grpc, admin) = (free_addr(), free_addr());
+            let cfg = routes_config(grpc, admin, &issuer.issuer, routes, policies);
+            let _p = start_with_config(&server_cpus, &bin, dir.path(), name, &cfg);
+            wait_ready(admin).await;
+            results.push(
+                drive(
+                    name,
+                    grpc,
+                    route_reqs.clone(),
+                    duration,
+                    concurrency,
+                    connections,
+                )
+                .await,
+            );
+        }
+        if let Some(one) = results.iter().find(|r| r.name == "routes-1").map(|r| r.rps) {
+            for &(name, ..) in &ROUTE_SCENARIOS[1..] {
+                if let Some(r) = results.iter().find(|r| r.name == name) {
+                    println!(
+                        "{name}: round {round} ratio to routes-1 = {:.3}",
+                        r.rps / one
+                    );
+                    route_ratios.push((name, r.rps / one));
+                }
+            }
+        }
         let round_noop = results.iter().find(|r| r.name == "noop").map(|r| r.rps);
         for r in &mut results {
             r.ratio = round_noop.map(|c| r.rps / c);
@@ -1044,6 +1444,10 @@ async fn bench(
         "session",
         "session-redis",
         "session-store",
+        "routes-1",
+        "routes-1000-p1",
+        "routes-1000-p10",
+        "routes-1000-p100",
     ] {
         let mut runs: Vec<&Summary> = all.iter().filter(|r| r.name == name).collect();
         if runs.is_empty() {
@@ -1075,6 +1479,35 @@ async fn bench(
             errors,
         });
     }
+    for &(name, ..) in &ROUTE_SCENARIOS[1..] {
+        let mut rs: Vec<f64> = route_ratios
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, r)| *r)
+            .collect();
+        if rs.is_empty() {
+            continue;
+        }
+        rs.sort_by(f64::total_cmp);
+        println!(
+            "{name}: ratio to routes-1 per round {rs:.3?}, median {:.3}",
+            rs[rs.len() / 2]
+        );
+    }
+    for name in ["rss-valid", "rss-garbage"] {
+        if named(name) {
+            ok &= rss_scenario(
+                name,
+                &issuer,
+                (&server_cpus, &bin, dir.path()),
+                rss_tokens,
+                rss_checkpoint,
+                concurrency,
+                connections,
+            )
+            .await;
+        }
+    }
     if wanted("intro-cached") {
         println!(
             "{}",
@@ -1087,7 +1520,6 @@ async fn bench(
         "| scenario | Checks/s (median round) | p50 (µs) | p99 (µs) | ratio to no-op (median of per-round ratios) | allow | deny | errors |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    let mut ok = true;
     for r in &results {
         let ratio = r
             .ratio
@@ -1288,6 +1720,8 @@ fn main() -> std::process::ExitCode {
                 only,
                 rounds,
                 server_cpus,
+                rss_tokens,
+                rss_checkpoint,
             } => {
                 if bench(
                     duration,
@@ -1297,6 +1731,7 @@ fn main() -> std::process::ExitCode {
                     only,
                     rounds.max(1),
                     server_cpus,
+                    (rss_tokens, rss_checkpoint),
                 )
                 .await
                 {
