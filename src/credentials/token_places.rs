@@ -190,7 +190,6 @@ fn form_token<'a>(form: &'a [u8], texts: &FormTexts) -> Option<Found<'a>> {
 }
 
 /// Envoy's flag on a Check whose body it cut at `max_request_bytes` (`allow_partial_message`).
-
 /// The `access_token` field of an RFC 6750 form body: only a non-GET (and non-HEAD) request with an
 /// `application/x-www-form-urlencoded` body is read; `None` for any other request or a form without the field.
 /// A form body Envoy did not send whole (not configured with `with_request_body`, cut short, or compressed) is a

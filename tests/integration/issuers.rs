@@ -33,6 +33,7 @@ jwks_min_refetch_secs = 0
 [policies.multi]
 providers = ["okta", "entra"]
 auth_methods = ["bearer", "client_credentials"]
+display_errors = true
 scopes = ["api:read"]
 scopes_claim = ["scp"]
 scopes_required = ["api:read"]

@@ -11,6 +11,7 @@ const PLACES: &str = r#"
 [policies.places]
 provider = "okta"
 auth_methods = ["bearer", "introspection"]
+display_errors = true
 bearer_token_param_type = ["header", "query", "body", "cookie"]
 bearer_token_cookie_name = "access_token"
 upstream_headers_claims = ["sub"]
@@ -19,11 +20,13 @@ upstream_headers_names = ["x-user"]
 [policies.query_only]
 provider = "okta"
 auth_methods = ["bearer"]
+display_errors = true
 bearer_token_param_type = ["query"]
 
 [policies.login_cookie]
 provider = "okta"
 auth_methods = ["bearer", "authorization_code", "session"]
+display_errors = true
 bearer_token_param_type = ["header", "cookie"]
 bearer_token_cookie_name = "at"
 redirect_uri = "https://app.example.com/oauth2/cookie-callback"
@@ -49,7 +52,10 @@ async fn a_query_token_is_allowed_and_removed_upstream() {
                 a.metadata.get("auth_method").map(String::as_str),
                 Some("bearer")
             );
-            a.assert_not_echoing(&token);
+            // The token left the query: the upstream gets it in `upstream_access_token_header` (default
+            // `Authorization: Bearer`), as from a header, and nowhere else.
+            let bearer = format!("Bearer {token}");
+            assert_eq!(a.header("authorization"), Some(bearer.as_str()), "{policy}");
         }
     }
     // A header token removes nothing from the query.
