@@ -36,6 +36,7 @@ jwks_min_refetch_secs = 0
 [policies.issuers]
 providers = ["second", "okta"]
 auth_methods = ["bearer"]
+display_errors = true
 scopes_claim = ["scp"]
 scopes_required = ["api:read"]
 upstream_headers_claims = ["iss", "sub"]

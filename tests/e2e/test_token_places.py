@@ -25,13 +25,16 @@ def post(w: World, path: str, data: str, headers: dict | None = None) -> request
                          allow_redirects=False)
 
 
-def test_query_token_is_allowed_and_never_reaches_the_upstream(authz: World):
+def test_query_token_is_allowed_and_reaches_the_upstream_only_in_authorization(authz: World):
     token = authz.idp_token(*CC_APP)
     r = authz.get(f"/anything/tokens/q?a=1&access_token={token}&b=two")
     assert r.status_code == 200, r.text[:500]
     echo = r.json()
     assert echo["args"] == {"a": "1", "b": "two"}, "httpbin must get the other parameters, never access_token"
-    assert "access_token" not in echo["url"] and token not in r.text
+    assert "access_token" not in echo["url"] and token not in echo["url"]
+    # the token left the query: it reaches the upstream once, in upstream_access_token_header (Authorization: Bearer)
+    assert echo["headers"].get("Authorization") == f"Bearer {token}"
+    assert r.text.count(token) == 1
     assert echo["headers"].get("X-User") == jwt_claims(token)["sub"] == "cc-app"
     assert token not in authz_log(authz), "oidc-authz logged the query token"
 
