@@ -48,6 +48,25 @@ pub fn not_offloadable(cfg: &Config, p: &Policy) -> Option<String> {
     if needs_body(p) != BodyNeed::Nothing {
         return Some("it reads request bodies".into());
     }
+    if p.providers.len() > 1 {
+        return Some("it takes tokens of several issuers (providers = [...])".into());
+    }
+    if p.bearer_token_places != crate::credentials::token_places::TokenPlaces::default() {
+        return Some("it reads tokens from elsewhere than the Authorization header".into());
+    }
+    if !p.access.forbidden().is_empty() || p.access.consumer_rule().is_some() {
+        return Some("claims_forbidden and consumer_claim are checked by oidc-authz only".into());
+    }
+    if p.upstream_access_token_header != crate::config::TokenHeader::default()
+        || p.upstream_introspection_header.is_some()
+        || p.upstream_consumer_header.is_some()
+        || p.upstream_user_info_header.is_some()
+    {
+        return Some(
+            "it sets upstream headers jwt_authn cannot (token, consumer, introspection, userinfo)"
+                .into(),
+        );
+    }
     let provider = &cfg.providers[p.provider];
     if provider.jwks_uri.is_none() {
         return Some(format!(
@@ -106,6 +125,7 @@ pub fn plan(cfg: &Config, notes: &mut Vec<String>) -> Plan {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute",
                 "mutations": { "request_mutations": controlled.iter()
                     .filter(|h| **h != "authorization")
+                    .flat_map(|h| spellings(h))
                     .map(|h| json!({ "remove": h })).collect::<Vec<_>>() },
             });
         }
@@ -137,6 +157,26 @@ pub fn plan(cfg: &Config, notes: &mut Vec<String>) -> Plan {
     out
 }
 
+/// Every spelling of a header name with `-` or `_` at each separator (`x-user` and `x_user`): Envoy's header
+/// removal matches a name exactly, and a listener that does not reject underscores passes `x_user` on.
+fn spellings(name: &str) -> Vec<String> {
+    let parts: Vec<&str> = name.split(['-', '_']).collect();
+    let seps = parts.len() - 1;
+    if seps > 8 {
+        return vec![name.to_string()];
+    }
+    (0..1u32 << seps)
+        .map(|mask| {
+            let mut out = parts[0].to_string();
+            for (i, part) in parts[1..].iter().enumerate() {
+                out.push(if mask & (1 << i) == 0 { '-' } else { '_' });
+                out.push_str(part);
+            }
+            out
+        })
+        .collect()
+}
+
 /// The jwt_authn provider of a policy.
 fn jwt_provider(p: &Policy, provider: &ProviderConfig, jwks: &Url, cluster: &str) -> Value {
     let mut v = json!({
@@ -148,6 +188,8 @@ fn jwt_provider(p: &Policy, provider: &ProviderConfig, jwks: &Url, cluster: &str
             "retry_policy": { "num_retries": 3 },
         },
         "forward": true,
+        // only where oidc-authz reads it by default: jwt_authn's default also takes an `access_token` query parameter
+        "from_headers": [{ "name": "authorization", "value_prefix": "Bearer " }],
         "payload_in_metadata": PAYLOAD_KEY,
         // 0 reads as unset, which jwt_authn takes as 60 s: 1 s is the nearest to no leeway it can do
         "clock_skew_seconds": provider.leeway_secs.max(1),
@@ -380,6 +422,62 @@ auth_methods = ["bearer"]
                 .any(|n| n.starts_with("policy other:") && n.contains("jwks_uri"))
         );
         assert!(!g.notes.iter().any(|n| n.starts_with("policy api:")));
+    }
+
+    #[test]
+    fn rules_and_places_jwt_authn_cannot_keep_stay_on_ext_authz() {
+        let base = "[providers.okta]\nissuer = \"https://idp.example.com/oauth2/default\"\n\
+                    jwks_uri = \"https://idp.example.com/oauth2/default/v1/keys\"\naudiences = [\"a\"]\n\
+                    [policies.p]\nprovider = \"okta\"\nauth_methods = [\"bearer\"]\n";
+        for (extra, why) in [
+            ("claims_forbidden = [\"act\"]\n", "claims_forbidden"),
+            ("consumer_claim = [\"sub\"]\n", "consumer_claim"),
+            (
+                "bearer_token_param_type = [\"header\", \"query\"]\n",
+                "elsewhere",
+            ),
+            (
+                "upstream_access_token_header = \"x-token\"\n",
+                "upstream headers",
+            ),
+            (
+                "upstream_consumer_header = \"x-consumer\"\nconsumer_claim = [\"sub\"]\n",
+                "consumer",
+            ),
+        ] {
+            let cfg = Config::from_toml(&format!("{base}{extra}")).expect(extra);
+            let p = &cfg.policies[0];
+            let reason = not_offloadable(&cfg, p).unwrap_or_else(|| panic!("{extra} offloaded"));
+            assert!(reason.contains(why), "{extra}: {reason}");
+        }
+        assert_eq!(
+            not_offloadable(
+                &Config::from_toml(base).unwrap(),
+                &Config::from_toml(base).unwrap().policies[0]
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn jwt_authn_reads_only_the_authorization_header_and_removes_every_spelling() {
+        let g = out();
+        let api = &g.doc["http_filters"][1]["typed_config"]["providers"]["api"];
+        assert_eq!(
+            api["from_headers"],
+            json!([{ "name": "authorization", "value_prefix": "Bearer " }])
+        );
+        let removed: Vec<&str> =
+            g.doc["per_route"]["api"][HEADER_MUTATION]["mutations"]["request_mutations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["remove"].as_str().unwrap())
+                .collect();
+        for h in ["x-user", "x_user", "x-org", "x_org"] {
+            assert!(removed.contains(&h), "{h} not removed: {removed:?}");
+        }
+        assert_eq!(spellings("a-b_c").len(), 4);
     }
 
     #[test]

@@ -231,6 +231,26 @@ async fn opaque_tokens_go_through_introspection_then_userinfo_in_config_order() 
         "the token is not valid at the userinfo endpoint"
     );
 
+    // active at introspection but for another audience: refused there, never handed on to userinfo (which checks
+    // no audience and would let it in)
+    w.idp.answer(
+        Endpoint::Introspection,
+        200,
+        json!({"active": true, "iss": ISSUER, "aud": "api://other", "sub": "mallory", "token_type": "Bearer",
+               "iat": NOW, "exp": NOW + 600}),
+    );
+    let before = w.idp.calls(Endpoint::Userinfo);
+    let d = denied(
+        w.check(&bearer("intro_first", "opaque-other-audience"))
+            .await,
+    );
+    assert_eq!(d.status, DenyStatus::Unauthorized);
+    assert_eq!(
+        w.idp.calls(Endpoint::Userinfo),
+        before,
+        "userinfo not asked"
+    );
+
     // introspection down: 503, userinfo not asked
     w.idp.unreachable(Endpoint::Introspection);
     let calls = w.idp.calls(Endpoint::Userinfo);

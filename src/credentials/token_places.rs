@@ -143,18 +143,23 @@ pub fn query_token(query: &str) -> Option<Found<'_>> {
 /// The refusal texts of one form-encoded place.
 struct FormTexts {
     encoded: &'static str,
+    /// Another spelling (`Access_Token`) or behind a `;` (`a=1;access_token=x`): some servers read those as the
+    /// token, Envoy's parameter removal does not see them.
+    spelled: &'static str,
     empty: &'static str,
     repeated: &'static str,
 }
 
 const QUERY: FormTexts = FormTexts {
     encoded: "the access_token parameter name is percent-encoded",
+    spelled: "the access_token parameter is spelled otherwise or follows a ';'",
     empty: "the access_token parameter is empty",
     repeated: "the access_token parameter is repeated",
 };
 
 const BODY: FormTexts = FormTexts {
     encoded: "the access_token field name is percent-encoded",
+    spelled: "the access_token field is spelled otherwise or follows a ';'",
     empty: "the access_token field is empty",
     repeated: "the access_token field is repeated",
 };
@@ -167,6 +172,12 @@ fn form_token<'a>(form: &'a [u8], texts: &FormTexts) -> Option<Found<'a>> {
             continue;
         };
         if name != ACCESS_TOKEN_PARAM {
+            let semicolon = segment
+                .windows(ACCESS_TOKEN_PARAM.len() + 2)
+                .any(|w| w[0] == b';' && w[1..].eq_ignore_ascii_case(b"access_token="));
+            if name.eq_ignore_ascii_case(ACCESS_TOKEN_PARAM) || semicolon {
+                return Some(Err(texts.spelled));
+            }
             continue;
         }
         if found.is_some() {
@@ -467,14 +478,19 @@ mod tests {
         refused(read_as(&q, &r), "parameter is empty");
         let r = req("GET", "/x?access_token", &[], "");
         refused(read_as(&q, &r), "parameter is empty");
-        // Other spellings are other parameters.
-        let r = req(
-            "GET",
-            "/x?Access_Token=abc&xaccess_token=abc&access_tokens=abc",
-            &[],
-            "",
-        );
+        // Other names are other parameters...
+        let r = req("GET", "/x?xaccess_token=abc&access_tokens=abc", &[], "");
         assert_eq!(read_as(&q, &r), (Err("none".into()), None));
+        // ...but another case, or a `;` that some servers split on, is refused: an upstream could read it as the
+        // token, and Envoy's removal of `access_token` would not touch it.
+        for q_ in [
+            "/x?Access_Token=abc",
+            "/x?a=1;access_token=abc",
+            "/x?a=1;ACCESS_TOKEN=abc",
+        ] {
+            let r = req("GET", q_, &[], "");
+            refused(read_as(&q, &r), "spelled otherwise");
+        }
         // An unencoded value is borrowed, not copied.
         let r = req("GET", &format!("/x?access_token={JWT}"), &[], "");
         let view = CheckView::new(&r);

@@ -23,7 +23,7 @@ use crate::config::{AuthMethod, Config};
 use crate::credentials::{Authorization, Credentials};
 use crate::flow::bearer::{BearerVerifier, Verified};
 use crate::flow::client_credentials::{ClientCredentials, ClientCreds, CredsError};
-use crate::flow::introspection::Introspector;
+use crate::flow::introspection::{IntrospectionError, Introspector};
 use crate::flow::userinfo::UserinfoClient;
 use crate::policy::runtime::PolicyRuntime;
 use crate::provider::IdpError;
@@ -163,12 +163,19 @@ impl TokenMethods {
         let name = provider.name();
         let mut refusal = None;
         for method in chain {
+            // Only a token the provider does not know as active goes on to the next method: one introspection found
+            // active but refused (another audience or issuer, not an access token) or malformed is refused here, so
+            // a method that checks less (userinfo checks no audience) can never let it in.
+            let mut last = false;
             let verified = match method {
                 AuthMethod::Introspection => self
                     .introspector
                     .introspect(provider, policy, token)
                     .await
-                    .map_err(|e| token_refusal(name, e)),
+                    .map_err(|e| {
+                        last = !matches!(e, IntrospectionError::Inactive);
+                        token_refusal(name, e)
+                    }),
                 AuthMethod::Userinfo => self
                     .userinfo
                     .userinfo(provider, policy, token)
@@ -185,7 +192,7 @@ impl TokenMethods {
                 Err(r) => {
                     let unavailable = r.kind == RefusalKind::Unavailable;
                     refusal = Some(r.during(method));
-                    if unavailable {
+                    if unavailable || last {
                         break;
                     }
                 }

@@ -354,8 +354,9 @@ fn plugin(
             "Kong checks a token's `aud` only through audience_required: the policy says allow_any_audience = true to keep that; list the accepted audiences in the provider's `audiences` (and drop allow_any_audience) to have every token's `aud` checked",
         );
     }
-    if let Some(c) = r.first("consumer_claim") {
-        pol.insert("consumer_claim".into(), strs(&[c]));
+    // Kong: several values are a path into nested objects, as oidc-authz's claim paths are
+    if let Some(c) = r.strings("consumer_claim").filter(|c| !c.is_empty()) {
+        pol.insert("consumer_claim".into(), strs(&c));
         if r.bool("consumer_optional") != Some(true) {
             r.note(
                 Severity::Error,

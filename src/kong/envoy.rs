@@ -14,7 +14,9 @@ const PER_ROUTE: &str =
 /// One Envoy route entry and what orders it (Kong's priority: routes with methods first, regex paths before
 /// prefixes, by regex_priority, longer prefixes first).
 struct Entry {
-    key: (bool, bool, i64, usize),
+    /// Kong's order: a route naming hosts first, then one naming methods, regex paths (by `regex_priority`)
+    /// before prefixes, longer prefixes first.
+    key: (bool, bool, bool, i64, usize),
     value: Value,
 }
 
@@ -87,6 +89,9 @@ fn entries(deck: &Deck, r: &Route, policy: Option<&str>, notes: &mut Vec<Note>) 
             value[action.0] = action.1;
             Entry {
                 key: (
+                    // a host-bound route wins over a host-less one merged into the same virtual host (Kong ranks
+                    // host + path above path alone): otherwise a plugin-less `/public` could shadow a protected `/`
+                    !r.hosts.is_empty(),
                     !r.methods.is_empty(),
                     regex.is_some(),
                     if regex.is_some() { r.regex_priority } else { 0 },
@@ -184,6 +189,9 @@ pub(super) fn render(deck: &Deck, policies: &[Option<String>], notes: &mut Vec<N
         "# Envoy routes imported from a Kong declarative config by `oidc-authz import-kong`.\n\
          # `route_config` goes in the HTTP connection manager, `clusters` in static_resources; the listener needs\n\
          # the ext_authz filter pointing at oidc-authz (see envoy/envoy.yaml). Each route names its policy in\n\
-         # context_extensions.policy; a Kong route without the openid-connect plugin has ext_authz disabled.\n{body}"
+         # context_extensions.policy; a Kong route without the openid-connect plugin has ext_authz disabled.\n\
+         # Kong normalises paths before it matches routes; Envoy does only when told: set, in the HTTP connection\n\
+         # manager, normalize_path: true, merge_slashes: true and path_with_escaped_slashes_action:\n\
+         # UNESCAPE_AND_REDIRECT, or `/public/../admin` may match a route without the plugin.\n{body}"
     )
 }

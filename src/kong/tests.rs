@@ -359,6 +359,48 @@ fn route_beats_service_beats_global() {
 }
 
 #[test]
+fn a_host_bound_route_is_matched_before_a_host_less_one_in_its_virtual_host() {
+    // Kong ranks host + path above path alone: a plugin-less host-less `/public` must not shadow the protected
+    // `api.x` + `/` for `api.x/public/secret`.
+    let text = r#"
+_format_version: "3.0"
+services:
+- name: svc
+  url: http://up:8080
+  routes:
+  - name: protected
+    hosts: ["api.x"]
+    paths: ["/"]
+    plugins:
+    - name: openid-connect
+      config: { issuer: "https://idp.example.com", client_id: c, auth_methods: [bearer] }
+  - name: public
+    paths: ["/public"]
+"#;
+    let i = run(text);
+    let doc: Value = serde_yaml::from_str(&i.envoy_yaml).unwrap();
+    let vhosts = doc["route_config"]["virtual_hosts"].as_array().unwrap();
+    let api = vhosts
+        .iter()
+        .find(|v| {
+            v["domains"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d == "api.x")
+        })
+        .expect("a virtual host for api.x");
+    let names: Vec<&str> = api["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["protected", "public"]);
+    assert!(i.envoy_yaml.contains("normalize_path: true"));
+}
+
+#[test]
 fn envoy_routes_name_policies_and_disable_ext_authz_without_the_plugin() {
     let text = r#"
 _format_version: "3.0"
