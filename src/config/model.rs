@@ -301,6 +301,11 @@ impl Default for TokenHeader {
 }
 
 impl TokenHeader {
+    /// Whether this is the default, `Authorization: Bearer` (no allocation: read on every allow).
+    pub fn is_default(&self) -> bool {
+        self.is_authorization() && self.prefix.as_deref() == Some("Bearer")
+    }
+
     /// Whether the token goes in `Authorization` (the client's own `Authorization` then goes upstream as it is).
     pub fn is_authorization(&self) -> bool {
         self.name == http::header::AUTHORIZATION

@@ -147,10 +147,11 @@ impl TokenMethods {
     /// outage (503, fail closed), is the answer.
     async fn token(&self, rt: &PolicyRuntime, token: &str) -> Result<Identity, Refusal> {
         let (policy, provider) = (&rt.policy, rt.provider.as_ref());
-        let chain = token_chain(policy, token);
+        let jwt = BearerVerifier::is_jwt(token);
+        let chain = chain_for(policy, jwt);
         // Several issuers: a JWT's `iss` picks its provider (locally verified or introspected there); one naming no
         // listed issuer is refused before any call. Opaque tokens go to the first provider.
-        let provider = if BearerVerifier::is_jwt(token) {
+        let provider = if jwt {
             let Some(picked) = rt.issuers.for_jwt(token) else {
                 let method = chain.first().copied().unwrap_or(AuthMethod::Bearer);
                 let why = bearer::BearerError::Issuer.to_string();
@@ -218,7 +219,12 @@ pub fn takes_tokens(policy: &crate::config::Policy) -> bool {
 ///   of them the policy allows, in the order of its `auth_methods`;
 /// - with neither of those allowed, to `bearer` (which refuses what is not a JWT).
 pub fn token_chain(policy: &crate::config::Policy, token: &str) -> Vec<AuthMethod> {
-    let jwt = BearerVerifier::is_jwt(token);
+    chain_for(policy, BearerVerifier::is_jwt(token))
+}
+
+/// [`token_chain`] for a token already known to be a JWT or not (the shape scan is one pass over the token: done
+/// once per Check).
+fn chain_for(policy: &crate::config::Policy, jwt: bool) -> Vec<AuthMethod> {
     let local = policy.allows(AuthMethod::Bearer)
         && !(policy.introspect_jwt_tokens && policy.allows(AuthMethod::Introspection));
     if jwt && local {

@@ -6,7 +6,7 @@ use http::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
 use crate::authn::Identity;
-use crate::config::{AuthMethod, LoginSettings, Policy, TokenHeader};
+use crate::config::{AuthMethod, LoginSettings, Policy};
 use crate::credentials::token_places::{ACCESS_TOKEN_PARAM, TokenPlace};
 use crate::credentials::{Authorization, Credentials};
 use crate::decision::Allow;
@@ -117,7 +117,7 @@ fn token_headers(allowed: &mut Allow, policy: &Policy, creds: &Credentials<'_>, 
         ) => {
             // The client's own header already says it as the default would; a token from the query, a form body
             // or a cookie is sent in the configured header (the query parameter itself is removed).
-            (*th != TokenHeader::default() || !sent_authorization(creds)).then_some(&**t)
+            (!th.is_default() || !sent_authorization(creds)).then_some(&**t)
         }
         _ => None,
     };
