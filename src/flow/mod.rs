@@ -148,7 +148,8 @@ impl TokenMethods {
     async fn token(&self, rt: &PolicyRuntime, token: &str) -> Result<Identity, Refusal> {
         let (policy, provider) = (&rt.policy, rt.provider.as_ref());
         let jwt = BearerVerifier::is_jwt(token);
-        let chain = chain_for(policy, jwt);
+        let (methods, n) = chain_for(policy, jwt);
+        let chain = &methods[..n];
         // Several issuers: a JWT's `iss` picks its provider (locally verified or introspected there); one naming no
         // listed issuer is refused before any call. Opaque tokens go to the first provider.
         let provider = if jwt {
@@ -163,7 +164,7 @@ impl TokenMethods {
         };
         let name = provider.name();
         let mut refusal = None;
-        for method in chain {
+        for &method in chain {
             // Only a token the provider does not know as active goes on to the next method: one introspection found
             // active but refused (another audience or issuer, not an access token) or malformed is refused here, so
             // a method that checks less (userinfo checks no audience) can never let it in.
@@ -219,28 +220,34 @@ pub fn takes_tokens(policy: &crate::config::Policy) -> bool {
 ///   of them the policy allows, in the order of its `auth_methods`;
 /// - with neither of those allowed, to `bearer` (which refuses what is not a JWT).
 pub fn token_chain(policy: &crate::config::Policy, token: &str) -> Vec<AuthMethod> {
-    chain_for(policy, BearerVerifier::is_jwt(token))
+    let (methods, n) = chain_for(policy, BearerVerifier::is_jwt(token));
+    methods[..n].to_vec()
 }
 
 /// [`token_chain`] for a token already known to be a JWT or not (the shape scan is one pass over the token: done
-/// once per Check).
-fn chain_for(policy: &crate::config::Policy, jwt: bool) -> Vec<AuthMethod> {
+/// once per Check), as the first `n` entries of an array: no allocation on the Check path (at most two methods,
+/// introspection and userinfo, ever follow one another).
+fn chain_for(policy: &crate::config::Policy, jwt: bool) -> ([AuthMethod; 2], usize) {
+    const BEARER: ([AuthMethod; 2], usize) = ([AuthMethod::Bearer; 2], 1);
     let local = policy.allows(AuthMethod::Bearer)
         && !(policy.introspect_jwt_tokens && policy.allows(AuthMethod::Introspection));
     if jwt && local {
-        return vec![AuthMethod::Bearer];
+        return BEARER;
     }
-    let remote: Vec<AuthMethod> = policy
+    let mut methods = [AuthMethod::Bearer; 2];
+    let mut n = 0;
+    let remote = policy
         .auth_methods
         .iter()
         .copied()
-        .filter(|m| matches!(m, AuthMethod::Introspection | AuthMethod::Userinfo))
-        .collect();
-    if remote.is_empty() {
-        vec![AuthMethod::Bearer]
-    } else {
-        remote
+        .filter(|m| matches!(m, AuthMethod::Introspection | AuthMethod::Userinfo));
+    for m in remote {
+        if n < methods.len() && !methods[..n].contains(&m) {
+            methods[n] = m;
+            n += 1;
+        }
     }
+    if n == 0 { BEARER } else { (methods, n) }
 }
 
 /// How long the store is left alone after it failed: the token methods answer from this replica's caches and
