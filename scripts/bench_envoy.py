@@ -9,6 +9,9 @@ direct_response (Envoy answers 200 itself: no upstream server in the measurement
   jwt-distinct      Envoy's jwt_authn, no cache, 2000 distinct tokens in rotation
   noop              ext_authz -> the no-op Check server (`loadgen noop`, answers OK without looking): the ceiling
                     (Envoy as shipped: allowed_headers, encode_raw_headers, no peer certificate)
+  noop-answer       the no-op answering every Check as oidc-authz allows the api policy (3 claim headers, the 5
+                    dynamic metadata fields), still without looking: what Envoy pays to apply such an answer;
+                    noop-answer-headers and noop-answer-metadata: only that part of it
   noop-all          the same with Envoy sending every request header (no allowed_headers), as shipped before
   noop-browser-*    the no-op with a browser's ~15 request headers: -allowed (as shipped), -all (every header),
                     -all-map (every header, encode_raw_headers off), -allowed-map (allowed_headers, raw off)
@@ -64,12 +67,21 @@ class Scenario:
     name: str
     what: str
     envoy: str  # direct | jwt-cached | jwt-nocache | ext-authz
-    check: str | None  # None | noop | authz
+    check: str | None  # None | noop | noop-answer | authz
     path: str
     good: dict  # headers of the measured request (static scenarios)
     bad: list[dict] = field(default_factory=list)  # requests that must be refused (401/403)
     distinct: bool = False  # a different Authorization header per request (the kit's distinct.tokens)
     cache_entries: int = 100_000  # oidc-authz's verified-token cache
+
+
+# The no-op's answers of the noop-answer* scenarios (`loadgen noop --answer`): scenario suffix -> what it carries.
+NOOP_ANSWERS = {
+    "": "like oidc-authz's bearer allow (3 claim headers, 5 metadata fields)",
+    "-headers": "with only the 3 claim headers of that allow",
+    "-metadata": "with only the 5 metadata fields of that allow",
+}
+NOOP_ANSWER_ARGS = {"": "api", "-headers": "headers", "-metadata": "metadata"}
 
 
 # What a browser sends besides its credential (Chrome 131's navigation headers, cookies of the site's own).
@@ -139,6 +151,9 @@ def scenarios(kit: Path, distinct: int) -> list[Scenario]:
                  "/api/orders?limit=10", api, bearer_bad, distinct=True),
         Scenario("noop", "ext_authz -> no-op Check server", "ext-authz", "noop", "/api/orders?limit=10",
                  {**api, "Authorization": f"Bearer {same}"}),
+        *[Scenario(f"noop-answer{suffix}", f"ext_authz -> no-op Check server answering {what}", "ext-authz",
+                   f"noop-answer{suffix}", "/api/orders?limit=10", {**api, "Authorization": f"Bearer {same}"})
+          for suffix, what in NOOP_ANSWERS.items()],
         Scenario("noop-all", "ext_authz (all headers sent) -> no-op Check server", "ext-authz-all", "noop",
                  "/api/orders?limit=10", {**api, "Authorization": f"Bearer {same}"}),
         *[Scenario(f"noop-browser-{v}", f"ext_authz ({what}) -> no-op, browser headers", f"ext-authz-{v}", "noop",
@@ -482,9 +497,10 @@ KIT = Path()
 def run_scenario(args, sc: Scenario, rnd: int, work: Path, issuer: str) -> Result:
     check = None
     authz_port = free_port()
-    if sc.check == "noop":
+    if sc.check is not None and sc.check.startswith("noop"):
+        extra = ["--answer", NOOP_ANSWER_ARGS[sc.check[len("noop-answer"):]]] if sc.check != "noop" else []
         check = Proc("loadgen noop", pinned(args.server_cpu, [args.loadgen, "noop", "--addr",
-                                                              f"127.0.0.1:{authz_port}"]),
+                                                              f"127.0.0.1:{authz_port}", *extra]),
                      work / f"noop-{rnd}.log")
         wait_port(check, authz_port)
     elif sc.check == "authz":

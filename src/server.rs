@@ -3,8 +3,10 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -15,7 +17,9 @@ use axum::routing::get;
 use envoy_types::ext_authz::v3::pb::{
     Authorization, AuthorizationServer, CheckRequest, CheckResponse,
 };
-use tokio::net::TcpListener;
+use futures::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tonic::{Request, Response, Status};
 
 use crate::admin::AdminService;
@@ -214,7 +218,9 @@ impl Server {
         let mut grpc_stop = stop_rx.clone();
         // With our own listener, tonic's `tcp_nodelay` does not apply: set it on the incoming stream, or every
         // small answer waits ~40 ms for Nagle + delayed ACK.
-        let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
+        let incoming = tonic::transport::server::TcpIncoming::from(grpc)
+            .with_nodelay(Some(true))
+            .map(|conn| conn.map(Unvectored));
         let service = AuthorizationServer::new(CheckService::new(authorizer.clone()))
             .max_decoding_message_size(8 * 1024 * 1024);
         let grpc_server = tonic::transport::Server::builder()
@@ -287,6 +293,56 @@ async fn metrics_text(State(s): State<AdminState>) -> impl IntoResponse {
         )],
         s.metrics.render(),
     )
+}
+
+/// A Check connection that tells h2 it has no vectored writes.
+///
+/// With vectored writes h2 keeps every DATA frame of 256 bytes or more out of its write buffer and writes it on
+/// its own (`writev` of the buffer and the frame), and must flush before it can buffer the next frame: an answer
+/// with claim headers (a few hundred bytes of protobuf) then took two `writev`s, the second for its 10-byte
+/// trailers, and no answer after it could share the write. Without them h2 copies frames of up to 1 KiB into its
+/// buffer, so an answer and the ones queued behind it go out in one `write` (measured: 2 writes per Check down
+/// to 1 for a bearer allow one at a time). Nothing else changes: every byte still goes through the same buffer.
+struct Unvectored(TcpStream);
+
+impl tonic::transport::server::Connected for Unvectored {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.0.connect_info()
+    }
+}
+
+impl AsyncRead for Unvectored {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Unvectored {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        false
+    }
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -79,6 +79,11 @@ enum Cmd {
     Noop {
         #[arg(long)]
         addr: SocketAddr,
+        /// What every OK carries (still without looking): `nothing`; `api`, as oidc-authz answers the benchmark's
+        /// `api` policy (three claim headers, the five dynamic metadata fields); `headers` or `metadata`, only
+        /// that part of it. What Envoy pays to apply an answer, apart from what the Check server pays to decide it.
+        #[arg(long, default_value = "nothing", value_parser = ["nothing", "api", "headers", "metadata"])]
+        answer: String,
     },
     /// Serve the benchmark's fake identity provider (discovery, JWKS, token, introspection) until killed; prints
     /// its issuer URL. For benchmarks through Envoy (scripts/bench_envoy.py).
@@ -164,7 +169,10 @@ enum Cmd {
 // No-op server
 // ------------------------------------------------------------------------------------------------
 
-struct Noop;
+struct Noop {
+    /// The answer to every Check (cloned, as a server builds one per Check).
+    answer: CheckResponse,
+}
 
 #[tonic::async_trait]
 impl Authorization for Noop {
@@ -172,15 +180,62 @@ impl Authorization for Noop {
         &self,
         _r: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        Ok(tonic::Response::new(CheckResponse {
-            status: Some(envoy_types::pb::google::rpc::Status::default()),
-            http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
-            ..Default::default()
-        }))
+        Ok(tonic::Response::new(self.answer.clone()))
     }
 }
 
-async fn serve_noop(addr: SocketAddr) {
+/// An OK answer carrying `what` (`noop --answer`) of what oidc-authz's allow of the `api` policy carries for the
+/// benchmark's token (claim headers `x-issuer`, `x-user`, `x-client-id`; metadata `sub`, `iss`, `client_id`,
+/// `policy`, `auth_method`), the values as long as the real ones.
+fn noop_answer(what: &str) -> CheckResponse {
+    use envoy_types::ext_authz::v3::pb::{HeaderAppendAction, HeaderValue, HeaderValueOption};
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    let mut ok = OkHttpResponse::default();
+    let mut metadata = None;
+    let iss = "http://127.0.0.1:40000/oauth2/default";
+    let (sub, cid) = ("user-0@example.com", "0oabench");
+    if what == "api" || what == "headers" {
+        ok.headers = [("x-issuer", iss), ("x-user", sub), ("x-client-id", cid)]
+            .into_iter()
+            .map(|(k, v)| HeaderValueOption {
+                header: Some(HeaderValue {
+                    key: k.into(),
+                    value: v.into(),
+                    raw_value: Vec::new(),
+                }),
+                append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+                ..Default::default()
+            })
+            .collect();
+    }
+    if what == "api" || what == "metadata" {
+        let fields = [
+            ("sub", sub),
+            ("iss", iss),
+            ("client_id", cid),
+            ("policy", "api"),
+            ("auth_method", "bearer"),
+        ];
+        metadata = Some(Struct {
+            fields: fields
+                .into_iter()
+                .map(|(k, v)| {
+                    let value = Value {
+                        kind: Some(Kind::StringValue(v.into())),
+                    };
+                    (k.to_string(), value)
+                })
+                .collect(),
+        });
+    }
+    CheckResponse {
+        status: Some(envoy_types::pb::google::rpc::Status::default()),
+        http_response: Some(HttpResponse::OkResponse(ok)),
+        dynamic_metadata: metadata,
+    }
+}
+
+async fn serve_noop(addr: SocketAddr, answer: &str) {
     // Built exactly like oidc-authz's listener (own TcpListener, TCP_NODELAY on the incoming stream), so the two
     // differ only in what Check does.
     let listener = tokio::net::TcpListener::bind(addr)
@@ -188,7 +243,9 @@ async fn serve_noop(addr: SocketAddr) {
         .expect("bind noop");
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
-        .add_service(AuthorizationServer::new(Noop))
+        .add_service(AuthorizationServer::new(Noop {
+            answer: noop_answer(answer),
+        }))
         .serve_with_incoming(incoming)
         .await
         .expect("noop server");
@@ -1638,8 +1695,8 @@ fn main() -> std::process::ExitCode {
         .unwrap();
     rt.block_on(async move {
         match cli.cmd {
-            Cmd::Noop { addr } => {
-                serve_noop(addr).await;
+            Cmd::Noop { addr, answer } => {
+                serve_noop(addr, &answer).await;
                 std::process::ExitCode::SUCCESS
             }
             Cmd::Idp { addr } => {
