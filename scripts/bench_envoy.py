@@ -18,6 +18,7 @@ direct_response (Envoy answers 200 itself: no upstream server in the measurement
   jwt-offload       `oidc-authz envoy-config --offload-bearer` of the api policy: jwt_authn (remote JWKS from the
                     IdP, jwt_cache_config) + RBAC on the scopes and groups + claim_to_headers, no ext_authz hop
   bearer-same       ext_authz -> oidc-authz, bearer JWT, the same token every request
+  bearer-same-quiet the same with RUST_LOG=warn: no decision log line (bearer-same / this = the line's cost)
   bearer-distinct   ext_authz -> oidc-authz, bearer JWT, 2000 distinct tokens, its token cache 1 entry (each
                     Check verifies a signature, as a never-seen token does)
   intro             ext_authz -> oidc-authz, introspection, warm cache
@@ -73,6 +74,7 @@ class Scenario:
     bad: list[dict] = field(default_factory=list)  # requests that must be refused (401/403)
     distinct: bool = False  # a different Authorization header per request (the kit's distinct.tokens)
     cache_entries: int = 100_000  # oidc-authz's verified-token cache
+    quiet: bool = False  # oidc-authz with RUST_LOG=warn: no decision log line (to measure what the line costs)
 
 
 # The no-op's answers of the noop-answer* scenarios (`loadgen noop --answer`): scenario suffix -> what it carries.
@@ -163,6 +165,9 @@ def scenarios(kit: Path, distinct: int) -> list[Scenario]:
                  "/api/orders?limit=10", {**api, "Authorization": f"Bearer {same}"}, bearer_bad),
         Scenario("bearer-same", "ext_authz -> oidc-authz bearer, same token", "ext-authz", "authz",
                  "/api/orders?limit=10", {**api, "Authorization": f"Bearer {same}"}, bearer_bad),
+        Scenario("bearer-same-quiet", "ext_authz -> oidc-authz bearer, same token, no log line (RUST_LOG=warn)",
+                 "ext-authz", "authz", "/api/orders?limit=10", {**api, "Authorization": f"Bearer {same}"}, bearer_bad,
+                 quiet=True),
         Scenario("bearer-distinct", f"ext_authz -> oidc-authz bearer, {distinct} distinct tokens (cache of 1)",
                  "ext-authz", "authz", "/api/orders?limit=10", api, bearer_bad, distinct=True, cache_entries=1),
         Scenario("intro", "ext_authz -> oidc-authz introspection, warm cache", "ext-authz", "authz",
@@ -511,6 +516,8 @@ def run_scenario(args, sc: Scenario, rnd: int, work: Path, issuer: str) -> Resul
              "--admin", f"127.0.0.1:{admin}", "--cache-entries", str(sc.cache_entries)],
             check=True, capture_output=True, text=True).stdout)
         env = {k: v for k, v in os.environ.items() if k != "RUST_LOG"}  # logging as shipped: info
+        if sc.quiet:
+            env["RUST_LOG"] = "warn"
         check = Proc("oidc-authz", pinned(args.server_cpu, [args.bin, "serve", "--config", cfg]),
                      work / f"authz-{sc.name}-{rnd}.log", env=env)
         wait_http(check, admin, "/readyz")
