@@ -224,6 +224,38 @@ fn cookie_header(set_cookies: &[String]) -> String {
 }
 
 #[tokio::test]
+async fn dynamic_metadata_off_leaves_the_metadata_out_and_the_headers_in() {
+    let config = CONFIG.replace(
+        "[policies.api]\n",
+        "[policies.api]\ndynamic_metadata = false\nconsumer_claim = [\"sub\"]\nupstream_consumer_header = \"x-consumer\"\n",
+    );
+    let w = World::with_config(&config, Box::new(MemoryBackend::new()));
+    let token = w.key.sign(&access_claims("alice", json!({})));
+    let auth = format!("Bearer {token}");
+    let a = allowed(
+        w.check(&request("api", "GET", "/x", &[("authorization", &auth)]))
+            .await,
+    );
+    assert_eq!(header(&a, "x-user"), Some("alice"));
+    assert_eq!(header(&a, "x-consumer"), Some("alice"));
+    assert!(a.metadata.is_empty(), "{:?}", a.metadata);
+    // The other policies still carry it (the default).
+    let token = w.key.sign(&access_claims("bob", json!({})));
+    let auth = format!("Bearer {token}");
+    let cfg = config.replace("[policies.api]\ndynamic_metadata = false", "[policies.api]");
+    let w2 = World::with_config(&cfg, Box::new(MemoryBackend::new()));
+    let a = allowed(
+        w2.check(&request("api", "GET", "/x", &[("authorization", &auth)]))
+            .await,
+    );
+    let m = metadata(&a);
+    assert_eq!(
+        (m["sub"], m["consumer"], m["policy"]),
+        ("bob", "bob", "api")
+    );
+}
+
+#[tokio::test]
 async fn a_valid_bearer_jwt_is_allowed_with_its_headers_and_metadata() {
     let w = World::new();
     let token = w.key.sign(&access_claims("alice", json!({})));

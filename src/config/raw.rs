@@ -105,6 +105,7 @@ pub(super) struct RawPolicy {
     pub(super) upstream_headers_names: Vec<String>,
     #[serde(default)]
     pub(super) introspect_jwt_tokens: bool,
+    pub(super) dynamic_metadata: Option<bool>,
     #[serde(default)]
     pub(super) allow_any_audience: bool,
     pub(super) cache_introspection_secs: Option<u64>,

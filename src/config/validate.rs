@@ -867,6 +867,7 @@ impl Validator {
             access,
             upstream_headers,
             introspect_jwt_tokens: raw.introspect_jwt_tokens,
+            dynamic_metadata: raw.dynamic_metadata.unwrap_or(true),
             allow_any_audience: raw.allow_any_audience,
             cache_introspection_secs: raw.cache_introspection_secs.unwrap_or(300),
             cache_ttl_neg_secs: raw.cache_ttl_neg_secs.unwrap_or(10),

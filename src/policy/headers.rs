@@ -144,7 +144,9 @@ fn token_headers(allowed: &mut Allow, policy: &Policy, creds: &Credentials<'_>, 
         if let Some(h) = &policy.upstream_consumer_header {
             allowed.set_headers.push((h.clone(), consumer.clone()));
         }
-        allowed.metadata.push(("consumer", consumer));
+        if policy.dynamic_metadata {
+            allowed.metadata.push(("consumer", consumer));
+        }
     } else if let Some(h) = &policy.upstream_consumer_header {
         allowed.remove_headers.push(h.clone());
     }
@@ -206,6 +208,9 @@ fn claim_headers(policy: &Policy, method: AuthMethod, claims: &Map<String, Value
         }
     }
     dedup_headers(&mut out);
+    if !policy.dynamic_metadata {
+        return out;
+    }
     let s = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_string);
     if let Some(sub) = s("sub") {
         out.metadata.push(("sub", sub));
