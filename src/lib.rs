@@ -49,6 +49,7 @@ pub mod envoy;
 pub mod envoy_config;
 pub mod envoy_offload;
 pub mod flow;
+pub mod json_log;
 pub mod kong;
 pub mod login;
 #[cfg(test)]

@@ -53,6 +53,7 @@ pub fn init_logging(format: LogFormat) -> LogGuard {
             .json()
             .flatten_event(true)
             .with_current_span(false)
+            .event_format(crate::json_log::JsonLine::new())
             .try_init(),
         LogFormat::Pretty => builder.compact().try_init(),
     };
