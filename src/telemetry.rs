@@ -15,39 +15,25 @@ use crate::config::{AuthMethod, LogFormat};
 use crate::decision::{Decision, DenyStatus};
 use crate::request::CheckView;
 
-/// Keeps the log writer's thread alive; dropping it writes out every line still buffered (hold it until exit).
+/// Keeps the log writer's thread alive; dropping it writes out every line still queued (hold it until exit).
 #[must_use = "dropping the guard stops the log writer"]
 pub struct LogGuard {
-    sink: std::sync::Arc<LineSink>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for LogGuard {
-    fn drop(&mut self) {
-        self.sink.close();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+    _worker: tracing_appender::non_blocking::WorkerGuard,
 }
 
 /// Installs the global tracing subscriber (`RUST_LOG` filters; default `info`). Safe to call twice.
 ///
-/// Lines go to stderr through a [`LineSink`]: a Check appends its line to a shared buffer and returns; a thread
-/// of its own writes the buffer out every [`LOG_FLUSH_EVERY`], so a Check makes no system call for its line and
-/// wakes no thread. Nothing is dropped: past [`LOG_BUFFER_MAX`] bytes a Check writes the buffer out itself.
+/// Lines go to stderr from a writer thread of their own (tracing-appender's non-blocking writer), so a Check
+/// never waits on the write: the thread writes them through a buffer, flushed whenever the queue is empty. The
+/// queue is not lossy: when 128k lines are waiting, a Check waits rather than a line being dropped.
 pub fn init_logging(format: LogFormat) -> LogGuard {
     use tracing_subscriber::{EnvFilter, fmt};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let sink = std::sync::Arc::new(LineSink::new(Box::new(std::io::stderr())));
-    let thread = {
-        let sink = sink.clone();
-        std::thread::Builder::new()
-            .name("oidc-authz-log".into())
-            .spawn(move || sink.run(LOG_FLUSH_EVERY))
-            .ok()
-    };
-    let builder = fmt().with_env_filter(filter).with_writer(sink.clone());
+    let (writer, worker) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("oidc-authz-log")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
+    let builder = fmt().with_env_filter(filter).with_writer(writer);
     let _ = match format {
         LogFormat::Json => builder
             .json()
@@ -57,121 +43,7 @@ pub fn init_logging(format: LogFormat) -> LogGuard {
             .try_init(),
         LogFormat::Pretty => builder.compact().try_init(),
     };
-    LogGuard { sink, thread }
-}
-
-/// How often the log thread writes the buffered lines out.
-pub const LOG_FLUSH_EVERY: Duration = Duration::from_millis(20);
-
-/// Buffered log bytes past which the thread is woken at once, and past which a Check writes them out itself
-/// (twice this) rather than let the buffer grow: a stalled stderr slows Checks down, it never loses a line.
-pub const LOG_BUFFER_MAX: usize = 1 << 20;
-
-/// Where log lines wait for the log thread: one buffer behind a mutex (tracing's formatter hands over each line
-/// whole, in one `write`), written to `out` by [`LineSink::run`] every interval, when it grows past
-/// [`LOG_BUFFER_MAX`], and at [`LineSink::close`].
-///
-/// tracing-appender's non-blocking writer (used before) sent each line through a channel whose receiving thread
-/// was woken for every line: a futex wake and two context switches per Check, 15 % of the server's CPU one Check
-/// at a time on one core.
-pub struct LineSink {
-    buf: Mutex<Vec<u8>>,
-    /// Serialises writes to `out` (the log thread's and a Check's when the buffer is full), keeping lines whole
-    /// and in order.
-    out: Mutex<Box<dyn std::io::Write + Send>>,
-    wake: std::sync::Condvar,
-    closed: std::sync::atomic::AtomicBool,
-}
-
-impl LineSink {
-    /// A sink writing to `out`.
-    pub fn new(out: Box<dyn std::io::Write + Send>) -> Self {
-        LineSink {
-            buf: Mutex::new(Vec::with_capacity(64 * 1024)),
-            out: Mutex::new(out),
-            wake: std::sync::Condvar::new(),
-            closed: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-
-    /// Appends one line (or any bytes); writes everything out itself when the buffer is over twice
-    /// [`LOG_BUFFER_MAX`].
-    pub fn append(&self, bytes: &[u8]) {
-        let len = {
-            let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
-            buf.extend_from_slice(bytes);
-            buf.len()
-        };
-        if len > 2 * LOG_BUFFER_MAX {
-            self.write_out();
-        } else if len > LOG_BUFFER_MAX {
-            self.wake.notify_one();
-        }
-    }
-
-    /// Writes every buffered byte to `out` and flushes it.
-    pub fn write_out(&self) {
-        // The output lock first: whoever holds it writes what was buffered up to then, in order.
-        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        let pending = std::mem::take(&mut *self.buf.lock().unwrap_or_else(|e| e.into_inner()));
-        if !pending.is_empty() {
-            let _ = out.write_all(&pending);
-            let _ = out.flush();
-            // Keep the allocation: give the (emptied) larger buffer back if nothing came in meanwhile.
-            let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
-            if buf.is_empty() && buf.capacity() < pending.capacity() {
-                let mut pending = pending;
-                pending.clear();
-                *buf = pending;
-            }
-        }
-    }
-
-    /// The log thread: writes the buffer out every `every` (sooner when it is large) until [`LineSink::close`],
-    /// then once more.
-    pub fn run(&self, every: Duration) {
-        loop {
-            {
-                let buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
-                if !self.closed.load(std::sync::atomic::Ordering::Acquire)
-                    && buf.len() <= LOG_BUFFER_MAX
-                {
-                    let _ = self.wake.wait_timeout(buf, every);
-                }
-            }
-            self.write_out();
-            if self.closed.load(std::sync::atomic::Ordering::Acquire) {
-                self.write_out();
-                return;
-            }
-        }
-    }
-
-    /// Asks the log thread to write out what is left and stop.
-    pub fn close(&self) {
-        self.closed
-            .store(true, std::sync::atomic::Ordering::Release);
-        self.wake.notify_one();
-    }
-}
-
-impl std::io::Write for &LineSink {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.append(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LineSink {
-    type Writer = &'a LineSink;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self
-    }
+    LogGuard { _worker: worker }
 }
 
 /// Labels of one decision.
@@ -595,87 +467,5 @@ impl Metrics {
             out.clear();
         }
         out
-    }
-}
-
-#[cfg(test)]
-mod line_sink_tests {
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
-    use std::time::Duration;
-
-    use super::{LOG_BUFFER_MAX, LineSink};
-
-    /// An output the test can read while the sink owns it.
-    #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Shared {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn a_line_waits_in_the_buffer_until_written_out() {
-        let out = Shared::default();
-        let sink = LineSink::new(Box::new(out.clone()));
-        (&sink).write_all(b"one\n").unwrap();
-        (&sink).write_all(b"two\n").unwrap();
-        // No system call, no thread: the lines wait in the buffer.
-        assert!(out.0.lock().unwrap().is_empty());
-        sink.write_out();
-        assert_eq!(&*out.0.lock().unwrap(), b"one\ntwo\n");
-    }
-
-    #[test]
-    fn a_full_buffer_is_written_by_the_check_itself_never_dropped() {
-        let out = Shared::default();
-        let sink = LineSink::new(Box::new(out.clone()));
-        let line = vec![b'x'; 1024];
-        let mut sent = 0;
-        // No log thread runs: past twice LOG_BUFFER_MAX the writer writes the buffer out itself.
-        while sent <= 2 * LOG_BUFFER_MAX {
-            (&sink).write_all(&line).unwrap();
-            sent += line.len();
-        }
-        assert_eq!(out.0.lock().unwrap().len(), sent);
-    }
-
-    #[test]
-    fn the_log_thread_writes_lines_out_in_order_and_everything_at_close() {
-        let out = Shared::default();
-        let sink = Arc::new(LineSink::new(Box::new(out.clone())));
-        let thread = {
-            let sink = sink.clone();
-            std::thread::spawn(move || sink.run(Duration::from_millis(1)))
-        };
-        (&*sink).write_all(b"first\n").unwrap();
-        // Written out by the thread on its own (polled, generous budget: no timing assumption).
-        let mut seen = false;
-        for _ in 0..6000 {
-            if out.0.lock().unwrap().as_slice() == b"first\n" {
-                seen = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert!(seen, "the log thread never wrote the line out");
-        let expected: Vec<u8> = (0..1000)
-            .flat_map(|i| format!("line {i}\n").into_bytes())
-            .collect();
-        for i in 0..1000 {
-            (&*sink)
-                .write_all(format!("line {i}\n").as_bytes())
-                .unwrap();
-        }
-        sink.close();
-        thread.join().unwrap();
-        let got = out.0.lock().unwrap();
-        assert_eq!(&got[b"first\n".len()..], expected.as_slice());
     }
 }
