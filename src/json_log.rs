@@ -56,21 +56,36 @@ where
         if in_span || meta.fields().field("log.target").is_some() {
             return self.library.format_event(ctx, writer, event);
         }
-        writer.write_str("{\"timestamp\":\"")?;
-        write_timestamp(&mut writer, SystemTime::now())?;
-        writer.write_str("\",\"level\":\"")?;
-        writer.write_str(level_name(*meta.level()))?;
-        writer.write_char('"')?;
-        let mut fields = Fields {
-            out: &mut writer,
-            result: Ok(()),
-        };
-        event.record(&mut fields);
-        fields.result?;
-        writer.write_str(",\"target\":")?;
-        write_json_str(&mut writer, meta.target())?;
-        writer.write_str("}\n")
+        // The line is built in a buffer of this thread's (plain `String` pushes, no dynamic `fmt::Write` call per
+        // piece) and handed over in one write. A `Debug` value that logs while being formatted finds the buffer
+        // taken: that inner event goes to the library's format.
+        LINE.with(|line| {
+            let Ok(mut line) = line.try_borrow_mut() else {
+                return self.library.format_event(ctx, writer, event);
+            };
+            line.clear();
+            line.push_str("{\"timestamp\":\"");
+            write_timestamp(&mut line, SystemTime::now())?;
+            line.push_str("\",\"level\":\"");
+            line.push_str(level_name(*meta.level()));
+            line.push('"');
+            let mut fields = Fields {
+                out: &mut line,
+                result: Ok(()),
+            };
+            event.record(&mut fields);
+            fields.result?;
+            line.push_str(",\"target\":");
+            push_json_str(&mut line, meta.target());
+            line.push_str("}\n");
+            writer.write_str(&line)
+        })
     }
+}
+
+thread_local! {
+    /// The line being built (kept between events: no allocation per line).
+    static LINE: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
 /// As tracing-serde writes a level.
@@ -86,22 +101,20 @@ fn level_name(level: Level) -> &'static str {
 
 /// Each field as `,"name":value`, valued as tracing-serde's map visitor values it (strings escaped as serde_json
 /// escapes them; `Debug` values as strings; numbers and booleans bare; a non-finite float as `null`).
-struct Fields<'a, 'w> {
-    out: &'a mut Writer<'w>,
+struct Fields<'a> {
+    out: &'a mut String,
     result: fmt::Result,
 }
 
-impl Fields<'_, '_> {
-    fn entry(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+impl Fields<'_> {
+    fn entry(&mut self, field: &Field, value: impl FnOnce(&mut String) -> fmt::Result) {
         if self.result.is_err() {
             return;
         }
-        self.result = (|| {
-            self.out.write_char(',')?;
-            write_json_str(self.out, field.name())?;
-            self.out.write_char(':')?;
-            value(self.out)
-        })();
+        self.out.push(',');
+        push_json_str(self.out, field.name());
+        self.out.push(':');
+        self.result = value(self.out);
     }
 }
 
@@ -110,9 +123,12 @@ thread_local! {
     static DEBUG_TEXT: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
-impl Visit for Fields<'_, '_> {
+impl Visit for Fields<'_> {
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.entry(field, |w| w.write_str(if value { "true" } else { "false" }));
+        self.entry(field, |w| {
+            w.push_str(if value { "true" } else { "false" });
+            Ok(())
+        });
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
@@ -121,10 +137,14 @@ impl Visit for Fields<'_, '_> {
                 Ok(mut text) => {
                     text.clear();
                     write!(text, "{value:?}")?;
-                    write_json_str(w, &text)
+                    push_json_str(w, &text);
+                    Ok(())
                 }
                 // A Debug impl that logs: format this one on its own.
-                Err(_) => write_json_str(w, &format!("{value:?}")),
+                Err(_) => {
+                    push_json_str(w, &format!("{value:?}"));
+                    Ok(())
+                }
             })
         });
     }
@@ -140,47 +160,55 @@ impl Visit for Fields<'_, '_> {
     fn record_f64(&mut self, field: &Field, value: f64) {
         // serde_json's own float form (ryu; null when not finite): rare enough to allocate.
         self.entry(field, |w| {
-            w.write_str(&serde_json::to_string(&value).map_err(|_| fmt::Error)?)
+            w.push_str(&serde_json::to_string(&value).map_err(|_| fmt::Error)?);
+            Ok(())
         });
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.entry(field, |w| write_json_str(w, value));
+        self.entry(field, |w| {
+            push_json_str(w, value);
+            Ok(())
+        });
     }
 }
 
 /// `s` as a JSON string, escaped exactly as serde_json escapes it: `"` and `\`, the short escapes `\b \f \n \r
 /// \t`, any other byte below 0x20 as `\u00XX` (lower-case hex); everything else as it is.
-fn write_json_str(w: &mut impl fmt::Write, s: &str) -> fmt::Result {
-    w.write_char('"')?;
-    let bytes = s.as_bytes();
+fn push_json_str(w: &mut String, s: &str) {
+    let needs = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
+    w.push('"');
+    if !s.bytes().any(needs) {
+        w.push_str(s);
+        w.push('"');
+        return;
+    }
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let escape: &str = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x00..=0x1f => "",
-            _ => continue,
-        };
-        // Every byte matched above is ASCII, so `i` is a char boundary.
-        w.write_str(&s[start..i])?;
-        if escape.is_empty() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            w.write_str("\\u00")?;
-            w.write_char(char::from(HEX[usize::from(b >> 4)]))?;
-            w.write_char(char::from(HEX[usize::from(b & 0xf)]))?;
-        } else {
-            w.write_str(escape)?;
+    for (i, &b) in s.as_bytes().iter().enumerate() {
+        if !needs(b) {
+            continue;
+        }
+        // Every byte escaped is ASCII, so `i` is a char boundary.
+        w.push_str(&s[start..i]);
+        match b {
+            b'"' => w.push_str("\\\""),
+            b'\\' => w.push_str("\\\\"),
+            0x08 => w.push_str("\\b"),
+            0x0c => w.push_str("\\f"),
+            b'\n' => w.push_str("\\n"),
+            b'\r' => w.push_str("\\r"),
+            b'\t' => w.push_str("\\t"),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                w.push_str("\\u00");
+                w.push(char::from(HEX[usize::from(b >> 4)]));
+                w.push(char::from(HEX[usize::from(b & 0xf)]));
+            }
         }
         start = i + 1;
     }
-    w.write_str(&s[start..])?;
-    w.write_char('"')
+    w.push_str(&s[start..]);
+    w.push('"');
 }
 
 thread_local! {
@@ -189,7 +217,7 @@ thread_local! {
 }
 
 /// `t` as tracing-subscriber's `SystemTime` timer writes it: `YYYY-MM-DDTHH:MM:SS.uuuuuuZ` (UTC, microseconds).
-fn write_timestamp(w: &mut impl fmt::Write, t: SystemTime) -> fmt::Result {
+fn write_timestamp(w: &mut String, t: SystemTime) -> fmt::Result {
     let Ok(since) = t.duration_since(UNIX_EPOCH) else {
         // Before 1970 (a clock set wrong): the library's own formatting.
         return write!(w, "{LibTimestamp}");
@@ -267,7 +295,7 @@ mod tests {
         all.push_str("é ☃ 😀 \u{2028} \u{7f}");
         for s in [all.as_str(), "", "plain", "a\"b\\c", "\u{0}\u{1f}", "end\n"] {
             let mut ours = String::new();
-            write_json_str(&mut ours, s).unwrap();
+            push_json_str(&mut ours, s);
             assert_eq!(ours, serde_json::to_string(s).unwrap(), "{s:?}");
         }
     }
