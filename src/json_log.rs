@@ -48,7 +48,7 @@ where
     fn format_event(
         &self,
         ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
+        writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
         let meta = event.metadata();
@@ -59,28 +59,47 @@ where
         // The line is built in a buffer of this thread's (plain `String` pushes, no dynamic `fmt::Write` call per
         // piece) and handed over in one write. A `Debug` value that logs while being formatted finds the buffer
         // taken: that inner event goes to the library's format.
-        LINE.with(|line| {
+        // `try_with`: a thread being torn down may have dropped the buffer already; the library then writes.
+        let mut writer = Some(writer);
+        let built = LINE.try_with(|line| {
             let Ok(mut line) = line.try_borrow_mut() else {
-                return self.library.format_event(ctx, writer, event);
+                return None;
             };
-            line.clear();
-            line.push_str("{\"timestamp\":\"");
-            write_timestamp(&mut line, SystemTime::now())?;
-            line.push_str("\",\"level\":\"");
-            line.push_str(level_name(*meta.level()));
-            line.push('"');
-            let mut fields = Fields {
-                out: &mut line,
-                result: Ok(()),
-            };
-            event.record(&mut fields);
-            fields.result?;
-            line.push_str(",\"target\":");
-            push_json_str(&mut line, meta.target());
-            line.push_str("}\n");
-            writer.write_str(&line)
-        })
+            let written = build_line(&mut line, event).and_then(|()| {
+                writer
+                    .take()
+                    .map_or(Err(fmt::Error), |mut w| w.write_str(&line))
+            });
+            Some(written)
+        });
+        match (built, writer) {
+            (Ok(Some(result)), _) => result,
+            (_, Some(writer)) => self.library.format_event(ctx, writer, event),
+            // Unreachable: the line was built only when the writer was taken.
+            (_, None) => Err(fmt::Error),
+        }
     }
+}
+
+/// The whole line of `event` (outside any span, not a `log` record) into `line`.
+fn build_line(line: &mut String, event: &Event<'_>) -> fmt::Result {
+    let meta = event.metadata();
+    line.clear();
+    line.push_str("{\"timestamp\":\"");
+    write_timestamp(line, SystemTime::now())?;
+    line.push_str("\",\"level\":\"");
+    line.push_str(level_name(*meta.level()));
+    line.push('"');
+    let mut fields = Fields {
+        out: line,
+        result: Ok(()),
+    };
+    event.record(&mut fields);
+    fields.result?;
+    line.push_str(",\"target\":");
+    push_json_str(line, meta.target());
+    line.push_str("}\n");
+    Ok(())
 }
 
 thread_local! {
@@ -118,11 +137,6 @@ impl Fields<'_> {
     }
 }
 
-thread_local! {
-    /// A `Debug` value's text before it is escaped (kept between events: no allocation per field).
-    static DEBUG_TEXT: RefCell<String> = const { RefCell::new(String::new()) };
-}
-
 impl Visit for Fields<'_> {
     fn record_bool(&mut self, field: &Field, value: bool) {
         self.entry(field, |w| {
@@ -133,19 +147,12 @@ impl Visit for Fields<'_> {
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.entry(field, |w| {
-            DEBUG_TEXT.with(|text| match text.try_borrow_mut() {
-                Ok(mut text) => {
-                    text.clear();
-                    write!(text, "{value:?}")?;
-                    push_json_str(w, &text);
-                    Ok(())
-                }
-                // A Debug impl that logs: format this one on its own.
-                Err(_) => {
-                    push_json_str(w, &format!("{value:?}"));
-                    Ok(())
-                }
-            })
+            // Rare in our lines (the decision line has none): a String of its own. A Debug impl that fails drops
+            // the line (the library would panic).
+            let mut text = String::new();
+            write!(text, "{value:?}")?;
+            push_json_str(w, &text);
+            Ok(())
         });
     }
 
@@ -223,16 +230,23 @@ fn write_timestamp(w: &mut String, t: SystemTime) -> fmt::Result {
         return write!(w, "{LibTimestamp}");
     };
     let secs = since.as_secs();
-    SECOND.with(|cell| {
-        let mut cell = cell.borrow_mut();
+    let cached = SECOND.try_with(|cell| {
+        let Ok(mut cell) = cell.try_borrow_mut() else {
+            return Err(fmt::Error);
+        };
         if cell.0 != secs {
             let text = &mut cell.1;
             text.clear();
             write_second(text, secs)?;
             cell.0 = secs;
         }
-        w.write_str(&cell.1)
-    })?;
+        w.push_str(&cell.1);
+        Ok(())
+    });
+    if !matches!(cached, Ok(Ok(()))) {
+        // The thread is being torn down (its cache gone): work the date out.
+        write_second(w, secs)?;
+    }
     write!(w, ".{:06}Z", since.subsec_micros())
 }
 
@@ -373,7 +387,10 @@ mod tests {
         );
         tracing::info!(wide = 1u128 << 100, bytes = 3i128, "wide");
         tracing::info!(target: "somewhere::else", "no fields but the message {}", 7);
-        tracing::debug!("filtered out at info");
+        tracing::info!(k = 1);
+        tracing::info!("a\"b" = 1, "c d" = "e", "names that need escaping");
+        tracing::debug!(at = "debug", "filtered out at info");
+        tracing::trace!(at = "trace", "filtered out at info");
         let span = tracing::info_span!("outer", id = 3);
         span.in_scope(|| tracing::info!(inner = "yes", "in a span"));
         tracing::info!(parent: &span, "explicit parent");
@@ -419,16 +436,26 @@ mod tests {
 
     #[test]
     fn lines_are_the_library_s_byte_for_byte() {
+        same_lines(Level::INFO, 11);
+    }
+
+    #[test]
+    fn lines_are_the_library_s_at_every_level() {
+        same_lines(Level::TRACE, 13);
+    }
+
+    /// The events of [`events`] at `max` give `expected` lines, ours as the library's.
+    fn same_lines(max: Level, expected: usize) {
         let base = || {
             tracing_subscriber::fmt()
                 .json()
                 .flatten_event(true)
                 .with_current_span(false)
-                .with_max_level(Level::INFO)
+                .with_max_level(max)
         };
         let library = lines_of(|w| base().with_writer(w).into());
         let ours = lines_of(|w| base().with_writer(w).event_format(JsonLine::new()).into());
-        assert_eq!(library.len(), 9, "{library:#?}");
+        assert_eq!(library.len(), expected, "{library:#?}");
         assert_eq!(ours.len(), library.len(), "{ours:#?}");
         let cut = |line: &str| {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();

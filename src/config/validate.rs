@@ -1860,6 +1860,14 @@ impl Validator {
                 None
             }
         };
+        if consumer.is_some()
+            && raw.dynamic_metadata == Some(false)
+            && raw.upstream_consumer_header.is_none()
+        {
+            self.warn(format!(
+                "{section}: consumer_claim with dynamic_metadata = false and no upstream_consumer_header: the consumer is required but passed on nowhere"
+            ));
+        }
         let mut taken: Vec<(&str, HeaderName)> = upstream_headers
             .iter()
             .map(|h| ("upstream_headers_names", h.name.clone()))
@@ -2083,6 +2091,29 @@ policy = "api"
             "x-issuer"
         );
         assert_eq!(cfg.providers[0].leeway_secs, 30);
+    }
+
+    /// `dynamic_metadata` defaults to true; a consumer that goes nowhere (no metadata, no header) is a warning.
+    #[test]
+    fn dynamic_metadata_setting() {
+        let policy = |extra: &str| {
+            format!(
+                "{GOOD}\n[policies.more]\nprovider = \"okta\"\nauth_methods = [\"bearer\"]\nconsumer_claim = [\"sub\"]\n{extra}"
+            )
+        };
+        let nowhere = |cfg: &Config| cfg.warnings.iter().any(|w| w.contains("passed on nowhere"));
+        let cfg = Config::from_toml(&policy("")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(cfg.policies.iter().all(|p| p.dynamic_metadata));
+        assert!(!nowhere(&cfg), "{:?}", cfg.warnings);
+        let cfg = Config::from_toml(&policy("dynamic_metadata = false"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!cfg.policies[1].dynamic_metadata && cfg.policies[0].dynamic_metadata);
+        assert!(nowhere(&cfg), "{:?}", cfg.warnings);
+        let cfg = Config::from_toml(&policy(
+            "dynamic_metadata = false\nupstream_consumer_header = \"x-consumer\"",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!nowhere(&cfg), "{:?}", cfg.warnings);
     }
 
     /// Issue 15 items 3, 5, 7: the settings land in the model, their headers are controlled, and the defaults are
