@@ -1,4 +1,4 @@
-//! The JSON log line, written straight into the line buffer: byte for byte what tracing-subscriber's JSON format
+//! The JSON log line, built in one buffer and written at once: byte for byte what tracing-subscriber's JSON format
 //! (`json().flatten_event(true).with_current_span(false)`) writes, without its per-event costs (a `String` for the
 //! timestamp formatted from scratch, serde's serializer over a UTF-8-checking adaptor, one check per event for a
 //! `log` record). An event inside a span, or a `log` record, is handed to that format itself (it prints the span
@@ -48,7 +48,7 @@ where
     fn format_event(
         &self,
         ctx: &FmtContext<'_, S, N>,
-        writer: Writer<'_>,
+        mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
         let meta = event.metadata();
@@ -57,26 +57,15 @@ where
             return self.library.format_event(ctx, writer, event);
         }
         // The line is built in a buffer of this thread's (plain `String` pushes, no dynamic `fmt::Write` call per
-        // piece) and handed over in one write. A `Debug` value that logs while being formatted finds the buffer
-        // taken: that inner event goes to the library's format.
-        // `try_with`: a thread being torn down may have dropped the buffer already; the library then writes.
-        let mut writer = Some(writer);
-        let built = LINE.try_with(|line| {
-            let Ok(mut line) = line.try_borrow_mut() else {
-                return None;
-            };
-            let written = build_line(&mut line, event).and_then(|()| {
-                writer
-                    .take()
-                    .map_or(Err(fmt::Error), |mut w| w.write_str(&line))
-            });
-            Some(written)
+        // piece) and handed over in one write. The library's format writes instead when that buffer is taken (a
+        // `Debug` value that logs while being formatted) or gone (a thread being torn down).
+        let built = LINE.try_with(|cell| {
+            let mut line = cell.try_borrow_mut().ok()?;
+            Some(build_line(&mut line, event).and_then(|()| writer.write_str(&line)))
         });
-        match (built, writer) {
-            (Ok(Some(result)), _) => result,
-            (_, Some(writer)) => self.library.format_event(ctx, writer, event),
-            // Unreachable: the line was built only when the writer was taken.
-            (_, None) => Err(fmt::Error),
+        match built {
+            Ok(Some(result)) => result,
+            _ => self.library.format_event(ctx, writer, event),
         }
     }
 }
