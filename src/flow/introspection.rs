@@ -15,9 +15,9 @@ use serde_json::{Map, Value};
 use crate::cache::{self, Expires};
 use crate::clock::Clock;
 use crate::config::{MAX_TOKEN_BYTES, Policy};
-use crate::flow::Shared;
 use crate::flow::bearer::{Verified, not_access_token, unverified_not_access_token};
 use crate::flow::claims::{self, TimeError};
+use crate::flow::{NoAnswer, Shared, Standing, cached_idp_answer};
 use crate::provider::{IdpError, Provider};
 use crate::telemetry::Metrics;
 
@@ -56,7 +56,7 @@ enum Answer {
     },
 }
 
-impl Answer {
+impl Standing for Answer {
     /// Until when the answer is kept.
     fn until(&self) -> u64 {
         match self {
@@ -64,11 +64,6 @@ impl Answer {
             | Answer::Inactive { until }
             | Answer::Refused { until } => *until,
         }
-    }
-
-    /// Whether the answer still stands at `now`.
-    fn stands(&self, now: u64) -> bool {
-        now < self.until()
     }
 }
 
@@ -171,51 +166,28 @@ impl Introspector {
             return Err(IntrospectionError::Malformed);
         }
         // An ID token (or another JWT that says it is no access token) is never sent to be introspected: some
-        // providers would call it active. Decided on a miss only: such a token is never cached (the cache key
-        // holds the whole token), so a hit is a token that passed.
-        let not_access_token = || unverified_not_access_token(token, provider);
+        // providers would call it active.
         let caching = policy.cache_introspection_secs > 0 || policy.cache_ttl_neg_secs > 0;
-        let answer = if !caching {
-            if not_access_token() {
-                return Err(IntrospectionError::Invalid);
-            }
-            self.ask(provider, policy, token)
-                .await
-                .map_err(IntrospectionError::Idp)?
-        } else {
-            let k = cache::key(&[provider.name(), policy.name.as_str(), token]);
-            // The clock decides when an answer expires (the cache may keep it a moment longer).
-            let now = self.clock.now();
-            let hit = match self.cache.get(&k).await {
-                Some(a) if !a.stands(now) => {
-                    self.cache.invalidate(&k).await;
-                    None
+        let key = caching.then(|| cache::key(&[provider.name(), policy.name.as_str(), token]));
+        let answer = cached_idp_answer(
+            &self.cache,
+            &*self.clock,
+            &self.metrics,
+            "introspection",
+            key,
+            || unverified_not_access_token(token, provider),
+            |k| async move {
+                match k {
+                    Some(k) => self.ask_shared(&k, provider, policy, token).await,
+                    None => self.ask(provider, policy, token).await,
                 }
-                other => other,
-            };
-            match hit {
-                Some(a) => {
-                    self.metrics.cache_lookup("introspection", true);
-                    a
-                }
-                None => {
-                    if not_access_token() {
-                        return Err(IntrospectionError::Invalid);
-                    }
-                    self.metrics.cache_lookup("introspection", false);
-                    let answer = self
-                        .cache
-                        .try_get_with(k, self.ask_shared(&k, provider, policy, token))
-                        .await
-                        .map_err(|e: Arc<IdpError>| IntrospectionError::Idp((*e).clone()))?;
-                    // A zero TTL means "do not keep": drop what try_get_with stored for the waiters.
-                    if !answer.stands(self.clock.now()) {
-                        self.cache.invalidate(&k).await;
-                    }
-                    answer
-                }
-            }
-        };
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            NoAnswer::NotAccessToken => IntrospectionError::Invalid,
+            NoAnswer::Idp(e) => IntrospectionError::Idp(e),
+        })?;
         match answer.as_ref() {
             Answer::Inactive { .. } => Err(IntrospectionError::Inactive),
             Answer::Refused { .. } => Err(IntrospectionError::Invalid),

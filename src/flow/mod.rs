@@ -254,6 +254,78 @@ fn chain_for(policy: &crate::config::Policy, jwt: bool) -> ([AuthMethod; 2], usi
 /// the IdP meanwhile, then try it again (so sharing resumes by itself when Redis is back).
 const SHARED_PAUSE: Duration = Duration::from_secs(1);
 
+/// An identity provider's answer about a token (introspection, userinfo) that a cache keeps until `until`.
+pub(crate) trait Standing {
+    /// Until when (Unix seconds) the answer may be reused.
+    fn until(&self) -> u64;
+
+    /// Whether the answer still stands at `now`.
+    fn stands(&self, now: u64) -> bool {
+        now < self.until()
+    }
+}
+
+/// Why [`cached_idp_answer`] has no answer.
+pub(crate) enum NoAnswer {
+    /// A JWT that says it is no access token (an ID token, say): never sent to the provider.
+    NotAccessToken,
+    /// The provider could not answer.
+    Idp(IdpError),
+}
+
+/// The provider's answer about a token, as introspection and userinfo share it. Without caching (`key` None) every
+/// Check asks (`fetch(None)`). With it: the cached answer while it stands (the clock decides; the cache may keep it
+/// a moment longer), counted under `label`; on a miss, one question for every Check waiting on the same key
+/// (`fetch(Some(key))`, which may find it in the shared store), and an answer that does not stand (a zero TTL) is
+/// dropped once handed out. `not_access_token` is decided on a miss only: such a token is never cached (the key
+/// holds the whole token), so a hit is a token that passed it.
+pub(crate) async fn cached_idp_answer<A, F, Fut>(
+    cache: &moka::future::Cache<crate::cache::Key, Arc<A>>,
+    clock: &dyn Clock,
+    metrics: &Metrics,
+    label: &'static str,
+    key: Option<crate::cache::Key>,
+    not_access_token: impl Fn() -> bool,
+    fetch: F,
+) -> Result<Arc<A>, NoAnswer>
+where
+    A: Standing + Send + Sync + 'static,
+    F: FnOnce(Option<crate::cache::Key>) -> Fut,
+    Fut: std::future::Future<Output = Result<Arc<A>, IdpError>>,
+{
+    let Some(k) = key else {
+        if not_access_token() {
+            return Err(NoAnswer::NotAccessToken);
+        }
+        return fetch(None).await.map_err(NoAnswer::Idp);
+    };
+    let now = clock.now();
+    let hit = match cache.get(&k).await {
+        Some(a) if !a.stands(now) => {
+            cache.invalidate(&k).await;
+            None
+        }
+        other => other,
+    };
+    if let Some(a) = hit {
+        metrics.cache_lookup(label, true);
+        return Ok(a);
+    }
+    if not_access_token() {
+        return Err(NoAnswer::NotAccessToken);
+    }
+    metrics.cache_lookup(label, false);
+    let answer = cache
+        .try_get_with(k, fetch(Some(k)))
+        .await
+        .map_err(|e: Arc<IdpError>| NoAnswer::Idp((*e).clone()))?;
+    // A zero TTL means "do not keep": drop what try_get_with stored for the waiters.
+    if !answer.stands(clock.now()) {
+        cache.invalidate(&k).await;
+    }
+    Ok(answer)
+}
+
 /// The store as the second level of the token methods' caches (and the JWKS refetch limiter): best effort. A
 /// failed or slow store operation (bounded by the store's timeout; logged and counted by [`Store`]) is no answer,
 /// and the store is then skipped for `SHARED_PAUSE` (1 s): the caller goes on with its local cache and the IdP, so a

@@ -19,8 +19,8 @@ use serde_json::{Map, Value};
 use crate::cache::{self, Expires};
 use crate::clock::Clock;
 use crate::config::{MAX_TOKEN_BYTES, Policy};
-use crate::flow::Shared;
 use crate::flow::bearer::{Verified, unverified_not_access_token};
+use crate::flow::{NoAnswer, Shared, Standing, cached_idp_answer};
 use crate::provider::{Endpoint, IdpError, Provider};
 use crate::telemetry::Metrics;
 
@@ -47,15 +47,11 @@ enum Answer {
     Refused { until: u64 },
 }
 
-impl Answer {
+impl Standing for Answer {
     fn until(&self) -> u64 {
         match self {
             Answer::Valid { until, .. } | Answer::Refused { until } => *until,
         }
-    }
-
-    fn stands(&self, now: u64) -> bool {
-        now < self.until()
     }
 }
 
@@ -154,49 +150,28 @@ impl UserinfoClient {
             return Err(UserinfoError::Malformed);
         }
         // An ID token (or a JWT that says it is no access token) is never sent: the userinfo endpoint takes access
-        // tokens only. Decided on a miss only (such a token is never cached).
-        let not_access_token = || unverified_not_access_token(token, provider);
+        // tokens only.
         let caching = policy.cache_user_info_secs > 0 || policy.cache_ttl_neg_secs > 0;
-        let answer = if !caching {
-            if not_access_token() {
-                return Err(UserinfoError::Invalid);
-            }
-            self.ask(provider, policy, token)
-                .await
-                .map_err(UserinfoError::Idp)?
-        } else {
-            let k = cache::key(&[provider.name(), policy.name.as_str(), token]);
-            let now = self.clock.now();
-            let hit = match self.cache.get(&k).await {
-                Some(a) if !a.stands(now) => {
-                    self.cache.invalidate(&k).await;
-                    None
+        let key = caching.then(|| cache::key(&[provider.name(), policy.name.as_str(), token]));
+        let answer = cached_idp_answer(
+            &self.cache,
+            &*self.clock,
+            &self.metrics,
+            "userinfo",
+            key,
+            || unverified_not_access_token(token, provider),
+            |k| async move {
+                match k {
+                    Some(k) => self.ask_shared(&k, provider, policy, token).await,
+                    None => self.ask(provider, policy, token).await,
                 }
-                other => other,
-            };
-            match hit {
-                Some(a) => {
-                    self.metrics.cache_lookup("userinfo", true);
-                    a
-                }
-                None => {
-                    if not_access_token() {
-                        return Err(UserinfoError::Invalid);
-                    }
-                    self.metrics.cache_lookup("userinfo", false);
-                    let answer = self
-                        .cache
-                        .try_get_with(k, self.ask_shared(&k, provider, policy, token))
-                        .await
-                        .map_err(|e: Arc<IdpError>| UserinfoError::Idp((*e).clone()))?;
-                    // A zero TTL means "do not keep": drop what try_get_with stored for the waiters.
-                    if !answer.stands(self.clock.now()) {
-                        self.cache.invalidate(&k).await;
-                    }
-                    answer
-                }
-            }
-        };
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            NoAnswer::NotAccessToken => UserinfoError::Invalid,
+            NoAnswer::Idp(e) => UserinfoError::Idp(e),
+        })?;
         match answer.as_ref() {
             Answer::Refused { .. } => Err(UserinfoError::Invalid),
             Answer::Valid { verified, .. } => Ok(verified.clone()),
