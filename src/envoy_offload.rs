@@ -74,7 +74,14 @@ pub fn not_offloadable(cfg: &Config, p: &Policy) -> Option<String> {
             provider.name
         ));
     }
-    if provider.audiences.is_empty() && !p.allow_any_audience {
+    if p.allow_any_audience {
+        // oidc-authz refuses a token whose `aud` is exactly its own client_id (an ID token of its login); without
+        // audiences jwt_authn would take it.
+        return Some(
+            "allow_any_audience: jwt_authn cannot refuse ID tokens by their audience".into(),
+        );
+    }
+    if provider.audiences.is_empty() {
         return Some(format!("provider {} has no audiences", provider.name));
     }
     None
@@ -212,10 +219,18 @@ fn jwt_provider(p: &Policy, provider: &ProviderConfig, jwks: &Url, cluster: &str
 /// The RBAC principal of a policy: an access token (no ID-token marks) meeting every requirement.
 fn principal(p: &Policy) -> Value {
     let mut ids: Vec<Value> = vec![
-        // an ID token (nonce) or a Keycloak refresh/ID token is never an access token
+        // an ID token (nonce, at_hash, c_hash, s_hash), a Keycloak refresh/ID token or a Cognito token other than
+        // an access token is never an access token (flow::bearer::not_access_token, as Envoy can say it)
         json!({ "not_id": meta(&["nonce"], json!({ "present_match": true })) }),
+        json!({ "not_id": meta(&["at_hash"], json!({ "present_match": true })) }),
+        json!({ "not_id": meta(&["c_hash"], json!({ "present_match": true })) }),
+        json!({ "not_id": meta(&["s_hash"], json!({ "present_match": true })) }),
         json!({ "not_id": meta(&["typ"], json!({ "string_match": {
             "safe_regex": { "regex": "(?i)id|refresh|offline|logout" } } })) }),
+        json!({ "not_id": { "and_ids": { "ids": [
+            meta(&["token_use"], json!({ "present_match": true })),
+            { "not_id": meta(&["token_use"], json!({ "string_match": { "exact": "access", "ignore_case": true } })) },
+        ] } } }),
     ];
     for r in p.access.requirements() {
         ids.push(requirement(r));
@@ -280,10 +295,24 @@ fn jwks_cluster(name: &str, u: &Url) -> Value {
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
                 "sni": host,
+                "common_tls_context": { "validation_context": verified_peer(host, literal) },
             },
         });
     }
     c
+}
+
+/// TLS validation of an upstream named `host`: the system's CA bundle (Debian's path) and the host in the
+/// certificate's subject alternative names. Without a `validation_context` Envoy verifies nothing: anyone between
+/// Envoy and the JWKS host could serve keys of its own.
+pub(crate) fn verified_peer(host: &str, ip_literal: bool) -> Value {
+    json!({
+        "trusted_ca": { "filename": "/etc/ssl/certs/ca-certificates.crt" },
+        "match_typed_subject_alt_names": [{
+            "san_type": if ip_literal { "IP_ADDRESS" } else { "DNS" },
+            "matcher": { "exact": host },
+        }],
+    })
 }
 
 #[cfg(test)]
@@ -384,9 +413,25 @@ auth_methods = ["bearer"]
         let g = out();
         let p = &g.doc["per_route"]["api"][RBAC]["rbac"]["rules"]["policies"]["api"];
         let ids = p["principals"][0]["and_ids"]["ids"].as_array().unwrap();
-        // two ID-token guards, then the scopes requirement
-        assert_eq!(ids.len(), 3);
-        let alts = ids[2]["or_ids"]["ids"].as_array().unwrap();
+        // six ID-token guards (nonce, at_hash, c_hash, s_hash, typ, token_use), then the scopes requirement
+        assert_eq!(ids.len(), 7);
+        let guarded: Vec<&str> = ids[..6]
+            .iter()
+            .map(|g| {
+                let m = &g["not_id"]["metadata"];
+                let m = if m.is_null() {
+                    &g["not_id"]["and_ids"]["ids"][0]["metadata"]
+                } else {
+                    m
+                };
+                m["path"][1]["key"].as_str().unwrap()
+            })
+            .collect();
+        assert_eq!(
+            guarded,
+            ["nonce", "at_hash", "c_hash", "s_hash", "typ", "token_use"]
+        );
+        let alts = ids[6]["or_ids"]["ids"].as_array().unwrap();
         assert_eq!(alts.len(), 2);
         let first = alts[0]["and_ids"]["ids"].as_array().unwrap();
         assert_eq!(first.len(), 2);
@@ -405,6 +450,25 @@ auth_methods = ["bearer"]
         let re = regex::Regex::new(&format!("^(?:{re})$")).unwrap();
         assert!(re.is_match("api:read api:write") && re.is_match("api:write"));
         assert!(!re.is_match("api:writer") && !re.is_match("xapi:write"));
+    }
+
+    #[test]
+    fn the_jwks_host_s_certificate_is_verified() {
+        let g = out();
+        let clusters = g.doc["clusters"].as_array().unwrap();
+        let tls = clusters
+            .iter()
+            .find_map(|c| c.get("transport_socket"))
+            .expect("an https JWKS cluster");
+        let v = &tls["typed_config"]["common_tls_context"]["validation_context"];
+        assert_eq!(
+            v["trusted_ca"]["filename"],
+            "/etc/ssl/certs/ca-certificates.crt"
+        );
+        assert_eq!(
+            v["match_typed_subject_alt_names"][0],
+            json!({ "san_type": "DNS", "matcher": { "exact": "idp.example.com" } })
+        );
     }
 
     #[test]
@@ -457,6 +521,14 @@ auth_methods = ["bearer"]
             ),
             None
         );
+        // Any audience: jwt_authn would take an ID token of our login (aud = client_id), which oidc-authz refuses.
+        let any = Config::from_toml(&format!(
+            "{}allow_any_audience = true\n",
+            base.replace("audiences = [\"a\"]\n", "client_id = \"app\"\n")
+        ))
+        .unwrap();
+        let reason = not_offloadable(&any, &any.policies[0]).expect("offloaded");
+        assert!(reason.contains("allow_any_audience"), "{reason}");
     }
 
     #[test]

@@ -91,9 +91,19 @@ fn import_kong(file: &std::path::Path, out: Option<&std::path::Path>) -> ExitCod
     }
     match out {
         Some(dir) => {
+            // Owner-only: the config holds the client secret and fresh session secrets.
             let write = |name: &str, text: &str| {
+                use std::io::Write;
                 let path = dir.join(name);
-                std::fs::write(&path, text).map(|()| path)
+                let mut options = std::fs::OpenOptions::new();
+                options.write(true).create(true).truncate(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                let mut f = options.open(&path)?;
+                f.write_all(text.as_bytes())?;
+                #[cfg(unix)]
+                f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+                Ok::<_, std::io::Error>(path)
             };
             for (name, text) in [
                 ("oidc-authz.toml", &import.config_toml),

@@ -47,7 +47,25 @@ fn the_four_tutorials_import_to_configs_check_config_accepts() {
         );
         let config = dir.path().join("oidc-authz.toml");
         let toml = std::fs::read_to_string(&config).unwrap();
-        assert!(toml.contains(flow), "{file}: no {flow} in\n{toml}");
+        let parsed: toml::Value = toml::from_str(&toml).unwrap();
+        let methods: Vec<&str> = parsed["policies"]
+            .as_table()
+            .unwrap()
+            .values()
+            .flat_map(|p| p["auth_methods"].as_array().unwrap())
+            .filter_map(|m| m.as_str())
+            .collect();
+        assert!(
+            methods.contains(&flow),
+            "{file}: no {flow} in {methods:?}\n{toml}"
+        );
+        // It holds the client secret and session secrets: owner-only.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&config).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{file}: oidc-authz.toml mode {mode:o}");
+        }
         let envoy = std::fs::read_to_string(dir.path().join("envoy-routes.yaml")).unwrap();
         assert!(envoy.contains("context_extensions"), "{file}:\n{envoy}");
         let check = bin()
