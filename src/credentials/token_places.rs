@@ -175,7 +175,7 @@ fn form_token<'a>(form: &'a [u8], texts: &FormTexts) -> Option<Found<'a>> {
             let semicolon = segment
                 .windows(ACCESS_TOKEN_PARAM.len() + 2)
                 .any(|w| w[0] == b';' && w[1..].eq_ignore_ascii_case(b"access_token="));
-            if name.eq_ignore_ascii_case(ACCESS_TOKEN_PARAM) || semicolon {
+            if reads_as_access_token(&name) || semicolon {
                 return Some(Err(texts.spelled));
             }
             continue;
@@ -200,6 +200,27 @@ fn form_token<'a>(form: &'a [u8], texts: &FormTexts) -> Option<Found<'a>> {
     found
 }
 
+/// Whether a form field name that is not exactly `access_token` is one some server reads as it: another case
+/// (`Access_Token`), PHP's renaming (a leading space dropped, ` ` and `.` read as `_`, `access_token[]` an array
+/// under `access_token`), or Rails' `access_token[...]`. Envoy's removal of `access_token` would not touch it.
+fn reads_as_access_token(name: &str) -> bool {
+    let name = name.trim_start();
+    // `x[...]` is an array under `x`; a `[` never closed is read as `_` (PHP).
+    let name = match name.split_once('[') {
+        Some((head, rest)) if rest.contains(']') => head,
+        _ => name,
+    };
+    name.len() == ACCESS_TOKEN_PARAM.len()
+        && name.bytes().zip(ACCESS_TOKEN_PARAM.bytes()).all(|(a, b)| {
+            let a = if matches!(a, b' ' | b'.' | b'[') {
+                b'_'
+            } else {
+                a
+            };
+            a.eq_ignore_ascii_case(&b)
+        })
+}
+
 /// Envoy's flag on a Check whose body it cut at `max_request_bytes` (`allow_partial_message`).
 /// The `access_token` field of an RFC 6750 form body: only a non-GET (and non-HEAD) request with an
 /// `application/x-www-form-urlencoded` body is read; `None` for any other request or a form without the field.
@@ -219,9 +240,10 @@ pub fn body_token<'a>(view: &CheckView<'a>) -> Option<Found<'a>> {
     if !media.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
         return None;
     }
+    // Every copy counts (Envoy sends repeated headers as they came): one `identity` before a `gzip` must not hide it.
     if view
-        .header("content-encoding")
-        .is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"))
+        .header_values("content-encoding")
+        .any(|e| e.is_none_or(|e| !e.trim().eq_ignore_ascii_case("identity")))
     {
         return Some(Err(
             "the form body is encoded (Content-Encoding) and cannot be read",
@@ -229,11 +251,13 @@ pub fn body_token<'a>(view: &CheckView<'a>) -> Option<Found<'a>> {
     }
     let body = view.body;
     let partial = view
-        .header("x-envoy-auth-partial-body")
-        .is_some_and(|p| !p.trim().eq_ignore_ascii_case("false"));
+        .header_values("x-envoy-auth-partial-body")
+        .any(|p| p.is_none_or(|p| !p.trim().eq_ignore_ascii_case("false")));
+    // The largest length any copy claims (Envoy refuses conflicting lengths itself; this never trusts the smaller).
     let length = view
-        .header("content-length")
-        .and_then(|l| l.trim().parse::<u64>().ok());
+        .header_values("content-length")
+        .filter_map(|l| l?.trim().parse::<u64>().ok())
+        .max();
     let short = |n: u64| n > body.len() as u64;
     if partial || length.is_some_and(short) || u64::try_from(view.size).is_ok_and(short) {
         if body.is_empty() && !partial {
@@ -487,6 +511,14 @@ mod tests {
             "/x?Access_Token=abc",
             "/x?a=1;access_token=abc",
             "/x?a=1;ACCESS_TOKEN=abc",
+            // PHP's and Rails' readings: `.`, ` ` (also `+`) read as `_`, a leading space dropped, an array
+            "/x?access.token=abc",
+            "/x?access+token=abc",
+            "/x?access%20token=abc",
+            "/x?+access_token=abc",
+            "/x?access_token[]=abc",
+            "/x?access_token[a]=abc",
+            "/x?access[token=abc",
         ] {
             let r = req("GET", q_, &[], "");
             refused(read_as(&q, &r), "spelled otherwise");
@@ -545,6 +577,19 @@ mod tests {
             &body,
         );
         refused(read_as(&b, &r), "Content-Encoding");
+        // Every copy of the header counts: an `identity` first does not hide a `gzip`.
+        let r = req(
+            "POST",
+            "/x",
+            &[
+                FORM,
+                cl,
+                ("content-encoding", "identity"),
+                ("content-encoding", "gzip"),
+            ],
+            &body,
+        );
+        refused(read_as(&b, &r), "Content-Encoding");
         // A form without the field has no token.
         let r = req("POST", "/x", &[FORM, ("content-length", "3")], "a=1");
         assert_eq!(read_as(&b, &r), (Err("none".into()), None));
@@ -577,6 +622,17 @@ mod tests {
             "POST",
             "/x",
             &[FORM, ("x-envoy-auth-partial-body", "true")],
+            &body,
+        );
+        refused(read_as(&b, &r), "truncated");
+        let r = req(
+            "POST",
+            "/x",
+            &[
+                FORM,
+                ("x-envoy-auth-partial-body", "false"),
+                ("x-envoy-auth-partial-body", "true"),
+            ],
             &body,
         );
         refused(read_as(&b, &r), "truncated");
