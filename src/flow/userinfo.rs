@@ -238,14 +238,9 @@ impl UserinfoClient {
                 });
             }
         }
-        let mut claims = parse(&body).inspect_err(|e| {
+        let claims = parse(&body).inspect_err(|e| {
             tracing::error!(provider = %provider.name(), error = %e, "the userinfo endpoint answered something this service cannot use");
         })?;
-        // A userinfo answer rarely says `iss`: the provider that vouched for the token is its issuer (as for
-        // introspection), so headers, metadata and the decision log show the issuer actually used.
-        claims
-            .entry("iss")
-            .or_insert_with(|| Value::String(provider.config.issuer.clone()));
         Ok(Arc::new(Answer::Valid {
             verified: Arc::new(Verified {
                 claims,
