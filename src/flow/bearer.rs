@@ -148,7 +148,9 @@ impl BearerVerifier {
         }
         // Shape and signature are checked in verify_signature; the cache holds only verified tokens.
         let Some(cache) = &self.cache else {
-            return Ok(Arc::new(self.verify_uncached(provider, token).await?));
+            return Ok(Arc::new(
+                Box::pin(self.verify_uncached(provider, token)).await?,
+            ));
         };
         let key = cache::key(&[provider.name(), token]);
         {
@@ -163,7 +165,9 @@ impl BearerVerifier {
             }
             self.metrics.cache_lookup("token", false);
         }
-        let verified = Arc::new(self.verify_uncached(provider, token).await?);
+        // Boxed: verifying (maybe fetching the keys) makes a large future, which inline would be part of (and
+        // copied with) every Check's, cache hits included.
+        let verified = Arc::new(Box::pin(self.verify_uncached(provider, token)).await?);
         cache.insert(key, verified.clone()).await;
         Ok(verified)
     }

@@ -612,6 +612,30 @@ impl ClientCredentials {
     ) -> Result<Arc<str>, CcError> {
         let key = grant_key(provider.name(), creds, &policy.scopes);
         let now = self.clock.now();
+        if let Some(g) = self.cache.get(&key).await
+            && let Grant::Token {
+                access_token,
+                expires_at,
+                ..
+            } = g.as_ref()
+            && *expires_at > now
+        {
+            self.metrics.cache_lookup("client_credentials", true);
+            return Ok(access_token.clone());
+        }
+        // Boxed: the grant's future is large, and inline it would be part of (and copied with) every Check's.
+        Box::pin(self.token_not_cached_here(provider, policy, creds, key, now)).await
+    }
+
+    /// [`ClientCredentials::token`] past this replica's cache: the shared store, the lock-out, the grant.
+    async fn token_not_cached_here(
+        &self,
+        provider: &Provider,
+        policy: &Policy,
+        creds: &ClientCreds,
+        key: cache::Key,
+        now: u64,
+    ) -> Result<Arc<str>, CcError> {
         let cached = match self.cache.get(&key).await {
             Some(g) => Some(g),
             None => self.shared_grant(&key).await,

@@ -297,7 +297,7 @@ where
         if not_access_token() {
             return Err(NoAnswer::NotAccessToken);
         }
-        return fetch(None).await.map_err(NoAnswer::Idp);
+        return Box::pin(fetch(None)).await.map_err(NoAnswer::Idp);
     };
     let now = clock.now();
     let hit = match cache.get(&k).await {
@@ -315,8 +315,8 @@ where
         return Err(NoAnswer::NotAccessToken);
     }
     metrics.cache_lookup(label, false);
-    let answer = cache
-        .try_get_with(k, fetch(Some(k)))
+    // Boxed: the call's future is large, and inline it would be part of (and copied with) every Check's.
+    let answer = Box::pin(cache.try_get_with(k, fetch(Some(k))))
         .await
         .map_err(|e: Arc<IdpError>| NoAnswer::Idp((*e).clone()))?;
     // A zero TTL means "do not keep": drop what try_get_with stored for the waiters.

@@ -622,21 +622,8 @@ impl Login<'_> {
         let needs_refresh = now.saturating_add(s.refresh_leeway) >= opened.valid_until;
         let needs_seen = now.saturating_sub(data.seen) >= SEEN_GRANULARITY;
         if needs_refresh {
-            let Some(rt) = data.rt.as_deref() else {
-                return Err(SessionError::RefreshFailed);
-            };
-            // By the refresh token and the access token it goes with: requests still carrying the cookie from
-            // before a refresh share its result; a session refreshed since (with a provider that keeps the refresh
-            // token) is a new refresh, never the old result again.
-            let key = cache::key(&[self.provider.name(), rt, &data.at]);
-            let refreshed = refreshes
-                .try_get_with(key, self.shared_refresh(&opened, key))
-                .await
-                .map_err(|e| (*e).clone())?;
-            return Ok(ActiveSession {
-                session: refreshed.session.clone(),
-                set_cookies: refreshed.set_cookies.clone(),
-            });
+            // Boxed: the refresh's future is large, and inline it would be part of (and copied with) every Check's.
+            return Box::pin(self.refreshed_session(&opened, refreshes)).await;
         }
         if !needs_seen {
             return Ok(ActiveSession {
@@ -659,6 +646,31 @@ impl Login<'_> {
                 ended_key: opened.ended_key,
             }),
             set_cookies,
+        })
+    }
+
+    /// The session's tokens refreshed: concurrent refreshes here share one (`refreshes`), and across replicas
+    /// [`Login::shared_refresh`].
+    async fn refreshed_session(
+        &self,
+        opened: &OpenedSession,
+        refreshes: &RefreshCache,
+    ) -> Result<ActiveSession, SessionError> {
+        let data = &opened.data;
+        let Some(rt) = data.rt.as_deref() else {
+            return Err(SessionError::RefreshFailed);
+        };
+        // By the refresh token and the access token it goes with: requests still carrying the cookie from
+        // before a refresh share its result; a session refreshed since (with a provider that keeps the refresh
+        // token) is a new refresh, never the old result again.
+        let key = cache::key(&[self.provider.name(), rt, &data.at]);
+        let refreshed = refreshes
+            .try_get_with(key, self.shared_refresh(opened, key))
+            .await
+            .map_err(|e| (*e).clone())?;
+        Ok(ActiveSession {
+            session: refreshed.session.clone(),
+            set_cookies: refreshed.set_cookies.clone(),
         })
     }
 

@@ -174,10 +174,13 @@ impl Logins {
         };
         let cookies = &creds.cookies;
         let method = AuthMethod::AuthorizationCode;
+        // The rare steps are boxed: their futures are large (IdP and store calls), and inline they would make
+        // every Check's future as large, copied on every Check (measured: memcpy was the top symbol of a
+        // store-session Check's profile).
         let step = match creds.intent {
-            Intent::Callback => self.callback(&login, view, cookies).await,
-            Intent::Logout => self.logout(&login, flow, provider, view, cookies).await,
-            Intent::BackchannelLogout => self.backchannel(&login, view).await,
+            Intent::Callback => Box::pin(self.callback(&login, view, cookies)).await,
+            Intent::Logout => Box::pin(self.logout(&login, flow, provider, view, cookies)).await,
+            Intent::BackchannelLogout => Box::pin(self.backchannel(&login, view)).await,
             Intent::Resource if creds.has_token() => return None,
             Intent::Resource => self.resource(&login, view, cookies).await,
         };
@@ -350,7 +353,7 @@ impl Logins {
         }
         let can_login = login.policy.allows(AuthMethod::AuthorizationCode);
         if can_login && is_browser(view) {
-            return match login.start(view).await {
+            return match Box::pin(login.start(view)).await {
                 Ok(r) => {
                     let mut r = r.for_request(cookies);
                     r.set_cookies.extend(clear);
@@ -416,6 +419,18 @@ impl Logins {
             return Ok(hit);
         }
         self.metrics.cache_lookup("session", false);
+        // Boxed: opening (store, signatures) makes a large future, which inline would be copied with every Check's.
+        Box::pin(self.open_session_miss(login, reference, sessions, key)).await
+    }
+
+    /// [`Logins::open_session`] for a session not in `sessions`: opened once for all concurrent Checks with it.
+    async fn open_session_miss(
+        &self,
+        login: &Login<'_>,
+        reference: &str,
+        sessions: &moka::future::Cache<cache::Key, Arc<OpenedSession>>,
+        key: cache::Key,
+    ) -> Result<Arc<OpenedSession>, SessionError> {
         let entry = sessions
             .entry(key)
             .or_try_insert_with(async { login.open_session(reference).await.map(Arc::new) })
