@@ -293,16 +293,50 @@ pub fn to_yaml(v: &Value) -> String {
     out
 }
 
+/// Whether YAML may read `c` as a line break or refuses it unescaped: control characters (C0, DEL, C1 with NEL),
+/// the Unicode line and paragraph separators, and the byte-order mark.
+fn unsafe_in_yaml(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}')
+}
+
+/// `text` made safe for one YAML comment line (after `# `): every character YAML could take as a line break, or
+/// refuses, is written as a `\u{..}` escape, so no config value can end the comment and start YAML of its own.
+pub fn comment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if unsafe_in_yaml(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A double-quoted YAML scalar: JSON's quoting (which YAML reads the same) with the characters JSON leaves raw but
+/// YAML does not take (DEL, C1, the line and paragraph separators, the BOM) as `\uXXXX` escapes.
+fn quoted(s: &str) -> String {
+    let json = Value::String(s.to_string()).to_string();
+    if !json.chars().any(unsafe_in_yaml) {
+        return json;
+    }
+    let mut out = String::with_capacity(json.len() + 8);
+    for c in json.chars() {
+        if unsafe_in_yaml(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn yaml_key(k: &str) -> String {
     let plain = !k.is_empty()
         && k.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
         && !k.starts_with('-');
-    if plain {
-        k.to_string()
-    } else {
-        Value::String(k.to_string()).to_string()
-    }
+    if plain { k.to_string() } else { quoted(k) }
 }
 
 fn scalar(v: &Value) -> Option<String> {
@@ -310,6 +344,7 @@ fn scalar(v: &Value) -> Option<String> {
         Value::Object(m) if m.is_empty() => Some("{}".into()),
         Value::Array(a) if a.is_empty() => Some("[]".into()),
         Value::Object(_) | Value::Array(_) => None,
+        Value::String(s) => Some(quoted(s)),
         other => Some(other.to_string()),
     }
 }
@@ -343,7 +378,11 @@ fn yaml_value(v: &Value, indent: usize, out: &mut String) {
                 }
             }
         }
-        other => out.push_str(&format!("{pad}{other}\n")),
+        other => {
+            if let Some(s) = scalar(other) {
+                out.push_str(&format!("{pad}{s}\n"));
+            }
+        }
     }
 }
 
@@ -410,6 +449,23 @@ session_secret = "UePTBxfdBegqNEpqNNov35u26T1aGX35JU71DtqTevA="
 logout_path = "/oauth2/logout"
 backchannel_logout_path = "/oauth2/backchannel-logout"
 "#;
+
+    #[test]
+    fn no_value_ends_a_comment_or_a_yaml_string() {
+        let hostile = "api\nhttp_filters: []\r\u{85}x\u{2028}y\u{2029}z\u{7f}\u{feff}";
+        let c = comment(hostile);
+        assert!(!c.chars().any(unsafe_in_yaml), "{c:?}");
+        assert!(c.starts_with("api\\u{a}http_filters"), "{c:?}");
+        let doc = json!({ hostile: [hostile, { "k": hostile }] });
+        let yaml = to_yaml(&doc);
+        assert!(
+            !yaml.chars().any(|c| c != '\n' && unsafe_in_yaml(c)),
+            "{yaml:?}"
+        );
+        assert_eq!(yaml.lines().count(), 3, "{yaml}");
+        let back: Value = serde_yaml::from_str(&yaml).expect("valid YAML");
+        assert_eq!(back, doc);
+    }
 
     #[test]
     fn bearer_only_sends_authorization_and_the_controlled_headers() {

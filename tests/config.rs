@@ -136,6 +136,32 @@ fn check_config_exit_codes() {
 }
 
 #[test]
+fn names_that_would_break_generated_yaml_are_all_listed_and_exit_64() {
+    let bad = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/invalid/names.toml");
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let names: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.trim_start().starts_with("- ") && l.contains("the name "))
+        .collect();
+    assert_eq!(names.len(), 4, "{stderr}");
+    // Each shown escaped: the newline of a policy name never starts a line of its own.
+    assert!(
+        !stderr.lines().any(|l| l.starts_with("http_filters")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(r#"the name "api\nhttp_filters: []\n#""#),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn serve_with_bad_config_exits_64_before_binding() {
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = held.local_addr().unwrap().port();

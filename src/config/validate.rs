@@ -37,6 +37,27 @@ pub(super) fn config(value: &Value) -> Result<Config, Vec<ConfigError>> {
     }
 }
 
+/// The longest provider or policy name, in characters.
+pub const MAX_NAME_CHARS: usize = 128;
+
+/// Why a provider or policy name (a table key) is refused, if it is: names go into the generated Envoy config, its
+/// YAML comments and the logs, so none may be empty, overlong, or hold a control character or a Unicode line or
+/// paragraph separator (a quoted TOML key can hold a newline, which would end a YAML comment).
+pub fn name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("is empty")
+    } else if name.chars().count() > MAX_NAME_CHARS {
+        Some("is longer than 128 characters")
+    } else if name
+        .chars()
+        .any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}'))
+    {
+        Some("holds a control character or a line separator")
+    } else {
+        None
+    }
+}
+
 /// Collects errors and warnings while it builds the model.
 #[derive(Default)]
 struct Validator {
@@ -142,7 +163,18 @@ impl Validator {
         match value.as_dict() {
             Some(map) => map
                 .iter()
-                .map(|(name, v)| (name, format!("{key}.{name}"), v))
+                .map(|(name, v)| match name_problem(name) {
+                    None => (name, format!("{key}.{name}"), v),
+                    Some(why) => {
+                        // The key path of its other errors shows the name escaped, never raw.
+                        let shown = format!("{key}.{name:?}");
+                        self.err(ConfigError::Invalid {
+                            section: key.into(),
+                            message: format!("the name {name:?} {why}"),
+                        });
+                        (name, shown, v)
+                    }
+                })
                 .collect(),
             None => {
                 self.err(ConfigError::Invalid {
