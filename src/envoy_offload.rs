@@ -67,6 +67,15 @@ pub fn not_offloadable(cfg: &Config, p: &Policy) -> Option<String> {
                 .into(),
         );
     }
+    if let Some(h) = p
+        .controlled_headers
+        .iter()
+        .find(|h| separators(h.as_str()) > MAX_SPELLED_SEPARATORS)
+    {
+        return Some(format!(
+            "header {h} has more than {MAX_SPELLED_SEPARATORS} '-' or '_': Envoy could not remove every client-sent spelling of it"
+        ));
+    }
     let provider = &cfg.providers[p.provider];
     if provider.jwks_uri.is_none() {
         return Some(format!(
@@ -164,14 +173,25 @@ pub fn plan(cfg: &Config, notes: &mut Vec<String>) -> Plan {
     out
 }
 
+/// The most `-`/`_` separators in a header an offloaded policy controls: each doubles the spellings Envoy must
+/// remove (2^8 = 256 removals). A policy with a longer name stays on ext_authz, which matches any spelling.
+const MAX_SPELLED_SEPARATORS: usize = 8;
+
+/// How many `-` or `_` a header name has.
+fn separators(name: &str) -> usize {
+    name.bytes().filter(|b| matches!(b, b'-' | b'_')).count()
+}
+
 /// Every spelling of a header name with `-` or `_` at each separator (`x-user` and `x_user`): Envoy's header
-/// removal matches a name exactly, and a listener that does not reject underscores passes `x_user` on.
+/// removal matches a name exactly, and a listener that does not reject underscores passes `x_user` on. Only for
+/// names of at most [`MAX_SPELLED_SEPARATORS`] separators ([`not_offloadable`] keeps the others on ext_authz).
 fn spellings(name: &str) -> Vec<String> {
     let parts: Vec<&str> = name.split(['-', '_']).collect();
     let seps = parts.len() - 1;
-    if seps > 8 {
-        return vec![name.to_string()];
-    }
+    assert!(
+        seps <= MAX_SPELLED_SEPARATORS,
+        "not_offloadable keeps a policy with header {name} on ext_authz"
+    );
     (0..1u32 << seps)
         .map(|mask| {
             let mut out = parts[0].to_string();
@@ -507,6 +527,11 @@ auth_methods = ["bearer"]
             (
                 "upstream_consumer_header = \"x-consumer\"\nconsumer_claim = [\"sub\"]\n",
                 "consumer",
+            ),
+            // 9 separators: 512 spellings to remove; ext_authz matches them all
+            (
+                "upstream_headers_claims = [\"sub\"]\nupstream_headers_names = [\"x-a-b-c-d-e-f_g-h-i\"]\n",
+                "more than 8",
             ),
         ] {
             let cfg = Config::from_toml(&format!("{base}{extra}")).expect(extra);
