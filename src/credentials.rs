@@ -81,8 +81,7 @@ impl<'a> Credentials<'a> {
         };
         let places = &policy.bearer_token_places;
         let cookies = if rt.login.is_some() || places.cookie.is_some() {
-            let headers: Vec<&str> = view.header_values("cookie").flatten().collect();
-            RequestCookies::parse(&headers)
+            RequestCookies::from_values(view.header_values("cookie"))
         } else {
             RequestCookies::default()
         };

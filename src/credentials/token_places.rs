@@ -276,8 +276,12 @@ pub fn body_token<'a>(view: &CheckView<'a>) -> Option<Found<'a>> {
     form_token(body, &BODY)
 }
 
-/// The value of the cookie `name` (`None` when absent; two of that name are refused).
+/// The value of the cookie `name` (`None` when absent; two of that name are refused, and so is a `Cookie` header
+/// that is not UTF-8, which may hold a second one).
 pub fn cookie_token<'a>(cookies: &RequestCookies<'a>, name: &str) -> Option<Found<'a>> {
+    if cookies.unreadable() {
+        return Some(Err("a Cookie header is not valid text"));
+    }
     let mut values = cookies.get_all(name);
     match (values.next(), values.next()) {
         (None, _) => None,
@@ -314,8 +318,7 @@ mod tests {
     /// What `read` makes of a request for `list`: the token (or the refusal) and its place.
     fn read_as(list: &[&str], r: &CheckRequest) -> (Result<String, String>, Option<TokenPlace>) {
         let view = CheckView::new(r);
-        let cookie_headers: Vec<&str> = view.header_values("cookie").flatten().collect();
-        let cookies = RequestCookies::parse(&cookie_headers);
+        let cookies = RequestCookies::from_values(view.header_values("cookie"));
         let (auth, place) = read(&view, &places(list), &cookies);
         let got = match auth {
             Authorization::Bearer(t) => Ok(t.into_owned()),
@@ -483,6 +486,38 @@ mod tests {
             "",
         );
         refused(read_as(&all, &r), "cookie is repeated");
+    }
+
+    /// A `Cookie` header that is not UTF-8 may hold a second token cookie: refused, never skipped.
+    #[test]
+    fn a_cookie_header_that_is_not_text_is_refused() {
+        use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+        let raw = |headers: &[(&str, &[u8])]| {
+            let mut http = http_request("GET", "/x", &[]);
+            http.header_map = Some(HeaderMap {
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| HeaderValue {
+                        key: k.to_string(),
+                        value: String::new(),
+                        raw_value: v.to_vec(),
+                    })
+                    .collect(),
+            });
+            check_request(http)
+        };
+        let good = format!("at={JWT}");
+        let second = [b"at=y; x=\xff".as_slice(), b"\xfe"].concat();
+        let r = raw(&[("cookie", good.as_bytes()), ("cookie", &second)]);
+        refused(read_as(&["header", "cookie"], &r), "not valid text");
+        let r = raw(&[("cookie", &second)]);
+        refused(read_as(&["cookie"], &r), "not valid text");
+        // Where the policy reads no token cookie, nothing changes.
+        let r = raw(&[("cookie", &second), ("authorization", b"Bearer abc")]);
+        assert_eq!(read_as(&["header"], &r), ok("abc", TokenPlace::Header));
+        // Read as text, the same two copies are a repeat.
+        let r = raw(&[("cookie", good.as_bytes()), ("cookie", b"at=y")]);
+        refused(read_as(&["cookie"], &r), "cookie is repeated");
     }
 
     #[test]

@@ -279,6 +279,9 @@ pub struct RequestCookies<'a> {
     /// `(name, value)` in request order; the value is trimmed but keeps any surrounding quotes, so `without` can
     /// pass it on unchanged.
     pairs: Vec<(&'a str, &'a str)>,
+    /// A `Cookie` header was not UTF-8 (Envoy's raw `header_map`): its cookies are unknown, so a check that a
+    /// cookie appears once cannot be trusted ([`RequestCookies::unreadable`]).
+    unreadable: bool,
 }
 
 impl fmt::Debug for RequestCookies<'_> {
@@ -303,7 +306,32 @@ impl<'a> RequestCookies<'a> {
                 (!name.is_empty()).then(|| (name, value.trim()))
             })
             .collect();
-        RequestCookies { pairs }
+        RequestCookies {
+            pairs,
+            unreadable: false,
+        }
+    }
+
+    /// Parses the request's `Cookie` header values as [`CheckView::header_values`](crate::request::CheckView)
+    /// gives them: a value that is not UTF-8 (`None`) is not read, but marks the cookies
+    /// [`unreadable`](Self::unreadable).
+    pub fn from_values(values: impl Iterator<Item = Option<&'a str>>) -> Self {
+        let mut unreadable = false;
+        let headers: Vec<&'a str> = values
+            .filter_map(|v| {
+                unreadable |= v.is_none();
+                v
+            })
+            .collect();
+        RequestCookies {
+            unreadable,
+            ..Self::parse(&headers)
+        }
+    }
+
+    /// Whether a `Cookie` header could not be read (not UTF-8): a cookie that must appear once may be in it.
+    pub fn unreadable(&self) -> bool {
+        self.unreadable
     }
 
     /// The value of the first cookie called `name`, without surrounding double quotes.

@@ -213,3 +213,32 @@ async fn a_token_cookie_on_a_login_policy_wins_over_logging_in() {
     .await;
     a.assert_deny(401, "invalid_token");
 }
+
+/// A `Cookie` header Envoy passes as raw bytes that are not UTF-8 may carry a second token cookie: the request is
+/// refused (401, JSON), never allowed on the readable copy.
+#[tokio::test]
+async fn a_cookie_header_that_is_not_text_is_401_on_a_token_cookie_policy() {
+    let (idp, server) = world_with(|s| s.extra(PLACES)).await;
+    let token = idp.mint(json!({}));
+    let other = idp.mint(json!({ "sub": "mallory" }));
+    let mut second = format!("access_token={other}; x=").into_bytes();
+    second.push(0xff);
+    let r = req("/get")
+        .policy("places")
+        .raw()
+        .header("cookie", &format!("access_token={token}"))
+        .header_bytes("cookie", &second);
+    let a = ask(&server, r).await;
+    a.assert_deny(401, "invalid_token");
+    assert!(a.body.contains("not valid text"), "{}", a.body);
+    a.assert_not_echoing(&token);
+    // Readable, the same copies are a repeat.
+    let r = req("/get")
+        .policy("places")
+        .raw()
+        .header("cookie", &format!("access_token={token}"))
+        .header("cookie", &format!("access_token={other}"));
+    let a = ask(&server, r).await;
+    a.assert_deny(401, "invalid_token");
+    assert!(a.body.contains("repeated"), "{}", a.body);
+}
