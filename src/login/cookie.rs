@@ -368,12 +368,16 @@ impl<'a> RequestCookies<'a> {
     /// names; None when nothing is left (so the caller removes the header instead of sending an empty one).
     /// Malformed pairs skipped by `parse` are dropped too.
     pub fn without(&self, names: &[&str]) -> Option<String> {
+        self.without_names(names, &[])
+    }
+
+    /// Like [`without`](Self::without), also dropping every cookie named exactly as one in `exact` (a cookie that
+    /// is never chunked, such as a policy's token cookie).
+    pub fn without_names(&self, chunked: &[&str], exact: &[&str]) -> Option<String> {
         let mut kept = String::new();
-        for (n, v) in self
-            .pairs
-            .iter()
-            .filter(|(n, _)| !names.iter().any(|ours| is_name_or_chunk(n, ours)))
-        {
+        for (n, v) in self.pairs.iter().filter(|(n, _)| {
+            !chunked.iter().any(|ours| is_name_or_chunk(n, ours)) && !exact.contains(n)
+        }) {
             if !kept.is_empty() {
                 kept.push_str("; ");
             }

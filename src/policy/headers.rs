@@ -47,9 +47,7 @@ pub fn allow(
             allowed.remove_headers.push(h.clone());
         }
     }
-    if let Some(settings) = settings {
-        strip_session_cookies(&mut allowed, settings, &creds.cookies);
-    }
+    strip_our_cookies(&mut allowed, policy, settings, &creds.cookies);
     allowed.response_headers = id
         .set_cookies
         .into_iter()
@@ -179,17 +177,27 @@ fn introspection_value(answer: &Map<String, Value>) -> Option<String> {
     Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json))
 }
 
-/// The session and login cookies never go upstream: rewrite the `Cookie` header without them (or drop it).
-fn strip_session_cookies(
+/// The session and login cookies, and the policy's token cookie (`bearer_token_cookie_name`), never go upstream:
+/// rewrite the `Cookie` header without them (or drop it). The token cookie goes like the query's `access_token`: the
+/// token reaches the upstream only in the header the policy sends it in.
+fn strip_our_cookies(
     allowed: &mut Allow,
-    settings: &LoginSettings,
+    policy: &Policy,
+    settings: Option<&LoginSettings>,
     cookies: &RequestCookies<'_>,
 ) {
-    let ours = [settings.cookie_name.as_str(), LOGIN_COOKIE];
-    if !ours.iter().any(|n| cookies.has(n)) {
+    let session: &[&str] = match settings {
+        Some(s) => &[s.cookie_name.as_str(), LOGIN_COOKIE],
+        None => &[],
+    };
+    let token: &[&str] = match &policy.bearer_token_places.cookie {
+        Some(name) => &[name.as_str()],
+        None => &[],
+    };
+    if !session.iter().any(|n| cookies.has(n)) && !token.iter().any(|n| cookies.get(n).is_some()) {
         return;
     }
-    match cookies.without(&ours) {
+    match cookies.without_names(session, token) {
         Some(rest) => allowed.set_headers.push((http::header::COOKIE, rest)),
         None => allowed.remove_headers.push(http::header::COOKIE),
     }

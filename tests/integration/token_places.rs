@@ -242,3 +242,70 @@ async fn a_cookie_header_that_is_not_text_is_401_on_a_token_cookie_policy() {
     a.assert_deny(401, "invalid_token");
     assert!(a.body.contains("repeated"), "{}", a.body);
 }
+
+/// The token cookie is a credential like the query's `access_token`: on an allow it leaves the upstream `Cookie`
+/// header (every copy, the other cookies kept), and the token goes upstream only in the policy's token header.
+#[tokio::test]
+async fn a_token_cookie_is_removed_from_the_upstream_cookie_header() {
+    let (idp, server) = world_with(|s| s.extra(PLACES)).await;
+    let token = idp.mint(json!({}));
+    for raw in [false, true] {
+        let mut r = req("/get")
+            .policy("places")
+            .header("cookie", &format!("a=b; access_token={token}; c=d"));
+        if raw {
+            r = r.raw();
+        }
+        let a = ask(&server, r).await;
+        a.assert_allow();
+        assert_eq!(a.header("cookie"), Some("a=b; c=d"), "raw {raw}: {a:?}");
+        if raw {
+            // A second Cookie header (HTTP/2 may send one per cookie): both are read, the rewrite replaces them.
+            let r = req("/get")
+                .policy("places")
+                .raw()
+                .header("cookie", "a=b")
+                .header("cookie", &format!("access_token={token}"));
+            let a = ask(&server, r).await;
+            a.assert_allow();
+            assert_eq!(a.header("cookie"), Some("a=b"), "{a:?}");
+        }
+        // Alone, the header goes.
+        let a = ask(
+            &server,
+            req("/get")
+                .policy("places")
+                .header("cookie", &format!("access_token={token}")),
+        )
+        .await;
+        a.assert_allow();
+        assert_eq!(a.header("cookie"), None, "{a:?}");
+        assert!(a.remove.iter().any(|h| h == "cookie"), "{a:?}");
+        assert_eq!(
+            a.header("authorization"),
+            Some(format!("Bearer {token}").as_str())
+        );
+    }
+    // On a login policy, next to the session's own cookies; a cookie only named like it (`at_1`) stays.
+    let a = ask(
+        &server,
+        req("/app")
+            .policy("login_cookie")
+            .header("cookie", &format!("at={token}; at_1=keep; other=1")),
+    )
+    .await;
+    a.assert_allow();
+    assert_eq!(a.header("cookie"), Some("at_1=keep; other=1"), "{a:?}");
+    // A header token leaves the cookies alone.
+    let a = ask(
+        &server,
+        req("/get")
+            .policy("places")
+            .bearer(&token)
+            .header("cookie", "a=b"),
+    )
+    .await;
+    a.assert_allow();
+    assert_eq!(a.header("cookie"), None, "{a:?}");
+    assert!(!a.remove.iter().any(|h| h == "cookie"), "{a:?}");
+}
