@@ -249,10 +249,19 @@ impl Deck {
                 "expressions-router routes are not imported".into(),
             );
         }
-        let methods = strings(r.get("methods"))
+        let methods: Vec<String> = strings(r.get("methods"))
             .into_iter()
             .map(|m| m.to_ascii_uppercase())
             .collect();
+        // They become an Envoy `:method` regex and `[[routes]] methods`: HTTP method tokens only.
+        if let Some(m) = methods
+            .iter()
+            .find(|m| m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()))
+        {
+            return Err(ImportError::Shape(format!(
+                "route {name}: method {m:?} is not an HTTP method (letters only)"
+            )));
+        }
         self.routes.push(Route {
             name: name.clone(),
             service,

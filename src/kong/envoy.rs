@@ -54,7 +54,7 @@ fn entries(deck: &Deck, r: &Route, policy: Option<&str>, notes: &mut Vec<Note>) 
             if !r.methods.is_empty() {
                 m["headers"] = json!([{
                     "name": ":method",
-                    "string_match": { "safe_regex": { "regex": r.methods.join("|") } }
+                    "string_match": { "safe_regex": { "regex": r.methods.iter().map(|m| regex::escape(m)).collect::<Vec<_>>().join("|") } }
                 }]);
             }
             let action = match service {

@@ -565,3 +565,32 @@ fn kong_defaults_and_oddities() {
     assert!(matches!(import("[1, 2"), Err(ImportError::Parse(_))));
     assert!(matches!(import("- a\n- b\n"), Err(ImportError::Shape(_))));
 }
+
+/// Route methods become an Envoy `:method` regex: only HTTP method tokens (Kong's own rule, `^%u+$`) are imported,
+/// anything else fails the import instead of widening the route.
+#[test]
+fn route_methods_must_be_method_tokens() {
+    let deck = |methods: Value| {
+        json!({
+            "_format_version": "3.0",
+            "services": [{ "name": "svc", "url": "http://up:8080", "routes": [{
+                "name": "r", "paths": ["/r"], "methods": methods,
+                "plugins": [{ "name": "openid-connect", "config": base() }]
+            }]}]
+        })
+        .to_string()
+    };
+    for bad in [json!(["GET|.*"]), json!(["GET", "P.ST"]), json!([""])] {
+        let err = import_with(&deck(bad.clone()), &mut || "s".into())
+            .expect_err(&bad.to_string())
+            .to_string();
+        assert!(err.contains("not an HTTP method"), "{bad}: {err}");
+    }
+    let i = run(&deck(json!(["get", "POST"])));
+    let doc: Value = serde_yaml::from_str(&i.envoy_yaml).unwrap();
+    let route = &doc["route_config"]["virtual_hosts"][0]["routes"][0];
+    assert_eq!(
+        route["match"]["headers"][0]["string_match"]["safe_regex"]["regex"],
+        "GET|POST"
+    );
+}
