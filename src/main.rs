@@ -81,6 +81,11 @@ fn import_kong(file: &std::path::Path, out: Option<&std::path::Path>) -> ExitCod
     };
     let import = match oidc_authz::kong::import(&text) {
         Ok(i) => i,
+        // Not the input's fault: nothing is written, like a failure to write into --out.
+        Err(e @ oidc_authz::kong::ImportError::Output(_)) => {
+            eprintln!("{}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
         Err(e) => {
             eprintln!("{}: {e}", file.display());
             return ExitCode::from(EXIT_BAD_CONFIG);

@@ -4,7 +4,7 @@ use serde_json::{Map, Value};
 use toml::Table;
 
 use super::deck::Deck;
-use super::{AUTH_METHODS, Mapping, Note, Severity, is_set, param};
+use super::{AUTH_METHODS, ImportError, Mapping, Note, Severity, is_set, param};
 
 /// The converted config and, per route of the deck, the policy it got.
 pub(super) struct Converted {
@@ -593,7 +593,7 @@ pub(super) fn convert(
     deck: &Deck,
     secret: &mut dyn FnMut() -> String,
     notes: &mut Vec<Note>,
-) -> Converted {
+) -> Result<Converted, ImportError> {
     let mut providers: Vec<(String, Table)> = Vec::new();
     let mut policies: Vec<(String, Table)> = Vec::new();
     let mut secrets: Vec<(String, String)> = Vec::new();
@@ -704,15 +704,15 @@ pub(super) fn convert(
     if !routes.is_empty() {
         root.insert("routes".into(), toml::Value::Array(routes));
     }
-    let body = toml::to_string(&root).unwrap_or_default();
-    Converted {
+    let body = super::to_toml(&root)?;
+    Ok(Converted {
         toml: format!(
             "# oidc-authz config imported from a Kong declarative config by `oidc-authz import-kong`.\n\
              # Read the importer's report (stderr) before using it; `FILL-ME` marks a path to fill in.\n\
              # Session secrets are fresh random keys: Kong's sessions do not carry over.\n\n{body}"
         ),
         route_policies,
-    }
+    })
 }
 
 /// Kong matches a regex path from the start of the path (a prefix); oidc-authz's `path_regex` and Envoy's

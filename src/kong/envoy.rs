@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use super::convert::full_match_regex;
 use super::deck::{Deck, Route};
-use super::{Note, Severity};
+use super::{ImportError, Note, Severity};
 
 const EXT_AUTHZ: &str = "envoy.filters.http.ext_authz";
 const PER_ROUTE: &str =
@@ -105,7 +105,11 @@ fn entries(deck: &Deck, r: &Route, policy: Option<&str>, notes: &mut Vec<Note>) 
 
 /// The Envoy YAML: `route_config` (virtual hosts by Kong host, each also holding the host-less routes) and
 /// `clusters`.
-pub(super) fn render(deck: &Deck, policies: &[Option<String>], notes: &mut Vec<Note>) -> String {
+pub(super) fn render(
+    deck: &Deck,
+    policies: &[Option<String>],
+    notes: &mut Vec<Note>,
+) -> Result<String, ImportError> {
     let mut hosts: Vec<String> = deck
         .routes
         .iter()
@@ -189,8 +193,8 @@ pub(super) fn render(deck: &Deck, policies: &[Option<String>], notes: &mut Vec<N
         "route_config": { "name": "kong_import", "virtual_hosts": vhosts },
         "clusters": clusters,
     });
-    let body = serde_yaml::to_string(&doc).unwrap_or_default();
-    format!(
+    let body = super::to_yaml(&doc)?;
+    Ok(format!(
         "# Envoy routes imported from a Kong declarative config by `oidc-authz import-kong`.\n\
          # `route_config` goes in the HTTP connection manager, `clusters` in static_resources; the listener needs\n\
          # the ext_authz filter pointing at oidc-authz (see envoy/envoy.yaml). Each route names its policy in\n\
@@ -198,5 +202,5 @@ pub(super) fn render(deck: &Deck, policies: &[Option<String>], notes: &mut Vec<N
          # Kong normalises paths before it matches routes; Envoy does only when told: set, in the HTTP connection\n\
          # manager, normalize_path: true, merge_slashes: true and path_with_escaped_slashes_action:\n\
          # UNESCAPE_AND_REDIRECT, or `/public/../admin` may match a route without the plugin.\n{body}"
-    )
+    ))
 }

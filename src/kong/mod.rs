@@ -905,6 +905,19 @@ pub enum ImportError {
     /// Parsed, but not the shape of a decK file.
     #[error("not a Kong declarative config: {0}")]
     Shape(String),
+    /// An output could not be serialized (never written empty instead).
+    #[error("cannot write the imported {0}")]
+    Output(String),
+}
+
+/// The TOML text of an output; a failure is an [`ImportError`], never an empty output.
+fn to_toml<T: serde::Serialize + ?Sized>(v: &T) -> Result<String, ImportError> {
+    toml::to_string(v).map_err(|e| ImportError::Output(format!("oidc-authz.toml: {e}")))
+}
+
+/// The YAML text of an output; a failure is an [`ImportError`], never an empty output.
+fn to_yaml<T: serde::Serialize + ?Sized>(v: &T) -> Result<String, ImportError> {
+    serde_yaml::to_string(v).map_err(|e| ImportError::Output(format!("envoy-routes.yaml: {e}")))
 }
 
 /// Imports a decK file (YAML or JSON text). `secret` makes a fresh session secret (base64 of 32 random bytes).
@@ -912,8 +925,8 @@ pub fn import_with(text: &str, secret: &mut dyn FnMut() -> String) -> Result<Imp
     let doc = deck::parse(text)?;
     let mut notes = Vec::new();
     let deck = deck::Deck::read(&doc, &mut notes)?;
-    let out = convert::convert(&deck, secret, &mut notes);
-    let envoy_yaml = envoy::render(&deck, &out.route_policies, &mut notes);
+    let out = convert::convert(&deck, secret, &mut notes)?;
+    let envoy_yaml = envoy::render(&deck, &out.route_policies, &mut notes)?;
     notes.sort_by_key(|n| std::cmp::Reverse(n.severity));
     Ok(Import {
         config_toml: out.toml,

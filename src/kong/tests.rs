@@ -594,3 +594,20 @@ fn route_methods_must_be_method_tokens() {
         "GET|POST"
     );
 }
+
+/// An output that cannot be serialized is an error, never an empty file written in its place.
+#[test]
+fn an_output_that_cannot_be_serialized_is_an_error() {
+    struct Unwritable;
+    impl serde::Serialize for Unwritable {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("unwritable"))
+        }
+    }
+    for out in [to_toml(&Unwritable), to_yaml(&Unwritable)] {
+        let err = out.expect_err("an error, not an empty output");
+        assert!(matches!(err, ImportError::Output(_)), "{err}");
+        assert!(err.to_string().contains("unwritable"), "{err}");
+    }
+    assert!(to_toml(&toml::Table::new()).is_ok());
+}
