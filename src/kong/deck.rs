@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{ImportError, Note, RESTRICTING_PLUGINS, Severity};
+use super::{ImportError, NON_RESTRICTING_PLUGINS, Note, RESTRICTING_PLUGINS, Severity};
 
 /// The plugin the importer maps.
 pub(super) const OIDC: &str = "openid-connect";
@@ -314,23 +314,21 @@ impl Deck {
                 continue;
             }
             if kind != OIDC {
-                let restricting = RESTRICTING_PLUGINS.contains(&kind);
-                note(
-                    notes,
-                    if restricting {
-                        Severity::Error
-                    } else {
-                        Severity::Unmapped
-                    },
-                    &at,
-                    "",
-                    if restricting {
-                        "restricts access and is not imported: requests it refuses would pass"
-                            .into()
-                    } else {
-                        "not imported (only openid-connect is)".into()
-                    },
-                );
+                let (severity, message) = if RESTRICTING_PLUGINS.contains(&kind) {
+                    (
+                        Severity::Error,
+                        "restricts access and is not imported: requests it refuses would pass",
+                    )
+                } else if NON_RESTRICTING_PLUGINS.contains(&kind) {
+                    (Severity::Unmapped, "not imported (only openid-connect is)")
+                } else {
+                    // Fail closed: a plugin the importer does not know may restrict access.
+                    (
+                        Severity::Error,
+                        "unknown to the importer, so taken as restricting access; not imported: requests it refuses would pass",
+                    )
+                };
+                note(notes, severity, &at, "", message.into());
                 continue;
             }
             if by_scope.iter().any(|(s, _)| *s == scope) {

@@ -813,27 +813,73 @@ pub static AUTH_METHODS: &[(&str, Option<&str>)] = &[
     ("kong_oauth2", None),
 ];
 
-/// Plugins that restrict access: one on a route the import covers cannot be dropped silently (exit 65).
+/// Plugins that restrict access: one on a route the import covers cannot be dropped silently (exit 65). A plugin in
+/// neither this list nor [`NON_RESTRICTING_PLUGINS`] is taken as restricting too (fail closed).
 pub static RESTRICTING_PLUGINS: &[&str] = &[
     "acl",
+    "ai-prompt-guard",
+    "ai-semantic-prompt-guard",
     "basic-auth",
     "bot-detection",
+    "header-cert-auth",
     "hmac-auth",
+    "injection-protection",
     "ip-restriction",
+    "json-threat-protection",
+    "jwe-decrypt",
     "jwt",
     "jwt-signer",
     "key-auth",
     "key-auth-enc",
+    "konnect-application-auth",
     "ldap-auth",
     "ldap-auth-advanced",
+    "mocking",
     "mtls-auth",
+    "oas-validation",
     "oauth2",
     "oauth2-introspection",
     "opa",
+    "request-size-limiting",
     "request-termination",
     "request-validator",
     "route-by-header",
+    "saml",
+    "standard-webhooks",
     "vault-auth",
+    "websocket-validator",
+    "xml-threat-protection",
+];
+
+/// Plugins known not to decide who may reach a route (logs, metrics, traces, transformations, caching, CORS, rate
+/// limits): not imported, listed as `unmapped`. Every plugin not listed here is taken as restricting.
+pub static NON_RESTRICTING_PLUGINS: &[&str] = &[
+    "correlation-id",
+    "cors",
+    "datadog",
+    "file-log",
+    "grpc-gateway",
+    "grpc-web",
+    "http-log",
+    "kafka-log",
+    "loggly",
+    "opentelemetry",
+    "prometheus",
+    "proxy-cache",
+    "proxy-cache-advanced",
+    "rate-limiting",
+    "rate-limiting-advanced",
+    "request-transformer",
+    "request-transformer-advanced",
+    "response-ratelimiting",
+    "response-transformer",
+    "response-transformer-advanced",
+    "statsd",
+    "statsd-advanced",
+    "syslog",
+    "tcp-log",
+    "udp-log",
+    "zipkin",
 ];
 
 /// How serious a [`Note`] is.

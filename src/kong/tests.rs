@@ -263,9 +263,31 @@ fn restricting_plugins_fail_the_import_others_are_listed() {
     };
     assert!(run(&deck("acl")).has_errors());
     assert!(run(&deck("ip-restriction")).has_errors());
+    for auth in ["saml", "header-cert-auth"] {
+        assert!(run(&deck(auth)).has_errors(), "{auth}");
+    }
+    // A plugin the importer does not know may restrict access: fail closed.
+    let i = run(&deck("my-custom-auth"));
+    assert!(i.has_errors());
+    assert!(
+        i.notes
+            .iter()
+            .any(|n| n.at.contains("my-custom-auth") && n.message.contains("unknown")),
+        "{:?}",
+        i.notes
+    );
     let i = run(&deck("correlation-id"));
     assert!(!i.has_errors());
     assert!(i.notes.iter().any(|n| n.at.contains("correlation-id")));
+    // The two lists do not overlap, and openid-connect is in neither.
+    for p in RESTRICTING_PLUGINS {
+        assert!(!NON_RESTRICTING_PLUGINS.contains(p), "{p}");
+    }
+    assert!(
+        ![RESTRICTING_PLUGINS, NON_RESTRICTING_PLUGINS]
+            .concat()
+            .contains(&"openid-connect")
+    );
 }
 
 const PRECEDENCE: &str = r#"
