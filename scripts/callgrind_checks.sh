@@ -6,7 +6,8 @@
 # Scenarios: noop (the no-op Check server, `loadgen noop`), same-jwt, fresh-jwt (a never-seen RS256 token each
 # Check), session (cookie), session-store (a Redis of its own), cc-cached, intro-cached, and same-jwt-log (same-jwt
 # logging as shipped: `info`, one line per decision, to a file; every other scenario runs with RUST_LOG=warn like
-# `loadgen bench`). Default: all of them.
+# `loadgen bench`). Default: all of them. `noop-as-S` (named only, after S in the same call): the no-op answering
+# every Check with the answer the server gave S's last Check (`loadgen noop --answer-file`): the answer's share.
 #
 # Each scenario starts the server under `valgrind --tool=callgrind`; `loadgen count` sends W warm-up Checks,
 # zeroes the counters (`callgrind_control -z`), sends N Checks one at a time, and dumps (`callgrind_control -d`):
@@ -47,7 +48,7 @@ ISSUER=$(head -1 "$OUT/idp.out")
 
 REDIS_PORT=""
 for s in "${SCENARIOS[@]}"; do
-  if [ "$s" = session-store ] && [ -z "$REDIS_PORT" ]; then
+  if { [ "$s" = session-store ] || [ "$s" = noop-as-session-store ]; } && [ -z "$REDIS_PORT" ]; then
     REDIS_PORT=$(free_port)
     redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >/dev/null 2>&1 &
     PIDS+=($!)
@@ -62,10 +63,18 @@ for s in "${SCENARIOS[@]}"; do
     same-jwt-log) drive=same-jwt; log=info ;;
     session-store) redis_args=(--redis "$REDIS_PORT") ;;
   esac
+  replay=()
+  case $s in
+    noop-as-*)
+      drive=${s#noop-as-}
+      [ "$drive" = session-store ] && redis_args=(--redis "$REDIS_PORT")
+      [ -f "$OUT/$drive.answer.pb" ] || { echo "$s: run $drive before it (its answer is replayed)" >&2; exit 1; }
+      replay=(--answer-file "$OUT/$drive.answer.pb") ;;
+  esac
   rm -f "$OUT/$s".*
-  if [ "$s" = noop ]; then
-    drive=same-jwt
-    valgrind --tool=callgrind --callgrind-out-file="$OUT/$s.%p" "$NOOP" noop --addr "127.0.0.1:$grpc" \
+  if [ "$s" = noop ] || [ ${#replay[@]} -gt 0 ]; then
+    [ "$s" = noop ] && drive=same-jwt
+    valgrind --tool=callgrind --callgrind-out-file="$OUT/$s.%p" "$NOOP" noop --addr "127.0.0.1:$grpc" "${replay[@]}" \
       >"$OUT/$s.stdout" 2>"$OUT/$s.stderr" &
     pid=$!
     PIDS+=("$pid")
@@ -80,7 +89,7 @@ for s in "${SCENARIOS[@]}"; do
     wait_http "http://127.0.0.1:$admin/readyz" "$pid"
   fi
   "$LOADGEN" count --addr "127.0.0.1:$grpc" --issuer "$ISSUER" --scenario "$drive" --n "$N" \
-    --callgrind-pid "$pid" --warmup "$W" "${redis_args[@]}" >/dev/null
+    --callgrind-pid "$pid" --warmup "$W" "${redis_args[@]}" --save-answer "$OUT/$s.answer.pb" >/dev/null
   kill "$pid"; wait "$pid" 2>/dev/null || true
   total=$(awk '/^(summary|totals):/ {print $2; exit}' "$OUT/$s.$pid.1")
   echo "$s $((total / N))"

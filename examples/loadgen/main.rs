@@ -57,7 +57,8 @@ enum Cmd {
         #[arg(long, default_value = "target/release/oidc-authz")]
         bin: PathBuf,
         /// Only these scenarios (comma-separated): noop, same-jwt, fresh-jwt, cc-cached, intro-cached, session, session-redis, session-store (the last two start a redis-server of their own).
-        /// Run only when named: routes-1, routes-1000-p1, routes-1000-p10, routes-1000-p100 (route selection:
+        /// Run only when named: noop-as-S for S one of those (the no-op answering with oidc-authz's own answer to
+        /// S's request: what the answer alone costs), routes-1, routes-1000-p1, routes-1000-p10, routes-1000-p100 (route selection:
         /// no policy hint, 1 or 1000 `[[routes]]` over 1, 10 or 100 policies) and rss-valid, rss-garbage (the
         /// server's memory after --rss-tokens distinct valid or garbage tokens).
         #[arg(long, value_delimiter = ',')]
@@ -84,6 +85,10 @@ enum Cmd {
         /// that part of it. What Envoy pays to apply an answer, apart from what the Check server pays to decide it.
         #[arg(long, default_value = "nothing", value_parser = ["nothing", "api", "headers", "metadata"])]
         answer: String,
+        /// Answer every Check with this CheckResponse instead (protobuf, as `bench` saves oidc-authz's own answer
+        /// for the `noop-as-*` scenarios): a server whose deciding costs nothing, answering exactly as oidc-authz.
+        #[arg(long)]
+        answer_file: Option<PathBuf>,
     },
     /// Serve the benchmark's fake identity provider (discovery, JWKS, token, introspection) until killed; prints
     /// its issuer URL. For benchmarks through Envoy (scripts/bench_envoy.py).
@@ -147,6 +152,9 @@ enum Cmd {
         /// Warm-up Checks before the counted ones (with --callgrind-pid).
         #[arg(long, default_value_t = 50)]
         warmup: u64,
+        /// Save the last answer here (protobuf; what `noop --answer-file` replays).
+        #[arg(long)]
+        save_answer: Option<PathBuf>,
     },
     /// Drive a running server with one token.
     Run {
@@ -235,7 +243,15 @@ fn noop_answer(what: &str) -> CheckResponse {
     }
 }
 
-async fn serve_noop(addr: SocketAddr, answer: &str) {
+async fn serve_noop(addr: SocketAddr, answer: &str, answer_file: Option<PathBuf>) {
+    let answer = match answer_file {
+        Some(f) => {
+            use prost::Message;
+            let bytes = std::fs::read(&f).expect("read --answer-file");
+            CheckResponse::decode(bytes.as_slice()).expect("--answer-file holds a CheckResponse")
+        }
+        None => noop_answer(answer),
+    };
     // Built exactly like oidc-authz's listener (own TcpListener, TCP_NODELAY on the incoming stream), so the two
     // differ only in what Check does.
     let listener = tokio::net::TcpListener::bind(addr)
@@ -243,9 +259,7 @@ async fn serve_noop(addr: SocketAddr, answer: &str) {
         .expect("bind noop");
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
-        .add_service(AuthorizationServer::new(Noop {
-            answer: noop_answer(answer),
-        }))
+        .add_service(AuthorizationServer::new(Noop { answer }))
         .serve_with_incoming(incoming)
         .await
         .expect("noop server");
@@ -1325,7 +1339,10 @@ async fn bench(
             .collect(),
     );
     // The Redis of the session-redis and session-store scenarios, and a store session saved in it.
-    let redis_wanted = wanted("session-redis") || wanted("session-store");
+    let redis_wanted = wanted("session-redis")
+        || wanted("session-store")
+        || named("noop-as-session-redis")
+        || named("noop-as-session-store");
     let redis = redis_wanted.then(start_redis);
     let store_session = match &redis {
         Some((_, port)) => Some(Arc::new(vec![store_session_request(&issuer, *port).await])),
@@ -1422,6 +1439,50 @@ async fn bench(
             scenarios.push(("session-store", 100_000, store_session.clone(), None, true));
         }
         for (name, cache_entries, reqs, idp_calls, shares) in scenarios {
+            // `noop-as-S` (only when named): the no-op answering every Check with oidc-authz's own answer to S's
+            // request (taken from the server once), driven with S's requests: the ceiling for any server giving
+            // that answer with this gRPC stack, so S's ratio to it is the cost of deciding alone.
+            let replay = format!("noop-as-{name}");
+            if named(&replay) {
+                let redis_port = redis.as_ref().map(|(_, p)| *p).filter(|_| shares);
+                let (p, grpc, admin) = start_authz(
+                    &server_cpus,
+                    &bin,
+                    dir.path(),
+                    &issuer.issuer,
+                    cache_entries,
+                    redis_port,
+                );
+                wait_ready(admin).await;
+                let mut client = connect(grpc, 1).await.remove(0);
+                let answer = client
+                    .check(reqs[0].clone())
+                    .await
+                    .expect("oidc-authz answers")
+                    .into_inner();
+                drop(p);
+                let file = dir.path().join(format!("{replay}.pb"));
+                std::fs::write(&file, prost::Message::encode_to_vec(&answer)).unwrap();
+                let addr = free_addr();
+                let me = std::env::current_exe().unwrap();
+                let _p = Proc(
+                    server_command(&me, &server_cpus)
+                        .args(["noop", "--addr", &addr.to_string(), "--answer-file"])
+                        .arg(&file)
+                        .spawn()
+                        .unwrap(),
+                );
+                wait_port(addr).await;
+                let summary = drive(
+                    &replay,
+                    addr,
+                    reqs.clone(),
+                    duration,
+                    concurrency,
+                    connections,
+                );
+                results.push(summary.await);
+            }
             if !wanted(name) {
                 continue;
             }
@@ -1494,6 +1555,9 @@ async fn bench(
     let mut results: Vec<Summary> = Vec::new();
     for name in [
         "noop",
+        "noop-as-same-jwt",
+        "noop-as-session",
+        "noop-as-session-store",
         "same-jwt",
         "fresh-jwt",
         "cc-cached",
@@ -1642,10 +1706,9 @@ async fn count(
     addr: SocketAddr,
     issuer: String,
     scenario: &str,
-    n: u64,
-    first: u64,
+    (n, first, callgrind): (u64, u64, Option<(u32, u64)>),
     redis: Option<u16>,
-    callgrind: Option<(u32, u64)>,
+    save_answer: Option<PathBuf>,
 ) -> std::process::ExitCode {
     let issuer = Issuer::offline(issuer);
     let warmup = callgrind.map_or(0, |(_, w)| w);
@@ -1667,11 +1730,16 @@ async fn count(
         return std::process::ExitCode::FAILURE;
     }
     let mut allowed = 0u64;
+    let mut last = None;
     for r in counted {
-        if matches!(client.check(r).await.map(|r| r.into_inner().status), Ok(Some(s)) if s.code == 0)
-        {
+        let answer = client.check(r).await.map(|r| r.into_inner());
+        if matches!(&answer, Ok(a) if a.status.as_ref().is_some_and(|s| s.code == 0)) {
             allowed += 1;
         }
+        last = answer.ok();
+    }
+    if let (Some(path), Some(answer)) = (&save_answer, &last) {
+        std::fs::write(path, prost::Message::encode_to_vec(answer)).expect("write --save-answer");
     }
     if let Some((pid, _)) = callgrind
         && !callgrind_control("-d", pid)
@@ -1695,8 +1763,12 @@ fn main() -> std::process::ExitCode {
         .unwrap();
     rt.block_on(async move {
         match cli.cmd {
-            Cmd::Noop { addr, answer } => {
-                serve_noop(addr, &answer).await;
+            Cmd::Noop {
+                addr,
+                answer,
+                answer_file,
+            } => {
+                serve_noop(addr, &answer, answer_file).await;
                 std::process::ExitCode::SUCCESS
             }
             Cmd::Idp { addr } => {
@@ -1745,9 +1817,11 @@ fn main() -> std::process::ExitCode {
                 redis,
                 callgrind_pid,
                 warmup,
+                save_answer,
             } => {
                 let callgrind = callgrind_pid.map(|pid| (pid, warmup));
-                count(addr, issuer, &scenario, n, first, redis, callgrind).await
+                let counting = (n, first, callgrind);
+                count(addr, issuer, &scenario, counting, redis, save_answer).await
             }
             Cmd::Run {
                 addr,
