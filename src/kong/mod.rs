@@ -874,6 +874,7 @@ pub static NON_RESTRICTING_PLUGINS: &[&str] = &[
     "response-ratelimiting",
     "response-transformer",
     "response-transformer-advanced",
+    "session",
     "statsd",
     "statsd-advanced",
     "syslog",

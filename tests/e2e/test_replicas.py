@@ -454,7 +454,10 @@ def test_fifty_logged_in_users_lose_nothing_when_a_replica_is_killed(replicas: R
     # for each failed request: which replica logged a decision for it (one the killed B logged had been decided
     # when B died, so B was killed while answering it)
     cut, failed = _cut_by_the_kill(w, failures)
-    assert not failed, f"{len(failed)} of {total} requests failed: {failed[:5]}\n{stats}"
+    # Envoy's access log lines of the failed requests (flags, details, duration: a retry budget spent shows there)
+    envoy_log = w.components["envoy"].log.read_text(errors="replace").splitlines()
+    seen = [line for line in envoy_log if any(f'{path}"' in line for path, _, _ in failures)]
+    assert not failed, f"{len(failed)} of {total} requests failed: {failed[:5]}\n{seen[:10]}\n{stats}"
     assert len(cut) <= MAX_CUT_BY_THE_KILL, f"{len(cut)} answers cut by the kill: {cut}\n{stats}"
     # no session lost: each answers through A alone (B is dead) ...
     for i, b in enumerate(browsers):
