@@ -1553,11 +1553,7 @@ async fn bench(
         all.extend(results);
     }
     let mut results: Vec<Summary> = Vec::new();
-    for name in [
-        "noop",
-        "noop-as-same-jwt",
-        "noop-as-session",
-        "noop-as-session-store",
+    let deciding = [
         "same-jwt",
         "fresh-jwt",
         "cc-cached",
@@ -1565,11 +1561,13 @@ async fn bench(
         "session",
         "session-redis",
         "session-store",
-        "routes-1",
-        "routes-1000-p1",
-        "routes-1000-p10",
-        "routes-1000-p100",
-    ] {
+    ];
+    let replays = deciding.iter().map(|s| format!("noop-as-{s}"));
+    let names = std::iter::once("noop".to_string())
+        .chain(replays)
+        .chain(deciding.iter().map(|s| s.to_string()))
+        .chain(ROUTE_SCENARIOS.iter().map(|(n, ..)| n.to_string()));
+    for name in names {
         let mut runs: Vec<&Summary> = all.iter().filter(|r| r.name == name).collect();
         if runs.is_empty() {
             continue;
