@@ -194,6 +194,15 @@ fn strip_our_cookies(
         Some(name) => &[name.as_str()],
         None => &[],
     };
+    if session.is_empty() && token.is_empty() {
+        return;
+    }
+    // A Cookie header that is not text cannot be searched for our cookies: none of it goes upstream (a session
+    // cookie in it would be a credential the upstream could replay).
+    if cookies.unreadable() {
+        allowed.remove_headers.push(http::header::COOKIE);
+        return;
+    }
     if !session.iter().any(|n| cookies.has(n)) && !token.iter().any(|n| cookies.get(n).is_some()) {
         return;
     }

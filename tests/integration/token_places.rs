@@ -309,3 +309,22 @@ async fn a_token_cookie_is_removed_from_the_upstream_cookie_header() {
     assert_eq!(a.header("cookie"), None, "{a:?}");
     assert!(!a.remove.iter().any(|h| h == "cookie"), "{a:?}");
 }
+
+/// A `Cookie` header that is not UTF-8 cannot be searched for the session's cookies: on a login policy's allow (by a
+/// bearer token here) it is removed whole, so a session cookie in it never reaches the upstream.
+#[tokio::test]
+async fn a_cookie_header_that_is_not_text_is_removed_upstream_on_a_login_policy() {
+    let (idp, server) = world_with(|s| s.extra(PLACES)).await;
+    let token = idp.mint(json!({}));
+    let mut cookie = b"oidc_authz_session=sealed-session-value; x=".to_vec();
+    cookie.push(0xff);
+    let r = req("/get")
+        .policy("login")
+        .raw()
+        .header("authorization", &format!("Bearer {token}"))
+        .header_bytes("cookie", &cookie);
+    let a = ask(&server, r).await;
+    a.assert_allow();
+    assert!(a.remove.iter().any(|h| h == "cookie"), "{a:?}");
+    assert_eq!(a.header("cookie"), None, "{a:?}");
+}
