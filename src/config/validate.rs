@@ -881,7 +881,10 @@ impl Validator {
             &auth_methods,
             &upstream_headers,
             login.as_ref(),
-            client_credential_headers.as_ref(),
+            (
+                client_credential_headers.as_ref(),
+                upstream_user_info_header.as_ref(),
+            ),
         );
         let access = access.with_claim_rules(extra.forbidden, extra.consumer);
         controlled_headers.extend(extra.controlled);
@@ -1840,7 +1843,10 @@ impl Validator {
         auth_methods: &[AuthMethod],
         upstream_headers: &[UpstreamHeader],
         login: Option<&LoginSettings>,
-        client_credential_headers: Option<&(HeaderName, HeaderName)>,
+        (client_credential_headers, user_info_header): (
+            Option<&(HeaderName, HeaderName)>,
+            Option<&HeaderName>,
+        ),
     ) -> ClaimRulesAndHeaders {
         fn bad_path(p: &[String]) -> bool {
             p.is_empty() || p.iter().any(|k| k.is_empty())
@@ -1910,6 +1916,18 @@ impl Validator {
         if let Some((a, b)) = client_credential_headers {
             taken.push(("client_arg", a.clone()));
             taken.push(("client_secret_arg", b.clone()));
+        }
+        if let Some(h) = user_info_header {
+            // One header, one meaning: the userinfo answer would overwrite (or be overwritten by) the other.
+            if let Some((other, _)) = taken.iter().find(|(_, t)| t == h) {
+                self.err(ConfigError::Conflict {
+                    section: section.into(),
+                    message: format!(
+                        "upstream_user_info_header `{h}` is also {other}: give each its own header"
+                    ),
+                });
+            }
+            taken.push(("upstream_user_info_header", h.clone()));
         }
         let mut controlled = Vec::new();
         let mut own_header = |v: &mut Validator, key: &'static str, h: &str| {
@@ -2280,6 +2298,43 @@ unauthorized_error_message = "Please sign in"
                 .any(|h| h.as_str() == "x-userinfo")
         );
         assert_eq!(p.cache_user_info_secs, 60);
+        // One header, one meaning: the userinfo header may not be another setting's header (either way round).
+        let clashes = [
+            (
+                "upstream_headers_names",
+                ui.replace("\"x-user\"]", "\"X-Userinfo\"]"),
+            ),
+            (
+                "upstream_introspection_header",
+                ui.replace(
+                    "cache_introspection_secs = 60",
+                    "upstream_introspection_header = \"X-USERINFO\"",
+                ),
+            ),
+            (
+                "upstream_consumer_header",
+                ui.replace(
+                    "cache_introspection_secs = 60",
+                    "consumer_claim = [\"sub\"]\nupstream_consumer_header = \"x-userinfo\"",
+                ),
+            ),
+            (
+                "upstream_access_token_header",
+                ui.replace(
+                    "cache_introspection_secs = 60",
+                    "upstream_access_token_header = \"x-userinfo:Bearer\"",
+                ),
+            ),
+        ];
+        for (other, clash) in clashes {
+            let err = Config::from_toml(&clash).unwrap_err().to_string();
+            assert!(
+                err.contains("x-userinfo")
+                    && err.contains(other)
+                    && err.contains("upstream_user_info_header"),
+                "{other}: {err}"
+            );
+        }
         let own = ui.replace("cache_introspection_secs = 60", "cache_user_info_secs = 5");
         assert_eq!(
             Config::from_toml(&own).unwrap().policies[0].cache_user_info_secs,
