@@ -55,6 +55,20 @@ fn every_unknown_key_is_listed_not_just_the_first() {
     }
 }
 
+/// `check-config` of `tests/data/invalid/NAME`: it exits 64; its stderr.
+fn check_config_refuses(name: &str) -> String {
+    let bad = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/invalid")
+        .join(name);
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{name}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_oidc-authz"));
     for (k, _) in std::env::vars() {
@@ -111,14 +125,7 @@ fn check_config_exit_codes() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
 
-    let bad = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/invalid/unknown-names.toml");
-    let out = bin()
-        .args(["check-config", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(64));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = check_config_refuses("unknown-names.toml");
     assert_eq!(
         stderr
             .lines()
@@ -137,14 +144,7 @@ fn check_config_exit_codes() {
 
 #[test]
 fn names_that_would_break_generated_yaml_are_all_listed_and_exit_64() {
-    let bad = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/invalid/names.toml");
-    let out = bin()
-        .args(["check-config", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(64));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = check_config_refuses("names.toml");
     let names: Vec<&str> = stderr
         .lines()
         .filter(|l| l.trim_start().starts_with("- ") && l.contains("the name "))

@@ -1439,20 +1439,24 @@ async fn bench(
             scenarios.push(("session-store", 100_000, store_session.clone(), None, true));
         }
         for (name, cache_entries, reqs, idp_calls, shares) in scenarios {
+            let redis_port = redis.as_ref().map(|(_, p)| *p).filter(|_| shares);
+            let start = || {
+                let dir = dir.path();
+                start_authz(
+                    &server_cpus,
+                    &bin,
+                    dir,
+                    &issuer.issuer,
+                    cache_entries,
+                    redis_port,
+                )
+            };
             // `noop-as-S` (only when named): the no-op answering every Check with oidc-authz's own answer to S's
             // request (taken from the server once), driven with S's requests: the ceiling for any server giving
             // that answer with this gRPC stack, so S's ratio to it is the cost of deciding alone.
             let replay = format!("noop-as-{name}");
             if named(&replay) {
-                let redis_port = redis.as_ref().map(|(_, p)| *p).filter(|_| shares);
-                let (p, grpc, admin) = start_authz(
-                    &server_cpus,
-                    &bin,
-                    dir.path(),
-                    &issuer.issuer,
-                    cache_entries,
-                    redis_port,
-                );
+                let (p, grpc, admin) = start();
                 wait_ready(admin).await;
                 let mut client = connect(grpc, 1).await.remove(0);
                 let answer = client
@@ -1486,15 +1490,7 @@ async fn bench(
             if !wanted(name) {
                 continue;
             }
-            let redis_port = redis.as_ref().map(|(_, p)| *p).filter(|_| shares);
-            let (_p, grpc, admin) = start_authz(
-                &server_cpus,
-                &bin,
-                dir.path(),
-                &issuer.issuer,
-                cache_entries,
-                redis_port,
-            );
+            let (_p, grpc, admin) = start();
             wait_ready(admin).await;
             let before = idp_calls.map(|c| c.load(Ordering::SeqCst));
             let store_before = metric(admin, "oidc_authz_store_requests_total").await;

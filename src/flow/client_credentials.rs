@@ -110,6 +110,20 @@ enum Grant {
     Refused { reason: GrantRefusal, ttl: Duration },
 }
 
+impl Grant {
+    /// The token of a grant that issued one still valid at `now`.
+    fn live_token(&self, now: u64) -> Option<Arc<str>> {
+        match self {
+            Grant::Token {
+                access_token,
+                expires_at,
+                ..
+            } if *expires_at > now => Some(access_token.clone()),
+            _ => None,
+        }
+    }
+}
+
 /// A grant is kept for the TTL it was given when it was made.
 impl Expires for Grant {
     fn ttl(&self, _now: u64) -> Duration {
@@ -612,16 +626,9 @@ impl ClientCredentials {
     ) -> Result<Arc<str>, CcError> {
         let key = grant_key(provider.name(), creds, &policy.scopes);
         let now = self.clock.now();
-        if let Some(g) = self.cache.get(&key).await
-            && let Grant::Token {
-                access_token,
-                expires_at,
-                ..
-            } = g.as_ref()
-            && *expires_at > now
-        {
+        if let Some(token) = self.cache.get(&key).await.and_then(|g| g.live_token(now)) {
             self.metrics.cache_lookup("client_credentials", true);
-            return Ok(access_token.clone());
+            return Ok(token);
         }
         // Boxed: the grant's future is large, and inline it would be part of (and copied with) every Check's.
         Box::pin(self.token_not_cached_here(provider, policy, creds, key, now)).await
@@ -640,16 +647,9 @@ impl ClientCredentials {
             Some(g) => Some(g),
             None => self.shared_grant(&key).await,
         };
-        if let Some(g) = &cached
-            && let Grant::Token {
-                access_token,
-                expires_at,
-                ..
-            } = g.as_ref()
-            && *expires_at > now
-        {
+        if let Some(token) = cached.as_ref().and_then(|g| g.live_token(now)) {
             self.metrics.cache_lookup("client_credentials", true);
-            return Ok(access_token.clone());
+            return Ok(token);
         }
         let guard = self
             .guards
