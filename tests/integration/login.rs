@@ -1229,3 +1229,24 @@ async fn a_session_whose_expired_tokens_were_signed_by_a_rotated_out_key_is_refr
     assert_eq!(a.status, 302, "{a:?}");
     assert_eq!(idp.token_hits(), hits, "no refresh for an invalid token");
 }
+
+/// `upstream_access_token = false`: a session's allow sends no `Authorization` upstream; the ID token header and
+/// the claim headers still go.
+#[tokio::test]
+async fn upstream_access_token_false_keeps_the_sessions_token_here() {
+    let (idp, server) = world_with(|c| {
+        c.edit(
+            "upstream_id_token_header = \"x-id-token\"",
+            "upstream_id_token_header = \"x-id-token\"\nupstream_access_token = false",
+        )
+    })
+    .await;
+    let mut b = Browser::new();
+    let cb = login(&server, &idp, &mut b, "/app/page", "login", "alice").await;
+    assert_eq!(cb.status, 302, "{cb:?}");
+    let a = ask(&server, b.req("/app/page", "login")).await;
+    a.assert_allow();
+    assert_eq!(a.header("authorization"), None, "{a:?}");
+    assert_eq!(a.header("x-user"), Some("alice"));
+    assert!(a.header("x-id-token").unwrap().starts_with("ey"));
+}

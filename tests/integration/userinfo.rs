@@ -146,3 +146,34 @@ async fn introspection_first_then_userinfo() {
     );
     assert_eq!((idp.introspect_hits(), idp.userinfo_hits()), (2, 1));
 }
+
+/// `userinfo_endpoint` on the provider replaces the one its discovery document names: the Check asks the configured
+/// endpoint (another server here), never the discovered one.
+#[tokio::test]
+async fn a_configured_userinfo_endpoint_is_the_one_asked() {
+    let other = MockIdp::start().await;
+    let endpoint = format!("{}/v1/userinfo", other.issuer);
+    let (idp, server) = world_with(|c| {
+        c.extra(POLICY).edit(
+            "jwks_min_refetch_secs = 0",
+            &format!("jwks_min_refetch_secs = 0\nuserinfo_endpoint = \"{endpoint}\""),
+        )
+    })
+    .await;
+    let t = other.userinfo_token(answer());
+    let a = ask(&server, req("/x").policy("ui").bearer(&t)).await;
+    a.assert_allow();
+    assert_eq!(a.header("x-email"), Some("alice@example.com"));
+    assert_eq!(other.userinfo_hits(), 1, "the configured endpoint answered");
+    assert_eq!(
+        idp.userinfo_hits(),
+        0,
+        "the discovered endpoint was not asked"
+    );
+    // A token only the discovered endpoint knows is refused: it is never asked.
+    let only_there = idp.userinfo_token(answer());
+    ask(&server, req("/x").policy("ui").bearer(&only_there))
+        .await
+        .assert_deny(401, "invalid_token");
+    assert_eq!(idp.userinfo_hits(), 0);
+}
