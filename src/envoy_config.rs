@@ -536,6 +536,52 @@ client_secret_arg = "X-Client-Secret"
         assert!(!names.contains(&"cookie".to_string()));
     }
 
+    /// Token places alone (no login): a token cookie makes Envoy send `Cookie`; a form-body token makes it send
+    /// the body of every request of that policy (and the headers that say whether the body is whole and plain).
+    #[test]
+    fn token_places_add_the_cookie_and_the_body_they_read() {
+        let places = |p: &str| {
+            let cookie = if p.contains("cookie") {
+                "bearer_token_cookie_name = \"at\"\n"
+            } else {
+                ""
+            };
+            cfg(&format!(
+                "[policies.tp]\nprovider = \"okta\"\nauth_methods = [\"bearer\"]\nbearer_token_param_type = {p}\n{cookie}"
+            ))
+        };
+        let body_headers = [
+            "content-type",
+            "content-length",
+            "content-encoding",
+            "x-envoy-auth-partial-body",
+        ];
+        let g = generate(&places(r#"["header", "cookie"]"#), &Options::default());
+        let names = exact(&g.doc);
+        assert!(names.contains(&"cookie".to_string()), "{names:?}");
+        assert!(
+            !body_headers.iter().any(|h| names.contains(&h.to_string())),
+            "{names:?}"
+        );
+        assert!(!names.contains(&"accept".to_string()), "{names:?}");
+        let tp = &g.doc["per_route"]["tp"][EXT_AUTHZ]["check_settings"];
+        assert!(tp.get("with_request_body").is_none(), "{tp}");
+
+        let g = generate(&places(r#"["header", "body"]"#), &Options::default());
+        let names = exact(&g.doc);
+        for h in body_headers {
+            assert!(names.contains(&h.to_string()), "{h} missing from {names:?}");
+        }
+        assert!(!names.contains(&"cookie".to_string()), "{names:?}");
+        let tp = &g.doc["per_route"]["tp"][EXT_AUTHZ]["check_settings"];
+        assert_eq!(tp["with_request_body"]["pack_as_bytes"], true, "{tp}");
+        assert_eq!(
+            tp["with_request_body"]["allow_partial_message"], false,
+            "{tp}"
+        );
+        assert_eq!(g.doc["routes"], json!([]));
+    }
+
     #[test]
     fn needs_body_only_for_the_backchannel_path() {
         let c = cfg(&format!("{BEARER}{LOGIN}"));
