@@ -194,10 +194,14 @@ pub struct Generated {
     pub notes: Vec<String>,
 }
 
-const EXT_AUTHZ: &str = "envoy.filters.http.ext_authz";
-const EXT_AUTHZ_TYPE: &str =
+/// The ext_authz filter's name in `http_filters` and `typed_per_filter_config` (envoy-config, the offload and
+/// import-kong write the same).
+pub const EXT_AUTHZ: &str = "envoy.filters.http.ext_authz";
+/// The ext_authz filter's config type.
+pub const EXT_AUTHZ_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";
-const EXT_AUTHZ_PER_ROUTE: &str =
+/// The ext_authz per-route config type (`check_settings`, `disabled`).
+pub const EXT_AUTHZ_PER_ROUTE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute";
 
 /// The ext_authz `http_filters` entry: gRPC to `opts.cluster`, fail closed, only the allowed headers.

@@ -7,13 +7,12 @@ use serde_json::{Value, json};
 use url::Url;
 
 use crate::config::{AuthMethod, Config, Policy, ProviderConfig};
-use crate::envoy_config::{BodyNeed, needs_body};
+use crate::envoy_config::{BodyNeed, EXT_AUTHZ, EXT_AUTHZ_PER_ROUTE, needs_body};
 use crate::policy::access::Requirement;
 
 const JWT_AUTHN: &str = "envoy.filters.http.jwt_authn";
 const RBAC: &str = "envoy.filters.http.rbac";
 const HEADER_MUTATION: &str = "envoy.filters.http.header_mutation";
-const EXT_AUTHZ: &str = "envoy.filters.http.ext_authz";
 /// The key under jwt_authn's dynamic metadata where the verified payload goes (`payload_in_metadata`).
 pub const PAYLOAD_KEY: &str = "jwt_payload";
 
@@ -131,7 +130,7 @@ pub fn plan(cfg: &Config, notes: &mut Vec<String>) -> Plan {
                 } } } },
             },
             EXT_AUTHZ: {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+                "@type": EXT_AUTHZ_PER_ROUTE,
                 "disabled": true,
             },
         });

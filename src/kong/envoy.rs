@@ -7,9 +7,7 @@ use super::convert::full_match_regex;
 use super::deck::{Deck, Route};
 use super::{ImportError, Note, Severity};
 
-const EXT_AUTHZ: &str = "envoy.filters.http.ext_authz";
-const PER_ROUTE: &str =
-    "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute";
+use crate::envoy_config::{EXT_AUTHZ, EXT_AUTHZ_PER_ROUTE as PER_ROUTE};
 
 /// One Envoy route entry and what orders it (Kong's priority: routes with methods first, regex paths before
 /// prefixes, by regex_priority, longer prefixes first).
