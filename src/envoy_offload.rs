@@ -309,29 +309,31 @@ fn jwks_cluster(name: &str, u: &Url) -> Value {
             "address": { "socket_address": { "address": host, "port_value": port } } } }] }] },
     });
     if u.scheme() == "https" {
-        c["transport_socket"] = json!({
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                "sni": host,
-                "common_tls_context": { "validation_context": verified_peer(host, literal) },
-            },
-        });
+        c["transport_socket"] = verified_tls(host);
     }
     c
 }
 
-/// TLS validation of an upstream named `host`: the system's CA bundle (Debian's path) and the host in the
-/// certificate's subject alternative names. Without a `validation_context` Envoy verifies nothing: anyone between
-/// Envoy and the JWKS host could serve keys of its own.
-pub(crate) fn verified_peer(host: &str, ip_literal: bool) -> Value {
-    json!({
-        "trusted_ca": { "filename": "/etc/ssl/certs/ca-certificates.crt" },
-        "match_typed_subject_alt_names": [{
-            "san_type": if ip_literal { "IP_ADDRESS" } else { "DNS" },
-            "matcher": { "exact": host },
-        }],
-    })
+/// The `transport_socket` of a TLS upstream named `host` (a DNS name or an IP literal) whose certificate is
+/// verified: the system's CA bundle (Debian's path) and the host in the certificate's subject alternative names;
+/// SNI is the host when it is a name (RFC 6066 allows no IP literal there). Without a `validation_context` Envoy
+/// verifies nothing: anyone between Envoy and the host could answer in its place (serve keys of its own).
+pub(crate) fn verified_tls(host: &str) -> Value {
+    let ip_literal = host.parse::<std::net::IpAddr>().is_ok();
+    let mut tls = json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": { "validation_context": {
+            "trusted_ca": { "filename": "/etc/ssl/certs/ca-certificates.crt" },
+            "match_typed_subject_alt_names": [{
+                "san_type": if ip_literal { "IP_ADDRESS" } else { "DNS" },
+                "matcher": { "exact": host },
+            }],
+        } },
+    });
+    if !ip_literal {
+        tls["sni"] = json!(host);
+    }
+    json!({ "name": "envoy.transport_sockets.tls", "typed_config": tls })
 }
 
 #[cfg(test)]
@@ -488,6 +490,15 @@ auth_methods = ["bearer"]
             v["match_typed_subject_alt_names"][0],
             json!({ "san_type": "DNS", "matcher": { "exact": "idp.example.com" } })
         );
+        assert_eq!(tls["typed_config"]["sni"], "idp.example.com");
+        // An IP literal: matched as an IP SAN, and no SNI (RFC 6066 allows host names only).
+        let ip = verified_tls("192.0.2.7");
+        let v = &ip["typed_config"]["common_tls_context"]["validation_context"];
+        assert_eq!(
+            v["match_typed_subject_alt_names"][0],
+            json!({ "san_type": "IP_ADDRESS", "matcher": { "exact": "192.0.2.7" } })
+        );
+        assert!(ip["typed_config"].get("sni").is_none(), "{ip}");
     }
 
     #[test]

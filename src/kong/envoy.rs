@@ -171,18 +171,8 @@ pub(super) fn render(
                 }
             });
             if s.protocol == "https" {
-                c["transport_socket"] = json!({
-                    "name": "envoy.transport_sockets.tls",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                        "sni": s.host,
-                        // The upstream's certificate is verified (Kong's default, tls_verify off, is not carried).
-                        "common_tls_context": { "validation_context": crate::envoy_offload::verified_peer(
-                            &s.host,
-                            s.host.parse::<std::net::IpAddr>().is_ok(),
-                        ) }
-                    }
-                });
+                // The upstream's certificate is verified (Kong's default, tls_verify off, is not carried).
+                c["transport_socket"] = crate::envoy_offload::verified_tls(&s.host);
             }
             c
         })
