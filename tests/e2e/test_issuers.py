@@ -136,8 +136,8 @@ def test_a_token_of_one_issuer_claiming_the_other_is_refused(issuers):
     """The first IdP's token with its payload swapped for one naming the second issuer: the `iss` picks the second
     provider, whose keys do not verify the signature. This is a tampered token (the signature no longer covers the
     payload); the case of a token the first IdP really signed with the second's issuer in it needs the first IdP's
-    private key, which oidc-provider keeps in memory: tests/integration/issuers.rs (`a_token_signed_by_one_issuer_claiming_the_other_is_refused`) covers it with the in-process
-    mock IdP."""
+    private key, which oidc-provider keeps in memory: tests/integration/issuers.rs covers it with the in-process
+    mock IdP (`a_token_signed_by_one_issuer_claiming_the_other_is_refused`)."""
     world, second, _ = issuers
     token = world.idp_token(*CC_APP)
     head, _, sig = token.split(".")
