@@ -25,6 +25,10 @@ pub struct Identity {
     pub id_token: Option<String>,
     /// `Set-Cookie` values for the client (a refreshed session, a last-seen update).
     pub set_cookies: Vec<String>,
+    /// The issuer that vouched for it when its claims name none (a userinfo answer, which OpenID Connect does not
+    /// make carry `iss`): for the metadata's `iss` and the decision log, so they show the issuer actually used
+    /// (a policy may list several). The claims themselves stay as the provider gave them.
+    pub issuer: Option<String>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -42,6 +46,14 @@ impl std::fmt::Debug for Identity {
 }
 
 impl Identity {
+    /// The verified issuer: the claims' `iss`, else the issuer that vouched for a token whose claims name none.
+    pub fn iss(&self) -> Option<&str> {
+        self.claims()
+            .get("iss")
+            .and_then(|v| v.as_str())
+            .or(self.issuer.as_deref())
+    }
+
     /// The verified claims, for access control and headers.
     pub fn claims(&self) -> &Map<String, Value> {
         match &self.claims {
@@ -411,6 +423,7 @@ auth_methods = ["bearer", "client_credentials"]
             upstream_authorization: Some("Bearer secret-access-token".into()),
             id_token: Some("secret-id-token".into()),
             set_cookies: vec!["session=secret-cookie; Path=/".into()],
+            issuer: None,
         };
         let refusal = Refusal::insufficient("no").with_cookies(id.set_cookies.clone());
         let auth = Authorization::Bearer("secret-bearer".into());

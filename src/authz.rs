@@ -233,11 +233,7 @@ impl Authorizer {
             Err(refusal) => return Outcome::refused(Some(rt), refusal),
         };
         let (method, sub) = (id.method, id.sub());
-        let iss = id
-            .claims()
-            .get("iss")
-            .and_then(|v| v.as_str())
-            .map(str::to_string);
+        let iss = id.iss().map(str::to_string);
         if let Err(denied) = rt.policy.access.check(id.claims()) {
             let refusal = Refusal::insufficient(denied.to_string())
                 .during(method)

@@ -93,6 +93,9 @@ async fn a_token_the_userinfo_endpoint_knows_is_allowed_with_its_claims_and_head
     let decoded: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(encoded).unwrap()).unwrap();
     assert_eq!(decoded["sub"], "carol");
     assert_eq!(decoded["groups"], json!(["admins"]));
+    // The answer names no issuer: the metadata names the provider asked, the header stays the answer as given.
+    assert_eq!(metadata(&a)["iss"], "https://idp.test");
+    assert!(decoded.get("iss").is_none(), "{decoded}");
     assert!(
         a.remove_headers.iter().any(|h| h.as_str() == "x_userinfo"),
         "{:?}",

@@ -190,7 +190,14 @@ impl TokenMethods {
                     .map_err(|e| token_refusal(name, e)),
             };
             match verified {
-                Ok(verified) => return Ok(token_identity(method, verified)),
+                Ok(verified) => {
+                    let mut id = token_identity(method, verified);
+                    // A userinfo answer need not name its issuer: the provider asked is the one that vouched.
+                    if method == AuthMethod::Userinfo && !id.claims().contains_key("iss") {
+                        id.issuer = Some(provider.config.issuer.clone());
+                    }
+                    return Ok(id);
+                }
                 Err(r) => {
                     let unavailable = r.kind == RefusalKind::Unavailable;
                     refusal = Some(r.during(method));
@@ -452,6 +459,7 @@ fn token_identity(method: AuthMethod, verified: Arc<Verified>) -> Identity {
         upstream_authorization: None,
         id_token: None,
         set_cookies: Vec::new(),
+        issuer: None,
     }
 }
 

@@ -25,7 +25,7 @@ pub fn allow(
 ) -> Allow {
     let policy = &rt.policy;
     let settings = rt.login.as_ref().map(|flow| &flow.settings);
-    let mut allowed = claim_headers(policy, id.method, id.claims());
+    let mut allowed = claim_headers(policy, &id);
     user_info_header(&mut allowed, policy, &id);
     token_headers(&mut allowed, policy, creds, &mut id);
     let id_token_header = settings.and_then(|s| s.upstream_id_token_header.as_ref());
@@ -213,7 +213,8 @@ fn strip_our_cookies(
 }
 
 /// The claim headers and metadata of an allowed request.
-fn claim_headers(policy: &Policy, method: AuthMethod, claims: &Map<String, Value>) -> Allow {
+fn claim_headers(policy: &Policy, id: &Identity) -> Allow {
+    let (method, claims) = (id.method, id.claims());
     let mut out = Allow::default();
     for h in &policy.upstream_headers {
         let value = claim_value(claims, &h.claim)
@@ -232,8 +233,8 @@ fn claim_headers(policy: &Policy, method: AuthMethod, claims: &Map<String, Value
     if let Some(sub) = s("sub") {
         out.metadata.push(("sub", sub));
     }
-    if let Some(iss) = s("iss") {
-        out.metadata.push(("iss", iss));
+    if let Some(iss) = id.iss() {
+        out.metadata.push(("iss", iss.to_string()));
     }
     if let Some(cid) = s("client_id").or_else(|| s("cid")).or_else(|| s("azp")) {
         out.metadata.push(("client_id", cid));

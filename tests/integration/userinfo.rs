@@ -58,6 +58,8 @@ async fn a_token_known_to_userinfo_is_allowed_with_its_claims() {
     )
     .unwrap();
     assert_eq!(decoded, answer());
+    // The answer names no issuer: the metadata names the provider asked.
+    assert_eq!(a.metadata.get("iss"), Some(&idp.issuer));
     a.assert_not_echoing(&t);
     ask(&server, req("/x").policy("ui").bearer(&t))
         .await
