@@ -14,8 +14,8 @@ use serde_json::{Map, Value};
 
 use crate::cache::{self, Expires};
 use crate::clock::Clock;
-use crate::config::{MAX_TOKEN_BYTES, Policy};
-use crate::flow::bearer::{Verified, not_access_token, unverified_not_access_token};
+use crate::config::Policy;
+use crate::flow::bearer::{Verified, not_access_token};
 use crate::flow::claims::{self, TimeError};
 use crate::flow::{NoAnswer, Shared, Standing, cached_idp_answer};
 use crate::provider::{IdpError, Provider};
@@ -159,23 +159,16 @@ impl Introspector {
         policy: &Policy,
         token: &str,
     ) -> Result<Arc<Verified>, IntrospectionError> {
-        if token.is_empty()
-            || token.len() > MAX_TOKEN_BYTES
-            || token.bytes().any(|b| !b.is_ascii_graphic())
-        {
-            return Err(IntrospectionError::Malformed);
-        }
         // An ID token (or another JWT that says it is no access token) is never sent to be introspected: some
         // providers would call it active.
         let caching = policy.cache_introspection_secs > 0 || policy.cache_ttl_neg_secs > 0;
-        let key = caching.then(|| cache::key(&[provider.name(), policy.name.as_str(), token]));
         let answer = cached_idp_answer(
             &self.cache,
             &*self.clock,
             &self.metrics,
             "introspection",
-            key,
-            || unverified_not_access_token(token, provider),
+            (provider, policy, token),
+            caching,
             |k| async move {
                 match k {
                     Some(k) => self.ask_shared(&k, provider, policy, token).await,
@@ -185,6 +178,7 @@ impl Introspector {
         )
         .await
         .map_err(|e| match e {
+            NoAnswer::Malformed => IntrospectionError::Malformed,
             NoAnswer::NotAccessToken => IntrospectionError::Invalid,
             NoAnswer::Idp(e) => IntrospectionError::Idp(e),
         })?;

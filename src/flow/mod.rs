@@ -274,14 +274,17 @@ pub(crate) trait Standing {
 
 /// Why [`cached_idp_answer`] has no answer.
 pub(crate) enum NoAnswer {
+    /// Empty, too long or not visible ASCII: no token at all, never sent.
+    Malformed,
     /// A JWT that says it is no access token (an ID token, say): never sent to the provider.
     NotAccessToken,
     /// The provider could not answer.
     Idp(IdpError),
 }
 
-/// The provider's answer about a token, as introspection and userinfo share it. Without caching (`key` None) every
-/// Check asks (`fetch(None)`). With it: the cached answer while it stands (the clock decides; the cache may keep it
+/// The provider's answer about `token` for `policy`, as introspection and userinfo share it: a token of the wrong
+/// shape is refused first, and one that says it is no access token is never sent. Without `caching` every Check
+/// asks (`fetch(None)`); with it the key is a hash of (provider, policy, token). With it: the cached answer while it stands (the clock decides; the cache may keep it
 /// a moment longer), counted under `label`; on a miss, one question for every Check waiting on the same key
 /// (`fetch(Some(key))`, which may find it in the shared store), and an answer that does not stand (a zero TTL) is
 /// dropped once handed out. `not_access_token` is decided on a miss only: such a token is never cached (the key
@@ -291,8 +294,8 @@ pub(crate) async fn cached_idp_answer<A, F, Fut>(
     clock: &dyn Clock,
     metrics: &Metrics,
     label: &'static str,
-    key: Option<crate::cache::Key>,
-    not_access_token: impl Fn() -> bool,
+    (provider, policy, token): (&crate::provider::Provider, &crate::config::Policy, &str),
+    caching: bool,
     fetch: F,
 ) -> Result<Arc<A>, NoAnswer>
 where
@@ -300,6 +303,14 @@ where
     F: FnOnce(Option<crate::cache::Key>) -> Fut,
     Fut: std::future::Future<Output = Result<Arc<A>, IdpError>>,
 {
+    if token.is_empty()
+        || token.len() > crate::config::MAX_TOKEN_BYTES
+        || token.bytes().any(|b| !b.is_ascii_graphic())
+    {
+        return Err(NoAnswer::Malformed);
+    }
+    let not_access_token = || bearer::unverified_not_access_token(token, provider);
+    let key = caching.then(|| crate::cache::key(&[provider.name(), policy.name.as_str(), token]));
     let Some(k) = key else {
         if not_access_token() {
             return Err(NoAnswer::NotAccessToken);

@@ -18,8 +18,8 @@ use serde_json::{Map, Value};
 
 use crate::cache::{self, Expires};
 use crate::clock::Clock;
-use crate::config::{MAX_TOKEN_BYTES, Policy};
-use crate::flow::bearer::{Verified, unverified_not_access_token};
+use crate::config::Policy;
+use crate::flow::bearer::Verified;
 use crate::flow::{NoAnswer, Shared, Standing, cached_idp_answer};
 use crate::provider::{Endpoint, IdpError, Provider};
 use crate::telemetry::Metrics;
@@ -143,23 +143,16 @@ impl UserinfoClient {
         policy: &Policy,
         token: &str,
     ) -> Result<Arc<Verified>, UserinfoError> {
-        if token.is_empty()
-            || token.len() > MAX_TOKEN_BYTES
-            || token.bytes().any(|b| !b.is_ascii_graphic())
-        {
-            return Err(UserinfoError::Malformed);
-        }
         // An ID token (or a JWT that says it is no access token) is never sent: the userinfo endpoint takes access
         // tokens only.
         let caching = policy.cache_user_info_secs > 0 || policy.cache_ttl_neg_secs > 0;
-        let key = caching.then(|| cache::key(&[provider.name(), policy.name.as_str(), token]));
         let answer = cached_idp_answer(
             &self.cache,
             &*self.clock,
             &self.metrics,
             "userinfo",
-            key,
-            || unverified_not_access_token(token, provider),
+            (provider, policy, token),
+            caching,
             |k| async move {
                 match k {
                     Some(k) => self.ask_shared(&k, provider, policy, token).await,
@@ -169,6 +162,7 @@ impl UserinfoClient {
         )
         .await
         .map_err(|e| match e {
+            NoAnswer::Malformed => UserinfoError::Malformed,
             NoAnswer::NotAccessToken => UserinfoError::Invalid,
             NoAnswer::Idp(e) => UserinfoError::Idp(e),
         })?;
