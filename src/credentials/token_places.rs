@@ -200,18 +200,24 @@ fn form_token<'a>(form: &'a [u8], texts: &FormTexts) -> Option<Found<'a>> {
     found
 }
 
-/// Whether a form field name that is not exactly `access_token` is one some server reads as it: another case
-/// (`Access_Token`), PHP's renaming (a leading space dropped, ` ` and `.` read as `_`, `access_token[]` an array
-/// under `access_token`), or Rails' `access_token[...]`. Envoy's removal of `access_token` would not touch it.
+/// Whether a form field name that is not exactly `access_token` is one some server reads as it ([`reads_as`]).
+/// Envoy's removal of `access_token` would not touch it.
 fn reads_as_access_token(name: &str) -> bool {
+    reads_as(name, ACCESS_TOKEN_PARAM)
+}
+
+/// Whether some server reads the field or cookie name `name` as `target`: the same name in another case
+/// (`Access_Token`; ASP.NET reads cookie names so), PHP's renaming (a leading space dropped, ` `, `.` and an
+/// unclosed `[` read as `_`, `x[]` an array under `x`), or Rails' `x[...]`.
+pub fn reads_as(name: &str, target: &str) -> bool {
     let name = name.trim_start();
     // `x[...]` is an array under `x`; a `[` never closed is read as `_` (PHP).
     let name = match name.split_once('[') {
         Some((head, rest)) if rest.contains(']') => head,
         _ => name,
     };
-    name.len() == ACCESS_TOKEN_PARAM.len()
-        && name.bytes().zip(ACCESS_TOKEN_PARAM.bytes()).all(|(a, b)| {
+    name.len() == target.len()
+        && name.bytes().zip(target.bytes()).all(|(a, b)| {
             let a = if matches!(a, b' ' | b'.' | b'[') {
                 b'_'
             } else {

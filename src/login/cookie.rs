@@ -9,6 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 
 use crate::config::Secret;
+use crate::credentials::token_places::reads_as;
 use crate::rng::{Rng as _, SystemRng};
 
 /// Length of the random AES-GCM nonce that starts every sealed value.
@@ -371,12 +372,14 @@ impl<'a> RequestCookies<'a> {
         self.without_names(names, &[])
     }
 
-    /// Like [`without`](Self::without), also dropping every cookie named exactly as one in `exact` (a cookie that
+    /// Like [`without`](Self::without), also dropping every cookie named as one in `exact` in any spelling a server
+    /// reads as that name ([`reads_as`]: `AT`, `a.t` for `a_t`; not `at_1`) (a cookie that
     /// is never chunked, such as a policy's token cookie).
     pub fn without_names(&self, chunked: &[&str], exact: &[&str]) -> Option<String> {
         let mut kept = String::new();
         for (n, v) in self.pairs.iter().filter(|(n, _)| {
-            !chunked.iter().any(|ours| is_name_or_chunk(n, ours)) && !exact.contains(n)
+            !chunked.iter().any(|ours| is_name_or_chunk(n, ours))
+                && !exact.iter().any(|ours| reads_as(n, ours))
         }) {
             if !kept.is_empty() {
                 kept.push_str("; ");
@@ -394,6 +397,12 @@ impl<'a> RequestCookies<'a> {
             .iter()
             .filter(move |(n, _)| *n == name)
             .map(|(_, v)| unquote(v))
+    }
+
+    /// Whether any cookie is named `name` as some server reads cookie names (any case, PHP's `.`/` ` for `_`:
+    /// [`reads_as`]).
+    pub fn has_spelling_of(&self, name: &str) -> bool {
+        self.pairs.iter().any(|(n, _)| reads_as(n, name))
     }
 
     /// Whether any cookie named `name` or `name_<digits>` is present.

@@ -203,7 +203,8 @@ fn strip_our_cookies(
         allowed.remove_headers.push(http::header::COOKIE);
         return;
     }
-    if !session.iter().any(|n| cookies.has(n)) && !token.iter().any(|n| cookies.get(n).is_some()) {
+    if !session.iter().any(|n| cookies.has(n)) && !token.iter().any(|n| cookies.has_spelling_of(n))
+    {
         return;
     }
     match cookies.without_names(session, token) {

@@ -296,6 +296,18 @@ async fn a_token_cookie_is_removed_from_the_upstream_cookie_header() {
     .await;
     a.assert_allow();
     assert_eq!(a.header("cookie"), Some("at_1=keep; other=1"), "{a:?}");
+    // Spellings an upstream reads as the token cookie (ASP.NET: any case; PHP: `.` and ` ` as `_`) go too: the
+    // upstream could take one for a token oidc-authz never verified.
+    let a = ask(
+        &server,
+        req("/get")
+            .policy("places")
+            .bearer(&token)
+            .header("cookie", "Access_Token=unverified; access.token=x; a=b"),
+    )
+    .await;
+    a.assert_allow();
+    assert_eq!(a.header("cookie"), Some("a=b"), "{a:?}");
     // A header token leaves the cookies alone.
     let a = ask(
         &server,
