@@ -101,13 +101,16 @@ fn import_kong(file: &std::path::Path, out: Option<&std::path::Path>) -> ExitCod
                 use std::io::Write;
                 let path = dir.join(name);
                 let mut options = std::fs::OpenOptions::new();
-                options.write(true).create(true).truncate(true);
+                // Not truncated on open: an existing file (mode 0644, say) is made 0600 before it is emptied and
+                // gets the secrets (`mode` applies only to a file the open creates).
+                options.write(true).create(true);
                 #[cfg(unix)]
                 std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
                 let mut f = options.open(&path)?;
-                f.write_all(text.as_bytes())?;
                 #[cfg(unix)]
                 f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+                f.set_len(0)?;
+                f.write_all(text.as_bytes())?;
                 Ok::<_, std::io::Error>(path)
             };
             for (name, text) in [
