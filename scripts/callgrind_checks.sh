@@ -37,6 +37,7 @@ wait_http() { for _ in $(seq 1 1200); do kill -0 "$2" || break; curl -fsS -o /de
 wait_tcp() { for _ in $(seq 1 1200); do kill -0 "$2" || break; (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.25; done; echo "nothing on port $1" >&2; return 1; }
 
 PIDS=()
+declare -A RAN   # the scenarios run in this call (a noop-as-S replays S's answer of this call only)
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
@@ -68,10 +69,11 @@ for s in "${SCENARIOS[@]}"; do
     noop-as-*)
       drive=${s#noop-as-}
       [ "$drive" = session-store ] && redis_args=(--redis "$REDIS_PORT")
-      [ -f "$OUT/$drive.answer.pb" ] || { echo "$s: run $drive before it (its answer is replayed)" >&2; exit 1; }
+      [ -n "${RAN[$drive]:-}" ] || { echo "$s: run $drive before it in this call (its answer is replayed)" >&2; exit 1; }
       replay=(--answer-file "$OUT/$drive.answer.pb") ;;
   esac
   rm -f "$OUT/$s".*
+  RAN[$s]=1
   if [ "$s" = noop ] || [ ${#replay[@]} -gt 0 ]; then
     [ "$s" = noop ] && drive=same-jwt
     valgrind --tool=callgrind --callgrind-out-file="$OUT/$s.%p" "$NOOP" noop --addr "127.0.0.1:$grpc" "${replay[@]}" \

@@ -87,7 +87,7 @@ enum Cmd {
         answer: String,
         /// Answer every Check with this CheckResponse instead (protobuf, as `bench` saves oidc-authz's own answer
         /// for the `noop-as-*` scenarios): a server whose deciding costs nothing, answering exactly as oidc-authz.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "answer")]
         answer_file: Option<PathBuf>,
     },
     /// Serve the benchmark's fake identity provider (discovery, JWKS, token, introspection) until killed; prints
@@ -1464,6 +1464,11 @@ async fn bench(
                     .await
                     .expect("oidc-authz answers")
                     .into_inner();
+                // The ceiling of an allow: a refusal replayed would measure something else.
+                assert!(
+                    answer.status.as_ref().is_some_and(|s| s.code == 0),
+                    "{replay}: oidc-authz did not allow {name}'s request"
+                );
                 drop(p);
                 let file = dir.path().join(format!("{replay}.pb"));
                 std::fs::write(&file, prost::Message::encode_to_vec(&answer)).unwrap();
@@ -1732,7 +1737,8 @@ async fn count(
         }
         last = answer.ok();
     }
-    if let (Some(path), Some(answer)) = (&save_answer, &last) {
+    // Only an answer of a run where every Check was allowed (the replay is the ceiling of an allow).
+    if let (Some(path), Some(answer), true) = (&save_answer, &last, allowed == n) {
         std::fs::write(path, prost::Message::encode_to_vec(answer)).expect("write --save-answer");
     }
     if let Some((pid, _)) = callgrind
