@@ -626,24 +626,26 @@ impl ClientCredentials {
     ) -> Result<Arc<str>, CcError> {
         let key = grant_key(provider.name(), creds, &policy.scopes);
         let now = self.clock.now();
-        if let Some(token) = self.cache.get(&key).await.and_then(|g| g.live_token(now)) {
+        let local = self.cache.get(&key).await;
+        if let Some(token) = local.as_ref().and_then(|g| g.live_token(now)) {
             self.metrics.cache_lookup("client_credentials", true);
             return Ok(token);
         }
         // Boxed: the grant's future is large, and inline it would be part of (and copied with) every Check's.
-        Box::pin(self.token_not_cached_here(provider, policy, creds, key, now)).await
+        Box::pin(self.token_not_cached_here(provider, policy, creds, (key, local), now)).await
     }
 
-    /// [`ClientCredentials::token`] past this replica's cache: the shared store, the lock-out, the grant.
+    /// [`ClientCredentials::token`] past this replica's cache (`local`: what it holds, a refusal or an expired
+    /// token): the shared store, the lock-out, the grant.
     async fn token_not_cached_here(
         &self,
         provider: &Provider,
         policy: &Policy,
         creds: &ClientCreds,
-        key: cache::Key,
+        (key, local): (cache::Key, Option<Arc<Grant>>),
         now: u64,
     ) -> Result<Arc<str>, CcError> {
-        let cached = match self.cache.get(&key).await {
+        let cached = match local {
             Some(g) => Some(g),
             None => self.shared_grant(&key).await,
         };
