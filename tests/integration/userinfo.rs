@@ -178,4 +178,9 @@ async fn a_configured_userinfo_endpoint_is_the_one_asked() {
         .await
         .assert_deny(401, "invalid_token");
     assert_eq!(idp.userinfo_hits(), 0);
+    assert_eq!(
+        other.userinfo_hits(),
+        2,
+        "the configured endpoint was asked, and refused it"
+    );
 }
