@@ -25,10 +25,11 @@ pub struct Identity {
     pub id_token: Option<String>,
     /// `Set-Cookie` values for the client (a refreshed session, a last-seen update).
     pub set_cookies: Vec<String>,
-    /// The issuer that vouched for it when its claims name none (a userinfo answer, which OpenID Connect does not
-    /// make carry `iss`): for the metadata's `iss` and the decision log, so they show the issuer actually used
-    /// (a policy may list several). The claims themselves stay as the provider gave them.
-    pub issuer: Option<String>,
+    /// The provider that verified (or answered for) the token: its issuer stands in when the claims name none (a
+    /// userinfo answer, which OpenID Connect does not make carry `iss`), for the metadata's `iss` and the decision
+    /// log, so they show the issuer actually used (a policy may list several). The claims stay as the provider
+    /// gave them.
+    pub vouched_by: Option<Arc<crate::provider::Provider>>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -51,7 +52,7 @@ impl Identity {
         self.claims()
             .get("iss")
             .and_then(|v| v.as_str())
-            .or(self.issuer.as_deref())
+            .or_else(|| Some(self.vouched_by.as_ref()?.config.issuer.as_str()))
     }
 
     /// The verified claims, for access control and headers.
@@ -423,7 +424,7 @@ auth_methods = ["bearer", "client_credentials"]
             upstream_authorization: Some("Bearer secret-access-token".into()),
             id_token: Some("secret-id-token".into()),
             set_cookies: vec!["session=secret-cookie; Path=/".into()],
-            issuer: None,
+            vouched_by: None,
         };
         let refusal = Refusal::insufficient("no").with_cookies(id.set_cookies.clone());
         let auth = Authorization::Bearer("secret-bearer".into());

@@ -146,7 +146,7 @@ impl TokenMethods {
     /// that finds the token invalid (401) hands it to the next one; the last one's refusal, or any method's
     /// outage (503, fail closed), is the answer.
     async fn token(&self, rt: &PolicyRuntime, token: &str) -> Result<Identity, Refusal> {
-        let (policy, provider) = (&rt.policy, rt.provider.as_ref());
+        let (policy, provider) = (&rt.policy, &rt.provider);
         let jwt = BearerVerifier::is_jwt(token);
         let (methods, n) = chain_for(policy, jwt);
         let chain = &methods[..n];
@@ -158,10 +158,11 @@ impl TokenMethods {
                 let why = bearer::BearerError::Issuer.to_string();
                 return Err(Refusal::unauthenticated("invalid_token", why).during(method));
             };
-            picked.as_ref()
+            picked
         } else {
             provider
         };
+        let (vouching, provider) = (provider, provider.as_ref());
         let name = provider.name();
         let mut refusal = None;
         for &method in chain {
@@ -192,10 +193,7 @@ impl TokenMethods {
             match verified {
                 Ok(verified) => {
                     let mut id = token_identity(method, verified);
-                    // A userinfo answer need not name its issuer: the provider asked is the one that vouched.
-                    if method == AuthMethod::Userinfo && !id.claims().contains_key("iss") {
-                        id.issuer = Some(provider.config.issuer.clone());
-                    }
+                    id.vouched_by = Some(vouching.clone());
                     return Ok(id);
                 }
                 Err(r) => {
@@ -470,7 +468,7 @@ fn token_identity(method: AuthMethod, verified: Arc<Verified>) -> Identity {
         upstream_authorization: None,
         id_token: None,
         set_cookies: Vec::new(),
-        issuer: None,
+        vouched_by: None,
     }
 }
 

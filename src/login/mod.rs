@@ -531,7 +531,7 @@ fn session_identity(
             .and_then(|_| data.it.clone()),
         set_cookies: for_request(active.set_cookies, cookies),
         claims: Claims::Session(active.session),
-        issuer: None,
+        vouched_by: None,
     }
 }
 
