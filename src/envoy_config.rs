@@ -218,6 +218,21 @@ pub fn ext_authz_filter(cfg: &Config, opts: &Options) -> Value {
             "grpc_service": {
                 "envoy_grpc": { "cluster_name": opts.cluster },
                 "timeout": duration(opts.timeout_ms),
+                // A replica that dies or refuses costs no request: the Check goes to another one (never the host that
+                // failed it while another is left), as in the shipped envoy/*.yaml. max_interval is also Envoy's
+                // per-try timeout here, so it stays the Check's timeout.
+                "retry_policy": {
+                    "retry_on": "connect-failure,refused-stream,reset,unavailable,cancelled",
+                    "num_retries": 3,
+                    "retry_back_off": { "base_interval": "0.1s", "max_interval": duration(opts.timeout_ms) },
+                    "retry_host_predicate": [{
+                        "name": "envoy.retry_host_predicates.previous_hosts",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                        }
+                    }],
+                    "host_selection_retry_max_attempts": 5,
+                },
             },
             "failure_mode_allow": false,
             "status_on_error": { "code": "ServiceUnavailable" },
@@ -299,7 +314,7 @@ pub fn to_yaml(v: &Value) -> String {
 
 /// Whether YAML may read `c` as a line break or refuses it unescaped: control characters (C0, DEL, C1 with NEL),
 /// the Unicode line and paragraph separators, and the byte-order mark.
-fn unsafe_in_yaml(c: char) -> bool {
+pub(crate) fn unsafe_in_yaml(c: char) -> bool {
     c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}')
 }
 
@@ -486,6 +501,13 @@ backchannel_logout_path = "/oauth2/backchannel-logout"
             "oidc_authz"
         );
         assert_eq!(f["grpc_service"]["timeout"], "1s");
+        let retry = &f["grpc_service"]["retry_policy"];
+        assert_eq!(retry["num_retries"], 3);
+        assert_eq!(retry["retry_back_off"]["max_interval"], "1s");
+        assert_eq!(
+            retry["retry_host_predicate"][0]["name"],
+            "envoy.retry_host_predicates.previous_hosts"
+        );
         let api = &g.doc["per_route"]["api"][EXT_AUTHZ];
         assert_eq!(api["@type"], EXT_AUTHZ_PER_ROUTE);
         assert_eq!(api["check_settings"]["context_extensions"]["policy"], "api");

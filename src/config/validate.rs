@@ -48,10 +48,7 @@ pub fn name_problem(name: &str) -> Option<&'static str> {
         Some("is empty")
     } else if name.chars().count() > MAX_NAME_CHARS {
         Some("is longer than 128 characters")
-    } else if name
-        .chars()
-        .any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}'))
-    {
+    } else if name.chars().any(crate::envoy_config::unsafe_in_yaml) {
         Some("holds a control character or a line separator")
     } else {
         None
